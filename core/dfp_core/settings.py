@@ -1,0 +1,173 @@
+"""One place for configuration: environment variables, with the local stack's
+env file as a fallback so that commands work right after ``dfp stack up``.
+
+Precedence: explicit arguments > process environment > ``$DFP_HOME/stack.env``
+> defaults. Secrets are only ever read from the environment or that 0600 file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from dfp_core.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK_ENV_FILE = "stack.env"
+
+
+def dfp_home(env: Mapping[str, str] | None = None) -> Path:
+    """State of the local stack (data, logs, credentials). Ignored by git."""
+    env = os.environ if env is None else env
+    return Path(env.get("DFP_HOME") or REPO_ROOT / ".dfp").expanduser().resolve()
+
+
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Downloads and builds shared by every clone: lakeFS binary, Spark jars."""
+    env = os.environ if env is None else env
+    base = env.get("DFP_CACHE_DIR") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfp"
+    return Path(base).expanduser().resolve()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a KEY=VALUE file (comments and blank lines skipped)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ConfigError(f"{path}:{lineno}: expected KEY=VALUE")
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def effective_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Process environment layered over the local stack's env file."""
+    env = dict(os.environ if env is None else env)
+    merged = read_env_file(dfp_home(env) / STACK_ENV_FILE)
+    merged.update(env)
+    return merged
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class LakeFSSettings:
+    endpoint: str = "http://127.0.0.1:8000"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    repository: str = "kronodroid"
+    branch: str = "main"
+    # Where a new repository stores its objects; None = local blockstore.
+    storage_namespace: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "LakeFSSettings":
+        env = effective_env(env)
+        values = dict(
+            endpoint=(env.get("LAKEFS_ENDPOINT") or cls.endpoint).rstrip("/"),
+            access_key_id=env.get("LAKEFS_ACCESS_KEY_ID") or None,
+            secret_access_key=env.get("LAKEFS_SECRET_ACCESS_KEY") or None,
+            repository=env.get("LAKEFS_REPOSITORY") or cls.repository,
+            branch=env.get("LAKEFS_BRANCH") or cls.branch,
+            storage_namespace=env.get("LAKEFS_STORAGE_NAMESPACE") or None,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def require_credentials(self) -> "LakeFSSettings":
+        if not self.access_key_id or not self.secret_access_key:
+            raise ConfigError(
+                "lakeFS credentials are not set: export LAKEFS_ACCESS_KEY_ID and "
+                "LAKEFS_SECRET_ACCESS_KEY, or start the local stack with `dfp stack up`"
+            )
+        return self
+
+    def namespace_for(self, repository: str) -> str:
+        if self.storage_namespace:
+            return self.storage_namespace.rstrip("/").replace("{repo}", repository)
+        return f"local://{repository}"
+
+
+@dataclass(frozen=True)
+class MLflowSettings:
+    tracking_uri: str = "http://127.0.0.1:5000"
+    experiment_name: str = "kronodroid_autoencoder"
+    model_name: str = "kronodroid_autoencoder"
+    model_alias: str = "candidate"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "MLflowSettings":
+        env = effective_env(env)
+        values = dict(
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or cls.tracking_uri,
+            experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or cls.experiment_name,
+            model_name=env.get("DFP_MODEL_NAME") or cls.model_name,
+            model_alias=env.get("DFP_MODEL_ALIAS") or cls.model_alias,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    # Iceberg warehouse folder inside every lakeFS ref: s3a://<repo>/<ref>/<prefix>
+    warehouse_prefix: str = "iceberg"
+    shuffle_partitions: int = 8
+    jars_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "SparkSettings":
+        env = effective_env(env)
+        values = dict(
+            master=env.get("SPARK_MASTER") or cls.master,
+            driver_memory=env.get("DFP_SPARK_DRIVER_MEMORY") or cls.driver_memory,
+            warehouse_prefix=(env.get("DFP_ICEBERG_PREFIX") or cls.warehouse_prefix).strip("/"),
+            shuffle_partitions=_int(env, "DFP_SPARK_SHUFFLE_PARTITIONS", cls.shuffle_partitions),
+            jars_dir=Path(env["DFP_SPARK_JARS_DIR"]) if env.get("DFP_SPARK_JARS_DIR") else None,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    home: Path
+    host: str = "127.0.0.1"
+    lakefs_port: int = 8000
+    mlflow_port: int = 5000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "StackSettings":
+        env = dict(os.environ if env is None else env)
+        values = dict(
+            home=dfp_home(env),
+            lakefs_port=_int(env, "DFP_LAKEFS_PORT", cls.lakefs_port),
+            mlflow_port=_int(env, "DFP_MLFLOW_PORT", cls.mlflow_port),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def lakefs_endpoint(self) -> str:
+        return f"http://{self.host}:{self.lakefs_port}"
+
+    @property
+    def mlflow_endpoint(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"

@@ -1,0 +1,130 @@
+"""Spark sessions wired to Iceberg catalogs that live inside lakeFS refs.
+
+Every lakeFS ref (branch, tag or commit id) gets its own Iceberg HadoopCatalog
+whose warehouse is ``s3a://<repo>/<ref>/<prefix>`` through the lakeFS S3
+gateway. A catalog is registered at runtime under a name derived from the repo
+and ref, so one session can read several refs side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from typing import TYPE_CHECKING, Mapping
+
+from dfp_core.errors import ConfigError
+from dfp_core.settings import LakeFSSettings, SparkSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+# Table properties every table we create carries: Avro data files, format v2.
+ICEBERG_TABLE_PROPERTIES = {
+    "format-version": "2",
+    "write.format.default": "avro",
+    "write.delete.format.default": "avro",
+    "write.avro.compression-codec": "zstd",
+}
+
+
+def require_java() -> None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.access(os.path.join(java_home, "bin", "java"), os.X_OK):
+        return
+    if shutil.which("java") is None:
+        raise ConfigError("Java (17 or newer) is required by Spark but was not found; install a JDK or set JAVA_HOME")
+
+
+def s3a_conf(lakefs: LakeFSSettings) -> dict[str, str]:
+    """Hadoop S3A settings that point at the lakeFS S3 gateway (path style)."""
+    lakefs.require_credentials()
+    secure = lakefs.endpoint.startswith("https://")
+    return {
+        "fs.s3a.endpoint": lakefs.endpoint,
+        "fs.s3a.endpoint.region": "us-east-1",
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": str(secure).lower(),
+        "fs.s3a.access.key": lakefs.access_key_id or "",
+        "fs.s3a.secret.key": lakefs.secret_access_key or "",
+        "fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        # lakeFS buckets are repositories; no bucket probing or creation.
+        "fs.s3a.bucket.probe": "0",
+        "fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.s3a.connection.maximum": "64",
+        "fs.s3a.threads.max": "32",
+    }
+
+
+def base_conf(spark: SparkSettings, lakefs: LakeFSSettings, app_name: str) -> dict[str, str]:
+    from dfp_core.spark_jars import jar_paths
+
+    conf = {
+        "spark.app.name": app_name,
+        "spark.sql.extensions": ICEBERG_EXTENSIONS,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.driver.memory": spark.driver_memory,
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.ansi.enabled": "false",
+    }
+    # In a Spark-on-Kubernetes image the jars are baked into $SPARK_HOME/jars.
+    if os.environ.get("DFP_SPARK_JARS_PROVIDED", "").lower() not in ("1", "true", "yes"):
+        conf["spark.jars"] = ",".join(str(p) for p in jar_paths(spark.jars_dir))
+    conf.update({f"spark.hadoop.{k}": v for k, v in s3a_conf(lakefs).items()})
+    return conf
+
+
+def spark_session(
+    app_name: str = "dfp",
+    lakefs: LakeFSSettings | None = None,
+    settings: SparkSettings | None = None,
+    extra_conf: Mapping[str, str] | None = None,
+) -> "SparkSession":
+    """A SparkSession (local mode unless SPARK_MASTER says otherwise) with the
+    Iceberg runtime, S3A on lakeFS, and Iceberg SQL extensions."""
+    require_java()
+    from pyspark.sql import SparkSession
+
+    lakefs = lakefs or LakeFSSettings.from_env()
+    settings = settings or SparkSettings.from_env()
+    builder = SparkSession.builder.master(settings.master)
+    for key, value in {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("DFP_SPARK_LOG_LEVEL", "WARN"))
+    return session
+
+
+def catalog_name(repo: str, ref: str) -> str:
+    """A valid, unique Spark catalog identifier for one repo + ref."""
+    digest = hashlib.sha1(f"{repo}\0{ref}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^0-9A-Za-z]", "_", f"{repo}_{ref}")[:40]
+    return f"lakefs_{readable}_{digest}"
+
+
+def warehouse_uri(repo: str, ref: str, prefix: str = "iceberg") -> str:
+    return f"s3a://{repo}/{ref}/{prefix.strip('/')}"
+
+
+def register_ref_catalog(
+    session: "SparkSession", repo: str, ref: str, settings: SparkSettings | None = None
+) -> str:
+    """Register (idempotently) the Iceberg catalog of ``repo``@``ref``; returns its name.
+
+    Reads work at any ref. Writes only work on branches: check with
+    ``LakeFS.require_branch`` before writing (lakeFS rejects writes elsewhere).
+    """
+    settings = settings or SparkSettings.from_env()
+    name = catalog_name(repo, ref)
+    prefix = f"spark.sql.catalog.{name}"
+    session.conf.set(prefix, "org.apache.iceberg.spark.SparkCatalog")
+    session.conf.set(f"{prefix}.type", "hadoop")
+    session.conf.set(f"{prefix}.warehouse", warehouse_uri(repo, ref, settings.warehouse_prefix))
+    return name
+
+
+def table_properties_sql() -> str:
+    return ", ".join(f"'{k}'='{v}'" for k, v in ICEBERG_TABLE_PROPERTIES.items())
