@@ -1,0 +1,37 @@
+# The two commands a new user needs: `make quickstart` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DFP := $(VENV)/bin/dfp
+
+.PHONY: setup quickstart test test-unit stack-up stack-down compile lock-jars bench clean
+
+setup:  ## venv + pinned deps, lakeFS binary, Spark jars (idempotent)
+	@tools/scripts/setup.sh
+
+quickstart: setup  ## stack + generated sample + the whole pipeline with KFP's local runner
+	@$(DFP) quickstart
+
+test: setup  ## the whole suite (starts its own stack on free ports)
+	@$(VENV)/bin/pytest
+
+test-unit: setup
+	@$(VENV)/bin/pytest tests/unit
+
+stack-up: setup
+	@$(DFP) stack up
+
+stack-down:
+	@$(DFP) stack down
+
+compile: setup  ## writes kronodroid_autoencoder_pipeline.yaml
+	@$(PY) -c "from orchestration.kubeflow.dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline; print(compile_kronodroid_autoencoder_pipeline())"
+
+lock-jars:  ## re-resolve tools/spark-jars/pom.xml into jars.lock (needs Maven)
+	@tools/scripts/lock_spark_jars.sh
+
+bench: setup
+	@$(PY) bench/run_all.py
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

@@ -1,0 +1,87 @@
+"""Lineage: the MLflow tag names, stable dataset ids, content hashes and the
+hash of the Feast feature definitions. The tags are the minimal footprint
+from which ``dfp reproduce`` rebuilds the exact train/val/test data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from dfp_core.settings import REPO_ROOT
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+TAG_REPOSITORY = "data.lakefs_repository"
+TAG_REF = "data.lakefs_ref"
+TAG_SOURCE_TABLE = "data.source_table"
+TAG_SNAPSHOT = "data.iceberg_snapshot_id"
+TAG_FEATURE_VIEW = "feast.feature_view"
+TAG_DEFS_SHA = "feast.defs_sha256"
+TAG_TRAIN_ID = "dataset.train_id"
+TAG_VAL_ID = "dataset.val_id"
+TAG_TEST_ID = "dataset.test_id"
+LINEAGE_TAGS = (
+    TAG_REPOSITORY, TAG_REF, TAG_SOURCE_TABLE, TAG_SNAPSHOT, TAG_FEATURE_VIEW, TAG_DEFS_SHA,
+    TAG_TRAIN_ID, TAG_VAL_ID, TAG_TEST_ID,
+)
+SPLIT_ID_TAGS = {"train": TAG_TRAIN_ID, "val": TAG_VAL_ID, "test": TAG_TEST_ID}
+# Extra tags beside the nine: how the splits were drawn, and what they contained.
+TAG_SPLIT_SPEC = "dataset.split_spec"
+TAG_MAX_ROWS = "dataset.max_rows_per_split"
+CONTENT_TAGS = {s: f"dataset.{s}_content_sha256" for s in ("train", "val", "test")}
+ROWS_TAGS = {s: f"dataset.{s}_rows" for s in ("train", "val", "test")}
+
+# The files whose content defines the Feast features (hashed into feast.defs_sha256).
+FEATURE_DEFINITION_FILES = (
+    "feature_stores/feast_store/dfp_feast/kronodroid_features.py",
+    "core/dfp_core/schema.py",
+    "core/dfp_core/kronodroid_columns.py",
+)
+
+
+def defs_sha256(files: Iterable[str] = FEATURE_DEFINITION_FILES, root: Path = REPO_ROOT) -> str:
+    """SHA-256 over the feature definition files (path and bytes, in order)."""
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode() + b"\0")
+        digest.update((root / rel).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that determines the rows and columns of a split."""
+
+    lakefs_repository: str
+    lakefs_commit: str
+    source_table: str
+    iceberg_snapshot_id: str
+    feature_view: str
+    feast_defs_sha256: str
+    split_spec: dict = field(default_factory=dict)
+    max_rows_per_split: int = 0
+
+    def canonical(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+
+def dataset_id(spec: DatasetSpec, split: str) -> str:
+    """Stable id of one split of a dataset spec."""
+    return "ds-" + hashlib.sha256(f"{spec.canonical()}|{split}".encode()).hexdigest()[:24]
+
+
+def content_sha256(frame: "pd.DataFrame", key: str = "sample_id") -> str:
+    """Order-independent hash of a split's rows (all columns, sorted by key)."""
+    import pandas as pd
+
+    ordered = frame.sort_values(key, kind="mergesort").reset_index(drop=True)
+    ordered = ordered[sorted(ordered.columns)]
+    digest = hashlib.sha256(",".join(ordered.columns).encode())
+    row_hashes = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    digest.update(row_hashes.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,104 @@
+"""Sample ids and the deterministic train/val/test assignment.
+
+Defined once here. The Spark job evaluates the same definition as a SQL
+expression (``spark_*_sql``); a test checks the two agree row for row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+from dfp_core.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+UNDATED = "undated"  # time mode: rows without a year are in no split
+_BUCKETS = 2**32
+
+
+def sample_id(sha256: str, data_source: str) -> str:
+    """One id per app per data source (the same APK can occur in both sources)."""
+    return f"{data_source}:{sha256.strip().lower()}"
+
+
+def spark_sample_id_sql(sha256_col: str = "sha256", source_col: str = "data_source") -> str:
+    return f"concat({source_col}, ':', lower(trim({sha256_col})))"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How rows are assigned to splits; part of every dataset id."""
+
+    mode: str = "random"  # "random": hash of sample_id and seed; "time": by sample year
+    seed: int = 42
+    train_ratio: float = 0.7
+    val_ratio: float = 0.15
+    test_ratio: float = 0.15
+    train_end_year: int | None = None  # time mode: years <= this are train
+    val_end_year: int | None = None  # time mode: years <= this (and > train_end_year) are val
+
+    def __post_init__(self):
+        if self.mode not in ("random", "time"):
+            raise ConfigError(f"split mode must be 'random' or 'time', got {self.mode!r}")
+        if self.mode == "random":
+            ratios = (self.train_ratio, self.val_ratio, self.test_ratio)
+            if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-9:
+                raise ConfigError(f"split ratios must be >= 0 and sum to 1, got {ratios}")
+        else:
+            if self.train_end_year is None or self.val_end_year is None:
+                raise ConfigError("time split needs train_end_year and val_end_year")
+            if self.val_end_year < self.train_end_year:
+                raise ConfigError("val_end_year must be >= train_end_year")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if self.mode == "random":
+            data.pop("train_end_year"), data.pop("val_end_year")
+        else:
+            for key in ("seed", "train_ratio", "val_ratio", "test_ratio"):
+                data.pop(key)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SplitSpec":
+        return cls(**data)
+
+
+def split_bucket(sample_id_value: str, seed: int) -> int:
+    """Uniform integer in [0, 2**32) from the first 8 hex digits of a SHA-256."""
+    return int(hashlib.sha256(f"{seed}:{sample_id_value}".encode()).hexdigest()[:8], 16)
+
+
+def _thresholds(spec: SplitSpec) -> tuple[int, int]:
+    train_end = int(round(spec.train_ratio * _BUCKETS))
+    val_end = int(round((spec.train_ratio + spec.val_ratio) * _BUCKETS))
+    return train_end, val_end
+
+
+def assign_split(sample_id_value: str, spec: SplitSpec, year: int | None = None) -> str:
+    if spec.mode == "time":
+        if year is None:
+            return UNDATED
+        if year <= spec.train_end_year:
+            return "train"
+        return "val" if year <= spec.val_end_year else "test"
+    bucket = split_bucket(sample_id_value, spec.seed)
+    train_end, val_end = _thresholds(spec)
+    if bucket < train_end:
+        return "train"
+    return "val" if bucket < val_end else "test"
+
+
+def spark_split_sql(spec: SplitSpec, sample_id_col: str = "sample_id", year_col: str = "sample_year") -> str:
+    """The same assignment as ``assign_split``, as a Spark SQL expression."""
+    if spec.mode == "time":
+        return (
+            f"CASE WHEN {year_col} IS NULL THEN '{UNDATED}' "
+            f"WHEN {year_col} <= {int(spec.train_end_year)} THEN 'train' "
+            f"WHEN {year_col} <= {int(spec.val_end_year)} THEN 'val' ELSE 'test' END"
+        )
+    train_end, val_end = _thresholds(spec)
+    bucket = (
+        f"CAST(conv(substring(sha2(concat('{int(spec.seed)}', ':', {sample_id_col}), 256), 1, 8), 16, 10) AS BIGINT)"
+    )
+    return f"CASE WHEN {bucket} < {train_end} THEN 'train' WHEN {bucket} < {val_end} THEN 'val' ELSE 'test' END"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up: .venv with pinned dependencies, the lakeFS server
+# binary (built from the Go module proxy, cached by version) and the Spark jars
+# (Maven Central, checksummed, cached). Re-running skips what is already done.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+step() { printf '\n==> [%s] %s\n' "$1" "$2" >&2; }
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+t0=$(date +%s)
+
+step 1/4 "checking tools"
+PYTHON=${PYTHON:-python3}
+command -v "$PYTHON" >/dev/null || fail "Python 3.11 or 3.12 is required (set PYTHON=/path/to/python3.11)"
+"$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)' \
+  || fail "Python 3.11 or 3.12 is required, found $("$PYTHON" --version 2>&1); set PYTHON=/path/to/python3.11"
+if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then java_bin="$JAVA_HOME/bin/java"; else java_bin=$(command -v java || true); fi
+[ -n "$java_bin" ] || fail "Java 17 or newer is required by Spark; install a JDK (e.g. apt install openjdk-17-jre-headless) or set JAVA_HOME"
+java_major=$("$java_bin" -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}')
+[ "${java_major:-0}" -ge 17 ] || fail "Java 17 or newer is required by Spark, found Java ${java_major:-unknown} at $java_bin"
+echo "python: $("$PYTHON" --version 2>&1), java: $java_major" >&2
+
+step 2/4 "Python environment (.venv, pinned by requirements.lock)"
+stamp=.venv/.dfp-installed
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "up to date" >&2
+else
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+  # torch and the CUDA wheels are large on first install; pip caches them.
+  .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e ".[all,dev]"
+  echo "$want" > "$stamp"
+fi
+
+step 3/4 "lakeFS server binary"
+tools/scripts/build_lakefs.sh >/dev/null
+
+step 4/4 "Spark jars (Iceberg runtime, S3A)"
+.venv/bin/python core/dfp_core/spark_jars.py
+
+printf '\nsetup done in %ss\n' "$(( $(date +%s) - t0 ))" >&2
