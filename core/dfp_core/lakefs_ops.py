@@ -197,6 +197,10 @@ class LakeFS:
                     raise LakeFSError(f"tag {tag!r} already exists at {existing}, not at {target}") from None
         return target
 
+    def delete_tag(self, repo: str, tag: str) -> None:
+        with self._errors(f"delete tag {tag!r}", repo, tag):
+            self.repository(repo).tag(tag).delete()
+
     # ----------------------------------------------------------------- commits
 
     def commit(self, repo: str, branch: str, message: str, metadata: dict[str, str] | None = None,
@@ -280,6 +284,10 @@ class LakeFS:
     def upload_bytes(self, repo: str, branch: str, path: str, data: bytes) -> None:
         with self._errors(f"upload {path!r}", repo, branch):
             self.repository(repo).branch(branch).object(path).upload(data=data, mode="wb")
+
+    def delete_object(self, repo: str, branch: str, path: str) -> None:
+        with self._errors(f"delete {path!r}", repo, branch):
+            self.repository(repo).branch(branch).object(path).delete()
 
     def delete_repository(self, repo: str) -> None:
         with self._errors("delete repository", repo):

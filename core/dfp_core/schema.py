@@ -131,3 +131,12 @@ def classify_input(path: PurePath) -> ArchiveSpec | None:
         if re.search(r"(^|[/_])emu(lator)?([/_.]|$)", hint):
             return ArchiveSpec(EMULATOR, None)
     return None
+
+# Iceberg tables the transform writes (namespace, name).
+STG_NAMESPACE = "stg_kronodroid"
+MART_NAMESPACE = "kronodroid"
+STAGING_TABLES = {EMULATOR: "emulator_samples", REAL_DEVICE: "real_device_samples"}
+QUARANTINE_TABLE = "quarantine"
+FCT_TABLE = "fct_training_dataset"
+DIM_FAMILIES_TABLE = "dim_malware_families"
+FCT_TABLE_FQN = f"{MART_NAMESPACE}.{FCT_TABLE}"

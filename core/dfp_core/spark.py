@@ -95,7 +95,29 @@ def spark_session(
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(os.environ.get("DFP_SPARK_LOG_LEVEL", "WARN"))
+    _quiet_known_noise(session)
     return session
+
+
+# Loggers that warn about things that are expected here.
+_NOISY_LOGGERS = (
+    # We read CSVs with positional column names (raw names clash case-insensitively).
+    "org.apache.spark.sql.catalyst.csv.CSVHeaderChecker",
+    # A HadoopCatalog probes version-hint.text before the first commit of a table.
+    "org.apache.iceberg.hadoop.HadoopTableOperations",
+    "org.apache.hadoop.fs.s3a.S3AInstrumentation",
+    "org.apache.hadoop.metrics2.impl.MetricsConfig",
+    # Wide (~500 column) plans: truncated plan strings and large task binaries are expected.
+    "org.apache.spark.sql.catalyst.util.SparkStringUtils",
+    "org.apache.spark.scheduler.DAGScheduler",
+)
+
+
+def _quiet_known_noise(session: "SparkSession") -> None:
+    jvm = session.sparkContext._jvm
+    level = jvm.org.apache.logging.log4j.Level.ERROR
+    for name in _NOISY_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
 
 
 def catalog_name(repo: str, ref: str) -> str:

@@ -1,0 +1,1 @@
+"""Spark jobs that build the KronoDroid Iceberg tables on lakeFS."""

@@ -1,0 +1,201 @@
+"""A transform run on lakeFS: a fresh run branch, the Spark job on it, then a
+commit, a freeze and a merge into the target branch.
+
+Lineage design (see README "Lineage contract"): Iceberg metadata stores
+absolute paths that name the run branch (``s3a://<repo>/run-<id>/...``). Before
+merging, the run branch is replaced by an immutable lakeFS tag of the same name
+at the run's commit, and the *tag* is merged. Every stored path then resolves
+to that commit for ever, whatever happens to branches later. The target branch
+only changes in the final merge, so any failure leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dfp_core import schema
+from dfp_core.errors import DfpError, LakeFSError
+from dfp_core.iceberg import TableRef, write_table
+from dfp_core.lakefs_ops import LakeFS, validate_ref_name
+from dfp_core.progress import note, stage
+from dfp_core.settings import SparkSettings
+from dfp_core.splits import SplitSpec
+from dfp_core.version import code_version
+from dfp_spark import raw_inputs, transform
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import SparkSession
+
+SUMMARY_PATH = "_dfp/transform_summary.json"
+RUN_PREFIX = "run-"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def run_branch_name(run_id: str) -> str:
+    return validate_ref_name(RUN_PREFIX + run_id)
+
+
+@dataclass
+class RunContext:
+    repo: str
+    target_branch: str
+    run_id: str
+    run_branch: str
+    base_commit: str
+
+
+def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, input_dir: Path | None) -> RunContext:
+    """Check inputs, create the run branch from the target, version the raw inputs on it."""
+    validate_ref_name(target_branch)
+    run_branch = run_branch_name(run_id)
+    if input_dir is not None:
+        raw_inputs.scan(Path(input_dir))  # fail on bad input before touching lakeFS
+    if not lakefs.repository_exists(repo):
+        lakefs.ensure_repository(repo, default_branch=target_branch)
+        note(f"created repository {repo} (namespace {lakefs.settings.namespace_for(repo)})")
+    if not lakefs.branch_exists(repo, target_branch):
+        raise LakeFSError(f"target branch {target_branch!r} does not exist in repository {repo!r}")
+    if lakefs.branch_exists(repo, run_branch) or lakefs.tag_exists(repo, run_branch):
+        raise LakeFSError(f"run {run_id!r} already exists in {repo!r} (ref {run_branch!r}); pick another --run-id")
+    base = lakefs.create_branch(repo, run_branch, target_branch)
+    note(f"run branch {run_branch} from {target_branch}@{base[:12]}")
+    ctx = RunContext(repo, target_branch, run_id, run_branch, base)
+    if input_dir is not None:
+        try:
+            raw_inputs.upload(lakefs, repo, run_branch, Path(input_dir))
+        except BaseException:
+            abort_run(lakefs, ctx)
+            raise
+    return ctx
+
+
+def abort_run(lakefs: LakeFS, ctx: RunContext) -> None:
+    """Drop the run branch; the target branch was never touched."""
+    try:
+        lakefs.delete_branch(ctx.repo, ctx.run_branch)
+        note(f"deleted run branch {ctx.run_branch}; {ctx.target_branch} is unchanged")
+    except DfpError as exc:  # report the original failure, not this one
+        note(f"could not delete run branch {ctx.run_branch}: {exc}")
+
+
+def _table(repo: str, branch: str, namespace: str, name: str) -> TableRef:
+    return TableRef(repo, branch, namespace, name)
+
+
+def transform_on_branch(
+    spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str, run_id: str, split: SplitSpec,
+    settings: SparkSettings | None = None,
+) -> dict:
+    """Run the Spark transform on ``run_branch`` and write all tables there."""
+    settings = settings or SparkSettings.from_env()
+    lakefs.require_branch(repo, run_branch)
+    manifest = raw_inputs.load_manifest(lakefs, repo, run_branch)
+    parts = [(f"s3a://{repo}/{run_branch}/{p.lakefs_path}", p) for p in manifest.parts]
+    frames = transform.build(spark, parts, run_id, split)
+    props = {
+        "dfp.run_id": run_id,
+        "dfp.synthetic": str(manifest.synthetic).lower(),
+        "dfp.code_version": code_version(),
+    }
+    snapshots: dict[str, int] = {}
+    for source, frame in frames.staging.items():
+        name = schema.STAGING_TABLES[source]
+        snapshots[f"{schema.STG_NAMESPACE}.{name}"] = write_table(
+            spark, lakefs, frame, _table(repo, run_branch, schema.STG_NAMESPACE, name), props, settings
+        )
+    note("staging tables written")
+    snapshots[f"{schema.STG_NAMESPACE}.{schema.QUARANTINE_TABLE}"] = write_table(
+        spark, lakefs, frames.quarantine, _table(repo, run_branch, schema.STG_NAMESPACE, schema.QUARANTINE_TABLE), props, settings
+    )
+    fct_props = {**props, "dfp.split_spec": json.dumps(split.to_dict(), sort_keys=True)}
+    snapshots[schema.FCT_TABLE_FQN] = write_table(
+        spark, lakefs, frames.fct, _table(repo, run_branch, schema.MART_NAMESPACE, schema.FCT_TABLE), fct_props, settings
+    )
+    snapshots[f"{schema.MART_NAMESPACE}.{schema.DIM_FAMILIES_TABLE}"] = write_table(
+        spark, lakefs, frames.families, _table(repo, run_branch, schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE), props, settings
+    )
+    accounting = transform.row_accounting(frames.decided)
+    split_counts = {r["dataset_split"]: r["count"] for r in spark.read.format("iceberg").load(
+        f"{_catalog(spark, repo, run_branch, settings)}.{schema.FCT_TABLE_FQN}").groupBy("dataset_split").count().collect()}
+    summary = {
+        "run_id": run_id,
+        "repository": repo,
+        "run_branch": run_branch,
+        "synthetic": manifest.synthetic,
+        "inputs_sha256": manifest.input_checksums(),
+        "snapshot_ids": {k: str(v) for k, v in snapshots.items()},
+        "split_spec": split.to_dict(),
+        "split_rows": dict(sorted(split_counts.items())),
+        "code_version": code_version(),
+        **accounting,
+    }
+    summary["reconciled"] = summary["input_rows"] == (
+        summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"]
+    )
+    lakefs.upload_bytes(repo, run_branch, SUMMARY_PATH, json.dumps(summary, indent=2, sort_keys=True).encode())
+    return summary
+
+
+def _catalog(spark, repo, ref, settings) -> str:
+    from dfp_core.spark import register_ref_catalog
+
+    return register_ref_catalog(spark, repo, ref, settings)
+
+
+def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str) -> dict:
+    """Commit the run branch, freeze it as a tag, merge the tag into the target.
+
+    Returns the merge commit id and the run commit. On failure the target
+    branch is unchanged (the merge is the only step that touches it).
+    """
+    summary = json.loads(lakefs.read_bytes(repo, run_branch, SUMMARY_PATH))
+    run_id = summary["run_id"]
+    metadata = {
+        "dfp.run_id": run_id,
+        "dfp.code_version": summary["code_version"],
+        "dfp.synthetic": str(summary["synthetic"]).lower(),
+        "dfp.inputs_sha256": json.dumps(summary["inputs_sha256"], sort_keys=True),
+        "dfp.row_counts": json.dumps({
+            k: summary[k] for k in ("input_rows", "fct_rows", "quarantined_rows", "duplicates_dropped")
+        }, sort_keys=True),
+        "dfp.quarantine_by_reason": json.dumps(summary["quarantine_by_reason"], sort_keys=True),
+        "dfp.snapshot_ids": json.dumps(summary["snapshot_ids"], sort_keys=True),
+        "dfp.split_spec": json.dumps(summary["split_spec"], sort_keys=True),
+    }
+    synthetic = " (synthetic data)" if summary["synthetic"] else ""
+    run_commit = lakefs.commit(repo, run_branch, f"KronoDroid transform run {run_id}{synthetic}", metadata)
+    # Freeze: the branch name baked into Iceberg paths becomes an immutable tag.
+    lakefs.delete_branch(repo, run_branch)
+    lakefs.create_tag(repo, run_branch, run_commit)
+    try:
+        merge_commit = lakefs.merge(
+            repo, run_branch, target_branch,
+            message=f"Merge KronoDroid transform run {run_id}{synthetic}",
+            metadata={"dfp.run_id": run_id, "dfp.run_commit": run_commit, "dfp.run_tag": run_branch},
+        )
+    except DfpError:
+        # Nothing points at the run's tables now; drop the tag so the name is free.
+        try:
+            lakefs.delete_tag(repo, run_branch)
+        except DfpError:  # the merge failure is what matters
+            pass
+        raise
+    return {"merge_commit": merge_commit, "run_commit": run_commit, "run_tag": run_branch}
+
+
+def run_summary_line(summary: dict, published: dict | None, ctx: RunContext | None) -> dict:
+    out = dict(summary)
+    if ctx is not None:
+        out.update(target_branch=ctx.target_branch, base_commit=ctx.base_commit)
+    if published:
+        out.update(published)
+    return out
+
