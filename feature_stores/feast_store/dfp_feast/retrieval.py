@@ -1,0 +1,132 @@
+"""Train/val/test frames for one lakeFS ref, served by Feast historical retrieval
+from the Iceberg table pinned to a commit id and snapshot, plus the dataset ids
+and content hashes that identify them."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dfp_core import iceberg, schema
+from dfp_core.errors import DatasetError
+from dfp_core.iceberg import TableRef
+from dfp_core.lakefs_ops import LakeFS
+from dfp_core.lineage import DatasetSpec, content_sha256, dataset_id, defs_sha256
+from dfp_core.splits import SPLITS
+from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
+from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from feast import FeatureStore
+    from pyspark.sql import SparkSession
+
+EVAL_FIELDS = ("label", "malware_family", "data_source", "dataset_split", "sample_year")
+# Feast labels its Spark offline store "alpha" on every call; we pin the version instead.
+warnings.filterwarnings("ignore", message="The spark (data source API|offline store) is an experimental", category=RuntimeWarning)
+
+
+@dataclass
+class RetrievedDataset:
+    spec: DatasetSpec
+    frames: dict[str, "pd.DataFrame"]
+    dataset_ids: dict[str, str] = field(default_factory=dict)
+    content_sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {split: len(frame) for split, frame in self.frames.items()}
+
+
+def feature_store(registry_dir: Path) -> "FeatureStore":
+    """The repo's Feast config with a registry of its own (apply is per retrieval)."""
+    from feast import FeatureStore
+    from feast.repo_config import RegistryConfig, load_repo_config
+
+    config = load_repo_config(FEAST_REPO_DIR, FEAST_CONFIG_FILE)
+    config.registry_config = RegistryConfig(registry_type="file", path=str(registry_dir / "registry.db"))
+    config.online_store.path = str(registry_dir / "online_store.db")
+    return FeatureStore(config=config)
+
+
+def _check_table(spark: "SparkSession", table: TableRef) -> dict[str, str]:
+    if not iceberg.table_exists(spark, table):
+        raise DatasetError(
+            f"table {schema.FCT_TABLE_FQN} does not exist at lakefs://{table.repo}/{table.ref}; "
+            "run `dfp transform` to create it"
+        )
+    columns = set(spark.table(iceberg.qualified(spark, table)).columns)
+    needed = ("sample_id", "event_timestamp", *EVAL_FIELDS, *schema.FEATURE_COLUMNS)
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise DatasetError(f"{schema.FCT_TABLE_FQN} at {table.ref[:12]} lacks columns the feature views need: {shown}")
+    return iceberg.table_properties(spark, table)
+
+
+def _check_snapshot(spark: "SparkSession", table: TableRef, snapshot_id: str) -> None:
+    name = iceberg.qualified(spark, table)
+    found = spark.sql(f"SELECT 1 FROM {name}.snapshots WHERE snapshot_id = {int(snapshot_id)}").count()
+    if not found:
+        raise DatasetError(f"Iceberg snapshot {snapshot_id} of {schema.FCT_TABLE_FQN} is not in the table at {table.ref[:12]}")
+
+
+def load_splits(
+    spark: "SparkSession",
+    lakefs: LakeFS,
+    repo: str,
+    ref: str,
+    snapshot_id: str | int | None = None,
+    max_rows_per_split: int = 0,
+    splits: tuple[str, ...] = SPLITS,
+) -> RetrievedDataset:
+    """Resolve ``ref`` to a commit, pin the table snapshot, retrieve each split via Feast."""
+    if max_rows_per_split < 0:
+        raise DatasetError("max_rows_per_split must be >= 0 (0 = unlimited)")
+    commit = lakefs.resolve_commit(repo, ref)  # unknown ref -> RefNotFoundError
+    table = TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
+    properties = _check_table(spark, table)
+    if snapshot_id in (None, ""):
+        snapshot_id = iceberg.current_snapshot_id(spark, table)
+    else:
+        _check_snapshot(spark, table, str(snapshot_id))
+    split_spec = json.loads(properties.get("dfp.split_spec", "{}"))
+    spec = DatasetSpec(
+        lakefs_repository=repo, lakefs_commit=commit, source_table=schema.FCT_TABLE_FQN,
+        iceberg_snapshot_id=str(snapshot_id), feature_view=AUTOENCODER_VIEW, feast_defs_sha256=defs_sha256(),
+        split_spec=split_spec, max_rows_per_split=int(max_rows_per_split),
+    )
+    defs = build_definitions(repo, commit, snapshot_id)
+    features = [f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS] + [f"{LABELS_VIEW}:{c}" for c in EVAL_FIELDS]
+    snapshot_table = (
+        spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
+    )
+    from pyspark.sql import functions as F
+
+    result = RetrievedDataset(spec=spec, frames={})
+    with tempfile.TemporaryDirectory(prefix="dfp-feast-") as registry_dir:
+        store = feature_store(Path(registry_dir))
+        store.apply(defs.objects())
+        for split in splits:
+            entities = snapshot_table.where(f"dataset_split = '{split}'").select("sample_id", "event_timestamp")
+            if max_rows_per_split:
+                # A deterministic subset: the same rows for the same spec, spread over sources.
+                seed = split_spec.get("seed", 0)
+                entities = entities.orderBy(F.expr(f"sha2(concat('{int(seed)}:', sample_id), 256)")).limit(
+                    int(max_rows_per_split)
+                )
+            frame = store.get_historical_features(entity_df=entities, features=features).to_df()
+            if frame.empty:
+                raise DatasetError(
+                    f"the {split} split is empty in {schema.FCT_TABLE_FQN} at lakefs://{repo}/{commit[:12]} "
+                    f"(snapshot {snapshot_id}); check the split ratios or the input data"
+                )
+            frame = frame.sort_values("sample_id", kind="mergesort").reset_index(drop=True)
+            result.frames[split] = frame
+            result.dataset_ids[split] = dataset_id(spec, split)
+            result.content_sha256[split] = content_sha256(frame[["sample_id", "label", *schema.FEATURE_COLUMNS]])
+    return result
