@@ -61,6 +61,48 @@ def stack_reset(yes: bool = typer.Option(False, "--yes", help="Confirm deleting 
     stack.reset()
 
 
+@app.command("generate")
+def generate_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder to write the archives into."),
+    rows: int = typer.Option(2000, "--rows", min=4, help="Rows over all archives."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
+    layout: str = typer.Option("archives", "--layout", help="archives (the 4 KronoDroid zips) or subset (one CSV)."),
+    start_year: int = typer.Option(2008, "--start-year"),
+    end_year: int = typer.Option(2020, "--end-year"),
+) -> None:
+    """Write synthetic KronoDroid-shaped data (marked as synthetic)."""
+    from dfp_core.generator import generate
+
+    emit(generate(out, rows, seed, layout=layout, start_year=start_year, end_year=end_year))
+
+
+@app.command("transform")
+def transform_cmd(
+    input_dir: Optional[Path] = typer.Option(None, "--input", help="KronoDroid archives/CSVs; omit to reuse the raw files on the target branch."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository [env LAKEFS_REPOSITORY, default kronodroid]."),
+    target_branch: str = typer.Option("main", "--target-branch"),
+    run_id: Optional[str] = typer.Option(None, "--run-id"),
+    split_mode: str = typer.Option("random", "--split-mode", help="random | time"),
+    split_seed: int = typer.Option(42, "--split-seed"),
+    train_ratio: float = typer.Option(0.7, "--train-ratio"),
+    val_ratio: float = typer.Option(0.15, "--val-ratio"),
+    test_ratio: float = typer.Option(0.15, "--test-ratio"),
+    train_end_year: Optional[int] = typer.Option(None, "--train-end-year"),
+    val_end_year: Optional[int] = typer.Option(None, "--val-end-year"),
+    keep_failed_branch: bool = typer.Option(False, "--keep-failed-branch"),
+) -> None:
+    """Raw archives -> Avro Iceberg tables on a run branch, committed and merged."""
+    from dfp_core.splits import SplitSpec
+    from dfp_spark.kronodroid_iceberg_job import run
+
+    split = SplitSpec(
+        mode=split_mode, seed=split_seed, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio,
+        train_end_year=train_end_year, val_end_year=val_end_year,
+    )
+    emit(run(input_dir=input_dir, repo=repo, target_branch=target_branch, run_id=run_id, split=split,
+             keep_failed_branch=keep_failed_branch))
+
+
 def _print_status(result: dict, as_json: bool) -> None:
     if as_json:
         emit(result)
