@@ -1,0 +1,113 @@
+"""Evaluation of reconstruction errors as malware scores.
+
+Malware is the positive class; a row is flagged when its error is strictly
+greater than the threshold. Keys are flat, stable and valid MLflow metric
+names; per-data-source metrics carry a ``__<source>`` suffix (e.g.
+``test_roc_auc__emulator``).
+
+Keys are omitted rather than set to NaN when they are undefined: the AUCs when
+only one class is present, ``test_recon_loss_benign``/``_malware`` when that
+class has no rows, and the whole per-source set for a source with fewer than
+two classes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+from dfp_core.errors import DatasetError
+
+PREFIX = "test"
+SOURCE_SEP = "__"
+
+
+def _errors(errors, name: str = "errors") -> np.ndarray:
+    arr = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise DatasetError(f"no {name}: the split is empty")
+    if not np.all(np.isfinite(arr)):
+        raise DatasetError(f"{name} contain NaN/inf values")
+    return arr
+
+
+def _labels(labels, n: int) -> np.ndarray:
+    arr = np.asarray(labels).reshape(-1)
+    if arr.shape[0] != n:
+        raise DatasetError(f"{n} errors but {arr.shape[0]} labels")
+    if not np.isin(arr, (0, 1)).all():
+        raise DatasetError("labels must be 0 (benign) or 1 (malware)")
+    return arr.astype(np.int64)
+
+
+def metric_key_part(value: object) -> str:
+    """A data-source value made safe for an MLflow metric key."""
+    return re.sub(r"[^0-9A-Za-z_\-.]", "_", str(value)) or "_"
+
+
+def recon_loss(errors) -> float:
+    """Mean reconstruction error of a split (e.g. ``train_recon_loss``)."""
+    return float(_errors(errors).mean())
+
+
+def benign_threshold(val_errors, val_labels, quantile: float = 0.95) -> float:
+    """The ``quantile`` of the benign validation errors (numpy's linear interpolation)."""
+    if not 0.0 < float(quantile) <= 1.0:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    errs = _errors(val_errors, "validation errors")
+    benign = errs[_labels(val_labels, errs.size) == 0]
+    if benign.size == 0:
+        raise DatasetError("the validation split has no benign rows to set the threshold from")
+    return float(np.quantile(benign, float(quantile)))
+
+
+def classification_metrics(errors: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """roc_auc, pr_auc (only with both classes), precision, recall, f1 at the threshold."""
+    pred = (errors > threshold).astype(np.int64)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, pred, average="binary", pos_label=1, zero_division=0
+    )
+    out: dict[str, float] = {}
+    if np.unique(labels).size == 2:
+        out["roc_auc"] = float(roc_auc_score(labels, errors))
+        out["pr_auc"] = float(average_precision_score(labels, errors, pos_label=1))
+    out.update(precision=float(precision), recall=float(recall), f1=float(f1))
+    return out
+
+
+def evaluate(
+    errors: np.ndarray,
+    labels: np.ndarray,
+    data_source: np.ndarray | None,
+    threshold: float,
+    prefix: str = PREFIX,
+) -> dict[str, float]:
+    """Flat metric dict for a labelled split (see the module docstring for the keys)."""
+    errs = _errors(errors)
+    y = _labels(labels, errs.size)
+    threshold = float(threshold)
+    if not np.isfinite(threshold):
+        raise DatasetError("the threshold must be a finite number")
+
+    out: dict[str, float] = {f"{prefix}_recon_loss": float(errs.mean())}
+    for cls, name in ((0, "benign"), (1, "malware")):
+        if (y == cls).any():
+            out[f"{prefix}_recon_loss_{name}"] = float(errs[y == cls].mean())
+    out.update({f"{prefix}_{k}": v for k, v in classification_metrics(errs, y, threshold).items()})
+    out["threshold"] = threshold
+
+    if data_source is not None:
+        src = np.asarray(data_source, dtype=object).reshape(-1)
+        if src.shape[0] != errs.size:
+            raise DatasetError(f"{errs.size} errors but {src.shape[0]} data_source values")
+        src = src.astype(str)
+        for source in sorted(set(src)):
+            mask = src == source
+            if np.unique(y[mask]).size < 2:
+                continue  # AUC/PR undefined, and F1 of one class is misleading
+            part = metric_key_part(source)
+            for key, value in classification_metrics(errs[mask], y[mask], threshold).items():
+                out[f"{prefix}_{key}{SOURCE_SEP}{part}"] = value
+    return out

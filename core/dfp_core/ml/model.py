@@ -1,0 +1,153 @@
+"""The KronoDroid autoencoder: an MLP encoder/decoder trained with MSE.
+
+Trained on benign apps only (see ``data.KronodroidDataModule``), its per-sample
+reconstruction error is the anomaly score: malware reconstructs worse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+
+def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
+    """Linear layers through ``dims``; ReLU + dropout between, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def batch_features(batch: Any) -> Tensor:
+    """The feature tensor of a batch: a tensor, or the first item of a tuple/list."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise TypeError(f"unsupported batch type {type(batch).__name__}: expected a Tensor or (Tensor, ...)")
+
+
+class KronodroidAutoencoder(L.LightningModule):
+    """MLP autoencoder ``input_dim -> hidden_dims -> latent_dim -> reversed(hidden_dims) -> input_dim``."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int] = (256, 64),
+        latent_dim: int = 16,
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+    ):
+        super().__init__()
+        hidden_dims = tuple(int(h) for h in hidden_dims)
+        if int(input_dim) < 1 or int(latent_dim) < 1 or any(h < 1 for h in hidden_dims):
+            raise ValueError("input_dim, hidden_dims and latent_dim must be positive")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        self.save_hyperparameters(
+            {
+                "input_dim": int(input_dim),
+                "hidden_dims": hidden_dims,
+                "latent_dim": int(latent_dim),
+                "dropout": float(dropout),
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+            }
+        )
+        dims = (int(input_dim), *hidden_dims, int(latent_dim))
+        self.encoder = _mlp(dims, float(dropout))
+        self.decoder = _mlp(dims[::-1], float(dropout))
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (JSON-serialisable) that rebuild this architecture."""
+        hp = self.hparams
+        return {
+            "input_dim": int(hp.input_dim),
+            "hidden_dims": [int(h) for h in hp.hidden_dims],
+            "latent_dim": int(hp.latent_dim),
+            "dropout": float(hp.dropout),
+            "lr": float(hp.lr),
+            "weight_decay": float(hp.weight_decay),
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+    def _loss(self, batch: Any) -> Tensor:
+        x = batch_features(batch)
+        return nn.functional.mse_loss(self(x), x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch_features(batch)))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch_features(batch)))
+        return loss
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("test_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch_features(batch)))
+        return loss
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x = batch_features(batch)
+        return ((self(x) - x) ** 2).mean(dim=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    @torch.no_grad()
+    def reconstruction_error(self, x: Tensor, batch_size: int = 65536) -> Tensor:
+        """Per-sample mean squared reconstruction error, in eval mode, without grad.
+
+        Accepts a tensor (or anything ``torch.as_tensor`` takes); returns a 1-D
+        float tensor on the CPU. The module's train/eval mode is restored.
+        """
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-D (rows, features) input, got shape {tuple(x.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            parts = []
+            for start in range(0, x.shape[0], batch_size):
+                chunk = x[start:start + batch_size].to(device)
+                parts.append(((self(chunk) - chunk) ** 2).mean(dim=1).cpu())
+            return torch.cat(parts) if parts else torch.empty(0)
+        finally:
+            self.train(was_training)
+
+
+class LossHistory(L.Callback):
+    """Collects the epoch-level ``train_loss`` and ``val_loss`` of ``Trainer.fit``
+    (sanity check and standalone ``validate`` runs excluded) into ``history``,
+    the input of ``plots.plot_loss_curves``."""
+
+    def __init__(self, keys: Sequence[str] = ("train_loss", "val_loss")):
+        super().__init__()
+        self.keys = tuple(keys)
+        self.history: dict[str, list[float]] = {k: [] for k in self.keys}
+
+    def _record(self, trainer: L.Trainer, prefix: str) -> None:
+        for key in self.keys:
+            if key.startswith(prefix) and key in trainer.callback_metrics:
+                self.history[key].append(float(trainer.callback_metrics[key]))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._record(trainer, "val")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, "train")

@@ -1,0 +1,136 @@
+"""PNG plots for a training run (matplotlib's Agg canvas, no display, no pyplot
+global state, so they are safe from threads and in headless containers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+DPI = 110
+
+
+def _figure(size=(6.0, 4.5)) -> tuple[Figure, object]:
+    fig = Figure(figsize=size, dpi=DPI, layout="tight")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def plot_loss_curves(history: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """One line per series (e.g. ``train_loss``, ``val_loss``) against epoch (1-based)."""
+    fig, ax = _figure()
+    plotted = False
+    for name, values in history.items():
+        vals = np.asarray(list(values), dtype=np.float64)
+        if vals.size:
+            ax.plot(np.arange(1, vals.size + 1), vals, marker="o" if vals.size < 30 else None, ms=3, label=name)
+            plotted = True
+    if plotted:
+        positive = [v for vs in history.values() for v in vs if np.isfinite(v)]
+        if positive and min(positive) > 0 and max(positive) / min(positive) > 50:
+            ax.set_yscale("log")
+        ax.legend()
+    else:
+        _note(ax, "no loss history")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE reconstruction loss")
+    ax.set_title("Loss curves")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _groups(labels: np.ndarray, data_source) -> list[tuple[str, np.ndarray]]:
+    groups = [("all", np.ones(labels.size, dtype=bool))]
+    if data_source is not None:
+        src = np.asarray(data_source, dtype=object).reshape(-1).astype(str)
+        for source in sorted(set(src)):
+            groups.append((source, src == source))
+    return [(n, m) for n, m in groups if np.unique(labels[m]).size == 2]
+
+
+def plot_roc_pr(
+    errors,
+    labels,
+    path_roc: str | Path,
+    path_pr: str | Path,
+    data_source=None,
+) -> tuple[Path, Path]:
+    """ROC and precision-recall curves of the error as a malware score; with
+    ``data_source`` also one curve per source (sources with a single class are skipped)."""
+    errs = np.asarray(errors, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    groups = _groups(y, data_source)
+
+    fig_roc, ax_roc = _figure()
+    fig_pr, ax_pr = _figure()
+    for name, mask in groups:
+        fpr, tpr, _ = roc_curve(y[mask], errs[mask])
+        ax_roc.plot(fpr, tpr, lw=2 if name == "all" else 1.2,
+                    label=f"{name} (AUC={roc_auc_score(y[mask], errs[mask]):.3f})")
+        prec, rec, _ = precision_recall_curve(y[mask], errs[mask])
+        ax_pr.plot(rec, prec, lw=2 if name == "all" else 1.2, drawstyle="steps-post",
+                   label=f"{name} (AP={average_precision_score(y[mask], errs[mask]):.3f})")
+    ax_roc.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    if groups:
+        ax_roc.legend(loc="lower right")
+        ax_pr.legend(loc="lower left")
+    else:
+        _note(ax_roc, "needs both benign and malware rows")
+        _note(ax_pr, "needs both benign and malware rows")
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (malware positive)",
+               xlim=(0, 1), ylim=(0, 1.02))
+    ax_pr.set(xlabel="recall", ylabel="precision", title="Precision-recall (malware positive)",
+              xlim=(0, 1), ylim=(0, 1.02))
+    for ax in (ax_roc, ax_pr):
+        ax.grid(alpha=0.3)
+    return _save(fig_roc, path_roc), _save(fig_pr, path_pr)
+
+
+def plot_error_histogram(errors, labels, threshold: float, path: str | Path) -> Path:
+    """Histograms of benign vs malware reconstruction errors, with the threshold;
+    log-scale x when the errors span more than two decades."""
+    errs = np.asarray(errors, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    fig, ax = _figure((7.0, 4.5))
+    finite = errs[np.isfinite(errs)]
+    positive = finite[finite > 0]
+    log_x = positive.size > 1 and positive.max() / positive.min() > 100
+    if finite.size == 0:
+        _note(ax, "no errors")
+    else:
+        if log_x:
+            floor = positive.min()
+            bins = np.geomspace(floor, positive.max(), 60)
+            clip = lambda a: np.clip(a, floor, None)  # noqa: E731 - zeros land in the first bin
+            ax.set_xscale("log")
+        else:
+            lo, hi = float(finite.min()), float(finite.max())
+            bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
+            clip = lambda a: a  # noqa: E731
+        for cls, name, color in ((0, "benign", "tab:blue"), (1, "malware", "tab:red")):
+            vals = errs[(y == cls) & np.isfinite(errs)]
+            if vals.size:
+                ax.hist(clip(vals), bins=bins, alpha=0.55, color=color, label=f"{name} (n={vals.size})")
+        if np.isfinite(threshold) and (not log_x or threshold > 0):
+            ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold={threshold:.4g}")
+        ax.legend()
+    ax.set_xlabel("reconstruction error (per-sample MSE)")
+    ax.set_ylabel("rows")
+    ax.set_title("Reconstruction error by class")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,155 @@
+"""Feature preprocessing fitted on the train split only.
+
+Per feature: impute NaN (and +/-inf) with the train median, clip negatives to
+0, ``log1p`` (every feature is a non-negative count, flag or byte size), then
+standardise with the train mean/std. Columns whose train std is below the
+floor (constant columns) map to 0 for every input. Fully deterministic; the
+fitted state round-trips through JSON exactly (floats are written with
+``repr`` precision).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from dfp_core.errors import DatasetError
+from dfp_core.schema import FEATURE_COLUMNS
+
+STD_FLOOR = 1e-6
+FORMAT_VERSION = 1
+
+
+def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """The feature columns of ``df`` as a float64 matrix, in ``features`` order.
+
+    Raises DatasetError naming missing or non-numeric columns.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise DatasetError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in features if c not in df.columns]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise DatasetError(f"missing feature columns: {shown}")
+    try:
+        return df.loc[:, list(features)].to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        bad = [c for c in features if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+        raise DatasetError(f"non-numeric feature columns: {', '.join(bad[:10]) or '(unknown)'}") from None
+
+
+class Preprocessor:
+    """Median imputation -> clip(>=0) -> log1p -> standardisation."""
+
+    def __init__(self, features: Sequence[str] = FEATURE_COLUMNS, std_floor: float = STD_FLOOR):
+        self.features: tuple[str, ...] = tuple(features)
+        if not self.features:
+            raise DatasetError("Preprocessor needs at least one feature column")
+        if len(set(self.features)) != len(self.features):
+            raise DatasetError("Preprocessor feature names are not unique")
+        self.std_floor = float(std_floor)
+        self.medians: np.ndarray | None = None
+        self.means: np.ndarray | None = None
+        self.stds: np.ndarray | None = None
+
+    # -- fitting -----------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self.medians is not None
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def constant_mask(self) -> np.ndarray:
+        """True for columns that were constant on the train split (they map to 0)."""
+        self._check_fitted()
+        return self.stds <= self.std_floor
+
+    def fit(self, df: pd.DataFrame) -> "Preprocessor":
+        """Fit on the TRAIN split only."""
+        raw = feature_matrix(df, self.features)
+        if raw.shape[0] == 0:
+            raise DatasetError("cannot fit the preprocessor on an empty train split")
+        raw = np.where(np.isfinite(raw), raw, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: median 0 below
+            medians = np.nanmedian(raw, axis=0)
+        medians = np.where(np.isfinite(medians), medians, 0.0)
+        self.medians = medians
+        logged = self._impute_log(raw)
+        self.means = logged.mean(axis=0)
+        self.stds = np.maximum(logged.std(axis=0), self.std_floor)
+        return self
+
+    def _impute_log(self, raw: np.ndarray) -> np.ndarray:
+        filled = np.where(np.isnan(raw), self.medians, raw)
+        return np.log1p(np.clip(filled, 0.0, None))
+
+    # -- transform ---------------------------------------------------------------
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """The preprocessed features as float32 ``(n_rows, n_features)``."""
+        self._check_fitted()
+        raw = feature_matrix(df, self.features)
+        raw = np.where(np.isfinite(raw), raw, np.nan)
+        out = (self._impute_log(raw) - self.means) / self.stds
+        out[:, self.constant_mask] = 0.0
+        return out.astype(np.float32)
+
+    def fit_transform(self, df: pd.DataFrame) -> np.ndarray:
+        return self.fit(df).transform(df)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise DatasetError("the preprocessor is not fitted; call fit() on the train split first")
+
+    # -- persistence -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "format_version": FORMAT_VERSION,
+            "steps": ["impute_median", "clip_min_0", "log1p", "standardize"],
+            "std_floor": self.std_floor,
+            "features": list(self.features),
+            "medians": [float(v) for v in self.medians],
+            "means": [float(v) for v in self.means],
+            "stds": [float(v) for v in self.stds],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessor":
+        try:
+            features = list(data["features"])
+            obj = cls(features, std_floor=float(data.get("std_floor", STD_FLOOR)))
+            arrays = {k: np.asarray(data[k], dtype=np.float64) for k in ("medians", "means", "stds")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"invalid preprocessor state: {exc}") from None
+        for key, arr in arrays.items():
+            if arr.shape != (len(features),) or not np.all(np.isfinite(arr)):
+                raise DatasetError(f"invalid preprocessor state: {key!r} must be {len(features)} finite numbers")
+        obj.medians, obj.means, obj.stds = arrays["medians"], arrays["means"], arrays["stds"]
+        return obj
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Preprocessor":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"cannot read preprocessor file {path}: {exc}") from None
+        return cls.from_dict(data)
+
+    def __repr__(self) -> str:  # pragma: no cover - cosmetic
+        state = "fitted" if self.is_fitted else "unfitted"
+        return f"Preprocessor({self.n_features} features, {state})"

@@ -1,0 +1,441 @@
+"""Unit tests of the ML core (dfp_core.ml): CPU only, synthetic data, fast.
+
+The synthetic frames have every schema.FEATURE_COLUMNS column. Benign rows are
+Poisson counts whose log-rates lie on a low-rank (3-factor) manifold; malware
+rows come from a different loading matrix plus extra activity on a block of
+features, so an autoencoder trained on benign rows reconstructs them worse.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+L = pytest.importorskip("lightning")
+pytest.importorskip("mlflow")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score  # noqa: E402
+
+from dfp_core.errors import DatasetError  # noqa: E402
+from dfp_core.ml import metrics as M  # noqa: E402
+from dfp_core.ml.data import KronodroidDataModule  # noqa: E402
+from dfp_core.ml.loop import train_plain  # noqa: E402
+from dfp_core.ml.model import KronodroidAutoencoder, LossHistory  # noqa: E402
+from dfp_core.ml.plots import plot_error_histogram, plot_loss_curves, plot_roc_pr  # noqa: E402
+from dfp_core.ml.preprocess import Preprocessor  # noqa: E402
+from dfp_core.schema import FEATURE_COLUMNS  # noqa: E402
+
+FEATURES = list(FEATURE_COLUMNS)
+N_FEAT = len(FEATURES)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONSTANT = FEATURES[300:310]  # always 0 in the synthetic data (many permissions are)
+SMALL = dict(hidden_dims=(64, 32), latent_dim=8, dropout=0.0)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning",  # Lightning: few dataloader workers, small batches, ...
+    "ignore:.*does not have many workers.*",
+)
+
+
+def trainer(**kw) -> "L.Trainer":
+    base = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    base.update(kw)
+    return L.Trainer(**base)
+
+
+def synthetic_frame(n_benign: int = 600, n_malware: int = 150, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rank = 3
+    bias = rng.uniform(-1.0, 1.5, N_FEAT)
+    w_benign = rng.normal(0.0, 0.6, (rank, N_FEAT))
+    w_malware = rng.normal(0.0, 0.6, (rank, N_FEAT))
+
+    def counts(n, w, extra):
+        z = rng.normal(size=(n, rank))
+        rate = np.exp(np.clip(bias + z @ w + extra, None, 8.0))
+        return rng.poisson(rate).astype(np.int64)
+
+    extra = np.zeros(N_FEAT)
+    extra[rng.choice(N_FEAT, 60, replace=False)] = 1.5
+    x = np.vstack([counts(n_benign, w_benign, 0.0), counts(n_malware, w_malware, extra)])
+    df = pd.DataFrame(x, columns=FEATURES)
+    df[CONSTANT] = 0
+    df["c_file_size"] = df["c_file_size"] * 100_000 + 1_000_000  # byte sizes
+    files = df["files_inside_apk"].astype(float)
+    files[rng.random(len(df)) < 0.2] = np.nan  # only some archives have it
+    df["files_inside_apk"] = files
+    df["label"] = np.r_[np.zeros(n_benign, int), np.ones(n_malware, int)]
+    df["data_source"] = np.where(rng.random(len(df)) < 0.5, "emulator", "real_device")
+    df["sample_id"] = [f"s{i:05d}" for i in range(len(df))]
+    return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    df = synthetic_frame()
+    n = len(df)
+    splits = {"train": df.iloc[: int(0.6 * n)], "val": df.iloc[int(0.6 * n): int(0.8 * n)], "test": df.iloc[int(0.8 * n):]}
+    splits = {k: v.reset_index(drop=True) for k, v in splits.items()}
+    pre = Preprocessor().fit(splits["train"])
+    arrays = {k: pre.transform(v) for k, v in splits.items()}
+    labels = {k: v["label"].to_numpy() for k, v in splits.items()}
+    return {"frames": splits, "pre": pre, "x": arrays, "y": labels}
+
+
+def make_dm(data, **kw) -> KronodroidDataModule:
+    x, y = data["x"], data["y"]
+    args = dict(batch_size=64, seed=0)
+    args.update(kw)
+    return KronodroidDataModule(x["train"], x["val"], x["test"], y["train"], y["val"], y["test"], **args)
+
+
+def fit_seeded(data, max_epochs: int = 5):
+    L.seed_everything(0, workers=True, verbose=False)
+    model = KronodroidAutoencoder(N_FEAT, **SMALL, lr=3e-3)
+    history = LossHistory()
+    tr = trainer(max_epochs=max_epochs, deterministic=True, callbacks=[history])
+    dm = make_dm(data)
+    before = tr.validate(model, datamodule=dm, verbose=False)[0]["val_loss"]
+    tr.fit(model, datamodule=dm)
+    return model, history.history, before, tr
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    model, history, before, tr = fit_seeded(data)
+    errors = {k: model.reconstruction_error(torch.from_numpy(v)).numpy() for k, v in data["x"].items()}
+    return {"model": model, "history": history, "val_before": before, "trainer": tr, "errors": errors}
+
+
+# -- preprocessing -------------------------------------------------------------------
+
+def test_preprocessor_fitted_on_train_only(data):
+    train, test = data["frames"]["train"], data["frames"]["test"]
+    pre = data["pre"]
+    other = Preprocessor().fit(test)
+    assert not np.allclose(pre.means, other.means)
+    # the stored stats are the train split's
+    logged = np.log1p(train[FEATURES].astype(float).fillna(train[FEATURES].median()).to_numpy())
+    np.testing.assert_allclose(pre.means, logged.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pre.medians, train[FEATURES].median().to_numpy())
+
+
+def test_preprocessor_standardises_train(data):
+    pre, xt = data["pre"], data["x"]["train"]
+    assert xt.dtype == np.float32 and xt.shape == (len(data["frames"]["train"]), N_FEAT)
+    const = pre.constant_mask
+    assert const[[FEATURES.index(c) for c in CONSTANT]].all()
+    np.testing.assert_allclose(xt[:, ~const].mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(xt[:, ~const].std(axis=0), 1.0, atol=1e-3)
+    assert np.all(xt[:, const] == 0.0)
+    # a constant column maps to 0 even when other data has a value there
+    odd = data["frames"]["test"].copy()
+    odd[CONSTANT[0]] = 7
+    assert np.all(pre.transform(odd)[:, FEATURES.index(CONSTANT[0])] == 0.0)
+    assert np.isfinite(data["x"]["test"]).all()
+
+
+def test_preprocessor_imputes_train_median_and_clips(data):
+    pre = data["pre"]
+    j = FEATURES.index("files_inside_apk")
+    median = pre.medians[j]
+    assert np.isfinite(median) and median == data["frames"]["train"]["files_inside_apk"].median()
+    row = data["frames"]["test"].iloc[[0, 0]].copy()
+    row["files_inside_apk"] = [np.nan, median]
+    row["nr_services"] = [-5, 0]  # negatives clip to 0
+    out = pre.transform(row)
+    assert out[0, j] == out[1, j] == np.float32((np.log1p(median) - pre.means[j]) / pre.stds[j])
+    k = FEATURES.index("nr_services")
+    assert out[0, k] == out[1, k]
+
+
+def test_preprocessor_json_round_trip_and_determinism(data, tmp_path):
+    pre = data["pre"]
+    path = pre.save(tmp_path / "pre.json")
+    loaded = Preprocessor.load(path)
+    assert loaded.features == tuple(FEATURES)
+    assert json.loads(path.read_text())["features"] == FEATURES
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(loaded.transform(data["frames"][split]), data["x"][split])
+    again = Preprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(again.transform(data["frames"]["val"]), data["x"]["val"])
+    refit = Preprocessor().fit(data["frames"]["train"])
+    np.testing.assert_array_equal(refit.transform(data["frames"]["train"]), data["x"]["train"])
+
+
+def test_preprocessor_missing_columns(data):
+    bad = data["frames"]["test"].drop(columns=["nr_services", "sc_read"])
+    with pytest.raises(DatasetError, match="nr_services") as exc:
+        data["pre"].transform(bad)
+    assert "sc_read" in str(exc.value)
+    with pytest.raises(DatasetError, match="not fitted"):
+        Preprocessor().transform(data["frames"]["test"])
+    with pytest.raises(DatasetError, match="empty"):
+        Preprocessor().fit(data["frames"]["test"].iloc[:0])
+
+
+# -- data module ---------------------------------------------------------------------
+
+def _rows(loader) -> np.ndarray:
+    return torch.cat([b[0] for b in loader]).numpy()
+
+
+def test_datamodule_benign_only_and_all(data):
+    x, y = data["x"], data["y"]
+    dm = make_dm(data)
+    assert dm.n_train == int((y["train"] == 0).sum()) and dm.n_val == int((y["val"] == 0).sum())
+    seen = _rows(dm.train_dataloader())
+    assert len(seen) == dm.n_train
+    benign = {r.tobytes() for r in x["train"][y["train"] == 0]}
+    assert {r.tobytes() for r in seen} == benign
+    np.testing.assert_array_equal(_rows(dm.val_dataloader()), x["val"][y["val"] == 0])
+    assert len(_rows(dm.test_dataloader())) == len(x["test"])  # the test loader serves every row
+    everything = make_dm(data, train_on="all")
+    assert everything.n_train == len(x["train"]) and everything.n_val == len(x["val"])
+
+
+def test_datamodule_errors(data):
+    x, y = data["x"], data["y"]
+    with pytest.raises(DatasetError, match="val split is empty"):
+        KronodroidDataModule(x["train"], x["val"][:0], None, y["train"], y["val"][:0])
+    with pytest.raises(DatasetError, match="train split is empty"):
+        KronodroidDataModule(x["train"][:0], x["val"], train_on="all")
+    malware = y["train"] == 1
+    with pytest.raises(DatasetError, match="no benign rows"):
+        KronodroidDataModule(x["train"][malware], x["val"], None, y["train"][malware], y["val"])
+    with pytest.raises(DatasetError, match="needs labels"):
+        KronodroidDataModule(x["train"], x["val"])
+    with pytest.raises(DatasetError, match="features"):
+        KronodroidDataModule(x["train"], x["val"][:, :10], train_on="all")
+
+
+def test_datamodule_seeded_shuffling(data):
+    a = _rows(make_dm(data, seed=7).train_dataloader())
+    b = _rows(make_dm(data, seed=7).train_dataloader())
+    c = _rows(make_dm(data, seed=8).train_dataloader())
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # successive epochs of one loader are different permutations of the same rows
+    loader = make_dm(data, seed=7).train_dataloader()
+    e1, e2 = _rows(loader), _rows(loader)
+    assert not np.array_equal(e1, e2)
+    assert sorted(r.tobytes() for r in e1) == sorted(r.tobytes() for r in e2)
+
+
+# -- model / Lightning ---------------------------------------------------------------
+
+def test_fast_dev_run(data):
+    model = KronodroidAutoencoder(N_FEAT)
+    assert model.hparams.hidden_dims == (256, 64) and model.hparams.latent_dim == 16
+    dm = make_dm(data)
+    tr = trainer(fast_dev_run=True)
+    tr.fit(model, datamodule=dm)
+    assert np.isfinite(tr.validate(model, datamodule=dm, verbose=False)[0]["val_loss"])
+    assert np.isfinite(tr.test(model, datamodule=dm, verbose=False)[0]["test_loss"])
+
+
+def test_reconstruction_error_shape_and_mode(data):
+    model = KronodroidAutoencoder(N_FEAT, **SMALL).train()
+    x = torch.from_numpy(data["x"]["test"])
+    err = model.reconstruction_error(x)
+    assert err.shape == (len(x),) and not err.requires_grad and (err >= 0).all()
+    assert model.training  # mode restored
+    expected = ((model.eval()(x) - x) ** 2).mean(dim=1).detach()
+    torch.testing.assert_close(err, expected)
+
+
+def test_training_lowers_val_loss_and_separates(data, trained):
+    hist = trained["history"]
+    assert len(hist["train_loss"]) == len(hist["val_loss"]) == 5
+    assert hist["val_loss"][-1] < trained["val_before"]
+    assert hist["train_loss"][-1] < hist["train_loss"][0]
+    errs, y = trained["errors"]["test"], data["y"]["test"]
+    assert roc_auc_score(y, errs) > 0.9
+    thr = M.benign_threshold(trained["errors"]["val"], data["y"]["val"], 0.95)
+    result = M.evaluate(errs, y, data["frames"]["test"]["data_source"].to_numpy(), thr)
+    assert result["test_roc_auc"] > 0.9
+    assert result["test_recon_loss_malware"] > result["test_recon_loss_benign"]
+
+
+def test_seeded_training_is_reproducible(data, trained):
+    model, _, _, _ = fit_seeded(data)
+    again = model.reconstruction_error(torch.from_numpy(data["x"]["test"])).numpy()
+    np.testing.assert_allclose(again, trained["errors"]["test"], atol=1e-6)
+
+
+def test_early_stopping_on_plateau(data):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    L.seed_everything(0, verbose=False)
+    model = KronodroidAutoencoder(N_FEAT, **SMALL, lr=0.0)  # lr 0: val loss is flat
+    stop = EarlyStopping(monitor="val_loss", patience=2, mode="min")
+    tr = trainer(max_epochs=20, callbacks=[stop])
+    tr.fit(model, datamodule=make_dm(data, batch_size=256))
+    assert tr.current_epoch < 20
+    assert stop.stopped_epoch > 0 and tr.should_stop
+
+
+def test_plain_loop_lowers_loss(data):
+    torch.manual_seed(0)
+    model = KronodroidAutoencoder(N_FEAT, **SMALL, lr=3e-3)
+    dm = make_dm(data)
+    hist = train_plain(model, dm.train_dataloader(), dm.val_dataloader(), max_epochs=4, lr=None)
+    assert len(hist["train_loss"]) == len(hist["val_loss"]) == 4
+    assert hist["train_loss"][-1] < hist["train_loss"][0]
+    assert hist["val_loss"][-1] < hist["val_loss"][0]
+    assert hist["samples"] == 4 * dm.n_train and hist["seconds"] > 0
+    assert not model.training
+
+
+# -- metrics -------------------------------------------------------------------------
+
+def test_metrics_perfect_separation():
+    errors = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+    labels = np.array([0, 0, 0, 1, 1])
+    out = M.evaluate(errors, labels, None, threshold=0.5)
+    assert out["test_roc_auc"] == 1.0 and out["test_pr_auc"] == 1.0
+    assert out["test_precision"] == out["test_recall"] == out["test_f1"] == 1.0
+    assert out["threshold"] == 0.5
+    assert out["test_recon_loss"] == pytest.approx(errors.mean())
+    assert out["test_recon_loss_benign"] == pytest.approx(0.2)
+    assert out["test_recon_loss_malware"] == pytest.approx(0.85)
+    assert M.recon_loss(errors) == pytest.approx(0.46)
+    # strictly greater than the threshold counts as malware
+    assert M.evaluate(errors, labels, None, threshold=0.8)["test_recall"] == 0.5
+
+
+def test_benign_threshold_quantile():
+    benign = np.arange(101) / 100.0
+    errors = np.r_[benign, [50.0, 60.0]]
+    labels = np.r_[np.zeros(101, int), [1, 1]]
+    assert M.benign_threshold(errors, labels, 0.95) == pytest.approx(0.95)
+    assert M.benign_threshold(errors, labels, 0.5) == pytest.approx(np.quantile(benign, 0.5))
+    with pytest.raises(DatasetError, match="no benign"):
+        M.benign_threshold(errors[-2:], labels[-2:])
+
+
+def test_metrics_match_sklearn_and_per_source():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    errors = rng.gamma(2.0, 1.0, 400) + labels * rng.gamma(1.0, 1.0, 400)
+    sources = np.where(rng.random(400) < 0.5, "emulator", "real_device")
+    thr = 2.5
+    out = M.evaluate(errors, labels, sources, thr)
+    pred = errors > thr
+    assert out["test_precision"] == pytest.approx(precision_score(labels, pred))
+    assert out["test_recall"] == pytest.approx(recall_score(labels, pred))
+    assert out["test_f1"] == pytest.approx(f1_score(labels, pred))
+    assert out["test_roc_auc"] == pytest.approx(roc_auc_score(labels, errors))
+    for src in ("emulator", "real_device"):
+        m = sources == src
+        for key in ("roc_auc", "pr_auc", "precision", "recall", "f1"):
+            assert f"test_{key}__{src}" in out
+        assert out[f"test_roc_auc__{src}"] == pytest.approx(roc_auc_score(labels[m], errors[m]))
+        assert out[f"test_f1__{src}"] == pytest.approx(f1_score(labels[m], pred[m]))
+    assert all(isinstance(v, float) and np.isfinite(v) for v in out.values())
+
+
+def test_metrics_single_class_source_skipped():
+    errors = np.array([0.1, 0.9, 0.2, 0.3, 0.4])
+    labels = np.array([0, 1, 0, 0, 0])
+    sources = np.array(["emulator", "emulator", "real_device", "real_device", "real_device"])
+    out = M.evaluate(errors, labels, sources, 0.5)
+    assert "test_roc_auc__emulator" in out
+    assert not any(k.endswith("__real_device") for k in out)
+    # a split without malware: no AUC keys, no crash
+    benign_only = M.evaluate(errors[labels == 0], labels[labels == 0], None, 0.5)
+    assert "test_roc_auc" not in benign_only and benign_only["test_recall"] == 0.0
+    with pytest.raises(DatasetError):
+        M.evaluate(errors, labels[:3], None, 0.5)
+
+
+# -- plots ---------------------------------------------------------------------------
+
+def test_plots_write_pngs(data, trained, tmp_path):
+    errs, y = trained["errors"]["test"], data["y"]["test"]
+    src = data["frames"]["test"]["data_source"].to_numpy()
+    paths = [
+        plot_loss_curves(trained["history"], tmp_path / "loss.png"),
+        *plot_roc_pr(errs, y, tmp_path / "roc.png", tmp_path / "pr.png", data_source=src),
+        plot_error_histogram(errs, y, float(np.quantile(errs, 0.9)), tmp_path / "hist.png"),
+        plot_error_histogram(np.r_[errs, 1e4], np.r_[y, 1], 1.0, tmp_path / "hist_log.png"),
+        plot_roc_pr(errs[y == 0], y[y == 0], tmp_path / "roc1.png", tmp_path / "pr1.png")[0],
+        plot_loss_curves({}, tmp_path / "empty.png"),
+    ]
+    for path in paths:
+        blob = path.read_bytes()
+        assert len(blob) > 1000 and blob[:8] == PNG_MAGIC, path
+
+
+# -- MLflow pyfunc -------------------------------------------------------------------
+
+def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
+    import mlflow
+
+    from dfp_core.ml.pyfunc import (
+        AutoencoderPyfunc, as_model_input, build_pyfunc_artifacts, load_autoencoder, pip_requirements,
+        pyfunc_signature,
+    )
+
+    model, pre = trained["model"], data["pre"]
+    thr = M.benign_threshold(trained["errors"]["val"], data["y"]["val"], 0.95)
+    arts = build_pyfunc_artifacts(model, pre, thr, 0.95, tmp_path / "artifacts")
+    assert set(arts) == {"model_state", "model_config", "preprocessor", "threshold"}
+    assert json.loads(open(arts["threshold"]).read()) == {"threshold": thr, "quantile": 0.95}
+    reloaded = load_autoencoder(arts["model_state"], arts["model_config"])
+    assert isinstance(reloaded, KronodroidAutoencoder) and reloaded.hparams.hidden_dims == (64, 32)
+
+    frame = data["frames"]["test"]
+    # MLflow 3.17 refuses the file store unless opted in; it is its real local backend.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"file:{tmp_path}/mlruns")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mlflow.start_run():
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=AutoencoderPyfunc(),
+                    artifacts=arts,
+                    signature=pyfunc_signature(),
+                    input_example=as_model_input(frame.head(3)),
+                    pip_requirements=pip_requirements(),
+                )
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+        model_input = as_model_input(frame).assign(extra_column="ignored")
+        out = loaded.predict(model_input)
+        assert list(out.columns) == ["sample_id", "reconstruction_error", "is_anomaly"]
+        assert len(out) == len(frame)
+        assert out["reconstruction_error"].dtype == np.float64 and out["is_anomaly"].dtype == bool
+        assert out["sample_id"].tolist() == frame["sample_id"].tolist()
+        direct = model.reconstruction_error(torch.from_numpy(pre.transform(frame))).numpy()
+        np.testing.assert_allclose(out["reconstruction_error"].to_numpy(), direct, atol=1e-6)
+        np.testing.assert_array_equal(out["is_anomaly"].to_numpy(), out["reconstruction_error"].to_numpy() > thr)
+        # without sample_id: just the two score columns
+        bare = loaded.predict(as_model_input(frame).drop(columns=["sample_id"]))
+        assert list(bare.columns) == ["reconstruction_error", "is_anomaly"] and len(bare) == len(frame)
+        # MLflow's schema enforcement names the missing columns
+        with pytest.raises(Exception, match=r"missing inputs \['nr_services'\]"):
+            loaded.predict(model_input.drop(columns=["nr_services"]))
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+    # the scorer itself (no MLflow schema in front): raw int frames, DatasetError on missing columns
+    scorer = AutoencoderPyfunc.from_artifacts(arts)
+    raw = scorer.predict(None, frame)
+    np.testing.assert_allclose(raw["reconstruction_error"].to_numpy(), direct, atol=1e-6)
+    with pytest.raises(DatasetError, match="nr_services"):
+        scorer.predict(None, frame.drop(columns=["nr_services"]))
+    with pytest.raises(DatasetError, match="files_inside_apk"):
+        as_model_input(frame.drop(columns=["files_inside_apk"]))
