@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 from typing import TYPE_CHECKING, Mapping
 
 from dfp_core.errors import ConfigError
@@ -90,6 +91,9 @@ def spark_session(
 
     lakefs = lakefs or LakeFSSettings.from_env()
     settings = settings or SparkSettings.from_env()
+    if settings.master.startswith("local"):
+        # Python workers must run in this interpreter's environment, not a bare python3.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.master)
     for key, value in {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}.items():
         builder = builder.config(key, value)

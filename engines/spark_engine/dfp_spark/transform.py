@@ -15,9 +15,9 @@ from pyspark.sql import functions as F
 
 from dfp_core import schema
 from dfp_core.splits import SplitSpec, spark_sample_id_sql, spark_split_sql
+from dfp_spark.arrow_typing import make_typer, output_fields, raw_column
 from dfp_spark.raw_inputs import CsvPart
 
-DATE_FORMATS = ("yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd", "yyyy/MM/dd")
 EPOCH = "1970-01-01 00:00:00"
 
 # Quarantine reason codes, in the order they are reported.
@@ -26,47 +26,17 @@ REASONS = (
     "label_archive_mismatch", "invalid_sha256", "unparsable_date", "conflicting_label",
     "duplicate_sample_id",
 )
-PROVENANCE = ("source_file", "source_member", "source_row", "run_id")
-
-
-def _position(index: int) -> str:
-    # Raw names are not usable as Spark columns: Spark is case-insensitive and
-    # KronoDroid has both syscall ``reboot`` and permission ``REBOOT``.
-    return f"_c{index}"
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _as_long(col: str) -> str:
-    """Integer value of a string cell, or NULL when it is not an integer ("12.0" is 12)."""
-    as_double = f"try_cast({col} AS DOUBLE)"
-    return (
-        f"coalesce(try_cast({col} AS BIGINT), "
-        f"CASE WHEN {as_double} = floor({as_double}) AND abs({as_double}) < 9.0E15 THEN CAST({as_double} AS BIGINT) END)"
-    )
-
-
-def _as_date(col: str) -> str:
-    return "coalesce(" + ", ".join(f"try_to_timestamp({col}, {_sql_str(f)})" for f in DATE_FORMATS) + ")"
-
-
-def _names_where(condition: str, names: list[str]) -> str:
-    """Names of the columns (of an array ``__raw``/``__typed`` pair) meeting ``condition``."""
-    literal = "array(" + ", ".join(_sql_str(n) for n in names) + ")"
-    return f"transform(filter(sequence(0, {len(names) - 1}), i -> {condition}), i -> {literal}[i])"
 
 
 def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> DataFrame:
-    """One CSV part, all columns as strings (trimmed, empty -> NULL), plus provenance.
+    """One CSV part, all columns as strings under positional names, plus provenance.
 
     multiLine CSV files are not splittable, so each file is one partition and
     monotonically_increasing_id() numbers its rows in file order.
     """
     from pyspark.sql.types import StringType, StructField, StructType
 
-    struct = StructType([StructField(_position(i), StringType()) for i in range(len(part.columns))])
+    struct = StructType([StructField(raw_column(i), StringType()) for i in range(len(part.columns))])
     df = (
         spark.read.option("header", True).option("multiLine", True).option("escape", '"')
         .option("mode", "PERMISSIVE").option("encoding", "UTF-8")
@@ -78,95 +48,20 @@ def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> Data
         F.lit(part.member).alias("source_member"),
         (F.monotonically_increasing_id() + 1).alias("source_row"),
         F.lit(run_id).alias("run_id"),
-        *[F.col(_position(i)) for i in range(len(part.columns))],
+        *[F.col(raw_column(i)) for i in range(len(part.columns))],
     )
-
-
-def extra_column_name(raw: str) -> str:
-    return "extra_" + schema._snake(raw)
 
 
 def type_part(raw: DataFrame, part: CsvPart) -> DataFrame:
-    """Typed canonical columns, ``reasons`` the row is rejected, and their detail.
+    """Typed canonical columns, the ``reasons`` a row is rejected and their detail."""
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-    Built as SQL text: a few thousand DataFrame-API calls through py4j made
-    planning slower than the job itself.
-    """
-    pos = {c: _position(i) for i, c in enumerate(part.columns)}
-    present = [c for c in schema.RAW_FEATURES if c in pos]
-    # Quoted strings keep their whitespace (Package ends with a newline).
-    text = {c: f"nullif(regexp_replace({pos[c]}, '^\\\\s+|\\\\s+$', ''), '')" for c in pos}
+    import pyarrow as pa
 
-    typed = []
-    for raw_name, canon in zip(schema.RAW_FEATURES, schema.FEATURE_COLUMNS):
-        typed.append(f"{_as_long(pos[raw_name])} AS {canon}" if raw_name in pos else f"CAST(NULL AS BIGINT) AS {canon}")
-    dates = {}
-    date_checks = []
-    for raw_name, canon in schema.DATE_COLUMNS.items():
-        if raw_name in pos:
-            ts = _as_date(text[raw_name])
-            # 1980-01-01 is KronoDroid's "unknown date".
-            dates[canon] = f"CASE WHEN to_date({ts}) <> DATE'{schema.SENTINEL_DATE}' THEN to_date({ts}) END"
-            date_checks.append(f"IF({text[raw_name]} IS NOT NULL AND {ts} IS NULL, {_sql_str(raw_name)}, NULL)")
-    label_text = text[schema.LABEL]
-    optional = {
-        "malware_family": text.get(schema.FAMILY, "CAST(NULL AS STRING)"),
-        "package_name": text.get(schema.PACKAGE, "CAST(NULL AS STRING)"),
-        "scanners": _as_long(pos["Scanners"]) if "Scanners" in pos else "CAST(NULL AS BIGINT)",
-        "detection_ratio": f"try_cast({pos['Detection_Ratio']} AS DOUBLE)" if "Detection_Ratio" in pos else "CAST(NULL AS DOUBLE)",
-    }
-    stage1 = [
-        "source_file", "source_member", "source_row", "run_id",
-        f"{_sql_str(part.data_source)} AS data_source",
-        f"lower({text[schema.SHA256]}) AS sha256",
-        f"{text[schema.SHA256]} AS __sha_text",
-        f"CASE WHEN {label_text} IN ('0', '1', '0.0', '1.0') THEN CAST(CAST({label_text} AS DOUBLE) AS INT) END AS label",
-        f"{label_text} AS __label_text",
-        *[f"{expr} AS {name}" for name, expr in optional.items()],
-        *typed,
-        f"{dates.get('earliest_mod_date', 'CAST(NULL AS DATE)')} AS earliest_mod_date",
-        f"{dates.get('latest_mod_date', 'CAST(NULL AS DATE)')} AS latest_mod_date",
-        *[f"{text[c]} AS {schema.canonical_name(c)}" for c in schema.KNOWN_EXTRAS if c in pos],
-        *[f"{text[c]} AS {extra_column_name(c)}" for c in part.columns if c not in schema.KNOWN_RAW],
-        "array(" + ", ".join(f"nullif({pos[c]}, '')" for c in present) + ") AS __raw",
-        "array_compact(array(" + (", ".join(date_checks) or "CAST(NULL AS STRING)") + ")) AS __bad_dates",
-        "to_json(map(" + ", ".join(f"{_sql_str(c)}, {pos[c]}" for c in part.columns) + ")) AS __raw_record",
-    ]
-    df = raw.selectExpr(*stage1)
-
-    names = [schema.canonical_name(c) for c in present]
-    expected = "NULL" if part.expected_label is None else str(part.expected_label)
-    missing = _names_where("__raw[i] IS NULL", names)
-    non_numeric = _names_where("__raw[i] IS NOT NULL AND __typed[i] IS NULL", names)
-    negative = _names_where("__typed[i] < 0", names)
-    checks = [
-        f"array({', '.join(names)}) AS __typed",
-    ]
-    df = df.selectExpr("*", *checks).selectExpr(
-        "*", f"{missing} AS __missing", f"{non_numeric} AS __non_numeric", f"{negative} AS __negative",
-    )
-    reasons = (
-        "array_compact(array("
-        "IF(size(__missing) > 0, 'missing_feature_value', NULL), "
-        "IF(size(__non_numeric) > 0, 'non_numeric_feature', NULL), "
-        "IF(size(__negative) > 0, 'negative_count', NULL), "
-        "IF(label IS NULL, 'invalid_label', NULL), "
-        f"IF(label IS NOT NULL AND {expected} IS NOT NULL AND label <> {expected}, 'label_archive_mismatch', NULL), "
-        "IF(__sha_text IS NULL OR NOT (__sha_text RLIKE '^[0-9A-Fa-f]{64}$'), 'invalid_sha256', NULL), "
-        "IF(size(__bad_dates) > 0, 'unparsable_date', NULL)))"
-    )
-    detail = (
-        "concat_ws('; ', "
-        "IF(size(__missing) > 0, concat('empty: ', array_join(__missing, ',')), NULL), "
-        "IF(size(__non_numeric) > 0, concat('non-numeric: ', array_join(__non_numeric, ',')), NULL), "
-        "IF(size(__negative) > 0, concat('negative: ', array_join(__negative, ',')), NULL), "
-        "IF(label IS NULL, concat('label: ', coalesce(__label_text, '<empty>')), NULL), "
-        "IF(size(__bad_dates) > 0, concat('bad date: ', array_join(__bad_dates, ',')), NULL))"
-    )
-    df = df.selectExpr("*", f"{reasons} AS reasons", f"{detail} AS detail")
-    internal = [c for c in df.columns if c.startswith("__")]
-    df = df.withColumn("raw_record", F.when(F.size("reasons") > 0, F.col("__raw_record"))).drop(*internal)
-    return df.withColumn("sample_id", F.expr(spark_sample_id_sql()))
+    out = pa.schema(output_fields(part.columns))
+    typer = make_typer(part.columns, part.data_source, part.expected_label)
+    typed = raw.mapInArrow(typer, from_arrow_schema(out))
+    return typed.withColumn("sample_id", F.expr(spark_sample_id_sql()))
 
 
 def decide(typed: DataFrame) -> DataFrame:
