@@ -1,0 +1,220 @@
+"""Issue: Spark transform. Real lakeFS + Spark/Iceberg on small generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from dfp_core import iceberg, schema, splits
+from dfp_core.errors import InputDataError
+from dfp_core.generator import generate
+from dfp_core.iceberg import TableRef
+from dfp_spark import run as runs
+from dfp_spark.kronodroid_iceberg_job import run
+
+TABLES = [
+    (schema.STG_NAMESPACE, schema.STAGING_TABLES[schema.EMULATOR]),
+    (schema.STG_NAMESPACE, schema.STAGING_TABLES[schema.REAL_DEVICE]),
+    (schema.STG_NAMESPACE, schema.QUARANTINE_TABLE),
+    (schema.MART_NAMESPACE, schema.FCT_TABLE),
+    (schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE),
+]
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("archives")
+    generate(out, 400, seed=11)
+    return out
+
+
+def row_hash(spark, table: TableRef) -> tuple[int, int]:
+    """Order-independent fingerprint of every row of a table."""
+    df = spark.table(iceberg.qualified(spark, table))
+    row = df.agg(F.count(F.lit(1)).alias("n"), F.bit_xor(F.xxhash64(*df.columns)).alias("h")).collect()[0]
+    return int(row["n"]), int(row["h"])
+
+
+def fct(repo: str, ref: str) -> TableRef:
+    return TableRef(repo, ref, schema.MART_NAMESPACE, schema.FCT_TABLE)
+
+
+def test_generated_archives_end_to_end(spark, lakefs, repo, archives):
+    summary = run(input_dir=archives, repo=repo, run_id="gen-a", spark=spark)
+
+    # Row accounting reconciles; the generator's quirks land where they should.
+    assert summary["input_rows"] == 400 and summary["reconciled"]
+    assert summary["input_rows"] == summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"]
+    assert summary["quarantine_by_reason"] == {"conflicting_label": 8}  # 2 groups x 2 rows x 2 sources
+    assert summary["duplicates_dropped"] == 4  # 2 exact-duplicate groups per source
+    assert summary["synthetic"] is True
+
+    merge = summary["merge_commit"]
+    assert lakefs.resolve_commit(repo, "main") == merge
+    # The run branch was frozen into a tag at the run commit.
+    assert not lakefs.branch_exists(repo, "run-gen-a")
+    assert lakefs.resolve_commit(repo, "run-gen-a") == summary["run_commit"]
+
+    meta = lakefs.commit_metadata(repo, summary["run_commit"])
+    assert meta["dfp.run_id"] == "gen-a" and meta["dfp.synthetic"] == "true"
+    assert json.loads(meta["dfp.inputs_sha256"]) == summary["inputs_sha256"]
+    assert json.loads(meta["dfp.row_counts"])["fct_rows"] == summary["fct_rows"]
+    assert meta["dfp.code_version"]
+
+    for namespace, name in TABLES:
+        table = TableRef(repo, merge, namespace, name)
+        props = iceberg.table_properties(spark, table)
+        assert props["write.format.default"] == "avro", name
+        files = iceberg.data_file_paths(spark, table)
+        assert files and all(f.endswith(".avro") for f in files), name
+        assert str(iceberg.current_snapshot_id(spark, table)) == summary["snapshot_ids"][f"{namespace}.{name}"]
+    stored = lakefs.list_paths(repo, merge, "iceberg/")
+    # S3A may leave empty directory markers (".../data/"); they hold no data.
+    data_files = [p for p in stored if "/data/" in p and not p.endswith("/")]
+    assert data_files and all(p.endswith(".avro") for p in data_files), [p for p in data_files if not p.endswith(".avro")]
+    raw = lakefs.list_paths(repo, merge, "raw/kronodroid/")
+    assert "raw/kronodroid/emulator/emu_malware_v1.zip" in raw and "raw/kronodroid/_manifest.json" in raw
+
+    facts = spark.table(iceberg.qualified(spark, fct(repo, merge)))
+    rows = facts.select("sample_id", "sample_year", "dataset_split", "label", "data_source").collect()
+    assert len(rows) == summary["fct_rows"] == len({r["sample_id"] for r in rows})
+    assert {r["data_source"] for r in rows} == {"emulator", "real_device"}
+    assert set(facts.columns) >= set(schema.FEATURE_COLUMNS)
+    assert not set(facts.columns) & {"scanners", "detection_ratio"}  # label leaks stay out
+    # The Spark split expression agrees with the Python definition, row for row.
+    spec = splits.SplitSpec()
+    assert all(r["dataset_split"] == splits.assign_split(r["sample_id"], spec) for r in rows)
+    assert dict(Counter(r["dataset_split"] for r in rows)) == summary["split_rows"]
+
+    staging = {
+        src: spark.table(iceberg.qualified(spark, TableRef(repo, merge, schema.STG_NAMESPACE, name)))
+        for src, name in schema.STAGING_TABLES.items()
+    }
+    emu = staging[schema.EMULATOR]
+    assert emu.filter("source_file = 'emu_malware_v1.zip'").filter("files_inside_apk IS NOT NULL").count() == 0
+    assert {"earliest_mod_date", "latest_mod_date", "source_row", "run_id"} <= set(emu.columns)
+    assert staging[schema.REAL_DEVICE].filter("latest_mod_date IS NOT NULL").count() > 0
+    assert emu.filter("earliest_mod_date = DATE'1980-01-01' OR latest_mod_date = DATE'1980-01-01'").count() == 0
+
+    families = spark.table(iceberg.qualified(spark, TableRef(repo, merge, schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE)))
+    assert families.agg(F.sum("total_count")).collect()[0][0] == facts.filter("label = 1 AND malware_family IS NOT NULL").count()
+
+
+def _subset_with_bad_cells(tmp_path: Path) -> Path:
+    src = tmp_path / "gen"
+    generate(src, 60, seed=4, layout="subset")
+    [csv_path] = list(src.rglob("*.csv"))
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header = rows[0] + ["VendorScore"]
+    body = [r + ["7"] for r in rows[1:]]
+    idx = {c: i for i, c in enumerate(header)}
+    body[0][idx["read"]] = "lots"  # non-numeric
+    body[1][idx["write"]] = "-5"  # negative count
+    body[2][idx["Highest-date"]] = "31/02/2019x"  # unparsable date
+    body[3][idx["INTERNET"]] = ""  # missing value
+    out = tmp_path / "input" / "real_device"
+    out.mkdir(parents=True)
+    with open(out / "kronodroid_real_device_2021_subset.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *body])
+    return out.parent
+
+
+def test_subset_format_bad_cells_and_extra_columns(spark, lakefs, repo, tmp_path):
+    summary = run(input_dir=_subset_with_bad_cells(tmp_path), repo=repo, spark=spark)
+    assert summary["input_rows"] == 60 and summary["reconciled"]
+    assert summary["quarantine_by_reason"] == {
+        "missing_feature_value": 1, "negative_count": 1, "non_numeric_feature": 1, "unparsable_date": 1,
+    }
+    assert summary["synthetic"] is False  # no generator marker next to the CSV
+    merge = summary["merge_commit"]
+    quarantine = spark.table(iceberg.qualified(spark, TableRef(repo, merge, schema.STG_NAMESPACE, schema.QUARANTINE_TABLE)))
+    details = {r["reason"]: r for r in quarantine.collect()}
+    assert "non-numeric: sc_read" in details["non_numeric_feature"]["detail"]
+    assert json.loads(details["negative_count"]["raw_record"])["write"] == "-5"
+    assert details["unparsable_date"]["source_row"] == 3
+    staging = spark.table(iceberg.qualified(spark, TableRef(repo, merge, schema.STG_NAMESPACE, "real_device_samples")))
+    assert "extra_vendor_score" in staging.columns and "categories" in staging.columns
+    assert "extra_vendor_score" not in spark.table(iceberg.qualified(spark, fct(repo, merge))).columns
+
+
+def test_real_subset_loads(spark, lakefs, repo, real_subset, tmp_path):
+    (tmp_path / "real_device").mkdir()
+    shutil.copy(real_subset, tmp_path / "real_device" / real_subset.name)
+    summary = run(input_dir=tmp_path, repo=repo, spark=spark)
+    assert summary["input_rows"] == 1622 and summary["reconciled"]
+    assert summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"] == 1622
+    facts = spark.table(iceberg.qualified(spark, fct(repo, summary["merge_commit"])))
+    assert facts.filter("label = 1").count() == 169 - summary["quarantine_by_reason"].get("conflicting_label", 0) // 2
+    assert facts.filter("sample_year = 2019").count() == facts.count()
+
+
+def test_missing_columns_fail_before_anything_is_written(spark, lakefs, repo, tmp_path, archives):
+    shutil.copytree(archives, tmp_path / "in")
+    target = tmp_path / "in" / "real_device" / "real_legitimate_v1.zip"
+    with __import__("zipfile").ZipFile(target) as zf:
+        name = zf.namelist()[0]
+        text = zf.read(name).decode()
+    header, rest = text.split("\n", 1)
+    cols = next(csv.reader([header]))
+    cut = cols.index("sha256")
+    lines = [",".join(cols[:cut] + cols[cut + 1:])]
+    with __import__("zipfile").ZipFile(target, "w") as zf:
+        zf.writestr(name, "\n".join(lines) + "\n")
+    head = lakefs.resolve_commit(repo, "main")
+    with pytest.raises(InputDataError, match="lacks 1 required column.*sha256"):
+        run(input_dir=tmp_path / "in", repo=repo, run_id="bad-cols", spark=spark)
+    assert lakefs.resolve_commit(repo, "main") == head
+    assert not lakefs.branch_exists(repo, "run-bad-cols")
+
+
+def test_failure_before_merge_leaves_target_unchanged(spark, lakefs, repo, archives, monkeypatch):
+    head = lakefs.resolve_commit(repo, "main")
+    written = []
+    real_write = runs.write_table
+
+    def failing_write(spark_, lakefs_, df, table, *args, **kwargs):
+        if table.name == schema.QUARANTINE_TABLE:  # staging tables are already written
+            raise RuntimeError("injected failure after staging")
+        written.append(table.name)
+        return real_write(spark_, lakefs_, df, table, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "write_table", failing_write)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run(input_dir=archives, repo=repo, run_id="boom", spark=spark)
+    assert set(written) == set(schema.STAGING_TABLES.values())
+    assert lakefs.resolve_commit(repo, "main") == head
+    assert not lakefs.branch_exists(repo, "run-boom") and not lakefs.tag_exists(repo, "run-boom")
+    assert not iceberg.table_exists(spark, TableRef(repo, "main", schema.STG_NAMESPACE, "emulator_samples"))
+
+
+def test_lineage_contract_survives_branch_deletion_and_rewrites(spark, lakefs, repo, archives, tmp_path):
+    first = run(input_dir=archives, repo=repo, run_id="lineage-a", spark=spark)
+    commit_a = first["merge_commit"]
+    before = row_hash(spark, fct(repo, commit_a))
+    snapshot_a = first["snapshot_ids"][schema.FCT_TABLE_FQN]
+    paths_a = iceberg.data_file_paths(spark, fct(repo, commit_a))
+    assert all(f"/{repo}/run-lineage-a/" in p for p in paths_a)  # paths name the (now frozen) run ref
+
+    other = tmp_path / "other"
+    generate(other, 300, seed=99)
+    second = run(input_dir=other, repo=repo, run_id="lineage-b", spark=spark)
+    assert lakefs.resolve_commit(repo, "main") == second["merge_commit"]
+    assert row_hash(spark, fct(repo, "main")) != before
+
+    # The run branch is gone (frozen); a branch of that name cannot sneak back in.
+    assert not lakefs.branch_exists(repo, "run-lineage-a")
+    with pytest.raises(Exception, match="a tag of that name exists"):
+        lakefs.create_branch(repo, "run-lineage-a", "main")
+
+    assert row_hash(spark, fct(repo, commit_a)) == before
+    assert str(iceberg.current_snapshot_id(spark, fct(repo, commit_a))) == snapshot_a
+    # Time travel from main finds A's snapshot too.
+    old = spark.read.option("snapshot-id", snapshot_a).table(iceberg.qualified(spark, fct(repo, "main")))
+    assert old.count() == before[0]

@@ -1,0 +1,107 @@
+"""Pure logic shared by the job, the feature store and the trainer."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import PurePosixPath
+
+import pandas as pd
+import pytest
+
+from dfp_core import lineage, schema, splits
+from dfp_core.errors import ConfigError
+
+
+def test_canonical_names_are_unique_snake_case_and_prefixed():
+    assert len(schema.FEATURE_COLUMNS) == 288 + 1 + 166 + 7 + 14
+    assert len(set(schema.FEATURE_COLUMNS)) == len(schema.FEATURE_COLUMNS)
+    assert schema.canonical_name("reboot") == "sc_reboot" and schema.canonical_name("REBOOT") == "perm_reboot"
+    assert schema.canonical_name("SYS_369") == "sc_sys_369"
+    assert schema.canonical_name("CFileSize") == "c_file_size"
+    assert schema.canonical_name("NrIntServicesActions") == "nr_int_services_actions"
+    assert all(c == c.lower() and " " not in c for c in schema.FEATURE_COLUMNS)
+    assert not set(schema.LABEL_LEAKS) & set(schema.RAW_FEATURES)
+
+
+def test_required_columns_exclude_the_optional_feature():
+    assert "FilesInsideAPK" not in schema.REQUIRED_RAW
+    assert {"Malware", "sha256", "execve", "INTERNET", "NrServices"} <= set(schema.REQUIRED_RAW)
+
+
+@pytest.mark.parametrize(
+    "path, source, label",
+    [
+        ("emulator/emu_legitimate_v1.zip", "emulator", 0),
+        ("x/real_malware_v1.zip", "real_device", 1),
+        ("real_device/kronodroid_real_device_2019_subset.csv", "real_device", None),
+        ("emulator/my_dump.csv", "emulator", None),
+    ],
+)
+def test_inputs_are_classified(path, source, label):
+    spec = schema.classify_input(PurePosixPath(path))
+    assert (spec.data_source, spec.expected_label) == (source, label)
+
+
+@pytest.mark.parametrize("path", ["data/kronodroid.zip", "emulator/notes.txt", "misc/samples.csv"])
+def test_unknown_inputs_are_not_classified(path):
+    assert schema.classify_input(PurePosixPath(path)) is None
+
+
+def test_sample_id_is_source_qualified_and_normalised():
+    assert splits.sample_id(" ABC ", "emulator") == "emulator:abc"
+    assert splits.sample_id("abc", "emulator") != splits.sample_id("abc", "real_device")
+
+
+def test_random_split_is_deterministic_and_follows_ratios():
+    spec = splits.SplitSpec(seed=7, train_ratio=0.6, val_ratio=0.2, test_ratio=0.2)
+    ids = [f"real_device:{i:064x}" for i in range(20000)]
+    first = [splits.assign_split(i, spec) for i in ids]
+    assert first == [splits.assign_split(i, spec) for i in ids]
+    counts = Counter(first)
+    assert abs(counts["train"] / 20000 - 0.6) < 0.02 and abs(counts["val"] / 20000 - 0.2) < 0.02
+    other_seed = [splits.assign_split(i, splits.SplitSpec(seed=8, train_ratio=0.6, val_ratio=0.2, test_ratio=0.2)) for i in ids]
+    assert first != other_seed
+
+
+def test_time_split_by_year():
+    spec = splits.SplitSpec(mode="time", train_end_year=2015, val_end_year=2016)
+    assert [splits.assign_split("x", spec, y) for y in (2014, 2015, 2016, 2017, None)] == [
+        "train", "train", "val", "test", splits.UNDATED]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(train_ratio=0.8, val_ratio=0.3, test_ratio=0.1), dict(mode="time"), dict(mode="weekly")]
+)
+def test_invalid_split_specs_are_rejected(kwargs):
+    with pytest.raises(ConfigError):
+        splits.SplitSpec(**kwargs)
+
+
+def test_dataset_ids_change_with_every_part_of_the_spec():
+    base = lineage.DatasetSpec("repo", "c" * 64, "kronodroid.fct_training_dataset", "123", "view", "d" * 64,
+                               splits.SplitSpec().to_dict(), 0)
+    ids = {lineage.dataset_id(base, s) for s in ("train", "val", "test")}
+    assert len(ids) == 3
+    for change in (dict(lakefs_commit="e" * 64), dict(iceberg_snapshot_id="124"), dict(feast_defs_sha256="f" * 64),
+                   dict(max_rows_per_split=10), dict(split_spec=splits.SplitSpec(seed=1).to_dict())):
+        changed = lineage.DatasetSpec(**{**base.__dict__, **change})
+        assert lineage.dataset_id(changed, "train") != lineage.dataset_id(base, "train")
+    assert lineage.dataset_id(base, "train") == lineage.dataset_id(lineage.DatasetSpec(**base.__dict__), "train")
+
+
+def test_content_hash_ignores_row_order_but_not_values():
+    frame = pd.DataFrame({"sample_id": ["b", "a", "c"], "x": [1, 2, 3]})
+    shuffled = frame.sample(frac=1, random_state=3)
+    assert lineage.content_sha256(frame) == lineage.content_sha256(shuffled)
+    changed = frame.assign(x=[1, 2, 4])
+    assert lineage.content_sha256(frame) != lineage.content_sha256(changed)
+
+
+def test_defs_hash_covers_the_feature_definition_files(tmp_path):
+    for rel in lineage.FEATURE_DEFINITION_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    before = lineage.defs_sha256(root=tmp_path)
+    (tmp_path / lineage.FEATURE_DEFINITION_FILES[0]).write_text("x = 2\n")
+    assert lineage.defs_sha256(root=tmp_path) != before
+    assert len(lineage.LINEAGE_TAGS) == 9 and len(set(lineage.LINEAGE_TAGS)) == 9
