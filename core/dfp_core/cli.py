@@ -103,6 +103,55 @@ def transform_cmd(
              keep_failed_branch=keep_failed_branch))
 
 
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+@app.command("train")
+def train_cmd(
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository [env LAKEFS_REPOSITORY, default kronodroid]."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Branch or commit id [env LAKEFS_BRANCH, default main]; resolved to a commit."),
+    snapshot_id: Optional[str] = typer.Option(None, "--snapshot-id", help="Pin an Iceberg snapshot (default: the ref's current one)."),
+    max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0, help="0 = all rows; N = deterministic subset."),
+    train_on: str = typer.Option("benign", "--train-on", help="benign (anomaly detection) | all"),
+    latent_dim: int = typer.Option(16, "--latent-dim", min=1),
+    hidden_dims: str = typer.Option("256,64", "--hidden-dims", help="Encoder layer sizes, comma-separated."),
+    dropout: float = typer.Option(0.1, "--dropout"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(1e-5, "--weight-decay"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    max_epochs: int = typer.Option(20, "--max-epochs", min=1),
+    patience: int = typer.Option(3, "--patience", min=0, help="Early stopping patience on val_loss."),
+    seed: int = typer.Option(42, "--seed"),
+    threshold_quantile: float = typer.Option(0.95, "--threshold-quantile"),
+    accelerator: str = typer.Option("auto", "--accelerator", help="cpu | gpu | auto"),
+    devices: str = typer.Option("auto", "--devices"),
+    strategy: str = typer.Option("auto", "--strategy", help="auto | ddp | ..."),
+    num_nodes: int = typer.Option(1, "--num-nodes", min=1),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="[env DFP_MODEL_NAME, default kronodroid_autoencoder]"),
+    model_alias: Optional[str] = typer.Option(None, "--alias", help="[env DFP_MODEL_ALIAS, default candidate]"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="[env MLFLOW_EXPERIMENT_NAME]"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="[env MLFLOW_TRACKING_URI]"),
+) -> None:
+    """Train on Feast-served splits at a lakeFS ref; log and register in MLflow."""
+    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
+    from dfp_core.settings import LakeFSSettings
+
+    lakefs = LakeFSSettings.from_env(repository=repo, branch=ref)
+    config = TrainConfig(
+        repo=lakefs.repository, ref=lakefs.branch, snapshot_id=snapshot_id, max_rows_per_split=max_rows_per_split,
+        train_on=train_on, latent_dim=latent_dim, hidden_dims=_int_tuple(hidden_dims), dropout=dropout, lr=lr,
+        weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
+        threshold_quantile=threshold_quantile, accelerator=accelerator, devices=devices, strategy=strategy,
+        num_nodes=num_nodes, tracking_uri=tracking_uri, experiment_name=experiment, model_name=model_name,
+        model_alias=model_alias,
+    )
+    emit(train(config))
+
+
 def _print_status(result: dict, as_json: bool) -> None:
     if as_json:
         emit(result)

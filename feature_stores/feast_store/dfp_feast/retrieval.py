@@ -119,8 +119,11 @@ def load_splits(
                 entities = entities.orderBy(F.expr(f"sha2(concat('{int(seed)}:', sample_id), 256)")).limit(
                     int(max_rows_per_split)
                 )
-            frame = store.get_historical_features(entity_df=entities, features=features).to_df()
-            if frame.empty:
+            if entities.isEmpty():  # Feast cannot retrieve for an empty entity frame
+                frame = None
+            else:
+                frame = store.get_historical_features(entity_df=entities, features=features).to_df()
+            if frame is None or frame.empty:
                 raise DatasetError(
                     f"the {split} split is empty in {schema.FCT_TABLE_FQN} at lakefs://{repo}/{commit[:12]} "
                     f"(snapshot {snapshot_id}); check the split ratios or the input data"

@@ -1,0 +1,151 @@
+"""Issue: Feast + Lightning + MLflow. generate -> transform -> train on the real stack."""
+
+from __future__ import annotations
+
+import uuid
+
+import mlflow
+import numpy as np
+import pytest
+
+from dfp_core import iceberg, lineage, schema
+from dfp_core.errors import DatasetError, RefNotFoundError, TrackingError
+from dfp_core.generator import generate
+from dfp_core.iceberg import TableRef
+from dfp_core.ml.pyfunc import as_model_input
+from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
+from dfp_core.splits import SplitSpec
+from dfp_spark.kronodroid_iceberg_job import run
+
+
+@pytest.fixture(scope="module")
+def transformed(spark, lakefs, tmp_path_factory):
+    repo = "train" + uuid.uuid4().hex[:8]
+    data = tmp_path_factory.mktemp("train-data")
+    generate(data, 900, seed=21)
+    summary = run(input_dir=data, repo=repo, run_id="train-fixture", spark=spark)
+    return repo, summary
+
+
+def _config(repo, ref, **overrides) -> TrainConfig:
+    values = dict(repo=repo, ref=ref, max_epochs=2, batch_size=64, hidden_dims=(64, 32), latent_dim=8, seed=7,
+                  accelerator="cpu", devices="1", model_name="kronodroid_autoencoder_" + repo)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_train_registers_a_model_with_lineage_tags(spark, lakefs, transformed, stack):
+    repo, summary = transformed
+    result = train(_config(repo, "main"), spark=spark, lakefs=lakefs)
+
+    client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version(result["model_name"], result["model_version"])
+    expected = {
+        "data.lakefs_repository": repo,
+        "data.lakefs_ref": summary["merge_commit"],
+        "data.source_table": schema.FCT_TABLE_FQN,
+        "data.iceberg_snapshot_id": summary["snapshot_ids"][schema.FCT_TABLE_FQN],
+        "feast.feature_view": "kronodroid_autoencoder_features",
+        "feast.defs_sha256": lineage.defs_sha256(),
+    }
+    run_tags = client.get_run(result["run_id"]).data.tags
+    for tags in (version.tags, run_tags):
+        assert set(lineage.LINEAGE_TAGS) <= set(tags)
+        assert {k: tags[k] for k in expected} == expected
+        assert all(tags[t].startswith("ds-") for t in (lineage.TAG_TRAIN_ID, lineage.TAG_VAL_ID, lineage.TAG_TEST_ID))
+    assert len({version.tags[t] for t in (lineage.TAG_TRAIN_ID, lineage.TAG_VAL_ID, lineage.TAG_TEST_ID)}) == 3
+    assert client.get_model_version_by_alias(result["model_name"], "candidate").version == result["model_version"]
+
+    mlrun = client.get_run(result["run_id"])
+    inputs = {}
+    for item in mlrun.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in item.tags}
+        inputs[tags["mlflow.data.context"]] = item.dataset
+        assert tags["dataset_id"] == version.tags[lineage.SPLIT_ID_TAGS[tags["mlflow.data.context"]]]
+    assert set(inputs) == {"train", "val", "test"}
+    assert all(f"lakefs://{repo}/{summary['merge_commit']}/" in ds.source for ds in inputs.values())
+    assert mlrun.data.params["max_epochs"] == "2"
+    history = client.get_metric_history(result["run_id"], "val_loss")
+    assert len(history) == result["epochs_trained"]
+    assert {"test_roc_auc", "test_pr_auc", "test_f1", "threshold", "train_recon_loss"} <= set(mlrun.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+    assert {"plots/loss_curves.png", "plots/roc_curve.png", "plots/pr_curve.png", "plots/error_histogram.png"} <= artifacts
+
+    # The registered model loads as a pyfunc and scores a batch read back from the pinned table.
+    model = mlflow.pyfunc.load_model(f"models:/{result['model_name']}/{result['model_version']}")
+    table = TableRef(repo, summary["merge_commit"], schema.MART_NAMESPACE, schema.FCT_TABLE)
+    batch = spark.table(iceberg.qualified(spark, table)).limit(32).toPandas()
+    scores = model.predict(as_model_input(batch))
+    assert len(scores) == 32 and np.isfinite(scores["reconstruction_error"]).all()
+    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > result["test_metrics"]["threshold"])).all()
+
+
+def test_same_inputs_and_seed_give_same_ids_and_metrics(spark, lakefs, transformed):
+    repo, summary = transformed
+    commit = summary["merge_commit"]
+    first = train(_config(repo, commit, register=False), spark=spark, lakefs=lakefs)
+    second = train(_config(repo, commit, register=False), spark=spark, lakefs=lakefs)
+    assert first["lineage_tags"] == second["lineage_tags"]
+    assert first["content_sha256"] == second["content_sha256"]
+    assert first["test_metrics"].keys() == second["test_metrics"].keys()
+    for key, value in first["test_metrics"].items():
+        assert second["test_metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_max_rows_per_split_is_a_deterministic_subset(spark, lakefs, transformed):
+    from dfp_feast.retrieval import load_splits
+
+    repo, summary = transformed
+    a = load_splits(spark, lakefs, repo, "main", max_rows_per_split=25)
+    b = load_splits(spark, lakefs, repo, summary["merge_commit"], max_rows_per_split=25)
+    assert a.rows == {"train": 25, "val": 25, "test": 25}
+    assert a.content_sha256 == b.content_sha256 and a.dataset_ids == b.dataset_ids
+    full = load_splits(spark, lakefs, repo, "main")
+    assert full.dataset_ids["train"] != a.dataset_ids["train"]
+    assert set(a.frames["train"]["sample_id"]) <= set(full.frames["train"]["sample_id"])
+    assert (full.frames["train"]["dataset_split"] == "train").all()
+
+
+def test_unknown_ref_is_a_clear_error(spark, lakefs, transformed):
+    repo, _ = transformed
+    with pytest.raises(RefNotFoundError, match="no-such-ref"):
+        train(_config(repo, "no-such-ref"), spark=spark, lakefs=lakefs)
+
+
+def test_table_missing_feature_columns_is_a_clear_error(spark, lakefs, repo):
+    lakefs.create_branch(repo, "thin", "main")
+    thin = spark.createDataFrame([("emulator:" + "a" * 64, 1)], "sample_id string, label int")
+    iceberg.write_table(spark, lakefs, thin, TableRef(repo, "thin", schema.MART_NAMESPACE, schema.FCT_TABLE))
+    lakefs.commit(repo, "thin", "a thin table")
+    with pytest.raises(DatasetError, match="lacks columns the feature views need: event_timestamp"):
+        train(_config(repo, "thin"), spark=spark, lakefs=lakefs)
+
+
+def test_missing_table_is_a_clear_error(spark, lakefs, repo):
+    with pytest.raises(DatasetError, match="does not exist .* run `dfp transform`"):
+        train(_config(repo, "main"), spark=spark, lakefs=lakefs)
+
+
+def test_empty_split_is_a_clear_error(spark, lakefs, tmp_path):
+    repo = "empty" + uuid.uuid4().hex[:8]
+    generate(tmp_path, 120, seed=3)
+    summary = run(input_dir=tmp_path, repo=repo, spark=spark,
+                  split=SplitSpec(train_ratio=1.0, val_ratio=0.0, test_ratio=0.0))
+    assert summary["split_rows"] == {"train": summary["fct_rows"]}
+    with pytest.raises(DatasetError, match="the val split is empty"):
+        train(_config(repo, "main"), spark=spark, lakefs=lakefs)
+
+
+def test_unreachable_mlflow_fails_before_anything_is_registered(spark, lakefs, transformed, stack):
+    repo, _ = transformed
+    client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
+    name = "kronodroid_autoencoder_unreachable"
+    from tests.conftest import free_port
+
+    with pytest.raises(TrackingError, match="unreachable"):
+        train(_config(repo, "main", model_name=name, tracking_uri=f"http://127.0.0.1:{free_port()}"),
+              spark=spark, lakefs=lakefs)
+    assert client.search_model_versions(f"name = '{name}'") == []
+    # Invariant over the whole registry: no version exists without its lineage tags.
+    for version in client.search_model_versions():
+        assert set(lineage.LINEAGE_TAGS) <= set(version.tags), (version.name, version.version)
