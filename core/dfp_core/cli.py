@@ -14,6 +14,8 @@ from dfp_core.errors import DfpError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="Local lakeFS + MLflow servers.")
 app.add_typer(stack_app, name="stack")
+pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow pipeline: compile it, or run it locally.")
+app.add_typer(pipeline_app, name="pipeline")
 
 
 def emit(summary: dict) -> None:
@@ -150,6 +152,39 @@ def train_cmd(
         model_alias=model_alias,
     )
     emit(train(config))
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(output: Path = typer.Option(Path("kronodroid_autoencoder_pipeline.yaml"), "--output")) -> None:
+    """Compile the pipeline to YAML (for upload to Kubeflow Pipelines)."""
+    from dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline
+
+    emit({"pipeline_yaml": compile_kronodroid_autoencoder_pipeline(output)})
+
+
+@pipeline_app.command("run-local")
+def pipeline_run_local(
+    input_dir: Optional[Path] = typer.Option(None, "--input", help="Raw KronoDroid data; omit to reuse the raw files on the target branch."),
+    run_transform: bool = typer.Option(True, "--run-transform/--no-run-transform", help="false: train on target_branch's current head."),
+    lakefs_repository: Optional[str] = typer.Option(None, "--repo"),
+    target_branch: str = typer.Option("main", "--target-branch"),
+    run_id: str = typer.Option("", "--run-id"),
+    max_epochs: int = typer.Option(20, "--max-epochs", min=1),
+    latent_dim: int = typer.Option(16, "--latent-dim", min=1),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0),
+    model_name: Optional[str] = typer.Option(None, "--model-name"),
+    accelerator: str = typer.Option("auto", "--accelerator"),
+) -> None:
+    """Run the pipeline end to end with KFP's local runner against the local stack."""
+    from dfp_kfp.local_run import run_pipeline_locally
+
+    emit(run_pipeline_locally(
+        input_dir=str(input_dir) if input_dir else "", run_transform=run_transform,
+        lakefs_repository=lakefs_repository, target_branch=target_branch, run_id=run_id, max_epochs=max_epochs,
+        latent_dim=latent_dim, batch_size=batch_size, max_rows_per_split=max_rows_per_split, model_name=model_name,
+        accelerator=accelerator,
+    ))
 
 
 def _print_status(result: dict, as_json: bool) -> None:

@@ -233,8 +233,10 @@ def train(config: TrainConfig, spark=None, lakefs=None) -> dict[str, Any]:
                            "resolved_snapshot_id": data.spec.iceberg_snapshot_id})
         source = LakeFSDatasetSource(_lakefs_uri(data.spec))
         for split, frame in data.frames.items():
+            # Features as doubles: the model's signature types them so (nullable).
+            logged = frame[["sample_id", "label", *schema.FEATURE_COLUMNS]].astype({c: "float64" for c in schema.FEATURE_COLUMNS})
             dataset = mlflow.data.from_pandas(
-                frame[["sample_id", "label", *schema.FEATURE_COLUMNS]], source=source, targets="label",
+                logged, source=source, targets="label",
                 name=f"kronodroid_{split}", digest=data.content_sha256[split][:32],
             )
             mlflow.log_input(dataset, context=split, tags={"dataset_id": data.dataset_ids[split]})

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines: SparkOperator transform -> lakeFS commit + merge -> training + registration."""

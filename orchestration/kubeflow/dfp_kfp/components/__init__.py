@@ -1,0 +1,1 @@
+"""KFP components (lightweight Python components on the training image)."""
