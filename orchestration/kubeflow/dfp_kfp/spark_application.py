@@ -174,7 +174,8 @@ def wait_for_completion(api: KubernetesApi, namespace: str, name: str, timeout_s
     last = None
     while True:
         status = api.get(namespace, name).get("status", {})
-        state = status.get("applicationState", {}).get("state", "PENDING")
+        # A just-created application has no state yet (or an empty one).
+        state = status.get("applicationState", {}).get("state") or "PENDING"
         if state != last:
             log(f"SparkApplication {name}: {state}")
             last = state

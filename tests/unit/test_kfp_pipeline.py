@@ -1,0 +1,242 @@
+"""The Kubeflow pipeline definition, its SparkApplication and the submit/poll
+logic against a fake Kubernetes API at the HTTP level (no cluster here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dfp_kfp.spark_application import (
+    KubernetesApi, SparkAppSpec, SparkApplicationError, build_spark_application, wait_for_completion,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SEED_ONE_LINER = (
+    "from orchestration.kubeflow.dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import "
+    "compile_kronodroid_autoencoder_pipeline; print(compile_kronodroid_autoencoder_pipeline())"
+)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kfp")
+    # The seed's command, verbatim, from the repository root.
+    # Credentials in the compiling environment must not leak into the YAML.
+    env = {**os.environ, "LAKEFS_ACCESS_KEY_ID": "AKIACOMPILEENVXX1234", "LAKEFS_SECRET_ACCESS_KEY": "compile-env-secret-value"}
+    result = subprocess.run([sys.executable, "-c", SEED_ONE_LINER], cwd=REPO_ROOT, capture_output=True, text=True,
+                            check=True, env=env)
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path == REPO_ROOT / "kronodroid_autoencoder_pipeline.yaml" and path.is_file()
+    text = path.read_text()
+    (out / "pipeline.yaml").write_text(text)
+    docs = list(yaml.safe_load_all(text))  # the pipeline spec, then the Kubernetes platform spec
+    return docs[0], docs
+
+
+def test_three_stages_in_order(compiled):
+    spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"kronodroid-spark-transform", "lakefs-commit-merge", "train-kronodroid-autoencoder"}
+    assert tasks["lakefs-commit-merge"]["dependentTasks"] == ["kronodroid-spark-transform"]
+    assert tasks["train-kronodroid-autoencoder"]["dependentTasks"] == ["lakefs-commit-merge"]
+    merge_in = tasks["lakefs-commit-merge"]["inputs"]["parameters"]["run_branch"]["taskOutputParameter"]
+    assert merge_in == {"outputParameterKey": "run_branch", "producerTask": "kronodroid-spark-transform"}
+    train_ref = tasks["train-kronodroid-autoencoder"]["inputs"]["parameters"]["lakefs_ref"]["taskOutputParameter"]
+    assert train_ref["producerTask"] == "lakefs-commit-merge"
+
+
+def test_seed_parameter_names_and_defaults(compiled):
+    spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {name: p.get("defaultValue") for name, p in params.items()}
+    assert defaults["run_transform"] is True
+    assert defaults["target_branch"] == "main"
+    assert defaults["mlflow_tracking_uri"] == "http://mlflow:5000"
+    assert defaults["max_epochs"] == 20 and defaults["latent_dim"] == 16 and defaults["batch_size"] == 256
+    assert defaults["max_rows_per_split"] == 0
+    assert defaults["lakefs_repository"] == "kronodroid"
+    assert params["run_transform"]["parameterType"] == "BOOLEAN"
+
+
+def test_no_credentials_in_the_yaml(compiled):
+    spec, docs = compiled
+    text = yaml.safe_dump_all(docs)
+    assert not re.search(r"AKIA[A-Z0-9]{12,}", text) and "compile-env-secret-value" not in text
+    for name in spec["root"]["inputDefinitions"]["parameters"]:
+        assert not re.search(r"secret|password|access_key|token", name, re.I), name
+    executors = spec["deploymentSpec"]["executors"]
+    for executor in executors.values():
+        for env in executor["container"].get("env", []):
+            assert "SECRET" not in env["name"] and "ACCESS_KEY" not in env["name"]
+    secrets = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(secrets) == set(executors)  # every step gets lakeFS credentials from the Secret
+    for conf in secrets.values():
+        [ref] = conf["secretAsEnv"]
+        assert ref["secretName"] == "lakefs-credentials"
+        assert {e["envVar"] for e in ref["keyToEnv"]} == {"LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY"}
+
+
+def test_training_image_is_the_default_everywhere(compiled):
+    spec, _ = compiled
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"dfp/kronodroid-train:latest"}
+
+
+def _spec(**overrides) -> SparkAppSpec:
+    values = dict(name="kronodroid-run-1", namespace="kubeflow-user", image="dfp/kronodroid-spark:latest",
+                  arguments=["--repo", "kronodroid", "--run-branch", "run-1", "--no-merge"],
+                  lakefs_endpoint="http://lakefs:8000", lakefs_repository="kronodroid")
+    values.update(overrides)
+    return SparkAppSpec(**values)
+
+
+def test_spark_application_has_what_the_crd_requires():
+    manifest = build_spark_application(_spec())
+    assert manifest["apiVersion"] == "sparkoperator.k8s.io/v1beta2" and manifest["kind"] == "SparkApplication"
+    assert manifest["metadata"]["name"] == "kronodroid-run-1" and manifest["metadata"]["namespace"] == "kubeflow-user"
+    spec = manifest["spec"]
+    # Required by the v1beta2 CRD: type, sparkVersion, mode (+ a main file and an image to run).
+    assert spec["type"] == "Python" and spec["mode"] == "cluster" and re.match(r"^4\.0\.\d+$", spec["sparkVersion"])
+    assert spec["mainApplicationFile"].startswith("local:///") and spec["mainApplicationFile"].endswith("kronodroid_iceberg_job.py")
+    assert spec["image"] and spec["restartPolicy"]["type"] == "Never"
+    assert spec["driver"]["serviceAccount"] == "spark" and spec["driver"]["cores"] >= 1 and spec["driver"]["memory"]
+    assert spec["executor"]["instances"] >= 1 and spec["executor"]["memory"]
+    assert spec["hadoopConf"]["fs.s3a.endpoint"] == "http://lakefs:8000"
+    assert spec["hadoopConf"]["fs.s3a.path.style.access"] == "true"
+    assert spec["arguments"][-1] == "--no-merge"
+    # Credentials only as Secret references.
+    for role in ("driver", "executor"):
+        for env in spec[role]["env"]:
+            if re.search("KEY|SECRET", env["name"]):
+                assert "value" not in env and env["valueFrom"]["secretKeyRef"]["name"] == "lakefs-credentials"
+    # The hand-runnable example manifest has the same shape.
+    example = yaml.safe_load((REPO_ROOT / "orchestration/kubeflow/manifests/sparkapplication-example.yaml").read_text())
+    assert set(example["spec"]) <= set(spec) | {"imagePullPolicy"}
+    assert example["spec"]["mainApplicationFile"] == spec["mainApplicationFile"]
+
+
+def test_job_accepts_the_arguments_the_component_passes():
+    from dfp_spark.kronodroid_iceberg_job import parse_args
+
+    args = parse_args(["--repo", "kronodroid", "--target-branch", "main", "--run-branch", "run-1", "--no-merge", "--split-seed", "7"])
+    assert args.run_branch == "run-1" and args.no_merge and args.split_seed == 7
+
+
+class FakeKubernetes:
+    """The Spark Operator's CRD endpoints and the pods/log endpoint, in memory."""
+
+    def __init__(self, states: list[str], error: str = "", log: str = ""):
+        self.states = list(states)
+        self.error, self.log = error, log
+        self.created: list[dict] = []
+        self.deleted: list[str] = []
+        self.auth: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, code: int, body: object, content_type: str = "application/json"):
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                fake.auth.append(self.headers.get("Authorization", ""))
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.endswith("/namespaces/kubeflow-user/sparkapplications"):
+                    return self._send(404, {"message": "not found"})
+                fake.created.append(body)
+                self._send(201, body)
+
+            def do_GET(self):
+                if "/pods/" in self.path and self.path.split("?")[0].endswith("/log"):
+                    return self._send(200, fake.log, "text/plain")
+                name = self.path.rsplit("/", 1)[-1]
+                if not any(c["metadata"]["name"] == name for c in fake.created):
+                    return self._send(404, {"message": f'sparkapplications "{name}" not found'})
+                state = fake.states.pop(0) if len(fake.states) > 1 else fake.states[0]
+                status = {"applicationState": {"state": state}, "driverInfo": {"podName": f"{name}-driver"}}
+                if state == "FAILED":
+                    status["applicationState"]["errorMessage"] = fake.error
+                self._send(200, {"status": status})
+
+            def do_DELETE(self):
+                fake.deleted.append(self.path.rsplit("/", 1)[-1])
+                self._send(200, {})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def fake_k8s():
+    servers = []
+
+    def start(*args, **kwargs):
+        servers.append(FakeKubernetes(*args, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_submit_and_poll_until_completed(fake_k8s):
+    fake = fake_k8s(["", "SUBMITTED", "RUNNING", "RUNNING", "COMPLETED"])
+    api = KubernetesApi(fake.url, token="t0ken")
+    manifest = build_spark_application(_spec())
+    api.create(manifest)
+    seen = []
+    status = wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=10, poll_s=0.01, log=seen.append)
+    assert status["applicationState"]["state"] == "COMPLETED"
+    assert fake.created == [manifest] and fake.auth == ["Bearer t0ken"]
+    assert [s.split(": ")[1] for s in seen] == ["PENDING", "SUBMITTED", "RUNNING", "COMPLETED"]
+
+
+def test_failure_reports_state_error_and_driver_log(fake_k8s):
+    fake = fake_k8s(["RUNNING", "FAILED"], error="driver container failed with ExitCode: 2",
+                    log="error: table stg_kronodroid.quarantine ...\nTraceback: boom")
+    api = KubernetesApi(fake.url, token=None)
+    api.create(build_spark_application(_spec()))
+    with pytest.raises(SparkApplicationError) as info:
+        wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=10, poll_s=0.01, log=lambda m: None)
+    message = str(info.value)
+    assert "ended FAILED" in message and "ExitCode: 2" in message and "Traceback: boom" in message
+
+
+def test_timeout_is_reported(fake_k8s):
+    fake = fake_k8s(["RUNNING"])
+    api = KubernetesApi(fake.url, token=None)
+    api.create(build_spark_application(_spec()))
+    with pytest.raises(SparkApplicationError, match="did not finish within 0s .*RUNNING"):
+        wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=0, poll_s=0.01, log=lambda m: None)
+
+
+def test_api_errors_are_explained(fake_k8s):
+    fake = fake_k8s(["RUNNING"])
+    api = KubernetesApi(fake.url, token=None)
+    with pytest.raises(SparkApplicationError, match="answered 404.*not found"):
+        api.get("kubeflow-user", "missing-app")
+    wrong_ns = build_spark_application(_spec(namespace="other"))
+    with pytest.raises(SparkApplicationError, match="create SparkApplication"):
+        api.create(wrong_ns)
+    api.delete("kubeflow-user", "missing-app")  # deleting what is gone is fine
+    assert fake.deleted == ["missing-app"]
