@@ -187,6 +187,20 @@ def pipeline_run_local(
     ))
 
 
+@app.command("quickstart")
+def quickstart_cmd(
+    input_dir: Optional[Path] = typer.Option(None, "--input", help="Real KronoDroid archives; default: a generated sample."),
+    rows: int = typer.Option(4000, "--rows", min=40, help="Rows of the generated sample."),
+    seed: int = typer.Option(0, "--seed"),
+    max_epochs: int = typer.Option(10, "--max-epochs", min=1),
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository [default kronodroid]."),
+) -> None:
+    """Stack up, sample data, the whole pipeline with KFP's local runner, then where to look."""
+    from dfp_core.quickstart import quickstart
+
+    emit(quickstart(input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo))
+
+
 def _print_status(result: dict, as_json: bool) -> None:
     if as_json:
         emit(result)

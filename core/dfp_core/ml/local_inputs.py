@@ -1,0 +1,243 @@
+"""Read KronoDroid-format files (the four archives, or CSVs) without Spark.
+
+The same checks and typing as the Spark transform: ``raw_inputs`` finds and
+checks the files (headers, archive integrity), every CSV part is read with
+pyarrow with all cells as strings under positional names ``_c0.._cN`` (raw
+names repeat case-insensitively: syscall ``reboot``, permission ``REBOOT``),
+and ``arrow_typing.make_typer`` types the rows and gives the reasons a row is
+rejected. Unlike the transform, duplicates are kept: a scorer scores every row.
+
+Rows pyarrow cannot split into the header's number of cells are rejected as
+``malformed_row``; pyarrow does not report where they were, so their
+``source_row`` is null.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+import re
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from dfp_core import schema
+from dfp_core.errors import InputDataError
+from dfp_core.splits import sample_id
+from dfp_spark import raw_inputs
+from dfp_spark.arrow_typing import SHA256_PATTERN, make_typer, output_fields, raw_column
+from dfp_spark.raw_inputs import CsvPart
+
+BLOCK_SIZE = 16 << 20
+MALFORMED = "malformed_row"
+# Key columns of the valid frame, before the features.
+VALID_KEYS = (
+    "sample_id", "sha256", "data_source", "label", "malware_family", "package_name",
+    "sample_date", "sample_year", "source_file", "source_member", "source_row", "input_index",
+)
+REJECTED_COLUMNS = (
+    "sample_id", "sha256", "data_source", "label", "source_file", "source_member", "source_row",
+    "input_index", "reason", "reasons", "detail",
+)
+_SHA256 = re.compile(SHA256_PATTERN)
+_TYPED_KEEP = (
+    "source_file", "source_member", "source_row", "data_source", "sha256", "label", "malware_family",
+    "package_name", "earliest_mod_date", "latest_mod_date", *schema.FEATURE_COLUMNS, "reasons", "detail",
+)
+
+
+def _single_file_parts(path: Path) -> list[CsvPart]:
+    """The CSV parts of one archive or CSV file, checked like ``raw_inputs.scan`` does."""
+    spec = schema.classify_input(PurePosixPath(path.resolve().as_posix()))
+    if spec is None:
+        known = ", ".join(sorted(schema.KNOWN_ARCHIVES))
+        raise InputDataError(
+            f"unknown input file {path.name}: expected one of the KronoDroid archives ({known}), "
+            "or a CSV whose name or folder says its device (emulator/, real_device/, emu_*.csv, real_*.csv)"
+        )
+    rel = path.name
+    parts = []
+    if path.suffix.lower() == ".zip":
+        for member in raw_inputs._zip_members(path, rel):
+            with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
+                where = f"{rel}:{member.filename}"
+                columns = raw_inputs._header(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""), where)
+            raw_inputs._check_header(columns, where)
+            parts.append(CsvPart("", path.name, member.filename, spec.data_source, spec.expected_label, columns))
+    else:
+        if path.stat().st_size == 0:
+            raise InputDataError(f"{rel} is empty")
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            columns = raw_inputs._header(handle, rel)
+        raw_inputs._check_header(columns, rel)
+        parts.append(CsvPart("", path.name, path.name, spec.data_source, spec.expected_label, columns))
+    return parts
+
+
+def input_parts(path: Path) -> list[tuple[Path, CsvPart]]:
+    """(file on disk, part) for every CSV part under a directory, or of one file."""
+    path = Path(path)
+    if path.is_dir():
+        files, _ = raw_inputs.scan(path)
+        return [(file, part) for file, entry in files for part in entry.parts]
+    if not path.is_file():
+        raise InputDataError(f"input {path} does not exist")
+    return [(path, part) for part in _single_file_parts(path)]
+
+
+def _open(file: Path, part: CsvPart):
+    if file.suffix.lower() == ".zip":
+        archive = zipfile.ZipFile(file)
+        return archive, archive.open(part.member)
+    return None, open(file, "rb")
+
+
+def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.RecordBatch]:
+    """The part's rows as the typer's input: provenance + ``_cN`` string columns."""
+    names = [raw_column(i) for i in range(len(part.columns))]
+
+    def on_invalid(row) -> str:
+        malformed.append(row)
+        return "skip"
+
+    archive, stream = _open(file, part)
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=BLOCK_SIZE),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+        row = 0
+        for batch in reader:
+            n = batch.num_rows
+            if n == 0:
+                continue
+            provenance = [
+                pa.array([part.source_file] * n, pa.string()),
+                pa.array([part.member] * n, pa.string()),
+                pa.array(np.arange(row + 1, row + n + 1, dtype=np.int64)),
+                pa.array(["local"] * n, pa.string()),
+            ]
+            row += n
+            yield pa.RecordBatch.from_arrays(
+                provenance + list(batch.columns), names=["source_file", "source_member", "source_row", "run_id", *names]
+            )
+    except pa.ArrowInvalid as exc:
+        raise InputDataError(f"{part.source_file}:{part.member} is not a readable CSV: {exc}") from None
+    finally:
+        stream.close()
+        if archive is not None:
+            archive.close()
+
+
+def _typed_tables(file: Path, part: CsvPart) -> tuple[pa.Table, list]:
+    malformed: list = []
+    typer = make_typer(part.columns, part.data_source, part.expected_label)
+    batches = [b.select(list(_TYPED_KEEP)) for b in typer(_raw_batches(file, part, malformed))]
+    if not batches:  # a header-only part
+        return pa.schema(output_fields(part.columns)).empty_table().select(list(_TYPED_KEEP)), malformed
+    return pa.Table.from_batches(batches), malformed
+
+
+def _sample_dates(frame: pd.DataFrame) -> pd.Series:
+    """``coalesce(latest_mod_date, earliest_mod_date)``, as the transform defines sample_date."""
+    return frame["latest_mod_date"].combine_first(frame["earliest_mod_date"])
+
+
+def sample_years(frame: pd.DataFrame) -> pd.Series:
+    """Year of each row's sample date (nullable Int64): ``sample_year`` when present,
+    else derived from ``sample_date`` or the mod dates like the transform does."""
+    if "sample_year" in frame.columns:
+        return pd.to_numeric(frame["sample_year"], errors="coerce").astype("Int64")
+    if "sample_date" in frame.columns:
+        dates = frame["sample_date"]
+    elif {"latest_mod_date", "earliest_mod_date"} <= set(frame.columns):
+        dates = _sample_dates(frame)
+    else:
+        raise InputDataError("the frame has no sample_year, sample_date or mod-date columns to take years from")
+    return pd.to_datetime(dates, errors="coerce").dt.year.astype("Int64")
+
+
+def read_kronodroid(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(valid, rejected) rows of every KronoDroid CSV part under ``path`` (a
+    directory as ``raw_inputs.scan`` accepts, a known archive, or a CSV).
+
+    ``valid``: rows that type cleanly, duplicates kept, with ``sample_id``,
+    ``sha256``, ``data_source``, ``label``, ``malware_family``, ``package_name``,
+    ``sample_date``, ``sample_year`` (nullable), provenance (``source_file``,
+    ``source_member``, ``source_row`` 1-based within the part, ``input_index``
+    0-based over all rows read) and every ``schema.FEATURE_COLUMNS`` column
+    (float64 where a part lacks the column or has nulls, else int64).
+    ``rejected``: ``REJECTED_COLUMNS``; ``reason`` is the first reason code,
+    ``reasons`` all of them joined by ``,``.
+    Every row read is in exactly one of the two.
+    """
+    valid_parts, rejected_parts = [], []
+    offset = 0
+    total = 0
+    for file, part in input_parts(Path(path)):
+        table, malformed = _typed_tables(file, part)
+        n = table.num_rows
+        total += n + len(malformed)
+        ok = pc.equal(pc.list_value_length(table.column("reasons")), 0)
+        index = pa.array(np.arange(offset, offset + n, dtype=np.int64))
+        table = table.append_column("input_index", index)
+        offset += n
+        valid_parts.append(table.filter(ok))
+        bad = table.filter(pc.invert(ok)).select(
+            ["sha256", "data_source", "label", "source_file", "source_member", "source_row", "input_index", "reasons", "detail"]
+        ).to_pandas()
+        if malformed:
+            bad = pd.concat([bad, pd.DataFrame({
+                "sha256": None, "data_source": part.data_source, "label": None,
+                "source_file": part.source_file, "source_member": part.member, "source_row": None,
+                "input_index": np.arange(offset, offset + len(malformed), dtype=np.int64),
+                "reasons": [[MALFORMED]] * len(malformed),
+                "detail": [f"{r.actual_columns} cells, expected {r.expected_columns}: {(r.text or '')[:200]}" for r in malformed],
+            })], ignore_index=True)
+            offset += len(malformed)
+        rejected_parts.append(bad)
+
+    valid = _valid_frame(valid_parts)
+    rejected = _rejected_frame(rejected_parts)
+    if len(valid) + len(rejected) != total:  # pragma: no cover - an invariant
+        raise InputDataError(f"row count mismatch: {total} read, {len(valid)} valid + {len(rejected)} rejected")
+    return valid, rejected
+
+
+def _valid_frame(tables: list[pa.Table]) -> pd.DataFrame:
+    frame = pa.concat_tables(tables).drop_columns(["reasons", "detail"]).to_pandas(date_as_object=False)
+    frame["sample_id"] = [sample_id(s, d) for s, d in zip(frame["sha256"], frame["data_source"])]
+    frame["sample_date"] = _sample_dates(frame)
+    frame["sample_year"] = frame["sample_date"].dt.year.astype("Int64")
+    frame["label"] = frame["label"].astype(np.int64)
+    frame = frame.drop(columns=["earliest_mod_date", "latest_mod_date"])
+    return frame[[*VALID_KEYS, *schema.FEATURE_COLUMNS]].reset_index(drop=True)
+
+
+def _rejected_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REJECTED_COLUMNS)
+    if frame.empty:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in REJECTED_COLUMNS})
+        frame["source_row"] = frame["source_row"].astype("Int64")
+        frame["label"] = frame["label"].astype("Int64")
+        return frame
+    reasons = [list(r) if r is not None else [] for r in frame["reasons"]]
+    frame["reason"] = [r[0] if r else None for r in reasons]
+    frame["reasons"] = [",".join(r) for r in reasons]
+    frame["sample_id"] = [
+        sample_id(s, d) if isinstance(s, str) and _SHA256.match(s) else None
+        for s, d in zip(frame["sha256"], frame["data_source"])
+    ]
+    frame["label"] = pd.array(frame["label"], dtype="Int64")
+    frame["source_row"] = pd.array(frame["source_row"], dtype="Int64")
+    return frame[list(REJECTED_COLUMNS)].sort_values("input_index", kind="stable").reset_index(drop=True)

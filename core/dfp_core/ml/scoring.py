@@ -1,0 +1,175 @@
+"""Batch scoring of KronoDroid-format files with a logged MLflow model.
+
+Every input row gets exactly one output row: ``status="scored"`` with its
+reconstruction error and anomaly flag, or ``status="rejected"`` with the
+first reason it cannot be scored (the error and flag are then null).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dfp_core.errors import ConfigError, DatasetError, TrackingError
+
+OUTPUT_FORMATS = (".csv", ".parquet")
+OUTPUT_COLUMNS = (
+    "sample_id", "source_file", "source_row", "data_source", "label",
+    "reconstruction_error", "is_anomaly", "status", "reason",
+)
+# Key columns carried from a typed frame into score_frame's output, when present.
+KEY_COLUMNS = ("sample_id", "source_file", "source_row", "data_source", "label", "sample_year", "dataset_split")
+CHUNK_ROWS = 65536
+
+
+def output_format(out_path: Path) -> str:
+    """``csv`` or ``parquet`` from the suffix; ConfigError for anything else."""
+    suffix = Path(out_path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"cannot write scores to {out_path}: the output file must end in .csv or .parquet, got {suffix or 'no suffix'!r}"
+        )
+    return suffix[1:]
+
+
+def _predict(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    from dfp_core.ml.pyfunc import AutoencoderPyfunc
+
+    if isinstance(model, AutoencoderPyfunc):
+        return model.predict(None, frame)
+    return model.predict(frame)
+
+
+def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """Scores for an already-typed frame (every ``schema.FEATURE_COLUMNS`` column):
+    its key columns that exist (``KEY_COLUMNS``) plus ``reconstruction_error``
+    and ``is_anomaly``, one row per input row, same order.
+
+    ``model``: a loaded MLflow pyfunc (``mlflow.pyfunc.load_model``) or an
+    ``AutoencoderPyfunc`` (e.g. ``AutoencoderPyfunc.from_artifacts``).
+    """
+    from dfp_core.ml.pyfunc import as_model_input
+
+    keys = frame[[c for c in KEY_COLUMNS if c in frame.columns]].reset_index(drop=True)
+    if frame.empty:
+        return keys.assign(reconstruction_error=pd.Series(dtype=np.float64), is_anomaly=pd.Series(dtype=bool))
+    parts = []
+    for start in range(0, len(frame), CHUNK_ROWS):
+        chunk = as_model_input(frame.iloc[start:start + CHUNK_ROWS])
+        out = _predict(model, chunk)
+        if len(out) != len(chunk):
+            raise DatasetError(f"the model returned {len(out)} rows for {len(chunk)} inputs")
+        parts.append(out[["reconstruction_error", "is_anomaly"]].reset_index(drop=True))
+    scores = pd.concat(parts, ignore_index=True)
+    return pd.concat([keys, scores.astype({"reconstruction_error": np.float64, "is_anomaly": bool})], axis=1)
+
+
+def model_threshold(model: Any) -> float | None:
+    """The anomaly threshold inside a loaded autoencoder pyfunc, when it has one."""
+    inner = model
+    unwrap = getattr(model, "unwrap_python_model", None)
+    if callable(unwrap):
+        try:
+            inner = unwrap()
+        except Exception:  # noqa: BLE001 - not a python_model flavor
+            return None
+    threshold = getattr(inner, "threshold", None)
+    return None if threshold is None else float(threshold)
+
+
+def load_model(model_uri: str, tracking_uri: str | None = None):
+    """``mlflow.pyfunc.load_model`` with our error; ``tracking_uri`` is used
+    (and restored afterwards) for ``models:/`` and ``runs:/`` URIs."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from dfp_core.ml.tracking import check_tracking_server
+
+    previous = mlflow.get_tracking_uri() if tracking_uri else None
+    try:
+        if tracking_uri:
+            check_tracking_server(tracking_uri)
+            mlflow.set_tracking_uri(tracking_uri)
+        return mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as exc:
+        raise TrackingError(f"cannot load model {model_uri}: {exc.message}") from None
+    except OSError as exc:
+        raise TrackingError(f"cannot load model {model_uri}: {exc}") from None
+    finally:
+        if previous is not None:
+            mlflow.set_tracking_uri(previous)
+
+
+def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "input_index": valid["input_index"].to_numpy(),
+        "sample_id": valid["sample_id"].to_numpy(),
+        "source_file": valid["source_file"].to_numpy(),
+        "source_row": pd.array(valid["source_row"], dtype="Int64"),
+        "data_source": valid["data_source"].to_numpy(),
+        "label": pd.array(valid["label"], dtype="Int64"),
+        "reconstruction_error": scores["reconstruction_error"].to_numpy(dtype=np.float64),
+        "is_anomaly": pd.array(scores["is_anomaly"].to_numpy(dtype=bool), dtype="boolean"),
+        "status": "scored",
+        "reason": pd.Series([None] * len(valid), dtype=object),
+    })
+
+
+def _rejected_rows(rejected: pd.DataFrame) -> pd.DataFrame:
+    n = len(rejected)
+    return pd.DataFrame({
+        "input_index": rejected["input_index"].to_numpy(),
+        "sample_id": rejected["sample_id"].to_numpy(dtype=object),
+        "source_file": rejected["source_file"].to_numpy(dtype=object),
+        "source_row": pd.array(rejected["source_row"], dtype="Int64"),
+        "data_source": rejected["data_source"].to_numpy(dtype=object),
+        "label": pd.array(rejected["label"], dtype="Int64"),
+        "reconstruction_error": np.full(n, np.nan),
+        "is_anomaly": pd.array([None] * n, dtype="boolean"),
+        "status": "rejected",
+        "reason": rejected["reason"].to_numpy(dtype=object),
+    })
+
+
+def _write(frame: pd.DataFrame, out_path: Path, fmt: str) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(out_path, index=False)
+    else:
+        frame.to_parquet(out_path, index=False, engine="pyarrow")
+
+
+def score(model_uri: str, input_path: Path, out_path: Path, tracking_uri: str | None = None) -> dict:
+    """Score every row of KronoDroid-format input (a directory, archive or CSV)
+    with the model at ``model_uri`` (``models:/name/version``, ``models:/name@alias``,
+    ``runs:/...``, a local path ...) and write one output row per input row
+    (``OUTPUT_COLUMNS``) to ``out_path`` (``.csv`` or ``.parquet``), in input order.
+
+    Returns a summary: rows_in, scored, rejected, anomalies, rejected_by_reason,
+    threshold (None when the model does not expose one), out_path, model_uri.
+    """
+    from dfp_core.ml.local_inputs import read_kronodroid
+
+    out_path = Path(out_path)
+    fmt = output_format(out_path)
+    valid, rejected = read_kronodroid(Path(input_path))  # input errors before the (slow) model load
+    model = load_model(model_uri, tracking_uri)
+    scores = score_frame(model, valid)
+    frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
+    frame = frame.sort_values("input_index", kind="stable").drop(columns="input_index").reset_index(drop=True)
+    frame = frame[list(OUTPUT_COLUMNS)]
+    _write(frame, out_path, fmt)
+    by_reason = rejected["reason"].value_counts().sort_index()
+    return {
+        "rows_in": int(len(valid) + len(rejected)),
+        "scored": int(len(valid)),
+        "rejected": int(len(rejected)),
+        "anomalies": int(scores["is_anomaly"].sum()) if len(scores) else 0,
+        "rejected_by_reason": {str(k): int(v) for k, v in by_reason.items()},
+        "threshold": model_threshold(model),
+        "out_path": str(out_path),
+        "model_uri": model_uri,
+    }
