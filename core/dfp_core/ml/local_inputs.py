@@ -15,8 +15,8 @@ Rows pyarrow cannot split into the header's number of cells are rejected as
 from __future__ import annotations
 
 import io
-import zipfile
 import re
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -53,7 +53,7 @@ _TYPED_KEEP = (
 
 def _single_file_parts(path: Path) -> list[CsvPart]:
     """The CSV parts of one archive or CSV file, checked like ``raw_inputs.scan`` does."""
-    spec = schema.classify_input(PurePosixPath(path.resolve().as_posix()))
+    spec = schema.classify_input(PurePosixPath(path.absolute().as_posix()))
     if spec is None:
         known = ", ".join(sorted(schema.KNOWN_ARCHIVES))
         raise InputDataError(
@@ -225,7 +225,7 @@ def _valid_frame(tables: list[pa.Table]) -> pd.DataFrame:
 
 
 def _rejected_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REJECTED_COLUMNS)
+    frame = pd.concat(frames, ignore_index=True)
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in REJECTED_COLUMNS})
         frame["source_row"] = frame["source_row"].astype("Int64")

@@ -1,0 +1,292 @@
+"""Local reading, batch scoring with an MLflow model, baselines and the
+drift/comparison evaluation: CPU only, generated data, no services."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("lightning")
+pytest.importorskip("mlflow")
+pytest.importorskip("sklearn")
+
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from dfp_core import schema  # noqa: E402
+from dfp_core.errors import ConfigError, InputDataError  # noqa: E402
+from dfp_core.generator import SUBSET_RELPATH, generate  # noqa: E402
+from dfp_core.ml import baselines  # noqa: E402
+from dfp_core.ml.evaluation import COMPARE_PLOTS, DRIFT_PLOTS, METHODS, compare_models, time_split_evaluation  # noqa: E402
+from dfp_core.ml.local_inputs import read_kronodroid  # noqa: E402
+from dfp_core.ml.scoring import OUTPUT_COLUMNS, score  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning",  # Lightning: few dataloader workers, small batches; MLflow: env checks
+    "ignore:.*does not have many workers.*",
+)
+TINY = dict(max_epochs=3, batch_size=64, hidden_dims=(32,), latent_dim=4, dropout=0.0, patience=2, seed=0,
+            accelerator="cpu", devices="1", lr=3e-3)
+ARCHIVE_LABELS = {"emu_legitimate_v1.zip": 0, "emu_malware_v1.zip": 1, "real_legitimate_v1.zip": 0, "real_malware_v1.zip": 1}
+BAD = {2: ("read", "abc", "non_numeric_feature"), 5: (schema.SHA256, "", "invalid_sha256")}  # data row -> edit
+
+
+def corrupt(text: str, edits=BAD, terminator: str = "\n") -> str:
+    """The CSV text with the given cells of 1-based data rows replaced."""
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = rows[0]
+    for row, (column, value, _) in edits.items():
+        rows[row][header.index(column)] = value
+    out = io.StringIO()
+    csv.writer(out, lineterminator=terminator).writerows(rows)
+    return out.getvalue()
+
+
+def corrupt_zip(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        [member] = archive.namelist()
+        text = archive.read(member).decode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(member, corrupt(text))
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("archives")
+    generate(out, 300, seed=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bad_archives(archives, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bad") / "in"
+    shutil.copytree(archives, out)
+    corrupt_zip(out / "real_device" / "real_malware_v1.zip")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny autoencoder trained by fit_and_evaluate on a random split of generated data."""
+    from types import SimpleNamespace
+
+    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, fit_and_evaluate
+
+    src = tmp_path_factory.mktemp("train-data")
+    generate(src, 900, seed=2)
+    valid, _ = read_kronodroid(src)
+    split = np.random.default_rng(0).choice(["train", "val", "test"], len(valid), p=[0.6, 0.2, 0.2])
+    frames = {s: valid[split == s].reset_index(drop=True) for s in ("train", "val", "test")}
+    result = fit_and_evaluate(TrainConfig(**TINY), SimpleNamespace(frames=frames), tmp_path_factory.mktemp("work"))
+    return {**result, "frames": frames}
+
+
+@pytest.fixture(scope="module")
+def logged(trained, tmp_path_factory):
+    """The trained model logged like `train` does, in a sqlite-backed local MLflow."""
+    import mlflow
+
+    from dfp_core.ml.pyfunc import AutoencoderPyfunc, as_model_input, build_pyfunc_artifacts, pip_requirements, pyfunc_signature
+
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("scoring-test", artifact_location=(tmp / "artifacts").as_uri())
+        arts = build_pyfunc_artifacts(trained["model"], trained["preprocessor"], trained["threshold"], 0.95, tmp / "pyfunc")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mlflow.start_run(experiment_id=experiment):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=AutoencoderPyfunc(), artifacts=arts, signature=pyfunc_signature(),
+                    input_example=as_model_input(trained["frames"]["test"].head(3)), pip_requirements=pip_requirements(),
+                )
+            version = mlflow.register_model(info.model_uri, "kd-scoring-test").version
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return {"uri": uri, "model_uri": info.model_uri, "registered": f"models:/kd-scoring-test/{version}"}
+
+
+# -- reading without Spark -----------------------------------------------------------
+
+def test_read_archives(archives):
+    valid, rejected = read_kronodroid(archives)
+    assert len(valid) + len(rejected) == 300 and rejected.empty
+    assert list(valid.columns[-len(schema.FEATURE_COLUMNS):]) == list(schema.FEATURE_COLUMNS)
+    assert {"sample_id", "data_source", "label", "source_file", "source_row", "sample_year"} <= set(valid.columns)
+    assert (valid["label"] == valid["source_file"].map(ARCHIVE_LABELS)).all()
+    assert set(valid["data_source"]) == set(schema.DATA_SOURCES)
+    assert (valid["sample_id"] == valid["data_source"] + ":" + valid["sha256"]).all()
+    # FilesInsideAPK is absent from emu_malware: null there only
+    missing = valid["files_inside_apk"].isna()
+    assert missing.any() and (valid.loc[missing, "source_file"] == "emu_malware_v1.zip").all()
+    # a single archive reads the same rows as in the directory
+    one, _ = read_kronodroid(archives / "emulator" / "emu_malware_v1.zip")
+    assert one["sample_id"].tolist() == valid.loc[valid["source_file"] == "emu_malware_v1.zip", "sample_id"].tolist()
+
+
+def test_read_subset_csv_with_bad_rows(tmp_path):
+    generate(tmp_path / "gen", 120, seed=3, layout="subset")
+    src = tmp_path / "gen" / SUBSET_RELPATH
+    clean, _ = read_kronodroid(src)
+    assert len(clean) == 120 and set(clean["label"]) == {0, 1} and set(clean["data_source"]) == {schema.REAL_DEVICE}
+    # outside a real_device/ folder, a name that says the device is enough
+    bare = tmp_path / "real_sample.csv"
+    bare.write_bytes(corrupt(src.read_bytes().decode(), terminator="\r\n").encode())
+    valid, rejected = read_kronodroid(bare)
+    assert len(valid) + len(rejected) == 120 and len(rejected) == 2
+    assert rejected["source_row"].tolist() == list(BAD)
+    assert rejected["reason"].tolist() == [reason for _, _, reason in BAD.values()]
+    assert rejected["reasons"].tolist() == rejected["reason"].tolist()
+    assert "sc_read" in rejected["detail"].iloc[0]
+    assert rejected["sample_id"].iloc[0].startswith("real_device:") and rejected["sample_id"].isna().iloc[1]
+    assert valid["sample_id"].tolist() == clean["sample_id"].drop(index=[r - 1 for r in BAD]).tolist()
+
+
+def test_read_malformed_row_and_header_only(tmp_path):
+    generate(tmp_path / "gen", 30, seed=3, layout="subset")
+    lines = (tmp_path / "gen" / SUBSET_RELPATH).read_bytes().decode().split("\r\n")
+    folder = tmp_path / "in" / "real_device"
+    folder.mkdir(parents=True)
+    (folder / "short.csv").write_bytes("\r\n".join([*lines[:4], "1,2,3", *lines[4:]]).encode())
+    (folder / "header_only.csv").write_bytes((lines[0] + "\r\n").encode())
+    valid, rejected = read_kronodroid(folder.parent)
+    assert len(valid) == 30 and len(rejected) == 1
+    row = rejected.iloc[0]
+    assert row["reason"] == "malformed_row" and pd.isna(row["source_row"]) and row["detail"].startswith("3 cells")
+
+
+def test_read_unknown_inputs(tmp_path, archives):
+    header = ",".join(schema.REQUIRED_RAW) + "\n"
+    (tmp_path / "data.csv").write_text(header)
+    with pytest.raises(InputDataError, match="unknown input file data.csv"):
+        read_kronodroid(tmp_path / "data.csv")
+    (tmp_path / "mystery.zip").write_bytes((archives / "emulator" / "emu_malware_v1.zip").read_bytes())
+    with pytest.raises(InputDataError, match="unknown input file mystery.zip"):
+        read_kronodroid(tmp_path / "mystery.zip")
+    with pytest.raises(InputDataError, match="unknown input file"):
+        read_kronodroid(tmp_path)
+    with pytest.raises(InputDataError, match="does not exist"):
+        read_kronodroid(tmp_path / "nope.csv")
+
+
+# -- scoring with an MLflow model ----------------------------------------------------
+
+def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
+    out = tmp_path / "scores" / "out.csv"
+    summary = score(logged["model_uri"], bad_archives, out, tracking_uri=logged["uri"])
+    assert summary["rows_in"] == 300 and summary["scored"] == 298 and summary["rejected"] == 2
+    assert summary["rejected_by_reason"] == {"invalid_sha256": 1, "non_numeric_feature": 1}
+    assert summary["threshold"] == pytest.approx(trained["threshold"])
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == list(OUTPUT_COLUMNS) and len(frame) == 300
+    bad = frame[frame["status"] == "rejected"]
+    assert bad["source_file"].tolist() == ["real_malware_v1.zip"] * 2 and bad["source_row"].tolist() == list(BAD)
+    assert bad["reason"].tolist() == ["non_numeric_feature", "invalid_sha256"]
+    assert bad["reconstruction_error"].isna().all() and bad["is_anomaly"].isna().all()
+    good = frame[frame["status"] == "scored"]
+    assert good["reason"].isna().all() and good["reconstruction_error"].notna().all()
+    np.testing.assert_array_equal(good["is_anomaly"].astype(bool), good["reconstruction_error"] > summary["threshold"])
+    assert summary["anomalies"] == int(good["is_anomaly"].astype(bool).sum())
+    # same scores as the model in memory, input order kept
+    valid, _ = read_kronodroid(bad_archives)
+    direct = trained["model"].reconstruction_error(trained["preprocessor"].transform(valid)).numpy()
+    np.testing.assert_allclose(good["reconstruction_error"].to_numpy(), direct, rtol=1e-5, atol=1e-7)
+    assert good["sample_id"].tolist() == valid["sample_id"].tolist()
+
+    # parquet, through the registry
+    pq = score(logged["registered"], bad_archives, tmp_path / "out.parquet", tracking_uri=logged["uri"])
+    back = pd.read_parquet(tmp_path / "out.parquet")
+    assert pq["scored"] == 298 and len(back) == 300 and list(back.columns) == list(OUTPUT_COLUMNS)
+    assert str(back["is_anomaly"].dtype) == "boolean" and back["is_anomaly"].isna().sum() == 2
+    np.testing.assert_allclose(back["reconstruction_error"].dropna().to_numpy(), direct, rtol=1e-5, atol=1e-7)
+
+    with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
+        score(logged["model_uri"], bad_archives, tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()
+
+
+# -- baselines -----------------------------------------------------------------------
+
+def structured(seed: int = 0, n_benign: int = 400, n_anomalous: int = 80, d: int = 30):
+    rng = np.random.default_rng(seed)
+    loadings = rng.normal(size=(3, d))
+    benign = rng.normal(size=(n_benign, 3)) @ loadings + 0.1 * rng.normal(size=(n_benign, d))
+    anomalous = rng.normal(size=(n_anomalous, 3)) @ loadings + rng.normal(0, 1.5, (n_anomalous, d))
+    anomalous[:, :5] += 3.0
+    x = np.vstack([benign, anomalous]).astype(np.float32)
+    y = np.r_[np.zeros(n_benign, int), np.ones(n_anomalous, int)]
+    return x, y
+
+
+def test_baselines_separate_and_are_deterministic():
+    x, y = structured(0)
+    ex, ey = structured(1)
+    benign = x[y == 0]
+    pca = baselines.pca_errors(benign, ex, n_components=3)
+    iso = baselines.isolation_forest_scores(benign, ex, seed=7)
+    rf = baselines.random_forest_scores(x, y, ex, seed=7)
+    for name, s in (("pca", pca), ("iforest", iso), ("rf", rf)):
+        assert s.shape == (len(ex),) and s.dtype == np.float64
+        assert roc_auc_score(ey, s) > 0.8, name
+    np.testing.assert_array_equal(iso, baselines.isolation_forest_scores(benign, ex, seed=7))
+    np.testing.assert_array_equal(rf, baselines.random_forest_scores(x, y, ex, seed=7))
+    np.testing.assert_array_equal(pca, baselines.pca_errors(benign, ex, n_components=3))
+    assert baselines.pca_errors(benign[:5], ex, n_components=16).shape == (len(ex),)  # components capped
+
+
+# -- comparison and drift ------------------------------------------------------------
+
+def test_compare_models(trained, tmp_path):
+    metrics, table = compare_models(trained["frames"], trained["model"], trained["preprocessor"], seed=0,
+                                    plots_dir=tmp_path)
+    assert list(table.columns) == ["method", "data_source", "roc_auc", "pr_auc", "n", "n_malware"]
+    assert len(table) == len(METHODS) * 3 and set(table["method"]) == set(METHODS)
+    assert set(table["data_source"]) == {"all", *schema.DATA_SOURCES}
+    for method in METHODS:
+        for metric in ("roc_auc", "pr_auc"):
+            assert 0.0 <= metrics[f"eval_{metric}__{method}"] <= 1.0
+            for source in schema.DATA_SOURCES:
+                assert f"eval_{metric}__{method}__{source}" in metrics
+    assert len(metrics) == len(table) * 2
+    assert metrics["eval_roc_auc__random_forest"] > 0.8
+    test = trained["frames"]["test"]
+    direct = trained["model"].reconstruction_error(trained["preprocessor"].transform(test)).numpy()
+    assert metrics["eval_roc_auc__autoencoder"] == pytest.approx(roc_auc_score(test["label"], direct))
+    for name in COMPARE_PLOTS:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_time_split_evaluation(tmp_path):
+    generate(tmp_path / "gen", 1500, seed=4, start_year=2010, end_year=2016)
+    valid, _ = read_kronodroid(tmp_path / "gen")
+    frame = valid.drop(columns=["sample_year"])  # derived again from sample_date
+    metrics, table = time_split_evaluation(frame, 2013, plots_dir=tmp_path / "plots", val_fraction=0.15,
+                                           **{**TINY, "max_epochs": 2, "batch_size": 128})
+    later = sorted(int(y) for y in valid["sample_year"].dropna().unique() if y > 2013)
+    assert later == [2014, 2015, 2016]
+    for method in METHODS:
+        for metric in ("roc_auc", "pr_auc"):
+            for period in (*later, "in_period", "later"):
+                assert 0.0 <= metrics[f"drift_{metric}__{method}__{period}"] <= 1.0
+    assert not any(k.endswith(("__2013", "__2012")) for k in metrics)
+    assert list(table.columns) == ["method", "period", "year", "roc_auc", "pr_auc", "n", "n_malware"]
+    assert sorted(table["year"].dropna().unique().tolist()) == later
+    per_year = table[table["year"].notna() & (table["method"] == "autoencoder")]
+    assert per_year["n"].sum() == metrics["drift_eval_rows"]
+    dated = valid["sample_year"].notna()
+    assert metrics["drift_train_rows"] + metrics["drift_val_rows"] + metrics["drift_eval_rows"] == dated.sum()
+    assert metrics["drift_threshold"] > 0 and metrics["drift_epochs_trained"] >= 1
+    for name in DRIFT_PLOTS:
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="unknown training option"):
+        time_split_evaluation(frame, 2013, max_epoch=2)
