@@ -124,9 +124,9 @@ def train_cmd(
     dropout: float = typer.Option(0.1, "--dropout"),
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(1e-5, "--weight-decay"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
-    max_epochs: int = typer.Option(20, "--max-epochs", min=1),
-    patience: int = typer.Option(3, "--patience", min=0, help="Early stopping patience on val_loss."),
+    batch_size: int = typer.Option(128, "--batch-size", min=1),
+    max_epochs: int = typer.Option(50, "--max-epochs", min=1),
+    patience: int = typer.Option(10, "--patience", min=0, help="Early stopping patience on val_loss."),
     seed: int = typer.Option(42, "--seed"),
     threshold_quantile: float = typer.Option(0.95, "--threshold-quantile"),
     accelerator: str = typer.Option("auto", "--accelerator", help="cpu | gpu | auto"),
@@ -137,6 +137,7 @@ def train_cmd(
     model_alias: Optional[str] = typer.Option(None, "--alias", help="[env DFP_MODEL_ALIAS, default candidate]"),
     experiment: Optional[str] = typer.Option(None, "--experiment", help="[env MLFLOW_EXPERIMENT_NAME]"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="[env MLFLOW_TRACKING_URI]"),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also evaluate PCA, IsolationForest, RandomForest."),
 ) -> None:
     """Train on Feast-served splits at a lakeFS ref; log and register in MLflow."""
     from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
@@ -149,7 +150,7 @@ def train_cmd(
         weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
         threshold_quantile=threshold_quantile, accelerator=accelerator, devices=devices, strategy=strategy,
         num_nodes=num_nodes, tracking_uri=tracking_uri, experiment_name=experiment, model_name=model_name,
-        model_alias=model_alias,
+        model_alias=model_alias, evaluate_baselines=baselines,
     )
     emit(train(config))
 
@@ -169,9 +170,9 @@ def pipeline_run_local(
     lakefs_repository: Optional[str] = typer.Option(None, "--repo"),
     target_branch: str = typer.Option("main", "--target-branch"),
     run_id: str = typer.Option("", "--run-id"),
-    max_epochs: int = typer.Option(20, "--max-epochs", min=1),
+    max_epochs: int = typer.Option(50, "--max-epochs", min=1),
     latent_dim: int = typer.Option(16, "--latent-dim", min=1),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    batch_size: int = typer.Option(128, "--batch-size", min=1),
     max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0),
     model_name: Optional[str] = typer.Option(None, "--model-name"),
     accelerator: str = typer.Option("auto", "--accelerator"),
@@ -199,6 +200,57 @@ def quickstart_cmd(
     from dfp_core.quickstart import quickstart
 
     emit(quickstart(input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo))
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    model: str = typer.Option(..., "--model", help="Registered model name."),
+    version: Optional[str] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias"),
+    retrain: bool = typer.Option(False, "--retrain", help="Also train again with the run's hyperparameters."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Rebuild a model's exact train/val/test data from its registry tags and verify it."""
+    from dfp_core.ml.reproduce import reproduce
+
+    report = reproduce(model, version, alias, retrain=retrain, tracking_uri=tracking_uri)
+    emit(report.to_dict())
+    if not report.matches:
+        for difference in report.differences:
+            print(f"mismatch: {difference}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command("score")
+def score_cmd(
+    model_uri: str = typer.Option(..., "--model-uri", help="models:/name/version, models:/name@alias, runs:/..."),
+    input_path: str = typer.Option(..., "--input", help="KronoDroid archives/CSV (file or folder), or lakefs://repo/ref"),
+    out: Path = typer.Option(..., "--out", help="Output .csv or .parquet (one row per input row)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Score apps: reconstruction error and anomaly flag per sample; unscorable rows listed with the reason."""
+    from dfp_core.ml.scoring import score, score_lakefs_ref
+
+    if input_path.startswith("lakefs://"):
+        emit(score_lakefs_ref(model_uri, input_path, out, tracking_uri))
+    else:
+        emit(score(model_uri, Path(input_path), out, tracking_uri))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model"),
+    version: Optional[str] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias"),
+    time_split: bool = typer.Option(False, "--time-split", help="Train on years <= --train-end-year, report each later year."),
+    train_end_year: Optional[int] = typer.Option(None, "--train-end-year"),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the evaluation to the model's training run."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Autoencoder vs PCA, IsolationForest and a supervised RandomForest, per data source (or per year)."""
+    from dfp_core.ml.reproduce import evaluate_registered
+
+    emit(evaluate_registered(model, version, alias, time_split, train_end_year, log, tracking_uri))
 
 
 def _print_status(result: dict, as_json: bool) -> None:

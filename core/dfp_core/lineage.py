@@ -43,14 +43,20 @@ FEATURE_DEFINITION_FILES = (
 )
 
 
-def defs_sha256(files: Iterable[str] = FEATURE_DEFINITION_FILES, root: Path = REPO_ROOT) -> str:
+def defs_sha256(files: Iterable[str] = FEATURE_DEFINITION_FILES, root: Path | None = None) -> str:
     """SHA-256 over the feature definition files (path and bytes, in order)."""
+    root = Path(root) if root is not None else definitions_root()
     digest = hashlib.sha256()
     for rel in files:
         digest.update(rel.encode() + b"\0")
         digest.update((root / rel).read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def definitions_root() -> Path:
+    """Where the definition files are read from: this checkout (or installed tree)."""
+    return REPO_ROOT
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dfp_core.ml.data import KronodroidDataModule  # noqa: E402
 from dfp_core.ml.loop import train_plain  # noqa: E402
 from dfp_core.ml.model import KronodroidAutoencoder, LossHistory  # noqa: E402
 from dfp_core.ml.plots import plot_error_histogram, plot_loss_curves, plot_roc_pr  # noqa: E402
-from dfp_core.ml.preprocess import Preprocessor  # noqa: E402
+from dfp_core.ml.preprocess import Z_CLIP, Preprocessor  # noqa: E402
 from dfp_core.schema import FEATURE_COLUMNS  # noqa: E402
 
 FEATURES = list(FEATURE_COLUMNS)
@@ -135,8 +135,14 @@ def test_preprocessor_standardises_train(data):
     assert xt.dtype == np.float32 and xt.shape == (len(data["frames"]["train"]), N_FEAT)
     const = pre.constant_mask
     assert const[[FEATURES.index(c) for c in CONSTANT]].all()
-    np.testing.assert_allclose(xt[:, ~const].mean(axis=0), 0.0, atol=1e-4)
-    np.testing.assert_allclose(xt[:, ~const].std(axis=0), 1.0, atol=1e-3)
+    # Without the z clip the train split is exactly standardised ...
+    unclipped = Preprocessor(z_clip=None).fit(data["frames"]["train"])
+    xu = unclipped.transform(data["frames"]["train"])
+    np.testing.assert_allclose(xu[:, ~const].mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(xu[:, ~const].std(axis=0), 1.0, atol=1e-3)
+    # ... and by default extreme z-scores are clipped to +-Z_CLIP, nothing else changes.
+    assert np.abs(xt).max() <= Z_CLIP
+    np.testing.assert_array_equal(xt, np.clip(xu, -Z_CLIP, Z_CLIP))
     assert np.all(xt[:, const] == 0.0)
     # a constant column maps to 0 even when other data has a value there
     odd = data["frames"]["test"].copy()

@@ -114,6 +114,9 @@ def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.Reco
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                 quoted_strings_can_be_null=True,
+                # Only empty cells are missing, as in the Spark transform; "NA" or
+                # "n/a" in a count column is a non-numeric value, not a null.
+                null_values=[""],
             ),
         )
         row = 0

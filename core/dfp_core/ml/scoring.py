@@ -173,3 +173,33 @@ def score(model_uri: str, input_path: Path, out_path: Path, tracking_uri: str | 
         "out_path": str(out_path),
         "model_uri": model_uri,
     }
+
+
+def score_lakefs_ref(model_uri: str, uri: str, out_path: Path, tracking_uri: str | None = None) -> dict:
+    """Score every sample of ``kronodroid.fct_training_dataset`` at
+    ``lakefs://<repo>/<ref>`` as Feast serves it (all three splits)."""
+    from dfp_core.errors import ConfigError
+    from dfp_core.lakefs_ops import LakeFS
+    from dfp_core.settings import LakeFSSettings
+    from dfp_core.spark import spark_session
+    from dfp_feast.retrieval import load_splits
+
+    out_path = Path(out_path)
+    fmt = output_format(out_path)
+    parts = uri.removeprefix("lakefs://").strip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"expected lakefs://<repository>/<branch or commit>, got {uri!r}")
+    repo, ref = parts
+    lakefs = LakeFS(LakeFSSettings.from_env(repository=repo))
+    spark = spark_session("kronodroid-score", lakefs.settings, extra_conf={"spark.sql.execution.arrow.pyspark.enabled": "true"})
+    data = load_splits(spark, lakefs, repo, ref)
+    model = load_model(model_uri, tracking_uri)
+    frame = pd.concat(data.frames.values(), ignore_index=True)
+    scored = score_frame(model, frame)
+    _write(scored, out_path, fmt)
+    return {
+        "rows_in": int(len(frame)), "scored": int(len(scored)), "rejected": 0,
+        "anomalies": int(scored["is_anomaly"].sum()), "threshold": model_threshold(model),
+        "lakefs_commit": data.spec.lakefs_commit, "iceberg_snapshot_id": data.spec.iceberg_snapshot_id,
+        "out_path": str(out_path), "model_uri": model_uri,
+    }

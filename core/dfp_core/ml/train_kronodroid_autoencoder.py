@@ -44,9 +44,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     # optimisation
-    batch_size: int = 256
-    max_epochs: int = 20
-    patience: int = 3
+    batch_size: int = 128
+    max_epochs: int = 50
+    patience: int = 10
     seed: int = 42
     deterministic: bool = True
     threshold_quantile: float = 0.95
@@ -61,6 +61,8 @@ class TrainConfig:
     model_name: str | None = None
     model_alias: str | None = None
     register: bool = True
+    # Also score PCA, IsolationForest and a supervised RandomForest on the same splits.
+    evaluate_baselines: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -243,8 +245,19 @@ def train(config: TrainConfig, spark=None, lakefs=None) -> dict[str, Any]:
         with stage(3, TRAIN_STAGES, f"Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
             epoch_logger = EpochMetricsLogger(tracking_uri=settings.tracking_uri, run_id=run.info.run_id, log_model=False)
             result = fit_and_evaluate(config, data, workdir, logger=epoch_logger)
-        with stage(4, TRAIN_STAGES, "test metrics, plots, model"):
+        with stage(4, TRAIN_STAGES, "test metrics, baselines, plots, model"):
             mlflow.log_metrics(result["metrics"])
+            if config.evaluate_baselines:
+                from dfp_core.ml.evaluation import compare_models
+
+                eval_dir = workdir / "evaluation"
+                eval_dir.mkdir()
+                comparison, table = compare_models(data.frames, result["model"], result["preprocessor"], seed=config.seed,
+                                                   train_on=config.train_on, plots_dir=eval_dir)
+                table.to_csv(eval_dir / "comparison.csv", index=False)
+                mlflow.log_metrics(comparison)
+                mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
+                result["metrics"].update(comparison)
             mlflow.log_artifacts(str(result["plot_dir"]), artifact_path="plots")
             spec_path = workdir / "dataset_spec.json"
             spec_path.write_text(json.dumps({
@@ -267,7 +280,7 @@ def train(config: TrainConfig, spark=None, lakefs=None) -> dict[str, Any]:
             if config.register:
                 version = register_with_lineage(model_info.model_uri, settings.model_name, tags, settings.model_alias)
                 note(f"registered {settings.model_name} version {version} (alias {settings.model_alias})")
-    test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith("test_") or k == "threshold"}
+    test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith(("test_", "eval_")) or k == "threshold"}
     return {
         "run_id": run.info.run_id, "experiment_id": experiment.experiment_id,
         "model_name": settings.model_name, "model_version": version, "model_alias": settings.model_alias if version else None,

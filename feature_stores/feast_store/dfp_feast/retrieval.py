@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 EVAL_FIELDS = ("label", "malware_family", "data_source", "dataset_split", "sample_year")
 # Feast labels its Spark offline store "alpha" on every call; we pin the version instead.
-warnings.filterwarnings("ignore", message="The spark (data source API|offline store) is an experimental", category=RuntimeWarning)
+_FEAST_ALPHA_WARNING = "The spark (data source API|offline store) is an experimental"
 
 
 @dataclass
@@ -110,7 +110,9 @@ def load_splits(
     result = RetrievedDataset(spec=spec, frames={})
     with tempfile.TemporaryDirectory(prefix="dfp-feast-") as registry_dir:
         store = feature_store(Path(registry_dir))
-        store.apply(defs.objects())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
+            store.apply(defs.objects())
         for split in splits:
             entities = snapshot_table.where(f"dataset_split = '{split}'").select("sample_id", "event_timestamp")
             if max_rows_per_split:
@@ -122,7 +124,9 @@ def load_splits(
             if entities.isEmpty():  # Feast cannot retrieve for an empty entity frame
                 frame = None
             else:
-                frame = store.get_historical_features(entity_df=entities, features=features).to_df()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
+                    frame = store.get_historical_features(entity_df=entities, features=features).to_df()
             if frame is None or frame.empty:
                 raise DatasetError(
                     f"the {split} split is empty in {schema.FCT_TABLE_FQN} at lakefs://{repo}/{commit[:12]} "
