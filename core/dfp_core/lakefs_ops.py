@@ -234,14 +234,6 @@ class LakeFS:
         with self._errors(f"read commit {ref!r}", repo, ref):
             return dict(self.repository(repo).ref(ref).get_commit().metadata or {})
 
-    def commit_message(self, repo: str, ref: str) -> str:
-        with self._errors(f"read commit {ref!r}", repo, ref):
-            return self.repository(repo).ref(ref).get_commit().message
-
-    def has_uncommitted(self, repo: str, branch: str) -> bool:
-        with self._errors(f"diff {branch!r}", repo, branch):
-            return any(True for _ in self.repository(repo).branch(branch).uncommitted(max_amount=1))
-
     # ----------------------------------------------------------------- objects
 
     def stat(self, repo: str, ref: str, path: str):
@@ -289,9 +281,6 @@ class LakeFS:
         with self._errors(f"delete {path!r}", repo, branch):
             self.repository(repo).branch(branch).object(path).delete()
 
-    def delete_repository(self, repo: str) -> None:
-        with self._errors("delete repository", repo):
-            self.repository(repo).delete()
 
 
 def _reason(exc: Exception) -> str:
@@ -306,10 +295,7 @@ def _reason(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, streamed (sha256 for provenance; md5 matches lakeFS checksums)."""
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
+        return hashlib.file_digest(handle, algorithm).hexdigest()

@@ -150,7 +150,3 @@ def register_ref_catalog(
     session.conf.set(f"{prefix}.type", "hadoop")
     session.conf.set(f"{prefix}.warehouse", warehouse_uri(repo, ref, settings.warehouse_prefix))
     return name
-
-
-def table_properties_sql() -> str:
-    return ", ".join(f"'{k}'='{v}'" for k, v in ICEBERG_TABLE_PROPERTIES.items())

@@ -34,11 +34,8 @@ def locked_jars(lock_file: Path = LOCK_FILE) -> list[tuple[str, str]]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def jar_paths(jars_dir: Path | None = None, fetch: bool = False) -> list[Path]:

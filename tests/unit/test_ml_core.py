@@ -409,7 +409,9 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mlflow.start_run():
+            # An experiment of this store: another test may have made a different one active.
+            experiment = mlflow.set_experiment("pyfunc-roundtrip")
+            with mlflow.start_run(experiment_id=experiment.experiment_id):
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=AutoencoderPyfunc(),

@@ -10,7 +10,6 @@ Layout on the branch (exactly this run's inputs; older ones stay in history):
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from dfp_core import schema
 from dfp_core.errors import InputDataError
-from dfp_core.lakefs_ops import LakeFS, file_sha256
+from dfp_core.lakefs_ops import LakeFS, file_digest
 from dfp_core.progress import note, warn
 
 RAW_PREFIX = "raw/kronodroid/"
@@ -154,7 +153,7 @@ def scan(input_dir: Path) -> tuple[list[tuple[Path, InputFile]], dict | None]:
         rel = path.relative_to(input_dir).as_posix()
         target_dir = f"{RAW_PREFIX}{spec.data_source}/"
         entry = InputFile(
-            relative_path=rel, sha256=file_sha256(path), size_bytes=path.stat().st_size,
+            relative_path=rel, sha256=file_digest(path), size_bytes=path.stat().st_size,
             data_source=spec.data_source, lakefs_path=target_dir + path.name,
         )
         if path.suffix.lower() == ".zip":
@@ -188,18 +187,10 @@ def scan(input_dir: Path) -> tuple[list[tuple[Path, InputFile]], dict | None]:
     return files, generator
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _upload_if_changed(lakefs: LakeFS, repo: str, branch: str, lakefs_path: str, local: Path) -> bool:
     """Upload unless the branch already holds identical bytes (raw data rarely changes)."""
     existing = lakefs.stat(repo, branch, lakefs_path)
-    if existing is not None and existing.size_bytes == local.stat().st_size and existing.checksum == _md5(local):
+    if existing is not None and existing.size_bytes == local.stat().st_size and existing.checksum == file_digest(local, "md5"):
         return False
     lakefs.upload_file(repo, branch, lakefs_path, local)
     return True

@@ -20,13 +20,6 @@ from dfp_spark.raw_inputs import CsvPart
 
 EPOCH = "1970-01-01 00:00:00"
 
-# Quarantine reason codes, in the order they are reported.
-REASONS = (
-    "missing_feature_value", "non_numeric_feature", "negative_count", "invalid_label",
-    "label_archive_mismatch", "invalid_sha256", "unparsable_date", "conflicting_label",
-    "duplicate_sample_id",
-)
-
 
 def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> DataFrame:
     """One CSV part, all columns as strings under positional names, plus provenance.
