@@ -1,0 +1,125 @@
+"""Shared helpers for the benchmarks: a private stack, peak memory of a
+process tree, and a results file. Benchmarks print figures; they never assert."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+# DFP_BENCH_RESULTS: write results elsewhere (e.g. smoke runs with small settings).
+RESULTS = Path(os.environ.get("DFP_BENCH_RESULTS") or ROOT / "bench" / "results")
+REAL_SUBSET = ROOT.parent / "shared" / "data" / "kronodroid" / "kronodroid_real_device_2019_subset.csv"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def private_stack(home: Path):
+    """A stack of our own (fresh DFP_HOME, free ports); env exported while it runs."""
+    from dfp_core import stack
+    from dfp_core.settings import StackSettings, read_env_file
+
+    settings = StackSettings(home=home, lakefs_port=free_port(), mlflow_port=free_port())
+    started = time.monotonic()
+    stack.up(settings, log=lambda m: None)
+    seconds = time.monotonic() - started
+    env = {k: v for k, v in read_env_file(home / "stack.env").items() if k.startswith(("LAKEFS_", "MLFLOW_"))}
+    env["DFP_HOME"] = str(home)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield settings, seconds
+    finally:
+        stack.down(settings, log=lambda m: None)
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@contextmanager
+def stack_with_spark(home: Path, app_name: str = "dfp-bench"):
+    """A private stack plus an in-process Spark session (Arrow on) and a LakeFS client."""
+    with private_stack(home) as (settings, seconds):
+        from dfp_core.lakefs_ops import LakeFS
+        from dfp_core.spark import spark_session
+
+        spark = spark_session(app_name, extra_conf={"spark.sql.execution.arrow.pyspark.enabled": "true"})
+        try:
+            yield spark, LakeFS(), settings
+        finally:
+            spark.stop()
+
+
+def log(name: str, message: str) -> None:
+    """Progress on stderr (stdout is for the figures)."""
+    print(f"[bench/{name}] {message}", file=sys.stderr, flush=True)
+
+
+class PeakMemory:
+    """Samples the RSS of a process and all its descendants (the JVM included)."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a command; wall seconds, peak RSS of its process tree, last stdout line."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    with PeakMemory(proc.pid) as mem:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        sys.stderr.write(err[-4000:])
+        raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": mem.peak / 2**20, "last_line": last}
+
+
+def save(name: str, figures: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    figures = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(), **figures}
+    if os.environ.get("DFP_BENCH_QUICK"):  # set by `run_all.py --quick`: small settings, not figures to publish
+        figures["quick_settings"] = True
+    path.write_text(json.dumps(figures, indent=2, sort_keys=True))
+    print(json.dumps(figures, indent=2, sort_keys=True))
+    return path

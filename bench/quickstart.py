@@ -1,0 +1,75 @@
+"""Quickstart benchmark: `dfp quickstart` (the CLI) after the first install
+(lakeFS binary and Spark jars cached) but with a fresh stack: a new DFP_HOME
+in a temp dir and free ports. Stops that stack with `dfp stack down` after.
+
+  .venv/bin/python bench/quickstart.py [--rows N] [--max-epochs N]
+
+Without --rows/--max-epochs the CLI's own defaults are used (what a new user runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, free_port, run_measured, save  # noqa: E402
+from _common import log as _log  # noqa: E402
+
+
+def log(message: str) -> None:
+    _log("quickstart", message)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help="rows of the generated sample (default: the CLI's)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="training epochs (default: the CLI's)")
+    args = parser.parse_args()
+
+    from dfp_core import stack
+
+    stack.lakefs_binary()  # "after the first install": fail early when the binary is not built
+    from dfp_core.spark_jars import jar_paths
+
+    jar_paths()  # ... and when the jars are not downloaded
+    # A user's endpoints or keys in this environment would point the quickstart elsewhere.
+    for key in [k for k in os.environ if k.startswith(("LAKEFS_", "MLFLOW_"))]:
+        del os.environ[key]
+
+    dfp = str(ROOT / ".venv" / "bin" / "dfp")
+    cmd = [dfp, "quickstart"]
+    if args.rows is not None:
+        cmd += ["--rows", str(args.rows)]
+    if args.max_epochs is not None:
+        cmd += ["--max-epochs", str(args.max_epochs)]
+    with tempfile.TemporaryDirectory(prefix="dfp-bench-quickstart-") as tmp:
+        env = {"DFP_HOME": str(Path(tmp) / "home"), "DFP_LAKEFS_PORT": str(free_port()),
+               "DFP_MLFLOW_PORT": str(free_port())}
+        log(f"{' '.join(cmd[1:])} with DFP_HOME={env['DFP_HOME']}, ports {env['DFP_LAKEFS_PORT']}/{env['DFP_MLFLOW_PORT']}")
+        try:
+            result = run_measured(cmd, env=env)
+        finally:
+            down = subprocess.run([dfp, "stack", "down"], env={**os.environ, **env}, capture_output=True, text=True)
+            log("stack down: " + ("ok" if down.returncode == 0 else f"exit {down.returncode}: {down.stderr[-500:]}"))
+    summary = json.loads(result["last_line"])
+    figures = {
+        "quickstart_seconds": round(result["seconds"], 1),
+        "quickstart_peak_rss_mb": round(result["peak_rss_mb"]),
+        "target_seconds_max": 300,
+        "rows": args.rows if args.rows is not None else "cli default",
+        "max_epochs": args.max_epochs if args.max_epochs is not None else "cli default",
+        "model_version": summary.get("model_version"),
+        "lakefs_commit": summary.get("lakefs_commit"),
+    }
+    log(f"quickstart: {figures['quickstart_seconds']}s, peak RSS {figures['quickstart_peak_rss_mb']} MB")
+    save("quickstart", figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,404 @@
+"""Training benchmarks. Each part writes its own results file.
+
+  .venv/bin/python bench/training.py                       # all four parts
+  .venv/bin/python bench/training.py --lightning-vs-plain  # training_lightning_vs_plain.json
+  .venv/bin/python bench/training.py --feast-vs-spark      # training_feast_vs_spark.json
+  .venv/bin/python bench/training.py --quality-real-subset # training_quality_real_subset.json
+  .venv/bin/python bench/training.py --time-split-generated # training_time_split_generated.json
+
+--lightning-vs-plain: samples/s of Lightning's Trainer vs ``loop.train_plain``
+(same data, model, batches and epochs; alternating order in one process; the
+first, warm-up epoch of every fit left out). --feast-vs-spark: Feast historical
+retrieval of the training split (``load_splits``) vs a direct Spark read of the
+same Iceberg snapshot into pandas. --quality-real-subset: test ROC-AUC/PR-AUC of
+the autoencoder (default and tuned configs, two seeds) and the baselines on the
+real KronoDroid subset. --time-split-generated: per-year ROC-AUC of every method
+trained on 2010-2014 generated data. The two stack-based parts share one private
+stack and one Spark session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REAL_SUBSET, save, stack_with_spark  # noqa: E402
+from _common import log as _log  # noqa: E402
+
+TUNED = {"hidden_dims": (512, 128), "latent_dim": 64, "batch_size": 64, "max_epochs": 200, "patience": 10}
+METHODS = ("autoencoder", "pca", "isolation_forest", "random_forest")
+
+
+def log(message: str) -> None:
+    _log("training", message)
+
+
+def _quiet() -> None:
+    import lightning  # noqa: F401  (it sets its loggers' levels on import)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*The spark (data source API|offline store) is an experimental.*")
+
+
+def _generated_frame(tmp: Path, rows: int, **kwargs):
+    from dfp_core.generator import generate
+    from dfp_core.ml.local_inputs import read_kronodroid
+
+    data = tmp / f"gen-{rows}"
+    generate(data, rows, seed=1, **kwargs)
+    valid, rejected = read_kronodroid(data)
+    log(f"generated {rows} rows: {len(valid)} valid, {len(rejected)} rejected")
+    return valid
+
+
+# --------------------------------------------------------------------------- Lightning vs plain
+
+
+def lightning_vs_plain(tmp: Path, rows: int, epochs: int, batch_size: int, repeats: int) -> dict:
+    import lightning as L
+    import numpy as np
+    import torch
+
+    from dfp_core.ml.data import KronodroidDataModule
+    from dfp_core.ml.loop import train_plain
+    from dfp_core.ml.model import KronodroidAutoencoder
+    from dfp_core.ml.preprocess import Preprocessor
+    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
+
+    frame = _generated_frame(tmp, rows)
+    y = frame["label"].to_numpy()
+    held = np.random.default_rng(0).random(len(frame)) < 0.15
+    preprocessor = Preprocessor().fit(frame[~held & (y == 0)])
+    x = preprocessor.transform(frame)
+    dm = KronodroidDataModule(x[~held], x[held], None, y[~held], y[held], train_on="benign",
+                              batch_size=batch_size, seed=0)
+    cfg = TrainConfig()  # the architecture a training run uses by default
+
+    def new_model() -> KronodroidAutoencoder:
+        torch.manual_seed(0)  # same initial weights for both
+        return KronodroidAutoencoder(input_dim=x.shape[1], hidden_dims=cfg.hidden_dims, latent_dim=cfg.latent_dim,
+                                     dropout=cfg.dropout, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    class EpochTimer(L.Callback):
+        """Epoch k lasts from its on_train_epoch_start to the next one (the last
+        one to on_train_end): training batches, validation, every hook."""
+
+        def __init__(self):
+            self.marks: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.marks.append(time.perf_counter())
+
+        def on_train_end(self, trainer, pl_module):
+            self.marks.append(time.perf_counter())
+
+        def epoch_seconds(self) -> list[float]:
+            return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+    def run_plain() -> tuple[list[float], float]:
+        model = new_model()
+        started = time.perf_counter()
+        history = train_plain(model, dm.train_dataloader(), dm.val_dataloader(), max_epochs=epochs)
+        return history["epoch_seconds"], time.perf_counter() - started
+
+    def run_lightning() -> tuple[list[float], float]:
+        model = new_model()
+        timer = EpochTimer()
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, max_epochs=epochs,
+                            callbacks=[timer])
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        return timer.epoch_seconds(), time.perf_counter() - started
+
+    skip = 1 if epochs >= 2 else 0  # the warm-up epoch, when there is another one
+
+    def throughput(epoch_seconds: list[float]) -> float:
+        timed = epoch_seconds[skip:]
+        return dm.n_train * len(timed) / sum(timed)
+
+    results: dict[str, list] = {"plain": [], "lightning": []}
+    walls: dict[str, list] = {"plain": [], "lightning": []}
+    for i in range(repeats):
+        for kind, fn in (("plain", run_plain), ("lightning", run_lightning)):
+            epoch_seconds, wall = fn()
+            results[kind].append(throughput(epoch_seconds))
+            walls[kind].append(wall)
+            log(f"{kind} #{i + 1}: {results[kind][-1]:.0f} samples/s, epochs "
+                f"{', '.join(f'{s:.2f}s' for s in epoch_seconds)}, fit {wall:.1f}s")
+    lightning_sps = statistics.mean(results["lightning"])
+    plain_sps = statistics.mean(results["plain"])
+    return {
+        "rows": rows,
+        "train_samples_per_epoch": dm.n_train,
+        "val_samples_per_epoch": dm.n_val,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "hidden_dims": list(cfg.hidden_dims),
+        "latent_dim": cfg.latent_dim,
+        "warmup_epochs_excluded": skip,
+        "order": "plain, lightning, " * (repeats - 1) + "plain, lightning",
+        "torch_threads": torch.get_num_threads(),
+        "lightning_samples_per_s_each": [round(v) for v in results["lightning"]],
+        "plain_samples_per_s_each": [round(v) for v in results["plain"]],
+        "lightning_samples_per_s": round(lightning_sps),
+        "plain_samples_per_s": round(plain_sps),
+        "lightning_fit_seconds_mean": round(statistics.mean(walls["lightning"]), 2),
+        "plain_fit_seconds_mean": round(statistics.mean(walls["plain"]), 2),
+        "ratio_lightning_to_plain": round(lightning_sps / plain_sps, 3),
+        # Epochs are short on small data: the medians show how much one slow epoch moved the means.
+        "ratio_lightning_to_plain_of_medians": round(
+            statistics.median(results["lightning"]) / statistics.median(results["plain"]), 3),
+        "target_ratio_min": 0.9,
+    }
+
+
+# --------------------------------------------------------------------------- transform helper
+
+
+def _transform(spark, input_dir: Path, repo: str, run_id: str) -> tuple[dict, float]:
+    from dfp_spark.kronodroid_iceberg_job import run
+
+    started = time.monotonic()
+    summary = run(input_dir=input_dir, repo=repo, run_id=run_id, spark=spark)
+    seconds = time.monotonic() - started
+    log(f"transform into {repo}: {summary['fct_rows']} rows in {seconds:.1f}s")
+    return summary, seconds
+
+
+def _pins(summary: dict) -> tuple[str, str]:
+    from dfp_core import schema
+
+    return summary["merge_commit"], str(summary["snapshot_ids"][schema.FCT_TABLE_FQN])
+
+
+# --------------------------------------------------------------------------- Feast vs direct Spark read
+
+
+def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
+    from dfp_core import iceberg, schema
+    from dfp_core.generator import generate
+    from dfp_core.iceberg import TableRef
+    from dfp_feast.retrieval import EVAL_FIELDS, load_splits
+
+    data = tmp / "feast-input"
+    generate(data, rows, seed=1)
+    repo = "benchfeast" + uuid.uuid4().hex[:8]
+    summary, transform_seconds = _transform(spark, data, repo, "bench-feast")
+    commit, snapshot = _pins(summary)
+    columns = list(dict.fromkeys(["sample_id", "event_timestamp", *EVAL_FIELDS, *schema.FEATURE_COLUMNS]))
+
+    def feast():
+        return load_splits(spark, lakefs, repo, commit, snapshot, splits=("train",)).frames["train"]
+
+    def direct():
+        name = iceberg.qualified(spark, TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE))
+        table = spark.read.format("iceberg").option("snapshot-id", snapshot).load(name)
+        return table.where("dataset_split = 'train'").select(*columns).toPandas()
+
+    timings: dict[str, list[float]] = {"feast": [], "direct": []}
+    shapes = {}
+    for i in range(repeats + 1):  # round 0 warms both up
+        for kind, fn in (("feast", feast), ("direct", direct)):
+            started = time.monotonic()
+            frame = fn()
+            seconds = time.monotonic() - started
+            shapes[kind] = frame.shape
+            if i:
+                timings[kind].append(seconds)
+            log(f"{kind} {'warm-up' if not i else f'#{i}'}: {seconds:.2f}s, {frame.shape[0]} rows x {frame.shape[1]} columns")
+    feast_s, direct_s = statistics.mean(timings["feast"]), statistics.mean(timings["direct"])
+    return {
+        "rows_generated": rows,
+        "fct_rows": summary["fct_rows"],
+        "train_rows": shapes["feast"][0],
+        "direct_rows": shapes["direct"][0],
+        "feast_columns": shapes["feast"][1],
+        "direct_columns": shapes["direct"][1],
+        "transform_seconds": round(transform_seconds, 1),
+        "feast_seconds_each": [round(s, 2) for s in timings["feast"]],
+        "direct_seconds_each": [round(s, 2) for s in timings["direct"]],
+        "feast_retrieval_seconds": round(feast_s, 2),
+        "direct_spark_read_seconds": round(direct_s, 2),
+        "ratio_feast_to_direct": round(feast_s / direct_s, 2),
+        "target_ratio_max": 1.5,
+    }
+
+
+# --------------------------------------------------------------------------- quality on the real subset
+
+
+def quality_real_subset(spark, lakefs, tmp: Path, seeds: list[int], max_epochs: int | None) -> dict:
+    from dfp_core.ml.evaluation import compare_models
+    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, fit_and_evaluate
+    from dfp_feast.retrieval import load_splits
+
+    data_dir = tmp / "real"
+    (data_dir / "real_device").mkdir(parents=True)
+    shutil.copy(REAL_SUBSET, data_dir / "real_device" / REAL_SUBSET.name)
+    repo = "benchreal" + uuid.uuid4().hex[:8]
+    summary, _ = _transform(spark, data_dir, repo, "bench-real")
+    commit, snapshot = _pins(summary)
+    data = load_splits(spark, lakefs, repo, commit, snapshot)
+    log(f"splits: {data.rows}")
+
+    configs = {"default": {}, "tuned": dict(TUNED)}
+    figures: dict = {"input": REAL_SUBSET.name, "fct_rows": summary["fct_rows"], "split_rows": data.rows,
+                     "seeds": seeds, "tuned_config": {k: list(v) if isinstance(v, tuple) else v for k, v in TUNED.items()}}
+    if max_epochs is not None:
+        figures["max_epochs_cap"] = max_epochs
+    ae: dict[str, dict[str, list[float]]] = {}
+    baselines: dict[str, dict[str, list[float]]] = {m: {"roc_auc": [], "pr_auc": []} for m in METHODS[1:]}
+    for name, overrides in configs.items():
+        ae[name] = {"roc_auc": [], "pr_auc": [], "epochs": []}
+        for seed in seeds:
+            values = {**overrides}
+            if max_epochs is not None:
+                values["max_epochs"] = min(values.get("max_epochs", TrainConfig.max_epochs), max_epochs)
+            config = TrainConfig(repo=repo, ref=commit, snapshot_id=snapshot, seed=seed, accelerator="cpu", devices="1",
+                                 register=False, evaluate_baselines=False, **values)
+            started = time.monotonic()
+            with tempfile.TemporaryDirectory(prefix="dfp-bench-fit-") as work:
+                result = fit_and_evaluate(config, data, Path(work))
+            metrics = result["metrics"]
+            comparison, _ = compare_models(data.frames, result["model"], result["preprocessor"], seed=seed,
+                                           train_on=config.train_on)
+            ae[name]["roc_auc"].append(metrics["test_roc_auc"])
+            ae[name]["pr_auc"].append(metrics["test_pr_auc"])
+            ae[name]["epochs"].append(int(metrics["epochs_trained"]))
+            log(f"AE {name} seed {seed}: ROC-AUC {metrics['test_roc_auc']:.4f}, PR-AUC {metrics['test_pr_auc']:.4f}, "
+                f"{int(metrics['epochs_trained'])} epochs, {time.monotonic() - started:.0f}s")
+            if name == "default":  # the baselines depend on the seed only (same preprocessor)
+                for method in METHODS[1:]:
+                    for metric in ("roc_auc", "pr_auc"):
+                        key = f"eval_{metric}__{method}"
+                        if key in comparison:
+                            baselines[method][metric].append(comparison[key])
+                log("baselines seed {}: {}".format(seed, ", ".join(
+                    f"{m} {comparison.get(f'eval_roc_auc__{m}', float('nan')):.4f}" for m in METHODS[1:])))
+
+    for name, values in ae.items():
+        for metric in ("roc_auc", "pr_auc"):
+            for seed, value in zip(seeds, values[metric]):
+                figures[f"ae_{name}_{metric}_seed{seed}"] = round(value, 4)
+            figures[f"ae_{name}_{metric}_mean"] = round(statistics.mean(values[metric]), 4)
+        figures[f"ae_{name}_epochs_trained"] = values["epochs"]
+    for method, values in baselines.items():
+        for metric in ("roc_auc", "pr_auc"):
+            if values[metric]:
+                figures[f"{method}_{metric}_mean"] = round(statistics.mean(values[metric]), 4)
+    best = max(ae, key=lambda n: statistics.mean(ae[n]["roc_auc"]))
+    best_auc = statistics.mean(ae[best]["roc_auc"])
+    figures.update({
+        "ae_best_config": best,
+        "ae_best_roc_auc_mean": round(best_auc, 4),
+        "target_ae_roc_auc_min": 0.92,
+        "ae_meets_target": bool(
+            best_auc >= 0.92
+            and all(best_auc > figures.get(f"{m}_roc_auc_mean", 0.0) for m in ("pca", "isolation_forest"))
+        ),
+    })
+    return figures
+
+
+# --------------------------------------------------------------------------- time split on generated data
+
+
+def time_split_generated(tmp: Path, rows: int, max_epochs: int, batch_size: int, train_end_year: int) -> dict:
+    from dfp_core.ml.evaluation import time_split_evaluation
+    from dfp_core.ml.local_inputs import sample_years
+
+    frame = _generated_frame(tmp, rows, start_year=2010, end_year=2019)
+    frame["sample_year"] = sample_years(frame)
+    started = time.monotonic()
+    metrics, table = time_split_evaluation(frame, train_end_year, max_epochs=max_epochs, batch_size=batch_size,
+                                           accelerator="cpu", devices="1")
+    seconds = time.monotonic() - started
+    roc: dict[str, dict[str, float]] = {}
+    pr: dict[str, dict[str, float]] = {}
+    for row in table.itertuples(index=False):
+        roc.setdefault(row.method, {})[str(row.period)] = round(float(row.roc_auc), 4)
+        pr.setdefault(row.method, {})[str(row.period)] = round(float(row.pr_auc), 4)
+    rows_per_period = {str(p): int(n) for p, n in table.groupby("period", sort=False)["n"].first().items()}
+    for method, years in roc.items():
+        log(f"{method}: " + ", ".join(f"{p} {v:.3f}" for p, v in years.items()))
+    return {
+        "rows": rows,
+        "years": "2010-2019",
+        "train_end_year": train_end_year,
+        "max_epochs": max_epochs,
+        "batch_size": batch_size,
+        "epochs_trained": int(metrics["drift_epochs_trained"]),
+        "train_rows": int(metrics["drift_train_rows"]),
+        "val_rows": int(metrics["drift_val_rows"]),
+        "eval_rows": int(metrics["drift_eval_rows"]),
+        "seconds": round(seconds, 1),
+        "rows_per_period": rows_per_period,
+        "roc_auc_per_period": roc,
+        "pr_auc_per_period": pr,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lightning-vs-plain", action="store_true")
+    parser.add_argument("--feast-vs-spark", action="store_true")
+    parser.add_argument("--quality-real-subset", action="store_true")
+    parser.add_argument("--time-split-generated", action="store_true")
+    parser.add_argument("--rows", type=int, default=40000, help="generated rows for lightning-vs-plain and feast-vs-spark")
+    parser.add_argument("--epochs", type=int, default=3, help="lightning-vs-plain epochs per fit")
+    parser.add_argument("--batch-size", type=int, default=256, help="lightning-vs-plain and time-split batch size")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds of lightning-vs-plain and feast-vs-spark")
+    parser.add_argument("--seeds", default="0,1", help="quality-real-subset seeds")
+    parser.add_argument("--quality-max-epochs", type=int, default=None, help="cap max_epochs of both configs (smoke runs)")
+    parser.add_argument("--time-split-rows", type=int, default=20000)
+    parser.add_argument("--time-split-max-epochs", type=int, default=30)
+    parser.add_argument("--train-end-year", type=int, default=2014)
+    args = parser.parse_args()
+    if min(args.rows, args.epochs, args.batch_size, args.repeats, args.time_split_rows, args.time_split_max_epochs) < 1:
+        parser.error("--rows, --epochs, --batch-size, --repeats and the --time-split-* values must be >= 1")
+    parts = [p for p in ("lightning_vs_plain", "time_split_generated", "feast_vs_spark", "quality_real_subset")
+             if getattr(args, p)]
+    parts = parts or ["lightning_vs_plain", "time_split_generated", "feast_vs_spark", "quality_real_subset"]
+    _quiet()
+
+    with tempfile.TemporaryDirectory(prefix="dfp-bench-training-") as tmp:
+        tmp = Path(tmp)
+        # Parts without a stack first: no JVM or servers beside them.
+        if "lightning_vs_plain" in parts:
+            log(f"lightning vs plain: {args.rows} rows, {args.epochs} epochs, batch {args.batch_size}")
+            save("training_lightning_vs_plain", lightning_vs_plain(tmp, args.rows, args.epochs, args.batch_size, args.repeats))
+        if "time_split_generated" in parts:
+            log(f"time split: {args.time_split_rows} rows, train <= {args.train_end_year}")
+            save("training_time_split_generated", time_split_generated(
+                tmp, args.time_split_rows, args.time_split_max_epochs, args.batch_size, args.train_end_year))
+        stack_parts = [p for p in ("feast_vs_spark", "quality_real_subset") if p in parts]
+        if "quality_real_subset" in stack_parts and not REAL_SUBSET.is_file():
+            log(f"skipping quality-real-subset: {REAL_SUBSET} does not exist")
+            save("training_quality_real_subset", {"skipped": f"{REAL_SUBSET} does not exist"})
+            stack_parts.remove("quality_real_subset")
+        if stack_parts:
+            log("starting a private stack and a Spark session")
+            with stack_with_spark(tmp / "home", "dfp-bench-training") as (spark, lakefs, _):
+                if "feast_vs_spark" in stack_parts:
+                    log(f"feast vs spark: {args.rows} rows")
+                    save("training_feast_vs_spark", feast_vs_spark(spark, lakefs, tmp, args.rows, args.repeats))
+                if "quality_real_subset" in stack_parts:
+                    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+                    log(f"quality on the real subset: seeds {seeds}")
+                    save("training_quality_real_subset", quality_real_subset(spark, lakefs, tmp, seeds, args.quality_max_epochs))
+
+
+if __name__ == "__main__":
+    main()
