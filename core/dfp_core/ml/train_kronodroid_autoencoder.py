@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dfp_core import lineage, schema
-from dfp_core.errors import DatasetError, TrackingError
+from dfp_core.errors import DatasetError
 from dfp_core.progress import note, stage
 from dfp_core.settings import LakeFSSettings, MLflowSettings
 

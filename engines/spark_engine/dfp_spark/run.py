@@ -22,7 +22,7 @@ from dfp_core import schema
 from dfp_core.errors import DfpError, LakeFSError
 from dfp_core.iceberg import TableRef, write_table
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
-from dfp_core.progress import note, stage
+from dfp_core.progress import note
 from dfp_core.settings import SparkSettings
 from dfp_core.splits import SplitSpec
 from dfp_core.version import code_version
@@ -86,9 +86,6 @@ def abort_run(lakefs: LakeFS, ctx: RunContext) -> None:
         note(f"could not delete run branch {ctx.run_branch}: {exc}")
 
 
-def _table(repo: str, branch: str, namespace: str, name: str) -> TableRef:
-    return TableRef(repo, branch, namespace, name)
-
 
 def transform_on_branch(
     spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str, run_id: str, split: SplitSpec,
@@ -105,26 +102,22 @@ def transform_on_branch(
         "dfp.synthetic": str(manifest.synthetic).lower(),
         "dfp.code_version": code_version(),
     }
-    snapshots: dict[str, int] = {}
-    for source, frame in frames.staging.items():
-        name = schema.STAGING_TABLES[source]
-        snapshots[f"{schema.STG_NAMESPACE}.{name}"] = write_table(
-            spark, lakefs, frame, _table(repo, run_branch, schema.STG_NAMESPACE, name), props, settings
-        )
-    note("staging tables written")
-    snapshots[f"{schema.STG_NAMESPACE}.{schema.QUARANTINE_TABLE}"] = write_table(
-        spark, lakefs, frames.quarantine, _table(repo, run_branch, schema.STG_NAMESPACE, schema.QUARANTINE_TABLE), props, settings
-    )
     fct_props = {**props, "dfp.split_spec": json.dumps(split.to_dict(), sort_keys=True)}
-    snapshots[schema.FCT_TABLE_FQN] = write_table(
-        spark, lakefs, frames.fct, _table(repo, run_branch, schema.MART_NAMESPACE, schema.FCT_TABLE), fct_props, settings
-    )
-    snapshots[f"{schema.MART_NAMESPACE}.{schema.DIM_FAMILIES_TABLE}"] = write_table(
-        spark, lakefs, frames.families, _table(repo, run_branch, schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE), props, settings
-    )
+    # Staging first: a failure after it (the atomicity test injects one) must leave the target untouched.
+    outputs = [
+        *[(frame, schema.STG_NAMESPACE, schema.STAGING_TABLES[source], props) for source, frame in frames.staging.items()],
+        (frames.quarantine, schema.STG_NAMESPACE, schema.QUARANTINE_TABLE, props),
+        (frames.fct, schema.MART_NAMESPACE, schema.FCT_TABLE, fct_props),
+        (frames.families, schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE, props),
+    ]
+    snapshots: dict[str, int] = {}
+    for frame, namespace, name, table_props in outputs:
+        snapshots[f"{namespace}.{name}"] = write_table(
+            spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props, settings
+        )
+        note(f"{namespace}.{name} written")
     accounting = transform.row_accounting(frames.decided)
-    split_counts = {r["dataset_split"]: r["count"] for r in spark.read.format("iceberg").load(
-        f"{_catalog(spark, repo, run_branch, settings)}.{schema.FCT_TABLE_FQN}").groupBy("dataset_split").count().collect()}
+    split_counts = {r["dataset_split"]: r["count"] for r in frames.fct.groupBy("dataset_split").count().collect()}
     summary = {
         "run_id": run_id,
         "repository": repo,
@@ -143,11 +136,6 @@ def transform_on_branch(
     lakefs.upload_bytes(repo, run_branch, SUMMARY_PATH, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 
-
-def _catalog(spark, repo, ref, settings) -> str:
-    from dfp_core.spark import register_ref_catalog
-
-    return register_ref_catalog(spark, repo, ref, settings)
 
 
 def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str) -> dict:
