@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from dfp_core.errors import DfpError
+from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig as _Defaults  # light: no torch at import
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="Local lakeFS + MLflow servers.")
@@ -119,16 +120,16 @@ def train_cmd(
     snapshot_id: Optional[str] = typer.Option(None, "--snapshot-id", help="Pin an Iceberg snapshot (default: the ref's current one)."),
     max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0, help="0 = all rows; N = deterministic subset."),
     train_on: str = typer.Option("benign", "--train-on", help="benign (anomaly detection) | all"),
-    latent_dim: int = typer.Option(16, "--latent-dim", min=1),
-    hidden_dims: str = typer.Option("256,64", "--hidden-dims", help="Encoder layer sizes, comma-separated."),
-    dropout: float = typer.Option(0.1, "--dropout"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    weight_decay: float = typer.Option(1e-5, "--weight-decay"),
-    batch_size: int = typer.Option(128, "--batch-size", min=1),
-    max_epochs: int = typer.Option(50, "--max-epochs", min=1),
-    patience: int = typer.Option(10, "--patience", min=0, help="Early stopping patience on val_loss."),
-    seed: int = typer.Option(42, "--seed"),
-    threshold_quantile: float = typer.Option(0.95, "--threshold-quantile"),
+    latent_dim: int = typer.Option(_Defaults.latent_dim, "--latent-dim", min=1),
+    hidden_dims: str = typer.Option(",".join(map(str, _Defaults.hidden_dims)), "--hidden-dims", help="Encoder layer sizes, comma-separated."),
+    dropout: float = typer.Option(_Defaults.dropout, "--dropout"),
+    lr: float = typer.Option(_Defaults.lr, "--lr"),
+    weight_decay: float = typer.Option(_Defaults.weight_decay, "--weight-decay"),
+    batch_size: int = typer.Option(_Defaults.batch_size, "--batch-size", min=1),
+    max_epochs: int = typer.Option(_Defaults.max_epochs, "--max-epochs", min=1),
+    patience: int = typer.Option(_Defaults.patience, "--patience", min=0, help="Early stopping patience on val_loss."),
+    seed: int = typer.Option(_Defaults.seed, "--seed"),
+    threshold_quantile: float = typer.Option(_Defaults.threshold_quantile, "--threshold-quantile"),
     accelerator: str = typer.Option("auto", "--accelerator", help="cpu | gpu | auto"),
     devices: str = typer.Option("auto", "--devices"),
     strategy: str = typer.Option("auto", "--strategy", help="auto | ddp | ..."),
@@ -170,9 +171,9 @@ def pipeline_run_local(
     lakefs_repository: Optional[str] = typer.Option(None, "--repo"),
     target_branch: str = typer.Option("main", "--target-branch"),
     run_id: str = typer.Option("", "--run-id"),
-    max_epochs: int = typer.Option(50, "--max-epochs", min=1),
-    latent_dim: int = typer.Option(16, "--latent-dim", min=1),
-    batch_size: int = typer.Option(128, "--batch-size", min=1),
+    max_epochs: int = typer.Option(_Defaults.max_epochs, "--max-epochs", min=1),
+    latent_dim: int = typer.Option(_Defaults.latent_dim, "--latent-dim", min=1),
+    batch_size: int = typer.Option(_Defaults.batch_size, "--batch-size", min=1),
     max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0),
     model_name: Optional[str] = typer.Option(None, "--model-name"),
     accelerator: str = typer.Option("auto", "--accelerator"),

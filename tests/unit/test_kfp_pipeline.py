@@ -61,7 +61,8 @@ def test_seed_parameter_names_and_defaults(compiled):
     assert defaults["run_transform"] is True
     assert defaults["target_branch"] == "main"
     assert defaults["mlflow_tracking_uri"] == "http://mlflow:5000"
-    assert defaults["max_epochs"] == 50 and defaults["latent_dim"] == 16 and defaults["batch_size"] == 128
+    # The training defaults, defined once in TrainConfig.
+    assert (defaults["max_epochs"], defaults["latent_dim"], defaults["batch_size"]) == (50, 64, 128)
     assert defaults["max_rows_per_split"] == 0
     assert defaults["lakefs_repository"] == "kronodroid"
     assert params["run_transform"]["parameterType"] == "BOOLEAN"

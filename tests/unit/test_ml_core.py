@@ -242,7 +242,7 @@ def test_datamodule_seeded_shuffling(data):
 
 def test_fast_dev_run(data):
     model = KronodroidAutoencoder(N_FEAT)
-    assert model.hparams.hidden_dims == (256, 64) and model.hparams.latent_dim == 16
+    assert model.hparams.hidden_dims == (512, 128) and model.hparams.latent_dim == 64
     dm = make_dm(data)
     tr = trainer(fast_dev_run=True)
     tr.fit(model, datamodule=dm)

@@ -40,8 +40,8 @@ class KronodroidAutoencoder(L.LightningModule):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (256, 64),
-        latent_dim: int = 16,
+        hidden_dims: Sequence[int] = (512, 128),
+        latent_dim: int = 64,
         dropout: float = 0.1,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,

@@ -111,7 +111,8 @@ class Preprocessor:
         if self.z_clip is not None:
             np.clip(out, -self.z_clip, self.z_clip, out=out)
         out[:, self.constant_mask] = 0.0
-        return out.astype(np.float32)
+        # Row-major: a DataLoader batches rows, and strided rows make every batch a gather.
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def fit_transform(self, df: pd.DataFrame) -> np.ndarray:
         return self.fit(df).transform(df)

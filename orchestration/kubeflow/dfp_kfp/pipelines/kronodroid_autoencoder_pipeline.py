@@ -17,6 +17,7 @@ Compile (from the repository root):
 from pathlib import Path
 from typing import NamedTuple
 
+from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
 from kfp import compiler, dsl, kubernetes
 
 from ..components.lakefs_commit_merge_component import lakefs_commit_merge
@@ -46,9 +47,9 @@ def kronodroid_autoencoder_pipeline(
     split_seed: int = 42,
     mlflow_tracking_uri: str = "http://mlflow:5000",
     model_name: str = "kronodroid_autoencoder",
-    max_epochs: int = 50,
-    latent_dim: int = 16,
-    batch_size: int = 128,
+    max_epochs: int = TrainConfig.max_epochs,
+    latent_dim: int = TrainConfig.latent_dim,
+    batch_size: int = TrainConfig.batch_size,
     max_rows_per_split: int = 0,
     accelerator: str = "auto",
     spark_mode: str = "auto",
