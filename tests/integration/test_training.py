@@ -104,6 +104,8 @@ def test_max_rows_per_split_is_a_deterministic_subset(spark, lakefs, transformed
     assert full.dataset_ids["train"] != a.dataset_ids["train"]
     assert set(a.frames["train"]["sample_id"]) <= set(full.frames["train"]["sample_id"])
     assert (full.frames["train"]["dataset_split"] == "train").all()
+    # The snapshot cached for a retrieval is released with it.
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
 
 
 def test_unknown_ref_is_a_clear_error(spark, lakefs, transformed):

@@ -37,9 +37,7 @@ ID_COLUMN = "sample_id"
 
 def load_autoencoder(state_path: str | Path, config_path: str | Path) -> KronodroidAutoencoder:
     """A ``KronodroidAutoencoder`` (CPU, eval mode) from a state_dict file and its config JSON."""
-    config = json.loads(Path(config_path).read_text())
-    config["hidden_dims"] = tuple(config.get("hidden_dims", (256, 64)))
-    model = KronodroidAutoencoder(**config)
+    model = KronodroidAutoencoder(**json.loads(Path(config_path).read_text()))
     state = torch.load(Path(state_path), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

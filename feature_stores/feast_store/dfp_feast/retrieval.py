@@ -109,13 +109,13 @@ def load_splits(
     snapshot_table = spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
     snapshot_table.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _retrieve(spark, snapshot_table, spec, defs, splits, split_spec)
+        return _retrieve(snapshot_table, spec, defs, splits, split_spec)
     finally:
         snapshot_table.unpersist()
 
 
 def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
-    """(sample_id, event_timestamp, dataset_split, order) of the requested splits, in one
+    """(sample_id, event_timestamp, dataset_split, subset_order) of the requested splits, in one
     pass. A small local frame: Feast then knows the entity side is small and broadcasts
     it, instead of shuffling ~480-column feature rows to join against it."""
     from pyspark.sql import functions as F
@@ -131,7 +131,7 @@ def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
     )
 
 
-def _retrieve(spark, snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
+def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
     features = [f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS] + [f"{LABELS_VIEW}:{c}" for c in EVAL_FIELDS]
     keys = _entity_keys(snapshot_table, splits, split_spec.get("seed", 0))
     result = RetrievedDataset(spec=spec, frames={})
