@@ -282,7 +282,6 @@ class LakeFS:
             self.repository(repo).branch(branch).object(path).delete()
 
 
-
 def _reason(exc: Exception) -> str:
     """The server's message without the SDK's multi-line dump."""
     body = getattr(exc, "body", None)

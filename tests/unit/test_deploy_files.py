@@ -692,3 +692,18 @@ def test_manifests_contain_no_literal_credentials():
             for text in strings(doc):
                 assert not AWS_KEY_ID.search(text), f"{path.name}: access key id {text}"
                 assert not URL_PASSWORD.search(text), f"{path.name}: password in a URL {text}"
+
+
+def test_spark_jars_script_runs_without_the_project_installed():
+    """The Dockerfiles COPY core/dfp_core/spark_jars.py alone and run it: module-level
+    imports must be standard library only."""
+    import ast
+
+    tree = ast.parse((REPO / "core" / "dfp_core" / "spark_jars.py").read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            top.add(node.module.split(".")[0])
+    assert top - sys.stdlib_module_names - {"__future__"} == set()

@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
+
 
 def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
     """Linear layers through ``dims``; ReLU + dropout between, none after the last."""
@@ -40,11 +42,11 @@ class KronodroidAutoencoder(L.LightningModule):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (512, 128),
-        latent_dim: int = 64,
-        dropout: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-5,
+        hidden_dims: Sequence[int] = TrainConfig.hidden_dims,
+        latent_dim: int = TrainConfig.latent_dim,
+        dropout: float = TrainConfig.dropout,
+        lr: float = TrainConfig.lr,
+        weight_decay: float = TrainConfig.weight_decay,
     ):
         super().__init__()
         hidden_dims = tuple(int(h) for h in hidden_dims)

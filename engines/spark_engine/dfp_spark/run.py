@@ -86,7 +86,6 @@ def abort_run(lakefs: LakeFS, ctx: RunContext) -> None:
         note(f"could not delete run branch {ctx.run_branch}: {exc}")
 
 
-
 def transform_on_branch(
     spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str, run_id: str, split: SplitSpec,
     settings: SparkSettings | None = None,
@@ -135,7 +134,6 @@ def transform_on_branch(
     )
     lakefs.upload_bytes(repo, run_branch, SUMMARY_PATH, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
-
 
 
 def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str) -> dict:
