@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,32 +20,16 @@ RESULTS = Path(os.environ.get("DFP_BENCH_RESULTS") or ROOT / "bench" / "results"
 REAL_SUBSET = ROOT.parent / "shared" / "data" / "kronodroid" / "kronodroid_real_device_2019_subset.csv"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def private_stack(home: Path):
     """A stack of our own (fresh DFP_HOME, free ports); env exported while it runs."""
     from dfp_core import stack
-    from dfp_core.settings import StackSettings, read_env_file
+    from dfp_core.settings import StackSettings
 
-    settings = StackSettings(home=home, lakefs_port=free_port(), mlflow_port=free_port())
+    settings = StackSettings(home=home, lakefs_port=stack.free_port(), mlflow_port=stack.free_port())
     started = time.monotonic()
-    stack.up(settings, log=lambda m: None)
-    seconds = time.monotonic() - started
-    env = {k: v for k, v in read_env_file(home / "stack.env").items() if k.startswith(("LAKEFS_", "MLFLOW_"))}
-    env["DFP_HOME"] = str(home)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield settings, seconds
-    finally:
-        stack.down(settings, log=lambda m: None)
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    with stack.running(settings, log=lambda m: None):
+        yield settings, time.monotonic() - started
 
 
 @contextmanager

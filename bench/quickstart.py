@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, run_measured, save  # noqa: E402
+from _common import ROOT, run_measured, save  # noqa: E402
+from dfp_core.stack import free_port  # noqa: E402
 from _common import log as _log  # noqa: E402
 
 

@@ -3,8 +3,6 @@ session starts on free ports in its own DFP_HOME, and stops at the end."""
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -21,15 +19,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory):
     from dfp_core.settings import StackSettings
+    from dfp_core.stack import free_port
 
     home = tmp_path_factory.mktemp("dfp-home")
     return StackSettings(home=home, lakefs_port=free_port(), mlflow_port=free_port())
@@ -39,30 +32,9 @@ def stack_settings(tmp_path_factory):
 def stack(stack_settings):
     """A real lakeFS + MLflow stack for the whole test session."""
     from dfp_core import stack as stack_mod
-    from dfp_core.settings import read_env_file
 
-    status = stack_mod.up(stack_settings, log=lambda m: print(m, file=sys.stderr))
-    creds = read_env_file(stack_settings.home / "stack.env")
-    env = {
-        "DFP_HOME": str(stack_settings.home),
-        "DFP_LAKEFS_PORT": str(stack_settings.lakefs_port),
-        "DFP_MLFLOW_PORT": str(stack_settings.mlflow_port),
-        "LAKEFS_ENDPOINT": creds["LAKEFS_ENDPOINT"],
-        "LAKEFS_ACCESS_KEY_ID": creds["LAKEFS_ACCESS_KEY_ID"],
-        "LAKEFS_SECRET_ACCESS_KEY": creds["LAKEFS_SECRET_ACCESS_KEY"],
-        "MLFLOW_TRACKING_URI": creds["MLFLOW_TRACKING_URI"],
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield {"settings": stack_settings, "status": status, "env": env}
-    finally:
-        stack_mod.down(stack_settings, log=lambda m: None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with stack_mod.running(stack_settings, log=lambda m: print(m, file=sys.stderr)) as running:
+        yield {"settings": stack_settings, **running}
 
 
 @pytest.fixture(scope="session")

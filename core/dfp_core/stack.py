@@ -404,3 +404,39 @@ def reset(settings: StackSettings | None = None, log: Log = _stderr) -> None:
     elif settings.home.exists():
         settings.home.unlink()
     log(f"removed {settings.home}")
+
+
+# --------------------------------------------------------------------------- private stacks
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free now: for private stacks (tests, benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(settings: StackSettings, log: Log = _stderr) -> Iterator[dict]:
+    """Start the stack, export where it is (``DFP_HOME``, ports, endpoints, credentials)
+    to ``os.environ`` for the block, then restore the environment and stop the stack.
+    Yields ``{"status": up(...), "env": the exported variables}``."""
+    status = up(settings, log=log)
+    creds = read_env_file(settings.home / STACK_ENV_FILE)
+    env = {
+        "DFP_HOME": str(settings.home),
+        "DFP_LAKEFS_PORT": str(settings.lakefs_port),
+        "DFP_MLFLOW_PORT": str(settings.mlflow_port),
+        **{key: value for key, value in creds.items() if key.startswith(("LAKEFS_", "MLFLOW_"))},
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield {"status": status, "env": env}
+    finally:
+        down(settings, log=lambda m: None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

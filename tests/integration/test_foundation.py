@@ -79,7 +79,7 @@ def test_stack_up_is_idempotent_and_status_reports_it(stack):
 
 def test_stack_down_then_up_in_a_separate_home(tmp_path):
     """A second, independent stack: down stops every process it started."""
-    from tests.conftest import free_port
+    from dfp_core.stack import free_port
     from dfp_core.settings import StackSettings
 
     settings = StackSettings(home=tmp_path / "home", lakefs_port=free_port(), mlflow_port=free_port())

@@ -142,7 +142,7 @@ def test_unreachable_mlflow_fails_before_anything_is_registered(spark, lakefs, t
     repo, _ = transformed
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
     name = "kronodroid_autoencoder_unreachable"
-    from tests.conftest import free_port
+    from dfp_core.stack import free_port
 
     with pytest.raises(TrackingError, match="unreachable"):
         train(_config(repo, "main", model_name=name, tracking_uri=f"http://127.0.0.1:{free_port()}"),
