@@ -104,8 +104,6 @@ def test_max_rows_per_split_is_a_deterministic_subset(spark, lakefs, transformed
     assert full.dataset_ids["train"] != a.dataset_ids["train"]
     assert set(a.frames["train"]["sample_id"]) <= set(full.frames["train"]["sample_id"])
     assert (full.frames["train"]["dataset_split"] == "train").all()
-    # The snapshot cached for a retrieval is released with it.
-    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
 
 
 def test_unknown_ref_is_a_clear_error(spark, lakefs, transformed):
@@ -151,3 +149,36 @@ def test_unreachable_mlflow_fails_before_anything_is_registered(spark, lakefs, t
     # Invariant over the whole registry: no version exists without its lineage tags.
     for version in client.search_model_versions():
         assert set(lineage.LINEAGE_TAGS) <= set(version.tags), (version.name, version.version)
+
+
+def test_feast_cli_apply_registers_the_views_at_a_commit(transformed, stack, tmp_path):
+    """The README's `feast -f feature_store_spark.yaml apply`, with the repo's offline store type."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import load_repo_config
+
+    from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
+
+    repo, summary = transformed
+    config = yaml.safe_load(FEAST_CONFIG_FILE.read_text())
+    config["registry"]["path"] = str(tmp_path / "registry.db")  # keep the checkout clean
+    config["online_store"]["path"] = str(tmp_path / "online_store.db")
+    config_file = tmp_path / "feature_store.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**stack["env"], "LAKEFS_REPOSITORY": repo, "LAKEFS_BRANCH": summary["merge_commit"]}
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run([str(feast), "-c", str(FEAST_REPO_DIR), "-f", str(config_file), "apply"],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    store = FeatureStore(config=load_repo_config(FEAST_REPO_DIR, config_file))
+    assert type(store._get_provider().offline_store).__name__ == "SingleScanSparkOfflineStore"
+    views = {view.name: view for view in store.list_feature_views()}
+    assert set(views) == {"kronodroid_autoencoder_features", "kronodroid_sample_labels"}
+    assert len(views["kronodroid_autoencoder_features"].features) == len(schema.FEATURE_COLUMNS)
+    assert summary["merge_commit"] in views["kronodroid_autoencoder_features"].batch_source.path

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 from dfp_core import iceberg, schema
 from dfp_core.errors import DatasetError
 from dfp_core.iceberg import TableRef
@@ -21,7 +23,6 @@ from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
 from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
     from feast import FeatureStore
     from pyspark.sql import SparkSession
 
@@ -101,23 +102,14 @@ def load_splits(
         split_spec=split_spec, max_rows_per_split=int(max_rows_per_split),
     )
     defs = build_definitions(repo, commit, snapshot_id)
-    # Feast's source reads this same snapshot once per feature view, and the entity frames
-    # come from it too: caching it turns ~2 scans per split of ~480-column Avro rows into
-    # one scan per retrieval (Spark substitutes the cache wherever the same plan appears).
-    from pyspark import StorageLevel
-
     snapshot_table = spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
-    snapshot_table.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        return _retrieve(snapshot_table, spec, defs, splits, split_spec)
-    finally:
-        snapshot_table.unpersist()
+    return _retrieve(snapshot_table, spec, defs, splits, split_spec)
 
 
 def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
     """(sample_id, event_timestamp, dataset_split, subset_order) of the requested splits, in one
-    pass. A small local frame: Feast then knows the entity side is small and broadcasts
-    it, instead of shuffling ~480-column feature rows to join against it."""
+    narrow pass. A small local frame: Spark then knows the entity side is small and
+    broadcasts it to the scan of ~480-column feature rows instead of shuffling those."""
     from pyspark.sql import functions as F
 
     return (
@@ -134,31 +126,36 @@ def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
 def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
     features = [f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS] + [f"{LABELS_VIEW}:{c}" for c in EVAL_FIELDS]
     keys = _entity_keys(snapshot_table, splits, split_spec.get("seed", 0))
-    result = RetrievedDataset(spec=spec, frames={})
+    chosen = {}
+    for split in splits:
+        entities = keys[keys["dataset_split"] == split]
+        if spec.max_rows_per_split:
+            entities = entities.sort_values("subset_order", kind="mergesort").head(spec.max_rows_per_split)
+        if entities.empty:  # an empty split is an error, not an empty frame to train on
+            raise DatasetError(
+                f"the {split} split is empty in {schema.FCT_TABLE_FQN} at "
+                f"lakefs://{spec.lakefs_repository}/{spec.lakefs_commit[:12]} "
+                f"(snapshot {spec.iceberg_snapshot_id}); check the split ratios or the input data"
+            )
+        chosen[split] = entities
+    # One retrieval for all requested splits: Feast's store then reads the snapshot once.
+    entity_df = pd.concat(chosen.values())[["sample_id", "event_timestamp"]].reset_index(drop=True)
     with tempfile.TemporaryDirectory(prefix="dfp-feast-") as registry_dir:
         store = feature_store(Path(registry_dir))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
             store.apply(defs.objects())
-        for split in splits:
-            entities = keys[keys["dataset_split"] == split]
-            if spec.max_rows_per_split:
-                entities = entities.sort_values("subset_order", kind="mergesort").head(spec.max_rows_per_split)
-            if entities.empty:  # Feast cannot retrieve for an empty entity frame
-                frame = None
-            else:
-                entities = entities[["sample_id", "event_timestamp"]].reset_index(drop=True)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
-                    frame = store.get_historical_features(entity_df=entities, features=features).to_df()
-            if frame is None or frame.empty:
-                raise DatasetError(
-                    f"the {split} split is empty in {schema.FCT_TABLE_FQN} at "
-                    f"lakefs://{spec.lakefs_repository}/{spec.lakefs_commit[:12]} "
-                    f"(snapshot {spec.iceberg_snapshot_id}); check the split ratios or the input data"
-                )
-            frame = frame.sort_values("sample_id", kind="mergesort").reset_index(drop=True)
-            result.frames[split] = frame
-            result.dataset_ids[split] = dataset_id(spec, split)
-            result.content_sha256[split] = content_sha256(frame[["sample_id", "label", *schema.FEATURE_COLUMNS]])
+            retrieved = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+    result = RetrievedDataset(spec=spec, frames={})
+    for split in splits:
+        # The labels view's dataset_split comes from the same snapshot as the entity keys.
+        frame = retrieved[retrieved["dataset_split"] == split].sort_values("sample_id", kind="mergesort", ignore_index=True)
+        if len(frame) != len(chosen[split]):
+            raise DatasetError(
+                f"Feast returned {len(frame)} {split} rows for {len(chosen[split])} entity keys from "
+                f"{schema.FCT_TABLE_FQN} snapshot {spec.iceberg_snapshot_id}"
+            )
+        result.frames[split] = frame
+        result.dataset_ids[split] = dataset_id(spec, split)
+        result.content_sha256[split] = content_sha256(frame[["sample_id", "label", *schema.FEATURE_COLUMNS]])
     return result
