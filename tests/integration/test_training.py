@@ -163,6 +163,7 @@ def test_feast_cli_apply_registers_the_views_at_a_commit(transformed, stack, tmp
     from feast.repo_config import load_repo_config
 
     from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
+    from dfp_feast.kronodroid_features import source_table
 
     repo, summary = transformed
     config = yaml.safe_load(FEAST_CONFIG_FILE.read_text())
@@ -181,4 +182,6 @@ def test_feast_cli_apply_registers_the_views_at_a_commit(transformed, stack, tmp
     views = {view.name: view for view in store.list_feature_views()}
     assert set(views) == {"kronodroid_autoencoder_features", "kronodroid_sample_labels"}
     assert len(views["kronodroid_autoencoder_features"].features) == len(schema.FEATURE_COLUMNS)
-    assert summary["merge_commit"] in views["kronodroid_autoencoder_features"].batch_source.path
+    source = views["kronodroid_autoencoder_features"].batch_source
+    assert source.tags["lakefs_ref"] == summary["merge_commit"]
+    assert source.path == source_table(repo, summary["merge_commit"])
