@@ -81,13 +81,16 @@ def dataset_id(spec: DatasetSpec, split: str) -> str:
     return "ds-" + hashlib.sha256(f"{spec.canonical()}|{split}".encode()).hexdigest()[:24]
 
 
-def content_sha256(frame: "pd.DataFrame", key: str = "sample_id") -> str:
-    """Order-independent hash of a split's rows (all columns, sorted by key)."""
+def content_sha256(frame: "pd.DataFrame", key: str = "sample_id", columns: Iterable[str] | None = None) -> str:
+    """Order-independent hash of a split's rows: ``columns`` (default all), sorted by name,
+    rows sorted by ``key``. Recorded in lineage tags: the value must not change."""
     import pandas as pd
 
-    ordered = frame.sort_values(key, kind="mergesort").reset_index(drop=True)
-    ordered = ordered[sorted(ordered.columns)]
-    digest = hashlib.sha256(",".join(ordered.columns).encode())
-    row_hashes = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    columns = sorted(frame.columns if columns is None else columns)
+    if not frame[key].is_monotonic_increasing:  # a stable sort leaves sorted rows as they are
+        frame = frame.sort_values(key, kind="mergesort")
+    digest = hashlib.sha256(",".join(columns).encode())
+    # index=False: the row hashes do not depend on the index, so no reset is needed.
+    row_hashes = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy()
     digest.update(row_hashes.tobytes())
     return digest.hexdigest()

@@ -97,6 +97,16 @@ def test_content_hash_ignores_row_order_but_not_values():
     assert lineage.content_sha256(frame) != lineage.content_sha256(changed)
 
 
+def test_content_hash_values_are_stable():
+    """Recorded in MLflow tags and compared by `dfp reproduce`: these values must never change."""
+    frame = pd.DataFrame({"sample_id": ["b", "a", "c"], "x": [1, 2, 3], "label": [0, 1, 0], "y": [0.5, None, 2.0]})
+    assert lineage.content_sha256(frame) == "40ae4fb2473787017071cb5974b22d5c8799a1e3027be9cc3cf96fc204f21608"
+    subset = "e1a704fb6993ca5bb35c8c9a371d67c12f1999cb8a589228c1340284c00b1ea4"
+    assert lineage.content_sha256(frame[["sample_id", "x", "label"]]) == subset
+    assert lineage.content_sha256(frame, columns=["label", "sample_id", "x"]) == subset
+    assert lineage.content_sha256(frame.sort_values("sample_id"), columns=["x", "sample_id", "label"]) == subset
+
+
 def test_defs_hash_covers_the_feature_definition_files(tmp_path):
     for rel in lineage.FEATURE_DEFINITION_FILES:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from dfp_core import iceberg, schema
 from dfp_core.errors import DatasetError
@@ -145,11 +146,13 @@ def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
             store.apply(defs.objects())
-            retrieved = store.get_historical_features(entity_df=entity_df, features=features).to_df()
+            # Arrow, not pandas, until each split is cut and sorted: one pandas copy per row, not three.
+            retrieved = store.get_historical_features(entity_df=entity_df, features=features).to_arrow()
     result = RetrievedDataset(spec=spec, frames={})
     for split in splits:
         # The labels view's dataset_split comes from the same snapshot as the entity keys.
-        frame = retrieved[retrieved["dataset_split"] == split].sort_values("sample_id", kind="mergesort", ignore_index=True)
+        part = retrieved.filter(pc.equal(retrieved["dataset_split"], split))
+        frame = part.sort_by("sample_id").to_pandas()
         if len(frame) != len(chosen[split]):
             raise DatasetError(
                 f"Feast returned {len(frame)} {split} rows for {len(chosen[split])} entity keys from "
@@ -157,5 +160,5 @@ def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict)
             )
         result.frames[split] = frame
         result.dataset_ids[split] = dataset_id(spec, split)
-        result.content_sha256[split] = content_sha256(frame[["sample_id", "label", *schema.FEATURE_COLUMNS]])
+        result.content_sha256[split] = content_sha256(frame, columns=["sample_id", "label", *schema.FEATURE_COLUMNS])
     return result
