@@ -141,7 +141,11 @@ def test_same_frame_as_feasts_spark_store(spark, source_view, tmp_path, features
     entity_df = _entity_df(exclude_driver=2 if features is SHARED_SCAN else None)
     ours_store = _store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore")
     assert isinstance(ours_store._get_provider().offline_store, SingleScanSparkOfflineStore)
+    views_before = {t.name for t in spark.catalog.listTables() if t.isTemporary}
     ours = _retrieve(ours_store, entity_df, features, full_feature_names)
+    # One statement: only Feast's uploaded entity frame is left as a temporary view.
+    new_views = {t.name for t in spark.catalog.listTables() if t.isTemporary} - views_before
+    assert len(new_views) == 1 and next(iter(new_views)).startswith("feast_entity_df_")
     feasts = _retrieve(_store(tmp_path, "spark"), entity_df, features, full_feature_names)
     assert list(ours.columns) == list(feasts.columns)
     pd.testing.assert_frame_equal(_normalised(ours), _normalised(feasts))

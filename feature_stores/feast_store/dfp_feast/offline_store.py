@@ -187,13 +187,13 @@ def build_single_scan_query(
     full_feature_names: bool = False,
     filter_by_created_timestamp: bool = False,
 ) -> str:
-    """Statements separated by ``---EOS---`` (as Feast's retrieval job expects); the last one is the result."""
+    """The point-in-time query as one SQL statement (Feast's retrieval job runs it as is)."""
     output_names = list(entity_columns) + [
         _output_name(view, feature, full_feature_names) for view in views for feature in view["features"]
     ]
     groups = scan_groups(views, full_feature_names)
     for index, group in enumerate(groups):
-        group["name"] = f"{entity_table}__scan{index}"
+        group["name"] = f"dfp_scan{index}"
     template = Environment(loader=BaseLoader()).from_string(SINGLE_SCAN_POINT_IN_TIME_JOIN)
     return template.render(
         entity_table=entity_table,
@@ -204,96 +204,93 @@ def build_single_scan_query(
     )
 
 
+# One statement (one analysis of the ~480-column plan, no temp views left behind).
 # Per group: the distinct (entity keys, entity timestamp) rows joined to the source
 # rows at or before that timestamp (and within the TTL); of those, the rows with the
 # latest event timestamp, then the latest created timestamp, per (entity keys, entity
 # timestamp). As in Feast's template, ties are kept and, where the source has a created
-# timestamp column, rows without one are ignored (Feast's dedup join drops them). MAX windows rather than RANK(): Spark then sorts the wide rows once
-# (a rank filter adds a sorted partial limit before the shuffle). The final left
-# join uses the same keys, so the matched rows are not shuffled again.
+# timestamp column, rows without one are ignored (Feast's dedup join drops them).
+# MAX windows rather than RANK(): Spark then sorts the wide rows once (a rank filter
+# adds a sorted partial limit before the shuffle). The final left join uses the same
+# keys, so the matched rows are not shuffled again.
 SINGLE_SCAN_POINT_IN_TIME_JOIN = """
-CREATE OR REPLACE TEMPORARY VIEW {{ entity_table }}__rows AS (
+WITH entity_rows AS (
     SELECT *, {{ entity_df_event_timestamp_col }} AS entity_timestamp
     FROM {{ entity_table }}
-);
-
----EOS---
-
+),
 {% for group in groups %}
-CREATE OR REPLACE TEMPORARY VIEW {{ group.name }}__latest AS (
-    WITH entity_keys AS (
-        SELECT DISTINCT {% for entity in group.entities %}{{ entity }}, {% endfor %}entity_timestamp
-        FROM {{ entity_table }}__rows
-    ),
-    subquery AS (
-        SELECT
-            {{ group.timestamp_field }} AS event_timestamp,
-            {{ group.created_timestamp_column ~ ' AS created_timestamp,' if group.created_timestamp_column else '' }}
-            {% for selection in group.entity_selections %}{{ selection }}, {% endfor %}
-            {% for column, output in group.columns %}{{ column }} AS {{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
-        FROM {{ group.table_subquery }}
-        WHERE {{ group.timestamp_field }} <= '{{ group.max_event_timestamp }}'
-        {% if group.created_timestamp_column %}
-            AND {{ group.created_timestamp_column }} IS NOT NULL
-        {% endif %}
+{% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ entity }}, {% endfor %}entity_timestamp{% endset %}
+{{ group.name }}__entity_keys AS (
+    SELECT DISTINCT {% for entity in group.entities %}{{ entity }}, {% endfor %}entity_timestamp
+    FROM entity_rows
+),
+{{ group.name }}__subquery AS (
+    SELECT
+        {{ group.timestamp_field }} AS event_timestamp,
+        {{ group.created_timestamp_column ~ ' AS created_timestamp,' if group.created_timestamp_column else '' }}
+        {% for selection in group.entity_selections %}{{ selection }}, {% endfor %}
+        {% for column, output in group.columns %}{{ column }} AS {{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
+    FROM {{ group.table_subquery }}
+    WHERE {{ group.timestamp_field }} <= '{{ group.max_event_timestamp }}'
+    {% if group.created_timestamp_column %}
+        AND {{ group.created_timestamp_column }} IS NOT NULL
+    {% endif %}
+    {% if group.date_partition_column %}
+        AND {{ group.date_partition_column }} <= '{{ group.max_date_partition }}'
+    {% endif %}
+    {% if group.ttl != 0 %}
+        AND {{ group.timestamp_field }} >= '{{ group.min_event_timestamp }}'
         {% if group.date_partition_column %}
-            AND {{ group.date_partition_column }} <= '{{ group.max_date_partition }}'
+            AND {{ group.date_partition_column }} >= '{{ group.min_date_partition }}'
         {% endif %}
+    {% endif %}
+),
+{{ group.name }}__matched AS (
+    SELECT subquery.*, entity_keys.entity_timestamp AS entity_timestamp
+    FROM {{ group.name }}__subquery AS subquery
+    INNER JOIN {{ group.name }}__entity_keys AS entity_keys
+    ON subquery.event_timestamp <= entity_keys.entity_timestamp
         {% if group.ttl != 0 %}
-            AND {{ group.timestamp_field }} >= '{{ group.min_event_timestamp }}'
-            {% if group.date_partition_column %}
-                AND {{ group.date_partition_column }} >= '{{ group.min_date_partition }}'
-            {% endif %}
+        AND subquery.event_timestamp >= entity_keys.entity_timestamp - {{ group.ttl }} * interval '1' second
         {% endif %}
-    ),
-    matched AS (
-        SELECT subquery.*, entity_keys.entity_timestamp AS entity_timestamp
-        FROM subquery
-        INNER JOIN entity_keys
-        ON subquery.event_timestamp <= entity_keys.entity_timestamp
-            {% if group.ttl != 0 %}
-            AND subquery.event_timestamp >= entity_keys.entity_timestamp - {{ group.ttl }} * interval '1' second
-            {% endif %}
-            {% if filter_by_created_timestamp and group.created_timestamp_column %}
-            AND subquery.created_timestamp <= entity_keys.entity_timestamp
-            {% endif %}
-            {% for entity in group.entities %}
-            AND subquery.{{ entity }} = entity_keys.{{ entity }}
-            {% endfor %}
-    ),
-    {% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ entity }}, {% endfor %}entity_timestamp{% endset %}
-    latest_events AS (
-        SELECT * FROM (
-            SELECT *, MAX(event_timestamp) OVER ({{ per_entity_row }}) AS latest_event_timestamp FROM matched
-        )
-        WHERE event_timestamp = latest_event_timestamp
-    ),
-    latest AS (
-        {% if group.created_timestamp_column %}
-        SELECT * FROM (
-            SELECT *, MAX(created_timestamp) OVER ({{ per_entity_row }}) AS latest_created_timestamp FROM latest_events
-        )
-        WHERE created_timestamp = latest_created_timestamp
-        {% else %}
-        SELECT * FROM latest_events
+        {% if filter_by_created_timestamp and group.created_timestamp_column %}
+        AND subquery.created_timestamp <= entity_keys.entity_timestamp
         {% endif %}
+        {% for entity in group.entities %}
+        AND subquery.{{ entity }} = entity_keys.{{ entity }}
+        {% endfor %}
+),
+{{ group.name }}__latest_events AS (
+    SELECT * FROM (
+        SELECT *, MAX(event_timestamp) OVER ({{ per_entity_row }}) AS latest_event_timestamp
+        FROM {{ group.name }}__matched
     )
+    WHERE event_timestamp = latest_event_timestamp
+),
+{{ group.name }}__latest AS (
+    {% if group.created_timestamp_column %}
+    SELECT * FROM (
+        SELECT *, MAX(created_timestamp) OVER ({{ per_entity_row }}) AS latest_created_timestamp
+        FROM {{ group.name }}__latest_events
+    )
+    WHERE created_timestamp = latest_created_timestamp
+    {% else %}
+    SELECT * FROM {{ group.name }}__latest_events
+    {% endif %}
+),
+{{ group.name }}__result AS (
     SELECT
         {% for entity in group.entities %}{{ entity }} AS {{ group.name }}__key{{ loop.index }}, {% endfor %}
         entity_timestamp AS {{ group.name }}__entity_timestamp,
         {% for column, output in group.columns %}{{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
-    FROM latest
-);
-
----EOS---
-
+    FROM {{ group.name }}__latest
+){% if not loop.last %},{% endif %}
 {% endfor %}
-
 SELECT {{ final_output_feature_names | join(', ') }}
-FROM {{ entity_table }}__rows AS entity_rows
+FROM entity_rows
 {% for group in groups %}
-LEFT JOIN {{ group.name }}__latest
-ON {% for entity in group.entities %}entity_rows.{{ entity }} = {{ group.name }}__latest.{{ group.name }}__key{{ loop.index }}
-    AND {% endfor %}entity_rows.entity_timestamp = {{ group.name }}__latest.{{ group.name }}__entity_timestamp
+LEFT JOIN {{ group.name }}__result
+ON {% for entity in group.entities %}entity_rows.{{ entity }} = {{ group.name }}__result.{{ group.name }}__key{{ loop.index }}
+    AND {% endfor %}entity_rows.entity_timestamp = {{ group.name }}__result.{{ group.name }}__entity_timestamp
 {% endfor %}
 """
