@@ -9,12 +9,14 @@ it with Feast's own store) with a leaner plan:
 
 * feature views that read the same source with the same entities, timestamps,
   TTL and filters share one scan of it;
-* the distinct entity rows are joined to the source (Spark broadcasts them when
-  they are small), and the latest rows are kept with MAX windows over (entity
-  keys, entity timestamp): one shuffle of the matched rows instead of a second
-  pass plus a join back;
-* the final left join is on the same keys, so the matched rows are not
-  shuffled again;
+* each entity row (numbered) is left-joined to the source rows it may use, in a
+  shuffled hash join built on the small entity side: the wide rows are shuffled
+  once and never sorted for the join;
+* the latest rows per entity row are kept with MAX windows on that same
+  partitioning (no second shuffle), and a final join on the entity row id
+  broadcasts the entity rows, so no join back to the source and no left join of
+  wide rows;
+* one SQL statement (one analysis of the wide plan, no temporary views left);
 * the job collects Spark's Arrow batches (Feast's goes Spark -> pandas -> Arrow
   -> pandas), so timestamps come back timezone-aware (UTC).
 
@@ -23,9 +25,9 @@ timestamp (a tie), Feast's store returns every combination of them across the
 views that read it; views sharing a scan here get each tied row once.
 
 Everything else (entity frame checks, timestamp range, batch feature view
-transformations, the retrieval job) is Feast's. Retrievals without an entity
-frame, or from sources other than ``SparkSource``, go to Feast's store
-unchanged. Select it with ``offline_store: type:
+transformations, the retrieval job) is Feast's. Retrievals whose entity frame is
+not a pandas frame (a SQL string, a Spark frame, none), or from sources other
+than ``SparkSource``, go to Feast's store unchanged. Select it with ``offline_store: type:
 dfp_feast.offline_store.SingleScanSparkOfflineStore``; ``spark_conf`` and the
 other Spark store options work as before.
 """
@@ -36,6 +38,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import KeysView, Optional, Union, cast
 
+import numpy as np
 import pandas as pd
 import pyarrow
 import pyspark.sql
@@ -65,6 +68,9 @@ _SCAN_FIELDS = (
 )
 
 
+ENTITY_ROW_ID = "dfp_entity_row_id"
+
+
 class SingleScanSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     type: StrictStr = "dfp_feast.offline_store.SingleScanSparkOfflineStore"
 
@@ -82,7 +88,7 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
         filter_by_created_timestamp: bool = False,
         **kwargs,
     ) -> RetrievalJob:
-        if entity_df is None or not all(isinstance(fv.batch_source, SparkSource) for fv in feature_views):
+        if not isinstance(entity_df, pd.DataFrame) or not all(isinstance(fv.batch_source, SparkSource) for fv in feature_views):
             return SparkOfflineStore.get_historical_features(
                 config, feature_views, feature_refs, entity_df, registry, project,
                 full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp, **kwargs,
@@ -95,8 +101,11 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
         event_timestamp_col = offline_utils.infer_event_timestamp_from_entity_df(entity_schema=entity_schema)
         timestamp_range = feast_spark._get_entity_df_event_timestamp_range(entity_df, event_timestamp_col, spark)
         entity_table = offline_utils.get_temp_entity_table_name()
+        # Each entity row gets an id: its matches are found, ranked and returned per row (a copy:
+        # unlike Feast's store, the caller's frame is left as it was).
+        numbered = entity_df.assign(**{ENTITY_ROW_ID: np.arange(len(entity_df), dtype="int64")})
         feast_spark._upload_entity_df(
-            spark_session=spark, table_name=entity_table, entity_df=entity_df, event_timestamp_col=event_timestamp_col,
+            spark_session=spark, table_name=entity_table, entity_df=numbered, event_timestamp_col=event_timestamp_col,
         )
         offline_utils.assert_expected_columns_in_entity_df(
             entity_schema=entity_schema,
@@ -201,30 +210,28 @@ def build_single_scan_query(
         groups=groups,
         filter_by_created_timestamp=filter_by_created_timestamp,
         final_output_feature_names=output_names,
+        entity_row_id=ENTITY_ROW_ID,
     )
 
 
-# One statement (one analysis of the ~480-column plan, no temp views left behind).
-# Per group: the distinct (entity keys, entity timestamp) rows joined to the source
-# rows at or before that timestamp (and within the TTL); of those, the rows with the
-# latest event timestamp, then the latest created timestamp, per (entity keys, entity
-# timestamp). As in Feast's template, ties are kept and, where the source has a created
-# timestamp column, rows without one are ignored (Feast's dedup join drops them).
-# MAX windows rather than RANK(): Spark then sorts the wide rows once (a rank filter
-# adds a sorted partial limit before the shuffle). The final left join uses the same
-# keys, so the matched rows are not shuffled again.
+# One statement (one analysis of the ~480-column plan, no temporary views left behind).
+# Per group: every entity row left-joined to the source rows with its keys at or before
+# its timestamp (and within the TTL) -- a shuffled hash join that builds on the small
+# entity side and streams the wide rows through one shuffle; then, per entity row, the
+# rows with the latest event timestamp and the latest created timestamp (MAX windows on
+# the join's partitioning: no second shuffle). As in Feast's template, ties are kept and,
+# where the source has a created timestamp column, rows without one are ignored (Feast's
+# dedup join drops them); an entity row without a match keeps one row of nulls. The
+# final join on the entity row id broadcasts the entity rows.
 SINGLE_SCAN_POINT_IN_TIME_JOIN = """
 WITH entity_rows AS (
-    SELECT *, {{ entity_df_event_timestamp_col }} AS entity_timestamp
+    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
     FROM {{ entity_table }}
 ),
 {% for group in groups %}
-{% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ entity }}, {% endfor %}entity_timestamp{% endset %}
-{{ group.name }}__entity_keys AS (
-    SELECT DISTINCT {% for entity in group.entities %}{{ entity }}, {% endfor %}entity_timestamp
-    FROM entity_rows
-),
-{{ group.name }}__subquery AS (
+{% set g = group.name %}
+{% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ g }}__key{{ loop.index }}, {% endfor %}{{ g }}__row_id{% endset %}
+{{ g }}__subquery AS (
     SELECT
         {{ group.timestamp_field }} AS event_timestamp,
         {{ group.created_timestamp_column ~ ' AS created_timestamp,' if group.created_timestamp_column else '' }}
@@ -245,52 +252,48 @@ WITH entity_rows AS (
         {% endif %}
     {% endif %}
 ),
-{{ group.name }}__matched AS (
-    SELECT subquery.*, entity_keys.entity_timestamp AS entity_timestamp
-    FROM {{ group.name }}__subquery AS subquery
-    INNER JOIN {{ group.name }}__entity_keys AS entity_keys
-    ON subquery.event_timestamp <= entity_keys.entity_timestamp
+{{ g }}__matched AS (
+    SELECT /*+ SHUFFLE_HASH(entity_rows) */
+        {% for entity in group.entities %}entity_rows.{{ entity }} AS {{ g }}__key{{ loop.index }}, {% endfor %}
+        entity_rows.{{ entity_row_id }} AS {{ g }}__row_id,
+        subquery.event_timestamp AS {{ g }}__event_timestamp,
+        {% if group.created_timestamp_column %}subquery.created_timestamp AS {{ g }}__created_timestamp,{% endif %}
+        {% for column, output in group.columns %}subquery.{{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
+    FROM entity_rows
+    LEFT JOIN {{ g }}__subquery AS subquery
+    ON subquery.event_timestamp <= entity_rows.dfp_entity_timestamp
         {% if group.ttl != 0 %}
-        AND subquery.event_timestamp >= entity_keys.entity_timestamp - {{ group.ttl }} * interval '1' second
+        AND subquery.event_timestamp >= entity_rows.dfp_entity_timestamp - {{ group.ttl }} * interval '1' second
         {% endif %}
         {% if filter_by_created_timestamp and group.created_timestamp_column %}
-        AND subquery.created_timestamp <= entity_keys.entity_timestamp
+        AND subquery.created_timestamp <= entity_rows.dfp_entity_timestamp
         {% endif %}
         {% for entity in group.entities %}
-        AND subquery.{{ entity }} = entity_keys.{{ entity }}
+        AND subquery.{{ entity }} = entity_rows.{{ entity }}
         {% endfor %}
 ),
-{{ group.name }}__latest_events AS (
+{{ g }}__latest_events AS (
     SELECT * FROM (
-        SELECT *, MAX(event_timestamp) OVER ({{ per_entity_row }}) AS latest_event_timestamp
-        FROM {{ group.name }}__matched
+        SELECT *, MAX({{ g }}__event_timestamp) OVER ({{ per_entity_row }}) AS {{ g }}__latest_event_timestamp
+        FROM {{ g }}__matched
     )
-    WHERE event_timestamp = latest_event_timestamp
+    WHERE {{ g }}__latest_event_timestamp IS NULL OR {{ g }}__event_timestamp = {{ g }}__latest_event_timestamp
 ),
-{{ group.name }}__latest AS (
+{{ g }}__latest AS (
     {% if group.created_timestamp_column %}
     SELECT * FROM (
-        SELECT *, MAX(created_timestamp) OVER ({{ per_entity_row }}) AS latest_created_timestamp
-        FROM {{ group.name }}__latest_events
+        SELECT *, MAX({{ g }}__created_timestamp) OVER ({{ per_entity_row }}) AS {{ g }}__latest_created_timestamp
+        FROM {{ g }}__latest_events
     )
-    WHERE created_timestamp = latest_created_timestamp
+    WHERE {{ g }}__latest_created_timestamp IS NULL OR {{ g }}__created_timestamp = {{ g }}__latest_created_timestamp
     {% else %}
-    SELECT * FROM {{ group.name }}__latest_events
+    SELECT * FROM {{ g }}__latest_events
     {% endif %}
-),
-{{ group.name }}__result AS (
-    SELECT
-        {% for entity in group.entities %}{{ entity }} AS {{ group.name }}__key{{ loop.index }}, {% endfor %}
-        entity_timestamp AS {{ group.name }}__entity_timestamp,
-        {% for column, output in group.columns %}{{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
-    FROM {{ group.name }}__latest
 ){% if not loop.last %},{% endif %}
 {% endfor %}
 SELECT {{ final_output_feature_names | join(', ') }}
 FROM entity_rows
 {% for group in groups %}
-LEFT JOIN {{ group.name }}__result
-ON {% for entity in group.entities %}entity_rows.{{ entity }} = {{ group.name }}__result.{{ group.name }}__key{{ loop.index }}
-    AND {% endfor %}entity_rows.entity_timestamp = {{ group.name }}__result.{{ group.name }}__entity_timestamp
+JOIN {{ group.name }}__latest ON entity_rows.{{ entity_row_id }} = {{ group.name }}__latest.{{ group.name }}__row_id
 {% endfor %}
 """

@@ -109,8 +109,8 @@ def load_splits(
 
 def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
     """(sample_id, event_timestamp, dataset_split, subset_order) of the requested splits, in one
-    narrow pass. A small local frame: Spark then knows the entity side is small and
-    broadcasts it to the scan of ~480-column feature rows instead of shuffling those."""
+    narrow pass. A small local frame: the offline store builds its point-in-time join on it
+    and streams the ~480-column feature rows through."""
     from pyspark.sql import functions as F
 
     return (
