@@ -121,7 +121,8 @@ SEPARATE_SCANS = ["speed_view:speed", "recent_view:speed", "created_view:rating"
 def _retrieve(store: FeatureStore, entity_df: pd.DataFrame, features, full_feature_names=False) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        job = store.get_historical_features(entity_df=entity_df.copy(), features=features, full_feature_names=full_feature_names)
+        entity_df = entity_df.copy() if isinstance(entity_df, pd.DataFrame) else entity_df
+        job = store.get_historical_features(entity_df=entity_df, features=features, full_feature_names=full_feature_names)
         return job.to_df()
 
 
@@ -207,3 +208,13 @@ def test_views_of_one_source_share_a_scan():
         [("x", "a__x"), ("y", "b__y"), ("z", "b__z")], [("x", "c__x")], [("x", "d__x")],
     ]
     assert groups[0]["table_subquery"] == "`view1`"
+
+
+def test_sql_entity_frames_go_to_feasts_store(spark, source_view, tmp_path):
+    """Only pandas entity frames get our query; a SQL entity frame is served by Feast's own."""
+    spark.createDataFrame(_entity_df()).createOrReplaceTempView("dfp_offline_store_test_entities")
+    sql = "SELECT * FROM dfp_offline_store_test_entities"
+    ours = _retrieve(_store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore"), sql, SHARED_SCAN)
+    feasts = _retrieve(_store(tmp_path, "spark"), sql, SHARED_SCAN)
+    pd.testing.assert_frame_equal(_normalised(ours), _normalised(feasts))
+    assert len(ours) == len(ENTITY_ROWS) + 3  # driver 2: 2 x 2 tied rows, resolved per view by Feast

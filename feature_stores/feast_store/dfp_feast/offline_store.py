@@ -66,8 +66,7 @@ _SCAN_FIELDS = (
     "ttl", "entities", "timestamp_field", "created_timestamp_column", "entity_selections",
     "min_event_timestamp", "max_event_timestamp", "date_partition_column", "min_date_partition", "max_date_partition",
 )
-
-
+# A column added to the uploaded entity frame: matches are found and ranked per entity row.
 ENTITY_ROW_ID = "dfp_entity_row_id"
 
 
@@ -88,7 +87,11 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
         filter_by_created_timestamp: bool = False,
         **kwargs,
     ) -> RetrievalJob:
-        if not isinstance(entity_df, pd.DataFrame) or not all(isinstance(fv.batch_source, SparkSource) for fv in feature_views):
+        ours = (
+            isinstance(entity_df, pd.DataFrame) and ENTITY_ROW_ID not in entity_df.columns
+            and all(isinstance(fv.batch_source, SparkSource) for fv in feature_views)
+        )
+        if not ours:
             return SparkOfflineStore.get_historical_features(
                 config, feature_views, feature_refs, entity_df, registry, project,
                 full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp, **kwargs,
@@ -101,8 +104,7 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
         event_timestamp_col = offline_utils.infer_event_timestamp_from_entity_df(entity_schema=entity_schema)
         timestamp_range = feast_spark._get_entity_df_event_timestamp_range(entity_df, event_timestamp_col, spark)
         entity_table = offline_utils.get_temp_entity_table_name()
-        # Each entity row gets an id: its matches are found, ranked and returned per row (a copy:
-        # unlike Feast's store, the caller's frame is left as it was).
+        # A copy with the row ids (unlike Feast's store, the caller's frame is left as it was).
         numbered = entity_df.assign(**{ENTITY_ROW_ID: np.arange(len(entity_df), dtype="int64")})
         feast_spark._upload_entity_df(
             spark_session=spark, table_name=entity_table, entity_df=numbered, event_timestamp_col=event_timestamp_col,
