@@ -211,8 +211,8 @@ def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
     from dfp_core import iceberg, schema
     from dfp_core.generator import generate
     from dfp_core.iceberg import TableRef
-    from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
-    from dfp_feast.retrieval import EVAL_FIELDS, _entity_keys, load_splits
+    from dfp_feast.kronodroid_features import build_definitions
+    from dfp_feast.retrieval import EVAL_FIELDS, FEATURE_REFS, _entity_keys, load_splits
 
     data = tmp / "feast-input"
     generate(data, rows, seed=1)
@@ -224,7 +224,7 @@ def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
     defs = build_definitions(repo, commit, snapshot)
     snapshot_table = spark.read.format("iceberg").option("snapshot-id", snapshot).load(name)
     entity_df = _entity_keys(snapshot_table, ("train",), 0)[["sample_id", "event_timestamp"]]
-    features = [f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS] + [f"{LABELS_VIEW}:{c}" for c in EVAL_FIELDS]
+    features = list(FEATURE_REFS)
     stores = {
         "feast": _feast_store(tmp / "feast-registry", defs),  # the repo's store (ours, single scan)
         "feast_stock_store": _feast_store(tmp / "feast-registry-stock", defs, "spark"),  # Feast's own Spark store

@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
 EVAL_FIELDS = ("label", "malware_family", "data_source", "dataset_split", "sample_year")
+# What training retrieves: every model feature and the evaluation fields.
+FEATURE_REFS = tuple(f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS) + tuple(
+    f"{LABELS_VIEW}:{c}" for c in EVAL_FIELDS
+)
 # Feast labels its Spark offline store "alpha" on every call; we pin the version instead.
 _FEAST_ALPHA_WARNING = "The spark (data source API|offline store) is an experimental"
 
@@ -125,7 +129,6 @@ def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
 
 
 def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
-    features = [f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS] + [f"{LABELS_VIEW}:{c}" for c in EVAL_FIELDS]
     keys = _entity_keys(snapshot_table, splits, split_spec.get("seed", 0))
     chosen = {}
     for split in splits:
@@ -147,7 +150,7 @@ def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict)
             warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
             store.apply(defs.objects())
             # Arrow, not pandas, until each split is cut and sorted: one pandas copy per row, not three.
-            retrieved = store.get_historical_features(entity_df=entity_df, features=features).to_arrow()
+            retrieved = store.get_historical_features(entity_df=entity_df, features=list(FEATURE_REFS)).to_arrow()
     result = RetrievedDataset(spec=spec, frames={})
     for split in splits:
         # The labels view's dataset_split comes from the same snapshot as the entity keys.
