@@ -189,30 +189,12 @@ def _pins(summary: dict) -> tuple[str, str]:
 # --------------------------------------------------------------------------- Feast vs direct Spark read
 
 
-def _feast_store(registry_dir: Path, defs, offline_store_type: str | None = None):
-    """The repo's Feast config (optionally with another offline store type), definitions applied."""
-    import yaml
-    from feast import FeatureStore
-    from feast.repo_config import RepoConfig
-
-    from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
-
-    raw = yaml.safe_load(Path(FEAST_CONFIG_FILE).read_text())
-    raw["registry"] = {"registry_type": "file", "path": str(registry_dir / "registry.db")}
-    raw["online_store"]["path"] = str(registry_dir / "online_store.db")
-    if offline_store_type:
-        raw["offline_store"]["type"] = offline_store_type
-    store = FeatureStore(config=RepoConfig(repo_path=FEAST_REPO_DIR, **raw))
-    store.apply(defs.objects())
-    return store
-
-
 def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
     from dfp_core import iceberg, schema
     from dfp_core.generator import generate
     from dfp_core.iceberg import TableRef
     from dfp_feast.kronodroid_features import build_definitions
-    from dfp_feast.retrieval import EVAL_FIELDS, FEATURE_REFS, _entity_keys, load_splits
+    from dfp_feast.retrieval import EVAL_FIELDS, FEATURE_REFS, _entity_keys, feature_store, load_splits
 
     data = tmp / "feast-input"
     generate(data, rows, seed=1)
@@ -226,9 +208,11 @@ def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
     entity_df = _entity_keys(snapshot_table, ("train",), 0)[["sample_id", "event_timestamp"]]
     features = list(FEATURE_REFS)
     stores = {
-        "feast": _feast_store(tmp / "feast-registry", defs),  # the repo's store (ours, single scan)
-        "feast_stock_store": _feast_store(tmp / "feast-registry-stock", defs, "spark"),  # Feast's own Spark store
+        "feast": feature_store(tmp / "feast-registry"),  # the repo's store (ours, single scan)
+        "feast_stock_store": feature_store(tmp / "feast-registry-stock", "spark"),  # Feast's own Spark store
     }
+    for store in stores.values():
+        store.apply(defs.objects())
 
     def retrieval(store):
         return lambda: store.get_historical_features(entity_df=entity_df, features=features).to_df()

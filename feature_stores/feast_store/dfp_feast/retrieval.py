@@ -48,12 +48,15 @@ class RetrievedDataset:
         return {split: len(frame) for split, frame in self.frames.items()}
 
 
-def feature_store(registry_dir: Path) -> "FeatureStore":
-    """The repo's Feast config with a registry of its own (apply is per retrieval)."""
+def feature_store(registry_dir: Path, offline_store_type: str | None = None) -> "FeatureStore":
+    """The repo's Feast config with a registry of its own (apply is per retrieval);
+    ``offline_store_type`` swaps the offline store (e.g. Feast's own ``spark``, to compare)."""
     from feast import FeatureStore
     from feast.repo_config import RegistryConfig, load_repo_config
 
     config = load_repo_config(FEAST_REPO_DIR, FEAST_CONFIG_FILE)
+    if offline_store_type:  # read lazily by Feast: replacing the raw section is enough
+        config.offline_config = {**config.offline_config, "type": offline_store_type}
     config.registry_config = RegistryConfig(registry_type="file", path=str(registry_dir / "registry.db"))
     config.online_store.path = str(registry_dir / "online_store.db")
     return FeatureStore(config=config)
@@ -90,7 +93,7 @@ def load_splits(
     max_rows_per_split: int = 0,
     splits: tuple[str, ...] = SPLITS,
 ) -> RetrievedDataset:
-    """Resolve ``ref`` to a commit, pin the table snapshot, retrieve each split via Feast."""
+    """Resolve ``ref`` to a commit, pin the table snapshot, retrieve the splits in one Feast retrieval."""
     if max_rows_per_split < 0:
         raise DatasetError("max_rows_per_split must be >= 0 (0 = unlimited)")
     commit = lakefs.resolve_commit(repo, ref)  # unknown ref -> RefNotFoundError
