@@ -93,6 +93,8 @@ def transform_cmd(
     train_end_year: Optional[int] = typer.Option(None, "--train-end-year"),
     val_end_year: Optional[int] = typer.Option(None, "--val-end-year"),
     keep_failed_branch: bool = typer.Option(False, "--keep-failed-branch"),
+    max_shrink: Optional[float] = typer.Option(None, "--max-shrink", min=0.0, max=1.0, help="Largest fraction of fct rows a run may remove from the target branch [default 0.2]."),
+    allow_shrink: bool = typer.Option(False, "--allow-shrink", help="Merge however much the fct table shrinks."),
 ) -> None:
     """Raw archives -> Avro Iceberg tables on a run branch, committed and merged."""
     from dfp_core.splits import SplitSpec
@@ -103,7 +105,7 @@ def transform_cmd(
         train_end_year=train_end_year, val_end_year=val_end_year,
     )
     emit(run(input_dir=input_dir, repo=repo, target_branch=target_branch, run_id=run_id, split=split,
-             keep_failed_branch=keep_failed_branch))
+             keep_failed_branch=keep_failed_branch, max_fct_shrink=max_shrink, allow_shrink=allow_shrink))
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:

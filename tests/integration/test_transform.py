@@ -12,11 +12,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from dfp_core import iceberg, schema, splits
-from dfp_core.errors import InputDataError
+from dfp_core.errors import DatasetError, InputDataError
 from dfp_core.generator import generate
 from dfp_core.iceberg import TableRef
 from dfp_spark import run as runs
 from dfp_spark.kronodroid_iceberg_job import run
+from tests.inputs import archive_rows, csv_text, split_member
 
 TABLES = [
     (schema.STG_NAMESPACE, schema.STAGING_TABLES[schema.EMULATOR]),
@@ -204,7 +205,7 @@ def test_lineage_contract_survives_branch_deletion_and_rewrites(spark, lakefs, r
 
     other = tmp_path / "other"
     generate(other, 300, seed=99)
-    second = run(input_dir=other, repo=repo, run_id="lineage-b", spark=spark)
+    second = run(input_dir=other, repo=repo, run_id="lineage-b", spark=spark, allow_shrink=True)
     assert lakefs.resolve_commit(repo, "main") == second["merge_commit"]
     assert row_hash(spark, fct(repo, "main")) != before
 
@@ -218,3 +219,59 @@ def test_lineage_contract_survives_branch_deletion_and_rewrites(spark, lakefs, r
     # Time travel from main finds A's snapshot too.
     old = spark.read.option("snapshot-id", snapshot_a).table(iceberg.qualified(spark, fct(repo, "main")))
     assert old.count() == before[0]
+
+
+def test_members_with_one_base_name_are_all_loaded(spark, lakefs, repo, archives, tmp_path):
+    """Two zip members named real_malware_v1.csv in different folders are two parts, both loaded."""
+    folder, total = split_member(archives, tmp_path / "in", first=50)
+    summary = run(input_dir=folder, repo=repo, run_id="same-name", spark=spark)
+    a, b = "real_malware_v1.zip:a/real_malware_v1.csv", "real_malware_v1.zip:b/real_malware_v1.csv"
+    assert summary["rows_by_part"] == {a: 50, b: total - 50}
+    assert summary["rows_given"] == summary["input_rows"] == total and summary["reconciled"]
+    assert summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"] == total
+    assert summary["fct_rows"] > total - 50  # not only b/'s rows
+    staging = spark.table(iceberg.qualified(spark, TableRef(repo, summary["merge_commit"], schema.STG_NAMESPACE, "real_device_samples")))
+    assert {r[0] for r in staging.select("source_member").distinct().collect()} == {
+        "a/real_malware_v1.csv", "b/real_malware_v1.csv",
+    }
+
+
+def test_a_stored_part_that_changed_is_refused(spark, lakefs, repo, archives):
+    ctx = runs.prepare_run(lakefs, repo, "main", "tampered", archives)
+    manifest = runs.raw_inputs.load_manifest(lakefs, repo, ctx.run_branch)
+    part = manifest.parts[0]
+    name, rows = archive_rows(archives / "emulator" / "emu_legitimate_v1.zip")
+    lakefs.upload_bytes(repo, ctx.run_branch, part.lakefs_path, csv_text(rows[:3]).encode())  # overwritten
+    try:
+        with pytest.raises(InputDataError, match=f"{part.lakefs_path} holds .* bytes.*was overwritten or changed"):
+            runs.transform_on_branch(spark, lakefs, repo, ctx.run_branch, ctx.run_id, splits.SplitSpec())
+    finally:
+        runs.abort_run(lakefs, ctx)
+
+
+def test_empty_or_shrinking_input_never_reaches_main(spark, lakefs, repo, archives, tmp_path):
+    first = run(input_dir=archives, repo=repo, run_id="full", spark=spark)
+    before = row_hash(spark, fct(repo, "main"))
+
+    # A header-only CSV: an error before anything is written.
+    name, rows = archive_rows(archives / "real_device" / "real_legitimate_v1.zip")
+    header_only = tmp_path / "header-only" / "real_device"
+    header_only.mkdir(parents=True)
+    (header_only / "real_legitimate_2021.csv").write_text(csv_text(rows[:1]))
+    with pytest.raises(InputDataError, match="has a header but no data rows"):
+        run(input_dir=header_only.parent, repo=repo, run_id="empty", spark=spark)
+    assert not lakefs.branch_exists(repo, "run-empty")
+
+    # A quarter of the rows: refused before the merge, and every trace of the run removed.
+    small = tmp_path / "small"
+    generate(small, 100, seed=11)
+    with pytest.raises(DatasetError, match=r"would shrink kronodroid.fct_training_dataset on 'main' from \d+ to \d+ rows"):
+        run(input_dir=small, repo=repo, run_id="small", spark=spark)
+    assert lakefs.resolve_commit(repo, "main") == first["merge_commit"]
+    assert row_hash(spark, fct(repo, "main")) == before
+    assert not lakefs.branch_exists(repo, "run-small") and not lakefs.tag_exists(repo, "run-small")
+
+    # Allowed explicitly, it merges.
+    allowed = run(input_dir=small, repo=repo, run_id="small-allowed", spark=spark, allow_shrink=True)
+    assert lakefs.resolve_commit(repo, "main") == allowed["merge_commit"]
+    assert row_hash(spark, fct(repo, allowed["merge_commit"]))[0] == allowed["fct_rows"] < before[0]

@@ -10,6 +10,7 @@ import pytest
 from dfp_core.errors import InputDataError
 from dfp_core.generator import generate
 from dfp_spark import raw_inputs
+from tests.inputs import split_member
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,92 @@ def test_empty_csv(tmp_path):
     (tmp_path / "real_device" / "kronodroid_real_device_2020_subset.csv").write_text("")
     with pytest.raises(InputDataError, match="is empty"):
         raw_inputs.scan(tmp_path)
+
+
+def test_members_are_identified_by_their_full_path(archives, tmp_path):
+    folder, total = split_member(archives, tmp_path / "in", first=7)
+    files, _ = raw_inputs.scan(folder, measure_parts=True)
+    [(_, entry)] = files
+    assert [p.member for p in entry.parts] == ["a/real_malware_v1.csv", "b/real_malware_v1.csv"]
+    assert [p.lakefs_path for p in entry.parts] == [
+        "raw/kronodroid/real_device/extracted/real_malware_v1/a/real_malware_v1.csv",
+        "raw/kronodroid/real_device/extracted/real_malware_v1/b/real_malware_v1.csv",
+    ]
+    assert [p.data_rows for p in entry.parts] == [7, total - 7]
+    assert all(p.size_bytes and len(p.sha256) == 64 and len(p.md5) == 32 for p in entry.parts)
+    assert entry.parts[0].sha256 != entry.parts[1].sha256
+
+
+def test_measure_counts_records_not_lines(tmp_path):
+    """Quoted fields with newlines (every Package value of the real subset) are one row."""
+    generate(tmp_path, 30, seed=2, layout="subset")
+    [csv_path] = list(tmp_path.rglob("*.csv"))
+    text = csv_path.read_text()
+    with open(csv_path, newline="") as handle:
+        records = sum(1 for row in csv.reader(handle) if row) - 1
+    assert records == 30 and text.count("\n") > records + 1  # more lines than records
+    files, _ = raw_inputs.scan(tmp_path, measure_parts=True)
+    [(_, entry)] = files
+    assert entry.parts[0].data_rows == 30 and entry.parts[0].size_bytes == csv_path.stat().st_size
+
+
+def test_header_only_csv_is_an_error(archives, tmp_path):
+    src = archives / "emulator" / "emu_legitimate_v1.zip"
+    with zipfile.ZipFile(src) as zf:
+        header = zf.read(zf.namelist()[0]).decode().split("\n", 1)[0]
+    (tmp_path / "real_device").mkdir()
+    (tmp_path / "real_device" / "real_extra.csv").write_text(header + "\n\n")
+    raw_inputs.scan(tmp_path)  # the header alone is a valid header
+    with pytest.raises(InputDataError, match=r"real_device/real_extra.csv has a header but no data rows"):
+        raw_inputs.scan(tmp_path, measure_parts=True)
+
+
+@pytest.mark.parametrize("member", ["../real_malware_v1.csv", "/etc/real_malware_v1.csv", "a\\..\\x.csv"])
+def test_unsafe_member_paths_are_refused(tmp_path, member):
+    (tmp_path / "real_device").mkdir()
+    with zipfile.ZipFile(tmp_path / "real_device" / "real_malware_v1.zip", "w") as zf:
+        zf.writestr(member, "sha256,Malware\n")
+    with pytest.raises(InputDataError, match="unsafe path"):
+        raw_inputs.scan(tmp_path)
+
+
+def test_symlinks_leading_outside_the_input_are_refused(archives, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "in" / "emulator").mkdir(parents=True)
+    target = outside / "emu_malware_v1.zip"
+    target.write_bytes((archives / "emulator" / "emu_malware_v1.zip").read_bytes())
+    (tmp_path / "in" / "emulator" / "emu_malware_v1.zip").symlink_to(target)
+    with pytest.raises(InputDataError, match=r"emulator/emu_malware_v1.zip is a link to .*outside the input folder"):
+        raw_inputs.scan(tmp_path / "in")
+    # A link that stays inside the folder is just another name for an input file.
+    inside = tmp_path / "in2" / "emulator"
+    inside.mkdir(parents=True)
+    (inside / "emu_legitimate_v1.zip").write_bytes((archives / "emulator" / "emu_legitimate_v1.zip").read_bytes())
+    (inside / "emu_malware_v1.zip").symlink_to(inside / "emu_legitimate_v1.zip")
+    assert [p.name for p, _ in raw_inputs.discover(inside.parent)] == ["emu_legitimate_v1.zip", "emu_malware_v1.zip"]
+
+
+def test_reconciliation_compares_rows_given_and_read_per_part():
+    from dfp_spark.run import reconcile
+
+    def part(member, rows):
+        return raw_inputs.CsvPart(f"raw/{member}", "real_malware_v1.zip", member, "real_device", 1, [], data_rows=rows)
+
+    manifest = raw_inputs.RawManifest(files=[raw_inputs.InputFile(
+        "real_device/real_malware_v1.zip", "0" * 64, 1, "real_device", "raw/x.zip",
+        parts=[part("a/real_malware_v1.csv", 50), part("b/real_malware_v1.csv", 56)],
+    )], synthetic=False)
+    a, b = "real_malware_v1.zip:a/real_malware_v1.csv", "real_malware_v1.zip:b/real_malware_v1.csv"
+    good = {"rows_by_part": {a: 50, b: 56}, "input_rows": 106, "fct_rows": 100, "quarantined_rows": 4, "duplicates_dropped": 2}
+    assert reconcile(manifest, good) == {"rows_given": 106, "reconciled": True, "reconciliation_error": None}
+
+    # The defect this guards against: b/ stored over a/, so both parts read b/'s 56 rows
+    # and 56 rows look like duplicates. The totals add up; the parts do not.
+    overwritten = {"rows_by_part": {a: 56, b: 56}, "input_rows": 112, "fct_rows": 56, "quarantined_rows": 0, "duplicates_dropped": 56}
+    result = reconcile(manifest, overwritten)
+    assert not result["reconciled"]
+    assert result["reconciliation_error"] == f"{a}: 50 rows given, 56 read"
+
+    lost = {"rows_by_part": {b: 56}, "input_rows": 56, "fct_rows": 50, "quarantined_rows": 0, "duplicates_dropped": 0}
+    assert reconcile(manifest, lost)["reconciliation_error"] == f"{a}: 50 rows given, 0 read; 56 rows read, 50 accounted for"

@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", type=Path, default=None, help="local folder with KronoDroid archives or CSVs")
     p.add_argument("--no-merge", action="store_true", help="stop after writing the tables on the run branch")
     p.add_argument("--keep-failed-branch", action="store_true", help="keep the run branch when the run fails")
+    p.add_argument("--max-shrink", type=float, default=None,
+                   help="largest fraction of fct rows a run may remove from the target branch (default 0.2)")
+    p.add_argument("--allow-shrink", action="store_true", help="merge however much the fct table shrinks")
     p.add_argument("--split-mode", choices=("random", "time"), default="random")
     p.add_argument("--split-seed", type=int, default=42)
     p.add_argument("--train-ratio", type=float, default=0.7)
@@ -64,6 +67,8 @@ def run(
     split: SplitSpec | None = None,
     merge: bool = True,
     keep_failed_branch: bool = False,
+    max_fct_shrink: float | None = None,
+    allow_shrink: bool = False,
     spark=None,
 ) -> dict:
     """The whole run; returns the summary (merge commit, snapshot ids, counts)."""
@@ -82,7 +87,7 @@ def run(
             if input_dir is not None:
                 from dfp_spark import raw_inputs
 
-                raw_inputs.upload(lakefs, repo, run_branch, input_dir)
+                raw_inputs.upload(lakefs, repo, run_branch, Path(input_dir))
             run_id = run_id or run_branch.removeprefix(runs.RUN_PREFIX)
             ctx = runs.RunContext(repo, target_branch, run_id, run_branch, lakefs.resolve_commit(repo, run_branch))
         else:
@@ -98,7 +103,8 @@ def run(
         published = None
         if merge:
             with stage(3, total, f"commit, freeze and merge into {target_branch}"):
-                published = runs.publish_run(lakefs, repo, ctx.run_branch, target_branch)
+                shrink = None if allow_shrink else (runs.DEFAULT_MAX_FCT_SHRINK if max_fct_shrink is None else max_fct_shrink)
+                published = runs.publish_run(lakefs, repo, ctx.run_branch, target_branch, shrink)
                 note(f"merge commit {published['merge_commit']}")
     except BaseException:
         if not keep_failed_branch and lakefs.branch_exists(repo, ctx.run_branch):
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(
             input_dir=args.input, repo=args.repo, target_branch=args.target_branch, run_id=args.run_id,
             run_branch=args.run_branch, split=split_from_args(args), merge=not args.no_merge,
-            keep_failed_branch=args.keep_failed_branch,
+            keep_failed_branch=args.keep_failed_branch, max_fct_shrink=args.max_shrink, allow_shrink=args.allow_shrink,
         )
     except DfpError as exc:
         print(f"error: {exc}", file=sys.stderr)

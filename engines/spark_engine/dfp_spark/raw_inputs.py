@@ -3,20 +3,30 @@ lakeFS under ``raw/kronodroid/`` on the run branch, where the Spark job reads th
 
 Layout on the branch (exactly this run's inputs; older ones stay in history):
   raw/kronodroid/<source>/<file>                          the file as given (zip or csv)
-  raw/kronodroid/<source>/extracted/<archive stem>/<member>.csv   zip members, for Spark
-  raw/kronodroid/_manifest.json                           what is where, checksums, labels
+  raw/kronodroid/<source>/extracted/<archive stem>/<member path>  zip members, for Spark
+  raw/kronodroid/_manifest.json                           what is where, checksums, labels,
+                                                          data rows and bytes of every part
+
+A zip member is identified by its full path inside the archive, so two members
+with the same base name in different folders are two parts. Every part is
+measured when it is scanned (data rows, bytes, SHA-256 and MD5 of its bytes);
+the transform checks the stored objects against these and reconciles its row
+counts per part, so nothing can be silently overwritten or dropped.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import shutil
 import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from dfp_core import schema
 from dfp_core.errors import InputDataError
@@ -39,6 +49,16 @@ class CsvPart:
     data_source: str
     expected_label: int | None
     columns: list[str]
+    # Measured at scan time from the bytes given (None in manifests of older versions).
+    data_rows: int | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+
+    @property
+    def where(self) -> str:
+        """How error messages name the part: ``file:member`` for archive members."""
+        return self.member if self.member == self.source_file else f"{self.source_file}:{self.member}"
 
 
 @dataclass
@@ -81,9 +101,9 @@ def missing_required(columns: list[str]) -> list[str]:
     return [c for c in schema.REQUIRED_RAW if c not in present]
 
 
-def _header(stream: io.TextIOBase, where: str) -> list[str]:
+def _header_row(rows: Iterator[list[str]], where: str) -> list[str]:
     try:
-        header = next(csv.reader(stream))
+        header = next(rows)
     except StopIteration:
         raise InputDataError(f"{where} is empty (no header row)") from None
     except csv.Error as exc:
@@ -91,6 +111,59 @@ def _header(stream: io.TextIOBase, where: str) -> list[str]:
     if len(header) < 2:
         raise InputDataError(f"{where} does not look like a KronoDroid CSV (header has {len(header)} column)")
     return [h.strip().lstrip("\ufeff") for h in header]
+
+
+def _header(stream: io.TextIOBase, where: str) -> list[str]:
+    return _header_row(csv.reader(stream), where)
+
+
+class _DigestingReader(io.RawIOBase):
+    """A binary stream that hashes and counts the bytes read through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.size += n
+        self.sha256.update(data)
+        self.md5.update(data)
+        return n
+
+
+@dataclass(frozen=True)
+class Measured:
+    columns: list[str]
+    data_rows: int
+    size_bytes: int
+    sha256: str
+    md5: str
+
+
+def measure(raw, where: str) -> Measured:
+    """Header (checked), data rows (CSV records after the header; blank lines are
+    not rows) and digests of every byte of a binary CSV stream. Zero data rows is
+    an error."""
+    digesting = _DigestingReader(raw)
+    text = io.TextIOWrapper(io.BufferedReader(digesting, 1 << 20), encoding="utf-8", errors="replace", newline="")
+    rows = csv.reader(text)
+    columns = _header_row(rows, where)
+    _check_header(columns, where)  # a wrong header is the first thing to report
+    try:
+        data_rows = sum(1 for row in rows if row)
+    except csv.Error as exc:
+        raise InputDataError(f"{where} is not a readable CSV: {exc}") from None
+    if data_rows == 0:
+        raise InputDataError(f"{where} has a header but no data rows; nothing to load")
+    return Measured(columns, data_rows, digesting.size, digesting.sha256.hexdigest(), digesting.md5.hexdigest())
 
 
 def _check_header(columns: list[str], where: str) -> None:
@@ -111,11 +184,14 @@ def discover(input_dir: Path) -> list[tuple[Path, schema.ArchiveSpec]]:
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise InputDataError(f"input directory {input_dir} does not exist")
+    root = input_dir.resolve()
     found = []
     for path in sorted(p for p in input_dir.rglob("*") if p.is_file()):
         if path.name in IGNORED_NAMES or path.name.startswith("."):
             continue
         rel = path.relative_to(input_dir)
+        if not path.resolve().is_relative_to(root):
+            raise InputDataError(f"{rel} is a link to {path.resolve()}, outside the input folder {root}; copy the file in instead")
         spec = schema.classify_input(PurePosixPath(rel.as_posix()))
         if spec is None:
             known = ", ".join(sorted(schema.KNOWN_ARCHIVES))
@@ -127,6 +203,14 @@ def discover(input_dir: Path) -> list[tuple[Path, schema.ArchiveSpec]]:
     if not found:
         raise InputDataError(f"no KronoDroid archives or CSV files found in {input_dir}")
     return found
+
+
+def member_path(name: str, where: str) -> str:
+    """A zip member's full path, checked to stay inside its archive's folder."""
+    path = PurePosixPath(name)
+    if "\\" in name or path.is_absolute() or any(p in ("..", "") for p in path.parts) or not path.parts:
+        raise InputDataError(f"{where}: member {name!r} has an unsafe path (absolute, '..' or backslashes)")
+    return path.as_posix()
 
 
 def _zip_members(path: Path, rel: str) -> list[zipfile.ZipInfo]:
@@ -143,48 +227,78 @@ def _zip_members(path: Path, rel: str) -> list[zipfile.ZipInfo]:
                 raise InputDataError(f"archive {rel} contains {member.filename!r}, which is not a CSV file")
             if member.file_size == 0:
                 raise InputDataError(f"archive {rel}: member {member.filename!r} is empty")
+            member_path(member.filename, f"archive {rel}")
         return members
 
 
-def scan(input_dir: Path) -> tuple[list[tuple[Path, InputFile]], dict | None]:
-    """Check every input (archive integrity, CSV headers) before anything is written."""
+def _source_relative(rel: PurePosixPath, data_source: str) -> str:
+    """A file's path under ``raw/kronodroid/<source>/``: its path in the input
+    folder, without a leading folder named after the source."""
+    parts = rel.parts[1:] if len(rel.parts) > 1 and rel.parts[0].lower() == data_source else rel.parts
+    return "/".join(parts)
+
+
+def scan(input_dir: Path, measure_parts: bool = False) -> tuple[list[tuple[Path, InputFile]], dict | None]:
+    """Check every input (archive integrity, CSV headers) before anything is written.
+
+    ``measure_parts``: also read every part whole (data rows, bytes, digests),
+    as the transform does before it uploads; zero data rows is then an error.
+    """
     files = []
     for path, spec in discover(input_dir):
-        rel = path.relative_to(input_dir).as_posix()
+        rel = PurePosixPath(path.relative_to(input_dir).as_posix())
         target_dir = f"{RAW_PREFIX}{spec.data_source}/"
         entry = InputFile(
-            relative_path=rel, sha256=file_digest(path), size_bytes=path.stat().st_size,
-            data_source=spec.data_source, lakefs_path=target_dir + path.name,
+            relative_path=rel.as_posix(), sha256=file_digest(path), size_bytes=path.stat().st_size,
+            data_source=spec.data_source, lakefs_path=target_dir + _source_relative(rel, spec.data_source),
         )
         if path.suffix.lower() == ".zip":
-            for member in _zip_members(path, rel):
-                with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
-                    columns = _header(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""), f"{rel}:{member.filename}")
-                _check_header(columns, f"{rel}:{member.filename}")
-                stem = Path(path.name).stem
-                entry.parts.append(CsvPart(
-                    lakefs_path=f"{target_dir}extracted/{stem}/{PurePosixPath(member.filename).name}",
-                    source_file=path.name, member=member.filename, data_source=spec.data_source,
-                    expected_label=spec.expected_label, columns=columns,
-                ))
+            stem = Path(path.name).stem
+            members = _zip_members(path, rel.as_posix())
+            with zipfile.ZipFile(path) as archive:
+                for member in members:
+                    name = member_path(member.filename, rel.as_posix())
+                    part = CsvPart(
+                        lakefs_path=f"{target_dir}extracted/{stem}/{name}", source_file=path.name, member=name,
+                        data_source=spec.data_source, expected_label=spec.expected_label, columns=[],
+                    )
+                    with archive.open(member) as raw:
+                        _read_part(raw, part, f"{rel}:{name}", measure_parts)
+                    entry.parts.append(part)
         else:
             if path.stat().st_size == 0:
                 raise InputDataError(f"{rel} is empty")
-            with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-                columns = _header(handle, rel)
-            _check_header(columns, rel)
-            entry.parts.append(CsvPart(
-                lakefs_path=entry.lakefs_path, source_file=path.name, member=path.name,
-                data_source=spec.data_source, expected_label=spec.expected_label, columns=columns,
-            ))
+            part = CsvPart(
+                lakefs_path=entry.lakefs_path, source_file=path.name, member=rel.as_posix(),
+                data_source=spec.data_source, expected_label=spec.expected_label, columns=[],
+            )
+            with open(path, "rb") as raw:
+                _read_part(raw, part, rel.as_posix(), measure_parts)
+            entry.parts.append(part)
         files.append((path, entry))
-    names = [e.lakefs_path for _, e in files]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise InputDataError(f"two inputs would be stored at the same path: {', '.join(clashes)}")
+    _check_unique([e.lakefs_path for _, e in files] + [p.lakefs_path for _, e in files for p in e.parts if p.lakefs_path != e.lakefs_path])
+    _check_unique([f"{p.source_file}:{p.member}" for _, e in files for p in e.parts])
     marker = Path(input_dir) / GENERATOR_MARKER
     generator = json.loads(marker.read_text()) if marker.is_file() else None
     return files, generator
+
+
+def _read_part(raw, part: CsvPart, where: str, measure_part: bool) -> None:
+    """Fill in the part's columns (checked) and, when asked, its measurements."""
+    if measure_part:
+        measured = measure(raw, where)
+        part.columns = measured.columns
+        part.data_rows, part.size_bytes = measured.data_rows, measured.size_bytes
+        part.sha256, part.md5 = measured.sha256, measured.md5
+    else:
+        part.columns = _header(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""), where)
+        _check_header(part.columns, where)
+
+
+def _check_unique(names: list[str]) -> None:
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise InputDataError(f"two inputs would be stored at the same path: {', '.join(clashes)}")
 
 
 def _upload_if_changed(lakefs: LakeFS, repo: str, branch: str, lakefs_path: str, local: Path) -> bool:
@@ -196,9 +310,13 @@ def _upload_if_changed(lakefs: LakeFS, repo: str, branch: str, lakefs_path: str,
     return True
 
 
-def upload(lakefs: LakeFS, repo: str, branch: str, input_dir: Path) -> RawManifest:
-    """Scan, then put exactly these inputs under raw/kronodroid/ on ``branch``."""
-    files, generator = scan(input_dir)
+def upload(lakefs: LakeFS, repo: str, branch: str, input_dir: Path, scanned: tuple | None = None) -> RawManifest:
+    """Put exactly these inputs under raw/kronodroid/ on ``branch``.
+
+    ``scanned``: what ``scan(input_dir, measure_parts=True)`` returned, when the
+    caller already checked the inputs (they are scanned here otherwise).
+    """
+    files, generator = scanned or scan(input_dir, measure_parts=True)
     manifest = RawManifest(files=[f for _, f in files], synthetic=bool(generator and generator.get("synthetic")), generator=generator)
     wanted = {MANIFEST_PATH}
     uploaded = skipped = 0
@@ -228,7 +346,29 @@ def upload(lakefs: LakeFS, repo: str, branch: str, input_dir: Path) -> RawManife
         lakefs.delete_object(repo, branch, path)
     lakefs.upload_bytes(repo, branch, MANIFEST_PATH, manifest.to_json().encode())
     note(f"raw inputs: {uploaded} uploaded, {skipped} unchanged, {len(stale)} stale removed")
+    verify_stored(lakefs, repo, branch, manifest)
     return manifest
+
+
+def verify_stored(lakefs: LakeFS, repo: str, ref: str, manifest: RawManifest) -> None:
+    """Every part on ``ref`` holds exactly the bytes measured at scan time."""
+    missing_measure = [p.where for p in manifest.parts if p.data_rows is None or p.md5 is None]
+    if missing_measure:
+        raise InputDataError(
+            f"the raw manifest at lakefs://{repo}/{ref}/{MANIFEST_PATH} has no row counts for "
+            f"{', '.join(missing_measure[:5])} (written by an older version); "
+            "upload the inputs again with `dfp transform --input DIR`"
+        )
+    for part in manifest.parts:
+        stored = lakefs.stat(repo, ref, part.lakefs_path)
+        if stored is None:
+            raise InputDataError(f"{part.where}: lakefs://{repo}/{ref}/{part.lakefs_path} is missing")
+        if stored.size_bytes != part.size_bytes or stored.checksum != part.md5:
+            raise InputDataError(
+                f"{part.where}: lakefs://{repo}/{ref}/{part.lakefs_path} holds {stored.size_bytes} bytes "
+                f"(md5 {stored.checksum}), not the {part.size_bytes} bytes (md5 {part.md5}) that were read; "
+                "it was overwritten or changed"
+            )
 
 
 def load_manifest(lakefs: LakeFS, repo: str, ref: str) -> RawManifest:

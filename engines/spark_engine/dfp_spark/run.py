@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dfp_core import schema
-from dfp_core.errors import DfpError, LakeFSError
+from dfp_core.errors import DatasetError, DfpError, LakeFSError
 from dfp_core.iceberg import TableRef, write_table
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
 from dfp_core.progress import note
@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 SUMMARY_PATH = "_dfp/transform_summary.json"
 RUN_PREFIX = "run-"
+# A run may shrink the fct table on the target branch by at most this fraction
+# unless the caller allows more (None: any shrink).
+DEFAULT_MAX_FCT_SHRINK = 0.2
 
 
 def new_run_id() -> str:
@@ -56,8 +59,8 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
     """Check inputs, create the run branch from the target, version the raw inputs on it."""
     validate_ref_name(target_branch)
     run_branch = run_branch_name(run_id)
-    if input_dir is not None:
-        raw_inputs.scan(Path(input_dir))  # fail on bad input before touching lakeFS
+    # Fail on bad input (headers, zero rows, unsafe paths) before touching lakeFS.
+    scanned = raw_inputs.scan(Path(input_dir), measure_parts=True) if input_dir is not None else None
     if not lakefs.repository_exists(repo):
         lakefs.ensure_repository(repo, default_branch=target_branch)
         note(f"created repository {repo} (namespace {lakefs.settings.namespace_for(repo)})")
@@ -70,7 +73,7 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
     ctx = RunContext(repo, target_branch, run_id, run_branch, base)
     if input_dir is not None:
         try:
-            raw_inputs.upload(lakefs, repo, run_branch, Path(input_dir))
+            raw_inputs.upload(lakefs, repo, run_branch, Path(input_dir), scanned)
         except BaseException:
             abort_run(lakefs, ctx)
             raise
@@ -94,6 +97,7 @@ def transform_on_branch(
     settings = settings or SparkSettings.from_env()
     lakefs.require_branch(repo, run_branch)
     manifest = raw_inputs.load_manifest(lakefs, repo, run_branch)
+    raw_inputs.verify_stored(lakefs, repo, run_branch, manifest)  # the bytes Spark reads are the bytes given
     parts = [(f"s3a://{repo}/{run_branch}/{p.lakefs_path}", p) for p in manifest.parts]
     frames = transform.build(spark, parts, run_id, split)
     props = {
@@ -129,14 +133,53 @@ def transform_on_branch(
         "code_version": code_version(),
         **accounting,
     }
-    summary["reconciled"] = summary["input_rows"] == (
-        summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"]
-    )
+    summary.update(reconcile(manifest, accounting))
+    if not summary["reconciled"]:
+        raise DatasetError(f"row reconciliation failed, nothing is merged: {summary['reconciliation_error']}")
+    if summary["fct_rows"] == 0:
+        raise DatasetError(
+            f"no input row passed the checks ({summary['input_rows']} rows, quarantined by reason: "
+            f"{summary['quarantine_by_reason']}); nothing is merged"
+        )
     lakefs.upload_bytes(repo, run_branch, SUMMARY_PATH, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 
 
-def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str) -> dict:
+def reconcile(manifest: raw_inputs.RawManifest, accounting: dict) -> dict:
+    """Rows given (counted per part at scan time) against rows the transform
+    accounted for, per part and in total: fct + quarantined + duplicates dropped."""
+    given = {f"{p.source_file}:{p.member}": p.data_rows for p in manifest.parts}
+    read = accounting["rows_by_part"]
+    problems = [
+        f"{part}: {given.get(part, 0)} rows given, {read.get(part, 0)} read"
+        for part in sorted(set(given) | set(read)) if given.get(part, 0) != read.get(part, 0)
+    ]
+    accounted = accounting["fct_rows"] + accounting["quarantined_rows"] + accounting["duplicates_dropped"]
+    if accounted != accounting["input_rows"]:
+        problems.append(f"{accounting['input_rows']} rows read, {accounted} accounted for")
+    return {
+        "rows_given": sum(given.values()),
+        "reconciled": not problems,
+        "reconciliation_error": "; ".join(problems) or None,
+    }
+
+
+def check_shrink(lakefs: LakeFS, repo: str, target_branch: str, fct_rows: int, max_shrink: float | None) -> None:
+    """Refuse a run that would shrink the fct table on the target branch by more
+    than ``max_shrink`` (a fraction; None allows any shrink)."""
+    if max_shrink is None or lakefs.stat(repo, target_branch, SUMMARY_PATH) is None:
+        return
+    previous = int(json.loads(lakefs.read_bytes(repo, target_branch, SUMMARY_PATH)).get("fct_rows", 0))
+    if previous and fct_rows < previous * (1 - max_shrink):
+        raise DatasetError(
+            f"this run would shrink {schema.FCT_TABLE_FQN} on {target_branch!r} from {previous} to {fct_rows} rows "
+            f"({1 - fct_rows / previous:.0%} fewer; at most {max_shrink:.0%} is allowed); {target_branch!r} is unchanged. "
+            "If that is intended, run again with --allow-shrink (or a larger --max-shrink)"
+        )
+
+
+def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
+                max_fct_shrink: float | None = DEFAULT_MAX_FCT_SHRINK) -> dict:
     """Commit the run branch, freeze it as a tag, merge the tag into the target.
 
     Returns the merge commit id and the run commit. On failure the target
@@ -144,6 +187,7 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str) 
     """
     summary = json.loads(lakefs.read_bytes(repo, run_branch, SUMMARY_PATH))
     run_id = summary["run_id"]
+    check_shrink(lakefs, repo, target_branch, int(summary["fct_rows"]), max_fct_shrink)
     metadata = {
         "dfp.run_id": run_id,
         "dfp.code_version": summary["code_version"],

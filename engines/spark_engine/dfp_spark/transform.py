@@ -183,12 +183,16 @@ def build(spark: SparkSession, parts: list[tuple[str, CsvPart]], run_id: str, sp
 
 
 def row_accounting(decided: DataFrame) -> dict:
-    """Counts that must reconcile: input = fct + quarantine + duplicates dropped."""
-    rows = decided.groupBy("status", "reason").count().collect()
+    """Counts that must reconcile: input = fct + quarantine + duplicates dropped,
+    overall and per CSV part (``rows_by_part``, keyed ``source_file:source_member``)."""
+    rows = decided.groupBy("source_file", "source_member", "status", "reason").count().collect()
     by_status: dict[str, int] = {}
     by_reason: dict[str, int] = {}
+    by_part: dict[str, int] = {}
     for row in rows:
         by_status[row["status"]] = by_status.get(row["status"], 0) + row["count"]
+        part = f"{row['source_file']}:{row['source_member']}"
+        by_part[part] = by_part.get(part, 0) + row["count"]
         if row["status"] == "quarantine":
             by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + row["count"]
     total = sum(by_status.values())
@@ -198,4 +202,5 @@ def row_accounting(decided: DataFrame) -> dict:
         "quarantined_rows": by_status.get("quarantine", 0),
         "duplicates_dropped": by_status.get("duplicate_dropped", 0),
         "quarantine_by_reason": dict(sorted(by_reason.items())),
+        "rows_by_part": dict(sorted(by_part.items())),
     }
