@@ -20,30 +20,37 @@ RESULTS = Path(os.environ.get("DFP_BENCH_RESULTS") or ROOT / "bench" / "results"
 REAL_SUBSET = ROOT.parent / "shared" / "data" / "kronodroid" / "kronodroid_real_device_2019_subset.csv"
 
 
+def bench_env(extra: dict | None = None) -> dict:
+    """This process's environment without a user's lakeFS/MLflow endpoints or keys
+    (they would point a benchmark elsewhere), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEFS_", "MLFLOW_"))}
+    return {**env, **(extra or {})}
+
+
 @contextmanager
 def private_stack(home: Path):
-    """A stack of our own (fresh DFP_HOME, free ports); env exported while it runs."""
+    """A stack of our own (fresh DFP_HOME, free ports): (settings, seconds to healthy,
+    the environment a command needs to use it)."""
+    import dataclasses
+
     from dfp_core import stack
     from dfp_core.settings import StackSettings
 
-    settings = StackSettings(home=home, lakefs_port=stack.free_port(), mlflow_port=stack.free_port())
+    settings = dataclasses.replace(StackSettings.from_env(os.environ), home=home, lakefs_port=stack.free_port(),
+                                   mlflow_port=stack.free_port())
     started = time.monotonic()
-    with stack.running(settings, log=lambda m: None):
-        yield settings, time.monotonic() - started
+    with stack.running(settings, log=lambda m: None) as running:
+        yield settings, time.monotonic() - started, bench_env(running["env"])
 
 
 @contextmanager
 def stack_with_spark(home: Path, app_name: str = "dfp-bench"):
-    """A private stack plus an in-process Spark session (Arrow on) and a LakeFS client."""
-    with private_stack(home) as (settings, seconds):
-        from dfp_core.lakefs_ops import LakeFS
-        from dfp_core.spark import spark_session
+    """A private stack and a runtime on it, its Spark session started."""
+    from dfp_core.runtime import Runtime
 
-        spark = spark_session(app_name, extra_conf={"spark.sql.execution.arrow.pyspark.enabled": "true"})
-        try:
-            yield spark, LakeFS(), settings
-        finally:
-            spark.stop()
+    with private_stack(home) as (_, _, env), Runtime.from_env(env, app_name=app_name) as rt:
+        rt.spark()
+        yield rt
 
 
 def log(name: str, message: str) -> None:
@@ -87,7 +94,7 @@ class PeakMemory:
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     """Run a command; wall seconds, peak RSS of its process tree, last stdout line."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env(env))
     with PeakMemory(proc.pid) as mem:
         out, err = proc.communicate()
     if proc.returncode != 0:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, run_measured, save  # noqa: E402
+from _common import ROOT, bench_env, run_measured, save  # noqa: E402
 from dfp_core.stack import free_port  # noqa: E402
 from _common import log as _log  # noqa: E402
 
@@ -35,13 +35,12 @@ def main() -> None:
 
     from dfp_core import stack
 
-    stack.lakefs_binary()  # "after the first install": fail early when the binary is not built
+    from dfp_core.settings import Settings
     from dfp_core.spark_jars import jar_paths
 
-    jar_paths()  # ... and when the jars are not downloaded
-    # A user's endpoints or keys in this environment would point the quickstart elsewhere.
-    for key in [k for k in os.environ if k.startswith(("LAKEFS_", "MLFLOW_"))]:
-        del os.environ[key]
+    settings = Settings.from_env(os.environ)
+    stack.lakefs_binary(settings.stack)  # "after the first install": fail early when the binary is not built
+    jar_paths(settings.spark.jars_dir)  # ... and when the jars are not downloaded
 
     dfp = str(ROOT / ".venv" / "bin" / "dfp")
     cmd = [dfp, "quickstart"]
@@ -56,7 +55,7 @@ def main() -> None:
         try:
             result = run_measured(cmd, env=env)
         finally:
-            down = subprocess.run([dfp, "stack", "down"], env={**os.environ, **env}, capture_output=True, text=True)
+            down = subprocess.run([dfp, "stack", "down"], env=bench_env(env), capture_output=True, text=True)
             log("stack down: " + ("ok" if down.returncode == 0 else f"exit {down.returncode}: {down.stderr[-500:]}"))
     summary = json.loads(result["last_line"])
     figures = {

@@ -13,7 +13,6 @@ registered in the private MLflow; `load_splits` is called once before training
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -38,47 +37,46 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*The spark (data source API|offline store) is an experimental.*")
-    from dfp_core import schema
-    from dfp_core.generator import generate
+    from dfp_core.kronodroid import schema
+    from dfp_core.kronodroid.generator import generate
     from dfp_core.ml.reproduce import reproduce
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
-    from dfp_feast.retrieval import load_splits
-    from dfp_spark.kronodroid_iceberg_job import run
+    from dfp_core.ml.train_kronodroid_autoencoder import train
+    from dfp_core.params import TrainConfig, TransformConfig
+    from dfp_spark.transform_run import run_transform
 
     with tempfile.TemporaryDirectory(prefix="dfp-bench-repro-") as tmp:
         tmp = Path(tmp)
         data = tmp / "input"
         generate(data, args.rows, seed=1)
-        with stack_with_spark(tmp / "home", "dfp-bench-reproduce") as (spark, lakefs, _):
+        with stack_with_spark(tmp / "home", "dfp-bench-reproduce") as rt:
             repo = "benchrepro" + uuid.uuid4().hex[:8]
             started = time.monotonic()
-            summary = run(input_dir=data, repo=repo, run_id="bench-repro", spark=spark)
+            summary = run_transform(rt, TransformConfig(input_dir=data, repo=repo, run_id="bench-repro"))
             transform_seconds = time.monotonic() - started
             commit, snapshot = summary["merge_commit"], str(summary["snapshot_ids"][schema.FCT_TABLE_FQN])
             log(f"transform: {summary['fct_rows']} rows in {transform_seconds:.1f}s, commit {commit[:12]}")
 
             started = time.monotonic()
-            load_splits(spark, lakefs, repo, commit, snapshot)
+            rt.retrieve_splits(repo, commit, snapshot)
             first_load = time.monotonic() - started
             log(f"load_splits (first, cold): {first_load:.1f}s")
 
             name = f"bench_autoencoder_{repo}"
             config = TrainConfig(repo=repo, ref=commit, snapshot_id=snapshot, max_epochs=args.max_epochs, register=True,
-                                 tracking_uri=os.environ["MLFLOW_TRACKING_URI"], model_name=name, accelerator="cpu",
-                                 devices="1", evaluate_baselines=False)
+                                 model_name=name, accelerator="cpu", devices="1", evaluate_baselines=False)
             started = time.monotonic()
-            result = train(config, spark=spark, lakefs=lakefs)
+            result = train(rt, config)
             train_seconds = time.monotonic() - started
             version = str(result["model_version"])
             log(f"train + register: version {version} in {train_seconds:.1f}s")
 
             started = time.monotonic()
-            original = load_splits(spark, lakefs, repo, commit, snapshot)
+            original = rt.retrieve_splits(repo, commit, snapshot)
             original_load = time.monotonic() - started
             log(f"load_splits (after training): {original_load:.1f}s, rows {original.rows}")
 
             started = time.monotonic()
-            report = reproduce(name, version=version, spark=spark, lakefs=lakefs)
+            report = reproduce(rt, name, version=version)
             reproduce_seconds = time.monotonic() - started
             log(f"reproduce: {reproduce_seconds:.1f}s, matches {report.matches}")
             if report.differences:

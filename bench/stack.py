@@ -50,12 +50,13 @@ def tree_bytes(path: Path) -> int:
 
 def stack_up_figures(repeats: int) -> dict:
     from dfp_core import stack
+    from dfp_core.settings import StackSettings
 
-    binary = stack.lakefs_binary()  # fails early with the setup hint when not built
+    binary = stack.lakefs_binary(StackSettings.from_env(os.environ))  # fails early with the setup hint when not built
     ups, agains = [], []
     for i in range(repeats):
         with tempfile.TemporaryDirectory(prefix="dfp-bench-stack-") as tmp:
-            with private_stack(Path(tmp) / "home") as (settings, seconds):
+            with private_stack(Path(tmp) / "home") as (settings, seconds, _):
                 ups.append(seconds)
                 started = time.monotonic()
                 stack.up(settings, log=lambda m: None)
@@ -161,6 +162,7 @@ def go_modules_zip_mb() -> tuple[float, int]:
 
 def setup_download_figures(cold: dict | None) -> dict:
     from dfp_core import stack
+    from dfp_core.settings import StackSettings
 
     wheels, n_wheels = wheels_mb()
     jars, n_jars = spark_jars_mb()
@@ -169,7 +171,7 @@ def setup_download_figures(cold: dict | None) -> dict:
     else:
         go_mb, n_mods = go_modules_zip_mb()
         go_source = "go mod download -json (.zip sizes, existing GOMODCACHE)"
-    binary = stack.lakefs_binary().stat().st_size / MB
+    binary = stack.lakefs_binary(StackSettings.from_env(os.environ)).stat().st_size / MB
     total = wheels + jars + go_mb
     return {
         "setup_wheels_mb": round(wheels, 1),

@@ -55,8 +55,8 @@ def _quiet() -> None:
 
 
 def _generated_frame(tmp: Path, rows: int, **kwargs):
-    from dfp_core.generator import generate
-    from dfp_core.ml.local_inputs import read_kronodroid
+    from dfp_core.kronodroid.generator import generate
+    from dfp_core.kronodroid.reader import read_kronodroid
 
     data = tmp / f"gen-{rows}"
     generate(data, rows, seed=1, **kwargs)
@@ -74,10 +74,10 @@ def lightning_vs_plain(tmp: Path, rows: int, epochs: int, batch_size: int, repea
     import torch
 
     from dfp_core.ml.data import KronodroidDataModule
-    from dfp_core.ml.loop import train_plain
+    from plain_loop import train_plain
     from dfp_core.ml.model import KronodroidAutoencoder
     from dfp_core.ml.preprocess import Preprocessor
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
+    from dfp_core.params import TrainConfig
 
     frame = _generated_frame(tmp, rows)
     y = frame["label"].to_numpy()
@@ -170,18 +170,19 @@ def lightning_vs_plain(tmp: Path, rows: int, epochs: int, batch_size: int, repea
 # --------------------------------------------------------------------------- transform helper
 
 
-def _transform(spark, input_dir: Path, repo: str, run_id: str) -> tuple[dict, float]:
-    from dfp_spark.kronodroid_iceberg_job import run
+def _transform(rt, input_dir: Path, repo: str, run_id: str) -> tuple[dict, float]:
+    from dfp_core.params import TransformConfig
+    from dfp_spark.transform_run import run_transform
 
     started = time.monotonic()
-    summary = run(input_dir=input_dir, repo=repo, run_id=run_id, spark=spark)
+    summary = run_transform(rt, TransformConfig(input_dir=input_dir, repo=repo, run_id=run_id))
     seconds = time.monotonic() - started
     log(f"transform into {repo}: {summary['fct_rows']} rows in {seconds:.1f}s")
     return summary, seconds
 
 
 def _pins(summary: dict) -> tuple[str, str]:
-    from dfp_core import schema
+    from dfp_core.kronodroid import schema
 
     return summary["merge_commit"], str(summary["snapshot_ids"][schema.FCT_TABLE_FQN])
 
@@ -189,9 +190,10 @@ def _pins(summary: dict) -> tuple[str, str]:
 # --------------------------------------------------------------------------- Feast vs direct Spark read
 
 
-def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
-    from dfp_core import iceberg, schema
-    from dfp_core.generator import generate
+def feast_vs_spark(rt, tmp: Path, rows: int, repeats: int) -> dict:
+    from dfp_core import iceberg
+    from dfp_core.kronodroid import schema
+    from dfp_core.kronodroid.generator import generate
     from dfp_core.iceberg import TableRef
     from dfp_feast.kronodroid_features import build_definitions
     from dfp_feast.retrieval import EVAL_FIELDS, FEATURE_REFS, _entity_keys, feature_store, load_splits
@@ -199,7 +201,8 @@ def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
     data = tmp / "feast-input"
     generate(data, rows, seed=1)
     repo = "benchfeast" + uuid.uuid4().hex[:8]
-    summary, transform_seconds = _transform(spark, data, repo, "bench-feast")
+    spark, lakefs = rt.spark(), rt.lakefs
+    summary, transform_seconds = _transform(rt, data, repo, "bench-feast")
     commit, snapshot = _pins(summary)
     columns = list(dict.fromkeys(["sample_id", "event_timestamp", *EVAL_FIELDS, *schema.FEATURE_COLUMNS]))
     name = iceberg.qualified(spark, TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE))  # registers the catalog
@@ -269,18 +272,18 @@ def feast_vs_spark(spark, lakefs, tmp: Path, rows: int, repeats: int) -> dict:
 # --------------------------------------------------------------------------- quality on the real subset
 
 
-def quality_real_subset(spark, lakefs, tmp: Path, seeds: list[int], max_epochs: int | None) -> dict:
+def quality_real_subset(rt, tmp: Path, seeds: list[int], max_epochs: int | None) -> dict:
     from dfp_core.ml.evaluation import compare_models
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, fit_and_evaluate
-    from dfp_feast.retrieval import load_splits
+    from dfp_core.ml.fit import fit_and_evaluate
+    from dfp_core.params import TrainConfig
 
     data_dir = tmp / "real"
     (data_dir / "real_device").mkdir(parents=True)
     shutil.copy(REAL_SUBSET, data_dir / "real_device" / REAL_SUBSET.name)
     repo = "benchreal" + uuid.uuid4().hex[:8]
-    summary, _ = _transform(spark, data_dir, repo, "bench-real")
+    summary, _ = _transform(rt, data_dir, repo, "bench-real")
     commit, snapshot = _pins(summary)
-    data = load_splits(spark, lakefs, repo, commit, snapshot)
+    data = rt.retrieve_splits(repo, commit, snapshot)
     log(f"splits: {data.rows}")
 
     configs = {"default": {}, "long": dict(LONG)}
@@ -347,7 +350,7 @@ def quality_real_subset(spark, lakefs, tmp: Path, seeds: list[int], max_epochs: 
 
 def time_split_generated(tmp: Path, rows: int, max_epochs: int, batch_size: int, train_end_year: int) -> dict:
     from dfp_core.ml.evaluation import time_split_evaluation
-    from dfp_core.ml.local_inputs import sample_years
+    from dfp_core.kronodroid.reader import sample_years
 
     frame = _generated_frame(tmp, rows, start_year=2010, end_year=2019)
     frame["sample_year"] = sample_years(frame)
@@ -420,14 +423,14 @@ def main() -> None:
             stack_parts.remove("quality_real_subset")
         if stack_parts:
             log("starting a private stack and a Spark session")
-            with stack_with_spark(tmp / "home", "dfp-bench-training") as (spark, lakefs, _):
+            with stack_with_spark(tmp / "home", "dfp-bench-training") as rt:
                 if "feast_vs_spark" in stack_parts:
                     log(f"feast vs spark: {args.rows} rows")
-                    save("training_feast_vs_spark", feast_vs_spark(spark, lakefs, tmp, args.rows, args.repeats))
+                    save("training_feast_vs_spark", feast_vs_spark(rt, tmp, args.rows, args.repeats))
                 if "quality_real_subset" in stack_parts:
                     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
                     log(f"quality on the real subset: seeds {seeds}")
-                    save("training_quality_real_subset", quality_real_subset(spark, lakefs, tmp, seeds, args.quality_max_epochs))
+                    save("training_quality_real_subset", quality_real_subset(rt, tmp, seeds, args.quality_max_epochs))
 
 
 if __name__ == "__main__":

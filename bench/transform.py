@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=142128)
     args = parser.parse_args()
-    from dfp_core.generator import generate
+    from dfp_core.kronodroid.generator import generate
 
     with tempfile.TemporaryDirectory(prefix="dfp-bench-") as tmp:
         tmp = Path(tmp)
@@ -60,9 +60,10 @@ def main() -> None:
         generate(data, args.rows, seed=1)
         (tmp / "avro").mkdir()
         base = baseline(data, tmp / "avro")
-        with private_stack(tmp / "home"):
+        with private_stack(tmp / "home") as (_, _, env):
             dfp = str(ROOT / ".venv" / "bin" / "dfp")
-            result = run_measured([dfp, "transform", "--input", str(data), "--repo", "bench", "--run-id", "bench-full"])
+            result = run_measured([dfp, "transform", "--input", str(data), "--repo", "bench", "--run-id", "bench-full"],
+                                  env=env)
         import json
 
         summary = json.loads(result["last_line"])

@@ -33,3 +33,15 @@ def split_member(archives: Path, out: Path, first: int) -> tuple[Path, int]:
         zf.writestr(f"a/{name}", csv_text([rows[0], *rows[1:first + 1]]))
         zf.writestr(f"b/{name}", csv_text([rows[0], *rows[first + 1:]]))
     return out, len(rows) - 1
+
+
+def only_dfp_home(stack: dict) -> dict[str, str]:
+    """A command's environment with only DFP_HOME of the test stack set (plus what any
+    shell has: PATH, HOME, and JAVA_HOME when the machine sets it)."""
+    import os
+
+    env = {"DFP_HOME": stack["env"]["DFP_HOME"], "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "HOME": os.environ.get("HOME", "/root")}
+    if os.environ.get("JAVA_HOME"):
+        env["JAVA_HOME"] = os.environ["JAVA_HOME"]
+    return env

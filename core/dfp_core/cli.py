@@ -1,22 +1,34 @@
-"""``dfp``: one command per stage. Heavy imports happen inside each command."""
+"""``dfp``: one command per stage. Each command builds its runtime context once
+(``Runtime.from_env``: its options over the environment over ``stack.env``)
+and passes it down. Heavy imports happen inside each command.
+
+The options of ``transform``, ``train`` and ``pipeline run-local`` are generated
+from ``TransformConfig`` and ``TrainConfig`` (``dfp_core.params``).
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-import sys
+import os
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from dfp_core.errors import DfpError
-from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig as _Defaults  # light: no torch at import
+from dfp_core.params import Field, TrainConfig, TransformConfig, format_value, params_of, parse_value
+from dfp_core.progress import error
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 stack_app = typer.Typer(no_args_is_help=True, help="Local lakeFS + MLflow servers.")
 app.add_typer(stack_app, name="stack")
 pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow pipeline: compile it, or run it locally.")
 app.add_typer(pipeline_app, name="pipeline")
+feast_app = typer.Typer(no_args_is_help=True, help="The Feast feature repository.")
+app.add_typer(feast_app, name="feast")
 
 
 def emit(summary: dict) -> None:
@@ -24,18 +36,83 @@ def emit(summary: dict) -> None:
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)
 
 
+def runtime(app_name: str = "dfp", **overrides):
+    """This command's runtime: its options over the environment over ``stack.env``."""
+    from dfp_core.runtime import Runtime
+
+    return Runtime.from_env(os.environ, app_name=app_name, **overrides)
+
+
+# ----------------------------------------------------------------------------- generated options
+
+
+def _option(fld: Field, name: str | None = None) -> inspect.Parameter:
+    """A keyword parameter with a ``typer.Option`` for one config field (default None:
+    an option left out keeps the config's default)."""
+    flag = fld.flag
+    decl = f"{flag}/--no-{flag[2:]}" if fld.type is bool else flag
+    kind = {tuple: str, Path: Path}.get(fld.type, fld.type)
+    default = fld.default if fld.type is bool else None
+    # Parentheses: square brackets in help text are markup to the help renderer.
+    shown = "" if fld.default is None or fld.type is bool else f" (default: {format_value(fld.default)})"
+    option = typer.Option(default, decl, help=fld.param.help + shown, show_default=fld.type is bool)
+    return inspect.Parameter(name or fld.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=kind if fld.type is bool else Optional[kind])
+
+
+def _given(fields: list[Field], values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave, typed like the config's fields."""
+    out = {}
+    for fld in fields:
+        value = values.pop(fld.name)
+        if value is None:
+            continue
+        out[fld.name] = parse_value(fld, value) if fld.type is tuple else value
+    return out
+
+
+def _own_options(fn: Callable) -> list[inspect.Parameter]:
+    """The command's own options (after its first, generated argument), keyword-only,
+    with their annotations resolved (this module's annotations are strings)."""
+    hints = typing.get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]) for p in params]
+
+
+def with_config(cls) -> Callable:
+    """Decorate ``command(config, **other_options)``: the config's fields become
+    options of the command, beside the command's own."""
+
+    def decorate(fn: Callable) -> Callable:
+        fields = [f for f in params_of(cls) if f.param.cli]
+        own = _own_options(fn)
+
+        @functools.wraps(fn)
+        def command(**values):
+            return fn(cls(**_given(fields, values)), **values)
+
+        del command.__wrapped__  # typer must see the generated signature, not fn's
+        command.__signature__ = inspect.Signature([*(_option(f) for f in fields), *own])
+        command.__annotations__ = {}
+        return command
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------- stack
+
+
 @stack_app.command("up")
 def stack_up(
-    lakefs_port: Optional[int] = typer.Option(None, help="lakeFS port [env DFP_LAKEFS_PORT, default 8000]"),
-    mlflow_port: Optional[int] = typer.Option(None, help="MLflow port [env DFP_MLFLOW_PORT, default 5000]"),
+    lakefs_port: Optional[int] = typer.Option(None, help="lakeFS port (env DFP_LAKEFS_PORT, default 8000)"),
+    mlflow_port: Optional[int] = typer.Option(None, help="MLflow port (env DFP_MLFLOW_PORT, default 5000)"),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Start lakeFS and MLflow (idempotent) and wait until both are healthy."""
     from dfp_core import stack
-    from dfp_core.settings import StackSettings
 
-    result = stack.up(StackSettings.from_env(lakefs_port=lakefs_port, mlflow_port=mlflow_port))
-    _print_status(result, as_json)
+    rt = runtime(stack={"lakefs_port": lakefs_port, "mlflow_port": mlflow_port})
+    _print_status(stack.up(rt.settings.stack), as_json)
 
 
 @stack_app.command("down")
@@ -43,7 +120,7 @@ def stack_down() -> None:
     """Stop the processes `up` started; data stays in DFP_HOME."""
     from dfp_core import stack
 
-    stack.down()
+    stack.down(runtime().settings.stack)
 
 
 @stack_app.command("status")
@@ -51,7 +128,7 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     """Endpoints, pids, health and the credentials file."""
     from dfp_core import stack
 
-    _print_status(stack.status(), as_json)
+    _print_status(stack.status(runtime().settings.stack), as_json)
 
 
 @stack_app.command("reset")
@@ -61,7 +138,10 @@ def stack_reset(yes: bool = typer.Option(False, "--yes", help="Confirm deleting 
 
     if not yes:
         raise DfpError("reset deletes every lakeFS repository and MLflow run in DFP_HOME; pass --yes to confirm")
-    stack.reset()
+    stack.reset(runtime().settings.stack)
+
+
+# ----------------------------------------------------------------------------- stages
 
 
 @app.command("generate")
@@ -74,121 +154,104 @@ def generate_cmd(
     end_year: int = typer.Option(2020, "--end-year"),
 ) -> None:
     """Write synthetic KronoDroid-shaped data (marked as synthetic)."""
-    from dfp_core.generator import generate
+    from dfp_core.kronodroid.generator import generate
 
     emit(generate(out, rows, seed, layout=layout, start_year=start_year, end_year=end_year))
 
 
 @app.command("transform")
-def transform_cmd(
-    input_dir: Optional[Path] = typer.Option(None, "--input", help="KronoDroid archives/CSVs; omit to reuse the raw files on the target branch."),
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository [env LAKEFS_REPOSITORY, default kronodroid]."),
-    target_branch: str = typer.Option("main", "--target-branch"),
-    run_id: Optional[str] = typer.Option(None, "--run-id"),
-    split_mode: str = typer.Option("random", "--split-mode", help="random | time"),
-    split_seed: int = typer.Option(42, "--split-seed"),
-    train_ratio: float = typer.Option(0.7, "--train-ratio"),
-    val_ratio: float = typer.Option(0.15, "--val-ratio"),
-    test_ratio: float = typer.Option(0.15, "--test-ratio"),
-    train_end_year: Optional[int] = typer.Option(None, "--train-end-year"),
-    val_end_year: Optional[int] = typer.Option(None, "--val-end-year"),
-    keep_failed_branch: bool = typer.Option(False, "--keep-failed-branch"),
-    max_shrink: Optional[float] = typer.Option(None, "--max-shrink", min=0.0, max=1.0, help="Largest fraction of fct rows a run may remove from the target branch [default 0.2]."),
-    allow_shrink: bool = typer.Option(False, "--allow-shrink", help="Merge however much the fct table shrinks."),
-) -> None:
+@with_config(TransformConfig)
+def transform_cmd(config: TransformConfig) -> None:
     """Raw archives -> Avro Iceberg tables on a run branch, committed and merged."""
-    from dfp_core.splits import SplitSpec
-    from dfp_spark.kronodroid_iceberg_job import run
+    from dfp_spark.transform_run import run_transform
 
-    split = SplitSpec(
-        mode=split_mode, seed=split_seed, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio,
-        train_end_year=train_end_year, val_end_year=val_end_year,
-    )
-    emit(run(input_dir=input_dir, repo=repo, target_branch=target_branch, run_id=run_id, split=split,
-             keep_failed_branch=keep_failed_branch, max_fct_shrink=max_shrink, allow_shrink=allow_shrink))
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    with runtime("kronodroid-transform") as rt:
+        emit(run_transform(rt, config))
 
 
 @app.command("train")
+@with_config(TrainConfig)
 def train_cmd(
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository [env LAKEFS_REPOSITORY, default kronodroid]."),
-    ref: Optional[str] = typer.Option(None, "--ref", help="Branch or commit id [env LAKEFS_BRANCH, default main]; resolved to a commit."),
-    snapshot_id: Optional[str] = typer.Option(None, "--snapshot-id", help="Pin an Iceberg snapshot (default: the ref's current one)."),
-    max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0, help="0 = all rows; N = deterministic subset."),
-    train_on: str = typer.Option("benign", "--train-on", help="benign (anomaly detection) | all"),
-    latent_dim: int = typer.Option(_Defaults.latent_dim, "--latent-dim", min=1),
-    hidden_dims: str = typer.Option(",".join(map(str, _Defaults.hidden_dims)), "--hidden-dims", help="Encoder layer sizes, comma-separated."),
-    dropout: float = typer.Option(_Defaults.dropout, "--dropout"),
-    lr: float = typer.Option(_Defaults.lr, "--lr"),
-    weight_decay: float = typer.Option(_Defaults.weight_decay, "--weight-decay"),
-    batch_size: int = typer.Option(_Defaults.batch_size, "--batch-size", min=1),
-    max_epochs: int = typer.Option(_Defaults.max_epochs, "--max-epochs", min=1),
-    patience: int = typer.Option(_Defaults.patience, "--patience", min=0, help="Early stopping patience on val_loss."),
-    seed: int = typer.Option(_Defaults.seed, "--seed"),
-    threshold_quantile: float = typer.Option(_Defaults.threshold_quantile, "--threshold-quantile"),
-    accelerator: str = typer.Option("auto", "--accelerator", help="cpu | gpu | auto"),
-    devices: str = typer.Option("auto", "--devices"),
-    strategy: str = typer.Option("auto", "--strategy", help="auto | ddp | ..."),
-    num_nodes: int = typer.Option(1, "--num-nodes", min=1),
-    model_name: Optional[str] = typer.Option(None, "--model-name", help="[env DFP_MODEL_NAME, default kronodroid_autoencoder]"),
-    model_alias: Optional[str] = typer.Option(None, "--alias", help="[env DFP_MODEL_ALIAS, default candidate]"),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="[env MLFLOW_EXPERIMENT_NAME]"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="[env MLFLOW_TRACKING_URI]"),
-    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also evaluate PCA, IsolationForest, RandomForest."),
+    config: TrainConfig,
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (env MLFLOW_TRACKING_URI)."),
 ) -> None:
     """Train on Feast-served splits at a lakeFS ref; log and register in MLflow."""
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
-    from dfp_core.settings import LakeFSSettings
+    from dfp_core.ml.train_kronodroid_autoencoder import train
 
-    lakefs = LakeFSSettings.from_env(repository=repo, branch=ref)
-    config = TrainConfig(
-        repo=lakefs.repository, ref=lakefs.branch, snapshot_id=snapshot_id, max_rows_per_split=max_rows_per_split,
-        train_on=train_on, latent_dim=latent_dim, hidden_dims=_int_tuple(hidden_dims), dropout=dropout, lr=lr,
-        weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed,
-        threshold_quantile=threshold_quantile, accelerator=accelerator, devices=devices, strategy=strategy,
-        num_nodes=num_nodes, tracking_uri=tracking_uri, experiment_name=experiment, model_name=model_name,
-        model_alias=model_alias, evaluate_baselines=baselines,
-    )
-    emit(train(config))
+    with runtime("kronodroid-train", mlflow={"tracking_uri": tracking_uri}) as rt:
+        emit(train(rt, config))
+
+
+@feast_app.command("apply")
+def feast_apply_cmd(
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (env LAKEFS_REPOSITORY, default kronodroid)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Branch or commit id (env LAKEFS_BRANCH, default main)."),
+    snapshot_id: Optional[str] = typer.Option(None, "--snapshot-id", help="Pin an Iceberg snapshot."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Feast repo config (default: feature_store_spark.yaml)."),
+) -> None:
+    """`feast apply` of the KronoDroid views at a lakeFS ref, through a Spark session wired to lakeFS."""
+    from dfp_feast import FEAST_CONFIG_FILE
+    from dfp_feast.retrieval import apply_definitions
+
+    with runtime("feast-apply", lakefs={"repository": repo, "branch": ref}) as rt:
+        lakefs = rt.settings.lakefs
+        emit(apply_definitions(rt.spark(), lakefs.repository, lakefs.branch, snapshot_id, config_file or FEAST_CONFIG_FILE))
+
+
+# ----------------------------------------------------------------------------- pipeline
 
 
 @pipeline_app.command("compile")
-def pipeline_compile(output: Path = typer.Option(Path("kronodroid_autoencoder_pipeline.yaml"), "--output")) -> None:
+def pipeline_compile(
+    output: Path = typer.Option(Path("kronodroid_autoencoder_pipeline.yaml"), "--output"),
+    train_image: Optional[str] = typer.Option(None, "--train-image", help="Training image (default: this version's tag)."),
+    spark_image: Optional[str] = typer.Option(None, "--spark-image", help="Spark image (default: this version's tag)."),
+) -> None:
     """Compile the pipeline to YAML (for upload to Kubeflow Pipelines)."""
     from dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline
 
-    emit({"pipeline_yaml": compile_kronodroid_autoencoder_pipeline(output)})
+    emit({"pipeline_yaml": compile_kronodroid_autoencoder_pipeline(output, train_image, spark_image)})
+
+
+def _pipeline_options() -> list[tuple[Field, str]]:
+    """(field, pipeline parameter) of every config field both flagged and in the pipeline."""
+    return [(f, f.param.pipeline) for cls in (TransformConfig, TrainConfig) for f in params_of(cls)
+            if f.param.cli and f.param.pipeline]
+
+
+def _run_local_command(fn: Callable) -> Callable:
+    """``run-local`` gets an option per pipeline parameter that a config defines."""
+    options = _pipeline_options()
+    own = _own_options(fn)
+
+    @functools.wraps(fn)
+    def command(**values):
+        params = {}
+        for fld, name in options:
+            value = values.pop(name)
+            if value is not None:
+                params[name] = str(value) if isinstance(value, Path) else value
+        return fn(params, **values)
+
+    del command.__wrapped__
+    command.__signature__ = inspect.Signature([*(_option(f, name) for f, name in options), *own])
+    command.__annotations__ = {}
+    return command
 
 
 @pipeline_app.command("run-local")
+@_run_local_command
 def pipeline_run_local(
-    input_dir: Optional[Path] = typer.Option(None, "--input", help="Raw KronoDroid data; omit to reuse the raw files on the target branch."),
+    params: dict,
     run_transform: bool = typer.Option(True, "--run-transform/--no-run-transform", help="false: train on target_branch's current head."),
-    lakefs_repository: Optional[str] = typer.Option(None, "--repo"),
-    target_branch: str = typer.Option("main", "--target-branch"),
-    run_id: str = typer.Option("", "--run-id"),
-    max_epochs: int = typer.Option(_Defaults.max_epochs, "--max-epochs", min=1),
-    latent_dim: int = typer.Option(_Defaults.latent_dim, "--latent-dim", min=1),
-    batch_size: int = typer.Option(_Defaults.batch_size, "--batch-size", min=1),
-    max_rows_per_split: int = typer.Option(0, "--max-rows-per-split", min=0),
-    model_name: Optional[str] = typer.Option(None, "--model-name"),
-    accelerator: str = typer.Option("auto", "--accelerator"),
+    runner: str = typer.Option("subprocess", "--runner", help="subprocess (this environment) or docker (the built images)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (env MLFLOW_TRACKING_URI)."),
 ) -> None:
     """Run the pipeline end to end with KFP's local runner against the local stack."""
     from dfp_kfp.local_run import run_pipeline_locally
 
-    emit(run_pipeline_locally(
-        input_dir=str(input_dir) if input_dir else "", run_transform=run_transform,
-        lakefs_repository=lakefs_repository, target_branch=target_branch, run_id=run_id, max_epochs=max_epochs,
-        latent_dim=latent_dim, batch_size=batch_size, max_rows_per_split=max_rows_per_split, model_name=model_name,
-        accelerator=accelerator,
-    ))
+    with runtime("kfp-local", mlflow={"tracking_uri": tracking_uri}) as rt:
+        emit(run_pipeline_locally(rt, runner=runner, run_transform=run_transform, **params))
 
 
 @app.command("quickstart")
@@ -197,12 +260,12 @@ def quickstart_cmd(
     rows: int = typer.Option(4000, "--rows", min=40, help="Rows of the generated sample."),
     seed: int = typer.Option(0, "--seed"),
     max_epochs: int = typer.Option(10, "--max-epochs", min=1),
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository [default kronodroid]."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default kronodroid)."),
 ) -> None:
     """Stack up, sample data, the whole pipeline with KFP's local runner, then where to look."""
     from dfp_core.quickstart import quickstart
 
-    emit(quickstart(input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo))
+    emit(quickstart(os.environ, input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo))
 
 
 @app.command("reproduce")
@@ -216,11 +279,12 @@ def reproduce_cmd(
     """Rebuild a model's exact train/val/test data from its registry tags and verify it."""
     from dfp_core.ml.reproduce import reproduce
 
-    report = reproduce(model, version, alias, retrain=retrain, tracking_uri=tracking_uri)
+    with runtime("kronodroid-reproduce", mlflow={"tracking_uri": tracking_uri}) as rt:
+        report = reproduce(rt, model, version, alias, retrain=retrain)
     emit(report.to_dict())
     if not report.matches:
         for difference in report.differences:
-            print(f"mismatch: {difference}", file=sys.stderr)
+            error(f"mismatch: {difference}")
         raise typer.Exit(1)
 
 
@@ -234,10 +298,11 @@ def score_cmd(
     """Score apps: reconstruction error and anomaly flag per sample; unscorable rows listed with the reason."""
     from dfp_core.ml.scoring import score, score_lakefs_ref
 
-    if input_path.startswith("lakefs://"):
-        emit(score_lakefs_ref(model_uri, input_path, out, tracking_uri))
-    else:
-        emit(score(model_uri, Path(input_path), out, tracking_uri))
+    with runtime("kronodroid-score", mlflow={"tracking_uri": tracking_uri}) as rt:
+        if input_path.startswith("lakefs://"):
+            emit(score_lakefs_ref(rt, model_uri, input_path, out))
+        else:
+            emit(score(rt, model_uri, Path(input_path), out))
 
 
 @app.command("evaluate")
@@ -251,9 +316,10 @@ def evaluate_cmd(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
 ) -> None:
     """Autoencoder vs PCA, IsolationForest and a supervised RandomForest, per data source (or per year)."""
-    from dfp_core.ml.reproduce import evaluate_registered
+    from dfp_core.ml.evaluate_model import evaluate_model_version
 
-    emit(evaluate_registered(model, version, alias, time_split, train_end_year, log, tracking_uri))
+    with runtime("kronodroid-evaluate", mlflow={"tracking_uri": tracking_uri}) as rt:
+        emit(evaluate_model_version(rt, model, version, alias, time_split, train_end_year, log))
 
 
 def _print_status(result: dict, as_json: bool) -> None:
@@ -271,8 +337,8 @@ def main() -> None:
     try:
         app()
     except DfpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        error(str(exc))
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

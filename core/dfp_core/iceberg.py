@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 from dfp_core.errors import DatasetError
 from dfp_core.lakefs_ops import LakeFS
-from dfp_core.settings import SparkSettings
-from dfp_core.spark import ICEBERG_TABLE_PROPERTIES, register_ref_catalog, warehouse_uri
+from dfp_core.spark import ICEBERG_TABLE_PROPERTIES, register_ref_catalog, session_warehouse_prefix, warehouse_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -33,8 +32,8 @@ class TableRef:
         return f"{self.namespace}.{self.name}"
 
 
-def qualified(spark: "SparkSession", table: TableRef, settings: SparkSettings | None = None) -> str:
-    catalog = register_ref_catalog(spark, table.repo, table.ref, settings)
+def qualified(spark: "SparkSession", table: TableRef) -> str:
+    catalog = register_ref_catalog(spark, table.repo, table.ref)
     return f"{catalog}.{table.namespace}.{table.name}"
 
 
@@ -44,19 +43,17 @@ def write_table(
     df: "DataFrame",
     table: TableRef,
     properties: dict[str, str] | None = None,
-    settings: SparkSettings | None = None,
 ) -> int:
     """Create or atomically replace ``table`` on a *branch* with ``df``'s rows.
 
     Returns the new Iceberg snapshot id. History is kept: earlier snapshots stay
     readable by id. Raises ReadOnlyRefError when ``table.ref`` is not a branch.
     """
-    settings = settings or SparkSettings.from_env()
     lakefs.require_branch(table.repo, table.ref)
-    name = qualified(spark, table, settings)
+    name = qualified(spark, table)
     catalog = name.split(".", 1)[0]
     spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog}.{table.namespace}")
-    data_path = f"{warehouse_uri(table.repo, table.ref, settings.warehouse_prefix)}/{table.namespace}/{table.name}/data"
+    data_path = f"{warehouse_uri(table.repo, table.ref, session_warehouse_prefix(spark))}/{table.namespace}/{table.name}/data"
     props = {**ICEBERG_TABLE_PROPERTIES, **(properties or {}), "write.data.path": data_path}
     view = f"dfp_src_{table.namespace}_{table.name}"
     df.createOrReplaceTempView(view)
@@ -65,24 +62,24 @@ def write_table(
         spark.sql(f"CREATE OR REPLACE TABLE {name} USING iceberg TBLPROPERTIES ({props_sql}) AS SELECT * FROM {view}")
     finally:
         spark.catalog.dropTempView(view)
-    return current_snapshot_id(spark, table, settings)
+    return current_snapshot_id(spark, table)
 
 
 def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
-def current_snapshot_id(spark: "SparkSession", table: TableRef, settings: SparkSettings | None = None) -> int:
+def current_snapshot_id(spark: "SparkSession", table: TableRef) -> int:
     """The snapshot the table's current metadata points at (Iceberg's ``main`` ref)."""
-    name = qualified(spark, table, settings)
+    name = qualified(spark, table)
     rows = spark.sql(f"SELECT snapshot_id FROM {name}.refs WHERE name = 'main'").collect()
     if not rows:
         raise DatasetError(f"table {table.short} at {table.ref} has no snapshot")
     return int(rows[0][0])
 
 
-def table_exists(spark: "SparkSession", table: TableRef, settings: SparkSettings | None = None) -> bool:
-    name = qualified(spark, table, settings)
+def table_exists(spark: "SparkSession", table: TableRef) -> bool:
+    name = qualified(spark, table)
     catalog = name.split(".", 1)[0]
     try:
         return spark.sql(f"SHOW TABLES IN {catalog}.{table.namespace}").filter(f"tableName = '{table.name}'").count() > 0
@@ -90,12 +87,12 @@ def table_exists(spark: "SparkSession", table: TableRef, settings: SparkSettings
         return False
 
 
-def table_properties(spark: "SparkSession", table: TableRef, settings: SparkSettings | None = None) -> dict[str, str]:
-    name = qualified(spark, table, settings)
+def table_properties(spark: "SparkSession", table: TableRef) -> dict[str, str]:
+    name = qualified(spark, table)
     return {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
 
 
-def data_file_paths(spark: "SparkSession", table: TableRef, settings: SparkSettings | None = None) -> list[str]:
+def data_file_paths(spark: "SparkSession", table: TableRef) -> list[str]:
     """Every data file of every snapshot still referenced by the table."""
-    name = qualified(spark, table, settings)
+    name = qualified(spark, table)
     return [row[0] for row in spark.sql(f"SELECT DISTINCT file_path FROM {name}.all_data_files").collect()]

@@ -4,7 +4,6 @@ errors instead of raw API exceptions."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +49,8 @@ class RefInfo:
 class LakeFS:
     """A connection to one lakeFS server; methods name the repository explicitly."""
 
-    def __init__(self, settings: LakeFSSettings | None = None):
-        self.settings = (settings or LakeFSSettings.from_env()).require_credentials()
+    def __init__(self, settings: LakeFSSettings):
+        self.settings = settings.require_credentials()
         self.client = lakefs.Client(
             host=self.settings.endpoint,
             username=self.settings.access_key_id,
@@ -293,8 +292,3 @@ def _reason(exc: Exception) -> str:
         return f"HTTP {status} {reason or ''}".strip()
     return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
 
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, streamed (sha256 for provenance; md5 matches lakeFS checksums)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, algorithm).hexdigest()

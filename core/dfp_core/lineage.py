@@ -38,8 +38,8 @@ ROWS_TAGS = {s: f"dataset.{s}_rows" for s in ("train", "val", "test")}
 # The files whose content defines the Feast features (hashed into feast.defs_sha256).
 FEATURE_DEFINITION_FILES = (
     "feature_stores/feast_store/dfp_feast/kronodroid_features.py",
-    "core/dfp_core/schema.py",
-    "core/dfp_core/kronodroid_columns.py",
+    "core/dfp_core/kronodroid/schema.py",
+    "core/dfp_core/kronodroid/columns.py",
 )
 
 

@@ -1,13 +1,14 @@
-"""Stage progress on stderr, so stdout stays free for the JSON summary."""
+"""The one printer for people: stage progress, notes, warnings and errors on
+stderr, so that stdout stays free for each command's JSON summary."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -15,7 +16,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 @contextlib.contextmanager
 def stage(index: int, total: int, title: str) -> Iterator[None]:
     started = time.monotonic()
-    console.print(f"[bold cyan]==> [{index}/{total}][/] {title}")
+    console.print(f"[bold cyan]==> [{index}/{total}][/] {escape(title)}")
     try:
         yield
     except BaseException:
@@ -25,12 +26,14 @@ def stage(index: int, total: int, title: str) -> Iterator[None]:
 
 
 def note(message: str) -> None:
-    console.print(f"    {message}")
+    # Messages name paths and refs with brackets in them; they are text, not markup.
+    console.print(f"    {escape(message)}")
 
 
 def warn(message: str) -> None:
-    console.print(f"    [yellow]warning:[/] {message}")
+    console.print(f"    [yellow]warning:[/] {escape(message)}")
 
 
-def plain(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def error(message: str) -> None:
+    """The one line a failed command ends with."""
+    console.print(f"[red]error:[/] {escape(message)}")

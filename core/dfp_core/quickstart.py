@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Mapping
 
 from dfp_core import stack
 from dfp_core.progress import console, note, stage
-from dfp_core.settings import StackSettings, dfp_home, read_env_file
+from dfp_core.runtime import Runtime
+from dfp_core.settings import Settings
 
 STEPS = 4
 
 
-def quickstart(input_dir: Path | None = None, rows: int = 4000, seed: int = 0, max_epochs: int = 10,
-               repo: str | None = None) -> dict:
+def quickstart(env: Mapping[str, str], input_dir: Path | None = None, rows: int = 4000, seed: int = 0,
+               max_epochs: int = 10, repo: str | None = None) -> dict:
     with stage(1, STEPS, "local stack (lakeFS + MLflow)"):
-        status = stack.up(StackSettings.from_env())
-        # Steps run as subprocesses (KFP local runner): hand them the stack's endpoints and keys.
-        for key, value in read_env_file(Path(status["credentials_file"])).items():
-            if key.startswith(("LAKEFS_", "MLFLOW_")):
-                os.environ.setdefault(key, value)
+        status = stack.up(Settings.from_env(env).stack)
+    # Read after `up`: the stack's endpoints and keys are in the stack.env it just wrote. The
+    # pipeline's steps find them the same way, through DFP_HOME.
+    with Runtime.from_env(env, app_name="kfp-local", lakefs={"repository": repo}) as rt:
+        result, lineage, links = _run(rt, input_dir, rows, seed, max_epochs, status["credentials_file"])
+    return {**result, **links, "lineage_tags": lineage, "credentials_file": status["credentials_file"]}
+
+
+def _run(rt: Runtime, input_dir: Path | None, rows: int, seed: int, max_epochs: int, credentials_file: str):
     with stage(2, STEPS, "input data"):
         if input_dir is None:
-            from dfp_core.generator import generate
+            from dfp_core.kronodroid.generator import generate
 
-            input_dir = dfp_home() / "sample" / f"rows{rows}-seed{seed}"
+            input_dir = rt.settings.stack.home / "sample" / f"rows{rows}-seed{seed}"
             if not (input_dir / "GENERATED.json").is_file():
                 generate(input_dir, rows, seed)
             note(f"synthetic KronoDroid sample ({rows} rows) in {input_dir}")
@@ -33,19 +38,15 @@ def quickstart(input_dir: Path | None = None, rows: int = 4000, seed: int = 0, m
     with stage(3, STEPS, "pipeline (transform -> commit+merge -> train+register) with KFP's local runner"):
         from dfp_kfp.local_run import run_pipeline_locally
 
-        result = run_pipeline_locally(input_dir=str(input_dir), lakefs_repository=repo, max_epochs=max_epochs)
+        result = run_pipeline_locally(rt, input_dir=str(input_dir), max_epochs=max_epochs)
     with stage(4, STEPS, "where to look"):
-        import mlflow
-
-        client = mlflow.MlflowClient(result["mlflow_tracking_uri"])
-        version = client.get_model_version(result["model_name"], result["model_version"])
+        version = rt.mlflow.get_model_version(result["model_name"], result["model_version"])
         lineage = {k: v for k, v in sorted(version.tags.items()) if k.startswith(("data.", "feast.", "dataset."))}
         lakefs_ui = f"{result['lakefs_endpoint']}/repositories/{result['lakefs_repository']}/commits/{result['lakefs_commit']}"
         mlflow_ui = f"{result['mlflow_tracking_uri']}/#/models/{result['model_name']}/versions/{result['model_version']}"
         console.print(f"\n  MLflow UI   {mlflow_ui}\n  lakeFS UI   {lakefs_ui}")
-        console.print(f"  lakeFS login: access key id and secret in {status['credentials_file']}")
+        console.print(f"  lakeFS login: access key id and secret in {credentials_file}")
         console.print(f"  model       {result['model_name']} version {result['model_version']}")
         for key, value in lineage.items():
             console.print(f"    {key:28s} {value}")
-    return {**result, "mlflow_model_ui": mlflow_ui, "lakefs_commit_ui": lakefs_ui, "lineage_tags": lineage,
-            "credentials_file": status["credentials_file"]}
+    return result, lineage, {"mlflow_model_ui": mlflow_ui, "lakefs_commit_ui": lakefs_ui}

@@ -1,16 +1,19 @@
-"""One place for configuration: environment variables, with the local stack's
-env file as a fallback so that commands work right after ``dfp stack up``.
+"""Configuration, read in one place: the environment, with the local stack's env
+file as a fallback, so that commands work right after ``dfp stack up``.
 
-Precedence: explicit arguments > process environment > ``$DFP_HOME/stack.env``
-> defaults. Secrets are only ever read from the environment or that 0600 file.
+Precedence: explicit arguments > the given environment > ``$DFP_HOME/stack.env``
+> defaults. Entry points call :meth:`Settings.from_env` once with ``os.environ``;
+nothing below them reads the environment. Secrets are only ever read from the
+environment or that 0600 file, and never printed (``repr=False``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from dfp_core.errors import ConfigError
 
@@ -18,15 +21,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV_FILE = "stack.env"
 
 
-def dfp_home(env: Mapping[str, str] | None = None) -> Path:
+def dfp_home(env: Mapping[str, str]) -> Path:
     """State of the local stack (data, logs, credentials). Ignored by git."""
-    env = os.environ if env is None else env
     return Path(env.get("DFP_HOME") or REPO_ROOT / ".dfp").expanduser().resolve()
 
 
-def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+def cache_dir(env: Mapping[str, str]) -> Path:
     """Downloads and builds shared by every clone: lakeFS binary, Spark jars."""
-    env = os.environ if env is None else env
     base = env.get("DFP_CACHE_DIR") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfp"
     return Path(base).expanduser().resolve()
 
@@ -47,9 +48,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def effective_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Process environment layered over the local stack's env file."""
-    env = dict(os.environ if env is None else env)
+def effective_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` layered over the local stack's env file (found through ``env``'s DFP_HOME)."""
     merged = read_env_file(dfp_home(env) / STACK_ENV_FILE)
     merged.update(env)
     return merged
@@ -65,6 +65,15 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
 
 
+def _flag(env: Mapping[str, str], key: str) -> bool:
+    return env.get(key, "").lower() in ("1", "true", "yes")
+
+
+def _replace(obj, overrides: Mapping[str, Any]):
+    """``dataclasses.replace`` with the overrides that are not None."""
+    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
+
+
 @dataclass(frozen=True)
 class LakeFSSettings:
     endpoint: str = "http://127.0.0.1:8000"
@@ -76,9 +85,8 @@ class LakeFSSettings:
     storage_namespace: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "LakeFSSettings":
-        env = effective_env(env)
-        values = dict(
+    def from_env(cls, env: Mapping[str, str]) -> "LakeFSSettings":
+        return cls(
             endpoint=(env.get("LAKEFS_ENDPOINT") or cls.endpoint).rstrip("/"),
             access_key_id=env.get("LAKEFS_ACCESS_KEY_ID") or None,
             secret_access_key=env.get("LAKEFS_SECRET_ACCESS_KEY") or None,
@@ -86,8 +94,6 @@ class LakeFSSettings:
             branch=env.get("LAKEFS_BRANCH") or cls.branch,
             storage_namespace=env.get("LAKEFS_STORAGE_NAMESPACE") or None,
         )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
     def require_credentials(self) -> "LakeFSSettings":
         if not self.access_key_id or not self.secret_access_key:
@@ -111,16 +117,13 @@ class MLflowSettings:
     model_alias: str = "candidate"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "MLflowSettings":
-        env = effective_env(env)
-        values = dict(
+    def from_env(cls, env: Mapping[str, str]) -> "MLflowSettings":
+        return cls(
             tracking_uri=env.get("MLFLOW_TRACKING_URI") or cls.tracking_uri,
             experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or cls.experiment_name,
             model_name=env.get("DFP_MODEL_NAME") or cls.model_name,
             model_alias=env.get("DFP_MODEL_ALIAS") or cls.model_alias,
         )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -130,20 +133,27 @@ class SparkSettings:
     # Iceberg warehouse folder inside every lakeFS ref: s3a://<repo>/<ref>/<prefix>
     warehouse_prefix: str = "iceberg"
     shuffle_partitions: int = 8
+    # The extra jars (Iceberg runtime, S3A): a folder of them, or already on Spark's
+    # classpath (images bake them into $SPARK_HOME/jars).
     jars_dir: Path | None = None
+    jars_provided: bool = False
+    log_level: str = "WARN"
+    java_home: str | None = None
+    ui_enabled: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "SparkSettings":
-        env = effective_env(env)
-        values = dict(
+    def from_env(cls, env: Mapping[str, str]) -> "SparkSettings":
+        return cls(
             master=env.get("SPARK_MASTER") or cls.master,
             driver_memory=env.get("DFP_SPARK_DRIVER_MEMORY") or cls.driver_memory,
             warehouse_prefix=(env.get("DFP_ICEBERG_PREFIX") or cls.warehouse_prefix).strip("/"),
             shuffle_partitions=_int(env, "DFP_SPARK_SHUFFLE_PARTITIONS", cls.shuffle_partitions),
-            jars_dir=Path(env["DFP_SPARK_JARS_DIR"]) if env.get("DFP_SPARK_JARS_DIR") else None,
+            jars_dir=Path(env["DFP_SPARK_JARS_DIR"]) if env.get("DFP_SPARK_JARS_DIR") else cache_dir(env) / "spark-jars",
+            jars_provided=_flag(env, "DFP_SPARK_JARS_PROVIDED"),
+            log_level=env.get("DFP_SPARK_LOG_LEVEL") or cls.log_level,
+            java_home=env.get("JAVA_HOME") or None,
+            ui_enabled=_flag(env, "DFP_SPARK_UI"),
         )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -152,17 +162,18 @@ class StackSettings:
     host: str = "127.0.0.1"
     lakefs_port: int = 8000
     mlflow_port: int = 5000
+    cache: Path = field(default_factory=lambda: cache_dir({}))  # where the lakeFS build is cached
+    lakefs_bin: Path | None = None  # an existing lakeFS binary instead of the cached build
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "StackSettings":
-        env = dict(os.environ if env is None else env)
-        values = dict(
+    def from_env(cls, env: Mapping[str, str]) -> "StackSettings":
+        return cls(
             home=dfp_home(env),
             lakefs_port=_int(env, "DFP_LAKEFS_PORT", cls.lakefs_port),
             mlflow_port=_int(env, "DFP_MLFLOW_PORT", cls.mlflow_port),
+            cache=cache_dir(env),
+            lakefs_bin=Path(env["LAKEFS_BIN"]).expanduser() if env.get("LAKEFS_BIN") else None,
         )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
     @property
     def lakefs_endpoint(self) -> str:
@@ -171,3 +182,39 @@ class StackSettings:
     @property
     def mlflow_endpoint(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def env_file(self) -> Path:
+        return self.home / STACK_ENV_FILE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one command, read once by its entry point."""
+
+    lakefs: LakeFSSettings
+    mlflow: MLflowSettings
+    spark: SparkSettings
+    stack: StackSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """From ``env`` (entry points pass ``os.environ``) over ``$DFP_HOME/stack.env``."""
+        env = dict(os.environ if env is None else env)
+        merged = effective_env(env)
+        return cls(
+            lakefs=LakeFSSettings.from_env(merged),
+            mlflow=MLflowSettings.from_env(merged),
+            spark=SparkSettings.from_env(merged),
+            # The stack's own location and ports are never taken from the file it writes.
+            stack=StackSettings.from_env(env),
+        )
+
+    def override(self, *, lakefs: Mapping[str, Any] | None = None, mlflow: Mapping[str, Any] | None = None,
+                 spark: Mapping[str, Any] | None = None, stack: Mapping[str, Any] | None = None) -> "Settings":
+        """A copy with command-line values (those not None) over these settings."""
+        return Settings(
+            lakefs=_replace(self.lakefs, lakefs or {}), mlflow=_replace(self.mlflow, mlflow or {}),
+            spark=_replace(self.spark, spark or {}), stack=_replace(self.stack, stack or {}),
+        )
+

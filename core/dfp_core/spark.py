@@ -21,6 +21,8 @@ from dfp_core.settings import LakeFSSettings, SparkSettings
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
+# The session remembers its warehouse folder, so that every catalog registered on it agrees.
+WAREHOUSE_PREFIX_CONF = "spark.dfp.iceberg.warehousePrefix"
 ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 # Table properties every table we create carries: Avro data files, format v2.
 ICEBERG_TABLE_PROPERTIES = {
@@ -31,8 +33,8 @@ ICEBERG_TABLE_PROPERTIES = {
 }
 
 
-def require_java() -> None:
-    java_home = os.environ.get("JAVA_HOME")
+def require_java(settings: SparkSettings) -> None:
+    java_home = settings.java_home
     if java_home and os.access(os.path.join(java_home, "bin", "java"), os.X_OK):
         return
     if shutil.which("java") is None:
@@ -64,6 +66,9 @@ def base_conf(spark: SparkSettings, lakefs: LakeFSSettings, app_name: str) -> di
 
     conf = {
         "spark.app.name": app_name,
+        WAREHOUSE_PREFIX_CONF: spark.warehouse_prefix,
+        # Spark's UI listens on every interface; it is off unless asked for (DFP_SPARK_UI=1).
+        "spark.ui.enabled": str(spark.ui_enabled).lower(),
         "spark.sql.extensions": ICEBERG_EXTENSIONS,
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
@@ -71,34 +76,36 @@ def base_conf(spark: SparkSettings, lakefs: LakeFSSettings, app_name: str) -> di
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.ansi.enabled": "false",
     }
+    if spark.master.startswith("local"):
+        # Python workers run in this interpreter's environment, not a bare python3 on PATH.
+        conf["spark.pyspark.python"] = conf["spark.pyspark.driver.python"] = sys.executable
     # In a Spark-on-Kubernetes image the jars are baked into $SPARK_HOME/jars.
-    if os.environ.get("DFP_SPARK_JARS_PROVIDED", "").lower() not in ("1", "true", "yes"):
+    if not spark.jars_provided:
         conf["spark.jars"] = ",".join(str(p) for p in jar_paths(spark.jars_dir))
     conf.update({f"spark.hadoop.{k}": v for k, v in s3a_conf(lakefs).items()})
     return conf
 
 
 def spark_session(
-    app_name: str = "dfp",
-    lakefs: LakeFSSettings | None = None,
-    settings: SparkSettings | None = None,
+    app_name: str,
+    lakefs: LakeFSSettings,
+    settings: SparkSettings,
     extra_conf: Mapping[str, str] | None = None,
 ) -> "SparkSession":
     """A SparkSession (local mode unless SPARK_MASTER says otherwise) with the
     Iceberg runtime, S3A on lakeFS, and Iceberg SQL extensions."""
-    require_java()
+    require_java(settings)
     from pyspark.sql import SparkSession
 
-    lakefs = lakefs or LakeFSSettings.from_env()
-    settings = settings or SparkSettings.from_env()
-    if settings.master.startswith("local"):
-        # Python workers must run in this interpreter's environment, not a bare python3.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.master)
     for key, value in {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    session.sparkContext.setLogLevel(os.environ.get("DFP_SPARK_LOG_LEVEL", "WARN"))
+    if settings.master.startswith("local"):
+        # In-process, PySpark starts its workers with $PYSPARK_PYTHON or a bare python3 on the PATH
+        # (the spark.pyspark.python conf only reaches spark-submit); this interpreter has the project.
+        session.sparkContext.pythonExec = sys.executable
+    session.sparkContext.setLogLevel(settings.log_level)
     _quiet_known_noise(session)
     return session
 
@@ -135,18 +142,20 @@ def warehouse_uri(repo: str, ref: str, prefix: str = "iceberg") -> str:
     return f"s3a://{repo}/{ref}/{prefix.strip('/')}"
 
 
-def register_ref_catalog(
-    session: "SparkSession", repo: str, ref: str, settings: SparkSettings | None = None
-) -> str:
+def session_warehouse_prefix(session: "SparkSession") -> str:
+    """The warehouse folder this session was built with (``SparkSettings.warehouse_prefix``)."""
+    return session.conf.get(WAREHOUSE_PREFIX_CONF, SparkSettings.warehouse_prefix)
+
+
+def register_ref_catalog(session: "SparkSession", repo: str, ref: str) -> str:
     """Register (idempotently) the Iceberg catalog of ``repo``@``ref``; returns its name.
 
     Reads work at any ref. Writes only work on branches: check with
     ``LakeFS.require_branch`` before writing (lakeFS rejects writes elsewhere).
     """
-    settings = settings or SparkSettings.from_env()
     name = catalog_name(repo, ref)
     prefix = f"spark.sql.catalog.{name}"
     session.conf.set(prefix, "org.apache.iceberg.spark.SparkCatalog")
     session.conf.set(f"{prefix}.type", "hadoop")
-    session.conf.set(f"{prefix}.warehouse", warehouse_uri(repo, ref, settings.warehouse_prefix))
+    session.conf.set(f"{prefix}.warehouse", warehouse_uri(repo, ref, session_warehouse_prefix(session)))
     return name

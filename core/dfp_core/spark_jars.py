@@ -33,7 +33,7 @@ def locked_jars(lock_file: Path = LOCK_FILE) -> list[tuple[str, str]]:
     return entries
 
 
-# Not dfp_core.lakefs_ops.file_digest: the Dockerfiles run this file on its own, before the
+# Not dfp_core.kronodroid.raw_files.file_digest: the Dockerfiles run this file on its own, before the
 # project is installed, so it imports only the standard library at module level.
 def _sha256(path: Path) -> str:
     with open(path, "rb") as handle:

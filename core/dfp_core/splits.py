@@ -59,10 +59,6 @@ class SplitSpec:
                 data.pop(key)
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "SplitSpec":
-        return cls(**data)
-
 
 def split_bucket(sample_id_value: str, seed: int) -> int:
     """Uniform integer in [0, 2**32) from the first 8 hex digits of a SHA-256."""

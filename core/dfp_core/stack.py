@@ -29,15 +29,12 @@ import psutil
 import requests
 
 from dfp_core.errors import StackError
-from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, StackSettings, cache_dir, read_env_file
+from dfp_core.progress import note
+from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, StackSettings, read_env_file
 
 STATE_FILE = "state.json"
 SERVICES = ("lakefs", "mlflow")
 Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- binaries
@@ -51,15 +48,14 @@ def lakefs_version() -> str:
     return match.group(1)
 
 
-def lakefs_binary() -> Path:
+def lakefs_binary(settings: StackSettings) -> Path:
     """The cached lakeFS build (``make setup``), or ``$LAKEFS_BIN``."""
-    override = os.environ.get("LAKEFS_BIN")
-    if override:
-        path = Path(override).expanduser()
+    if settings.lakefs_bin is not None:
+        path = settings.lakefs_bin
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise StackError(f"LAKEFS_BIN={override} is not an executable file")
+            raise StackError(f"LAKEFS_BIN={path} is not an executable file")
         return path
-    path = cache_dir() / "lakefs" / lakefs_version() / "lakefs"
+    path = settings.cache / "lakefs" / lakefs_version() / "lakefs"
     if not path.is_file():
         raise StackError(
             f"the lakeFS server is not built yet (expected {path}); run `make setup` "
@@ -230,7 +226,7 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str]) -> tuple[lis
             "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": creds["DFP_LAKEFS_ENCRYPT_SECRET"],
         }
     )
-    return [str(lakefs_binary()), "run", "--config", str(config_path)], env
+    return [str(lakefs_binary(settings)), "run", "--config", str(config_path)], env
 
 
 def _mlflow_command(settings: StackSettings) -> tuple[list[str], dict[str, str]]:
@@ -327,9 +323,8 @@ def _terminate(record: ProcessRecord, timeout: float = 20) -> bool:
 # --------------------------------------------------------------------------- commands
 
 
-def up(settings: StackSettings | None = None, log: Log = _stderr) -> dict:
+def up(settings: StackSettings, log: Log = note) -> dict:
     """Start what is not running yet; wait until both services are healthy."""
-    settings = settings or StackSettings.from_env()
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
@@ -352,9 +347,8 @@ def up(settings: StackSettings | None = None, log: Log = _stderr) -> dict:
     return status(settings)
 
 
-def down(settings: StackSettings | None = None, log: Log = _stderr) -> dict:
+def down(settings: StackSettings, log: Log = note) -> dict:
     """Stop the processes ``up`` started (matched by pid and start time). Data is kept."""
-    settings = settings or StackSettings.from_env()
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
@@ -368,8 +362,7 @@ def down(settings: StackSettings | None = None, log: Log = _stderr) -> dict:
     return status(settings)
 
 
-def status(settings: StackSettings | None = None) -> dict:
-    settings = settings or StackSettings.from_env()
+def status(settings: StackSettings) -> dict:
     records = StackState(settings.home).load()
     services = {}
     for service in (LAKEFS, MLFLOW):
@@ -392,11 +385,10 @@ def status(settings: StackSettings | None = None) -> dict:
     }
 
 
-def reset(settings: StackSettings | None = None, log: Log = _stderr) -> None:
+def reset(settings: StackSettings, log: Log = note) -> None:
     """Stop everything and delete all stack data (repositories, runs, credentials)."""
     import shutil
 
-    settings = settings or StackSettings.from_env()
     with contextlib.suppress(StackError):  # a corrupt state file is what reset is for
         down(settings, log)
     if settings.home.is_dir():
@@ -417,26 +409,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def running(settings: StackSettings, log: Log = _stderr) -> Iterator[dict]:
-    """Start the stack, export where it is (``DFP_HOME``, ports, endpoints, credentials)
-    to ``os.environ`` for the block, then restore the environment and stop the stack.
-    Yields ``{"status": up(...), "env": the exported variables}``."""
+def running(settings: StackSettings, log: Log = note) -> Iterator[dict]:
+    """A private stack for a block (tests, benchmarks): started, then stopped.
+    Yields ``{"status": up(...), "env": what a process needs to use it}``
+    (``DFP_HOME`` and the ports; commands read the rest from ``stack.env``)."""
     status = up(settings, log=log)
-    creds = read_env_file(settings.home / STACK_ENV_FILE)
     env = {
         "DFP_HOME": str(settings.home),
         "DFP_LAKEFS_PORT": str(settings.lakefs_port),
         "DFP_MLFLOW_PORT": str(settings.mlflow_port),
-        **{key: value for key, value in creds.items() if key.startswith(("LAKEFS_", "MLFLOW_"))},
     }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
-        yield {"status": status, "env": env}
+        yield {"status": status, "env": env, "credentials": read_env_file(settings.env_file)}
     finally:
         down(settings, log=lambda m: None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -9,17 +9,17 @@ import mlflow
 import pytest
 
 from dfp_core import lineage
-from dfp_core.generator import generate
+from dfp_core.kronodroid.generator import generate
 from dfp_kfp.local_run import run_pipeline_locally
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(stack, lakefs, tmp_path_factory):
+def pipeline_run(rt, stack, lakefs, tmp_path_factory):
     data = tmp_path_factory.mktemp("kfp-data")
     generate(data, 300, seed=8)
     repo = "kfp" + uuid.uuid4().hex[:8]
     result = run_pipeline_locally(
-        pipeline_root=tmp_path_factory.mktemp("kfp-root"), input_dir=str(data), lakefs_repository=repo,
+        rt, pipeline_root=tmp_path_factory.mktemp("kfp-root"), input_dir=str(data), lakefs_repository=repo,
         run_id="kfp-test", max_epochs=1, batch_size=64, latent_dim=8, model_name=f"kronodroid_autoencoder_{repo}",
         accelerator="cpu",
     )
@@ -39,13 +39,13 @@ def test_local_pipeline_run_registers_a_model_pinned_to_its_merge(pipeline_run, 
     assert version.tags["data.iceberg_snapshot_id"] in snapshot_ids
 
 
-def test_without_transform_trains_on_the_branch_head(pipeline_run, lakefs, stack, tmp_path):
+def test_without_transform_trains_on_the_branch_head(rt, pipeline_run, lakefs, stack, tmp_path):
     repo, first = pipeline_run
     lakefs.create_branch(repo, "experiment", "main")
     lakefs.upload_bytes(repo, "experiment", "notes/README.md", b"a commit that moves the branch head\n")
     moved = lakefs.commit(repo, "experiment", "move the head")
     result = run_pipeline_locally(
-        pipeline_root=tmp_path, run_transform=False, target_branch="experiment", lakefs_repository=repo,
+        rt, pipeline_root=tmp_path, run_transform=False, target_branch="experiment", lakefs_repository=repo,
         max_epochs=1, batch_size=64, latent_dim=8, model_name=first["model_name"], accelerator="cpu",
     )
     assert result["lakefs_commit"] == moved

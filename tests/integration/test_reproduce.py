@@ -15,27 +15,28 @@ import pandas as pd
 import pytest
 
 from dfp_core import lineage
-from dfp_core.generator import generate
-from dfp_core.ml.reproduce import evaluate_registered, reproduce
-from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
-from dfp_spark.kronodroid_iceberg_job import run
+from dfp_core.kronodroid.generator import generate
+from dfp_core.ml.evaluate_model import evaluate_model_version
+from dfp_core.ml.reproduce import reproduce
+from dfp_core.ml.train_kronodroid_autoencoder import train
+from dfp_core.params import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def trained(spark, lakefs, stack, tmp_path_factory):
+def trained(rt, lakefs, transform, tmp_path_factory):
     """Run A -> model version; then run B rewrites main; A's run branch is gone."""
     repo = "repro" + uuid.uuid4().hex[:8]
     first = tmp_path_factory.mktemp("repro-a")
     generate(first, 500, seed=31, start_year=2010, end_year=2016)
-    summary_a = run(input_dir=first, repo=repo, run_id="repro-a", spark=spark)
+    summary_a = transform(input_dir=first, repo=repo, run_id="repro-a")
     name = f"kronodroid_autoencoder_{repo}"
-    result = train(TrainConfig(repo=repo, ref="main", max_epochs=2, batch_size=64, hidden_dims=(64, 32), latent_dim=8,
-                               seed=3, accelerator="cpu", devices="1", model_name=name), spark=spark, lakefs=lakefs)
+    result = train(rt, TrainConfig(repo=repo, ref="main", max_epochs=2, batch_size=64, hidden_dims=(64, 32), latent_dim=8,
+                                   seed=3, accelerator="cpu", devices="1", model_name=name))
     second = tmp_path_factory.mktemp("repro-b")
     generate(second, 400, seed=32)
-    summary_b = run(input_dir=second, repo=repo, run_id="repro-b", spark=spark, allow_shrink=True)
+    summary_b = transform(input_dir=second, repo=repo, run_id="repro-b", allow_shrink=True)
     for branch in ("run-repro-a", "run-repro-b"):
         lakefs.delete_branch(repo, branch)  # a no-op: publishing already froze them into tags
     return {"repo": repo, "name": name, "version": result["model_version"], "a": summary_a, "b": summary_b,
@@ -47,31 +48,31 @@ def _dfp(*args, env=None):
                           env=env, cwd=REPO_ROOT)
 
 
-def test_reproduce_matches_after_main_moved_on(trained, spark, lakefs):
+def test_reproduce_matches_after_main_moved_on(rt, trained, spark, lakefs):
     assert lakefs.resolve_commit(trained["repo"], "main") == trained["b"]["merge_commit"]
     assert not lakefs.branch_exists(trained["repo"], "run-repro-a")
-    report = reproduce(trained["name"], version=trained["version"], spark=spark, lakefs=lakefs)
+    report = reproduce(rt, trained["name"], version=trained["version"])
     assert report.matches, report.differences
     assert report.rows == trained["train"]["dataset_rows"]
     tags = trained["train"]["lineage_tags"]
     assert report.dataset_ids == {s: tags[lineage.SPLIT_ID_TAGS[s]] for s in ("train", "val", "test")}
 
 
-def test_reproduce_by_alias_with_retrain_reports_metric_differences(trained, spark, lakefs):
-    report = reproduce(trained["name"], alias="candidate", retrain=True, spark=spark, lakefs=lakefs)
+def test_reproduce_by_alias_with_retrain_reports_metric_differences(rt, trained, spark, lakefs):
+    report = reproduce(rt, trained["name"], alias="candidate", retrain=True)
     assert report.matches and report.version == trained["version"]
     assert "test_roc_auc" in report.metric_differences
     assert abs(report.metric_differences["test_roc_auc"]) < 1e-6  # same data, seed and hyperparameters
 
 
-def test_reproduce_fails_loudly_when_feature_definitions_change(trained, spark, lakefs, tmp_path, monkeypatch):
+def test_reproduce_fails_loudly_when_feature_definitions_change(rt, trained, spark, lakefs, tmp_path, monkeypatch):
     for rel in lineage.FEATURE_DEFINITION_FILES:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / rel, tmp_path / rel)
     edited = tmp_path / lineage.FEATURE_DEFINITION_FILES[0]
     edited.write_text(edited.read_text() + "\n# an edit to the feature definitions\n")
     monkeypatch.setattr(lineage, "definitions_root", lambda: tmp_path)
-    report = reproduce(trained["name"], version=trained["version"], spark=spark, lakefs=lakefs)
+    report = reproduce(rt, trained["name"], version=trained["version"])
     assert not report.matches
     assert any(d.startswith("feature definitions changed") for d in report.differences)
     assert any(d.startswith("dataset.train_id") for d in report.differences)
@@ -132,14 +133,14 @@ def test_score_a_lakefs_ref(trained, tmp_path):
     assert len(pd.read_csv(out)) == trained["a"]["fct_rows"]
 
 
-def test_evaluate_logs_baselines_and_time_split(trained, spark, lakefs, stack):
-    comparison = evaluate_registered(trained["name"], trained["version"], spark=spark, lakefs=lakefs)
+def test_evaluate_logs_baselines_and_time_split(rt, trained, spark, lakefs, stack):
+    comparison = evaluate_model_version(rt, trained["name"], trained["version"])
     for method in ("autoencoder", "pca", "isolation_forest", "random_forest"):
         assert f"eval_roc_auc__{method}" in comparison["metrics"]
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
     logged = client.get_run(trained["train"]["run_id"]).data.metrics
     assert logged["eval_roc_auc__random_forest"] == pytest.approx(comparison["metrics"]["eval_roc_auc__random_forest"])
-    drift = evaluate_registered(trained["name"], trained["version"], time_split=True, train_end_year=2013,
-                                spark=spark, lakefs=lakefs, log=False)
+    drift = evaluate_model_version(rt, trained["name"], trained["version"], time_split=True, train_end_year=2013,
+                                   log=False)
     years = {int(k.rsplit("__", 1)[1]) for k in drift["metrics"] if k.startswith("drift_roc_auc__autoencoder__2")}
     assert years and min(years) > 2013

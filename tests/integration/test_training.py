@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import mlflow
 import numpy as np
 import pytest
 
-from dfp_core import iceberg, lineage, schema
+from dfp_core import iceberg, lineage
+from dfp_core.kronodroid import schema
 from dfp_core.errors import DatasetError, RefNotFoundError, TrackingError
-from dfp_core.generator import generate
+from dfp_core.kronodroid.generator import generate
 from dfp_core.iceberg import TableRef
 from dfp_core.ml.pyfunc import as_model_input
-from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
-from dfp_core.splits import SplitSpec
-from dfp_spark.kronodroid_iceberg_job import run
+from dfp_core.ml.train_kronodroid_autoencoder import train
+from dfp_core.params import TrainConfig
+from dfp_core.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
-def transformed(spark, lakefs, tmp_path_factory):
+def transformed(transform, tmp_path_factory):
     repo = "train" + uuid.uuid4().hex[:8]
     data = tmp_path_factory.mktemp("train-data")
     generate(data, 900, seed=21)
-    summary = run(input_dir=data, repo=repo, run_id="train-fixture", spark=spark)
+    summary = transform(input_dir=data, repo=repo, run_id="train-fixture")
     return repo, summary
 
 
@@ -34,9 +36,9 @@ def _config(repo, ref, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_train_registers_a_model_with_lineage_tags(spark, lakefs, transformed, stack):
+def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transformed, stack):
     repo, summary = transformed
-    result = train(_config(repo, "main"), spark=spark, lakefs=lakefs)
+    result = train(rt, _config(repo, "main"))
 
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
     version = client.get_model_version(result["model_name"], result["model_version"])
@@ -80,11 +82,11 @@ def test_train_registers_a_model_with_lineage_tags(spark, lakefs, transformed, s
     assert (scores["is_anomaly"] == (scores["reconstruction_error"] > result["test_metrics"]["threshold"])).all()
 
 
-def test_same_inputs_and_seed_give_same_ids_and_metrics(spark, lakefs, transformed):
+def test_same_inputs_and_seed_give_same_ids_and_metrics(rt, spark, lakefs, transformed):
     repo, summary = transformed
     commit = summary["merge_commit"]
-    first = train(_config(repo, commit, register=False), spark=spark, lakefs=lakefs)
-    second = train(_config(repo, commit, register=False), spark=spark, lakefs=lakefs)
+    first = train(rt, _config(repo, commit, register=False))
+    second = train(rt, _config(repo, commit, register=False))
     assert first["lineage_tags"] == second["lineage_tags"]
     assert first["content_sha256"] == second["content_sha256"]
     assert first["test_metrics"].keys() == second["test_metrics"].keys()
@@ -106,59 +108,59 @@ def test_max_rows_per_split_is_a_deterministic_subset(spark, lakefs, transformed
     assert (full.frames["train"]["dataset_split"] == "train").all()
 
 
-def test_unknown_ref_is_a_clear_error(spark, lakefs, transformed):
+def test_unknown_ref_is_a_clear_error(rt, spark, lakefs, transformed):
     repo, _ = transformed
     with pytest.raises(RefNotFoundError, match="no-such-ref"):
-        train(_config(repo, "no-such-ref"), spark=spark, lakefs=lakefs)
+        train(rt, _config(repo, "no-such-ref"))
 
 
-def test_table_missing_feature_columns_is_a_clear_error(spark, lakefs, repo):
+def test_table_missing_feature_columns_is_a_clear_error(rt, spark, lakefs, repo):
     lakefs.create_branch(repo, "thin", "main")
     thin = spark.createDataFrame([("emulator:" + "a" * 64, 1)], "sample_id string, label int")
     iceberg.write_table(spark, lakefs, thin, TableRef(repo, "thin", schema.MART_NAMESPACE, schema.FCT_TABLE))
     lakefs.commit(repo, "thin", "a thin table")
     with pytest.raises(DatasetError, match="lacks columns the feature views need: event_timestamp"):
-        train(_config(repo, "thin"), spark=spark, lakefs=lakefs)
+        train(rt, _config(repo, "thin"))
 
 
-def test_missing_table_is_a_clear_error(spark, lakefs, repo):
+def test_missing_table_is_a_clear_error(rt, spark, lakefs, repo):
     with pytest.raises(DatasetError, match="does not exist .* run `dfp transform`"):
-        train(_config(repo, "main"), spark=spark, lakefs=lakefs)
+        train(rt, _config(repo, "main"))
 
 
-def test_empty_split_is_a_clear_error(spark, lakefs, tmp_path):
+def test_empty_split_is_a_clear_error(rt, transform, tmp_path):
     repo = "empty" + uuid.uuid4().hex[:8]
     generate(tmp_path, 120, seed=3)
-    summary = run(input_dir=tmp_path, repo=repo, spark=spark,
-                  split=SplitSpec(train_ratio=1.0, val_ratio=0.0, test_ratio=0.0))
+    summary = transform(input_dir=tmp_path, repo=repo, train_ratio=1.0, val_ratio=0.0, test_ratio=0.0)
     assert summary["split_rows"] == {"train": summary["fct_rows"]}
     with pytest.raises(DatasetError, match="the val split is empty"):
-        train(_config(repo, "main"), spark=spark, lakefs=lakefs)
+        train(rt, _config(repo, "main"))
 
 
-def test_unreachable_mlflow_fails_before_anything_is_registered(spark, lakefs, transformed, stack):
+def test_unreachable_mlflow_fails_before_anything_is_registered(rt, spark, transformed, stack):
     repo, _ = transformed
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
     name = "kronodroid_autoencoder_unreachable"
     from dfp_core.stack import free_port
 
+    elsewhere = dataclasses.replace(rt.settings, mlflow=dataclasses.replace(
+        rt.settings.mlflow, tracking_uri=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(TrackingError, match="unreachable"):
-        train(_config(repo, "main", model_name=name, tracking_uri=f"http://127.0.0.1:{free_port()}"),
-              spark=spark, lakefs=lakefs)
+        train(Runtime(elsewhere, spark=spark), _config(repo, "main", model_name=name))
     assert client.search_model_versions(f"name = '{name}'") == []
     # Invariant over the whole registry: no version exists without its lineage tags.
     for version in client.search_model_versions():
         assert set(lineage.LINEAGE_TAGS) <= set(version.tags), (version.name, version.version)
 
 
-def test_feast_cli_apply_registers_the_views_at_a_commit(transformed, stack, tmp_path):
-    """The README's `feast -f feature_store_spark.yaml apply`, with the repo's offline store type."""
-    import os
+def test_feast_apply_registers_the_views_at_a_commit(transformed, stack, tmp_path):
+    """`dfp feast apply`, run with only DFP_HOME set, with the repo's offline store type."""
     import subprocess
     import sys
-    from pathlib import Path
 
     import yaml
+
+    from tests.inputs import only_dfp_home
     from feast import FeatureStore
     from feast.repo_config import load_repo_config
 
@@ -171,10 +173,10 @@ def test_feast_cli_apply_registers_the_views_at_a_commit(transformed, stack, tmp
     config["online_store"]["path"] = str(tmp_path / "online_store.db")
     config_file = tmp_path / "feature_store.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    env = {**stack["env"], "LAKEFS_REPOSITORY": repo, "LAKEFS_BRANCH": summary["merge_commit"]}
-    feast = Path(sys.executable).with_name("feast")
-    done = subprocess.run([str(feast), "-c", str(FEAST_REPO_DIR), "-f", str(config_file), "apply"],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    env = only_dfp_home(stack)
+    done = subprocess.run([sys.executable, "-m", "dfp_core.cli", "feast", "apply", "--repo", repo,
+                           "--ref", summary["merge_commit"], "--config", str(config_file)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     store = FeatureStore(config=load_repo_config(FEAST_REPO_DIR, config_file))

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from dfp_core import iceberg, schema, splits
+from dfp_core import iceberg, splits
+from dfp_core.kronodroid import schema
 from dfp_core.errors import DatasetError, InputDataError
-from dfp_core.generator import generate
+from dfp_core.kronodroid.generator import generate
 from dfp_core.iceberg import TableRef
-from dfp_spark import run as runs
-from dfp_spark.kronodroid_iceberg_job import run
+from dfp_spark import raw_store
+from dfp_spark import transform_run as runs
 from tests.inputs import archive_rows, csv_text, split_member
 
 TABLES = [
@@ -46,8 +47,8 @@ def fct(repo: str, ref: str) -> TableRef:
     return TableRef(repo, ref, schema.MART_NAMESPACE, schema.FCT_TABLE)
 
 
-def test_generated_archives_end_to_end(spark, lakefs, repo, archives):
-    summary = run(input_dir=archives, repo=repo, run_id="gen-a", spark=spark)
+def test_generated_archives_end_to_end(transform, spark, lakefs, repo, archives):
+    summary = transform(input_dir=archives, repo=repo, run_id="gen-a")
 
     # Row accounting reconciles; the generator's quirks land where they should.
     assert summary["input_rows"] == 400 and summary["reconciled"]
@@ -127,8 +128,8 @@ def _subset_with_bad_cells(tmp_path: Path) -> Path:
     return out.parent
 
 
-def test_subset_format_bad_cells_and_extra_columns(spark, lakefs, repo, tmp_path):
-    summary = run(input_dir=_subset_with_bad_cells(tmp_path), repo=repo, spark=spark)
+def test_subset_format_bad_cells_and_extra_columns(transform, spark, lakefs, repo, tmp_path):
+    summary = transform(input_dir=_subset_with_bad_cells(tmp_path), repo=repo)
     assert summary["input_rows"] == 60 and summary["reconciled"]
     assert summary["quarantine_by_reason"] == {
         "missing_feature_value": 1, "negative_count": 1, "non_numeric_feature": 1, "unparsable_date": 1,
@@ -145,10 +146,10 @@ def test_subset_format_bad_cells_and_extra_columns(spark, lakefs, repo, tmp_path
     assert "extra_vendor_score" not in spark.table(iceberg.qualified(spark, fct(repo, merge))).columns
 
 
-def test_real_subset_loads(spark, lakefs, repo, real_subset, tmp_path):
+def test_real_subset_loads(transform, spark, lakefs, repo, real_subset, tmp_path):
     (tmp_path / "real_device").mkdir()
     shutil.copy(real_subset, tmp_path / "real_device" / real_subset.name)
-    summary = run(input_dir=tmp_path, repo=repo, spark=spark)
+    summary = transform(input_dir=tmp_path, repo=repo)
     assert summary["input_rows"] == 1622 and summary["reconciled"]
     assert summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"] == 1622
     facts = spark.table(iceberg.qualified(spark, fct(repo, summary["merge_commit"])))
@@ -156,7 +157,7 @@ def test_real_subset_loads(spark, lakefs, repo, real_subset, tmp_path):
     assert facts.filter("sample_year = 2019").count() == facts.count()
 
 
-def test_missing_columns_fail_before_anything_is_written(spark, lakefs, repo, tmp_path, archives):
+def test_missing_columns_fail_before_anything_is_written(transform, spark, lakefs, repo, tmp_path, archives):
     shutil.copytree(archives, tmp_path / "in")
     target = tmp_path / "in" / "real_device" / "real_legitimate_v1.zip"
     with __import__("zipfile").ZipFile(target) as zf:
@@ -170,12 +171,12 @@ def test_missing_columns_fail_before_anything_is_written(spark, lakefs, repo, tm
         zf.writestr(name, "\n".join(lines) + "\n")
     head = lakefs.resolve_commit(repo, "main")
     with pytest.raises(InputDataError, match="lacks 1 required column.*sha256"):
-        run(input_dir=tmp_path / "in", repo=repo, run_id="bad-cols", spark=spark)
+        transform(input_dir=tmp_path / "in", repo=repo, run_id="bad-cols")
     assert lakefs.resolve_commit(repo, "main") == head
     assert not lakefs.branch_exists(repo, "run-bad-cols")
 
 
-def test_failure_before_merge_leaves_target_unchanged(spark, lakefs, repo, archives, monkeypatch):
+def test_failure_before_merge_leaves_target_unchanged(transform, spark, lakefs, repo, archives, monkeypatch):
     head = lakefs.resolve_commit(repo, "main")
     written = []
     real_write = runs.write_table
@@ -188,15 +189,15 @@ def test_failure_before_merge_leaves_target_unchanged(spark, lakefs, repo, archi
 
     monkeypatch.setattr(runs, "write_table", failing_write)
     with pytest.raises(RuntimeError, match="injected failure"):
-        run(input_dir=archives, repo=repo, run_id="boom", spark=spark)
+        transform(input_dir=archives, repo=repo, run_id="boom")
     assert set(written) == set(schema.STAGING_TABLES.values())
     assert lakefs.resolve_commit(repo, "main") == head
     assert not lakefs.branch_exists(repo, "run-boom") and not lakefs.tag_exists(repo, "run-boom")
     assert not iceberg.table_exists(spark, TableRef(repo, "main", schema.STG_NAMESPACE, "emulator_samples"))
 
 
-def test_lineage_contract_survives_branch_deletion_and_rewrites(spark, lakefs, repo, archives, tmp_path):
-    first = run(input_dir=archives, repo=repo, run_id="lineage-a", spark=spark)
+def test_lineage_contract_survives_branch_deletion_and_rewrites(transform, spark, lakefs, repo, archives, tmp_path):
+    first = transform(input_dir=archives, repo=repo, run_id="lineage-a")
     commit_a = first["merge_commit"]
     before = row_hash(spark, fct(repo, commit_a))
     snapshot_a = first["snapshot_ids"][schema.FCT_TABLE_FQN]
@@ -205,7 +206,7 @@ def test_lineage_contract_survives_branch_deletion_and_rewrites(spark, lakefs, r
 
     other = tmp_path / "other"
     generate(other, 300, seed=99)
-    second = run(input_dir=other, repo=repo, run_id="lineage-b", spark=spark, allow_shrink=True)
+    second = transform(input_dir=other, repo=repo, run_id="lineage-b", allow_shrink=True)
     assert lakefs.resolve_commit(repo, "main") == second["merge_commit"]
     assert row_hash(spark, fct(repo, "main")) != before
 
@@ -221,10 +222,10 @@ def test_lineage_contract_survives_branch_deletion_and_rewrites(spark, lakefs, r
     assert old.count() == before[0]
 
 
-def test_members_with_one_base_name_are_all_loaded(spark, lakefs, repo, archives, tmp_path):
+def test_members_with_one_base_name_are_all_loaded(transform, spark, lakefs, repo, archives, tmp_path):
     """Two zip members named real_malware_v1.csv in different folders are two parts, both loaded."""
     folder, total = split_member(archives, tmp_path / "in", first=50)
-    summary = run(input_dir=folder, repo=repo, run_id="same-name", spark=spark)
+    summary = transform(input_dir=folder, repo=repo, run_id="same-name")
     a, b = "real_malware_v1.zip:a/real_malware_v1.csv", "real_malware_v1.zip:b/real_malware_v1.csv"
     assert summary["rows_by_part"] == {a: 50, b: total - 50}
     assert summary["rows_given"] == summary["input_rows"] == total and summary["reconciled"]
@@ -238,7 +239,7 @@ def test_members_with_one_base_name_are_all_loaded(spark, lakefs, repo, archives
 
 def test_a_stored_part_that_changed_is_refused(spark, lakefs, repo, archives):
     ctx = runs.prepare_run(lakefs, repo, "main", "tampered", archives)
-    manifest = runs.raw_inputs.load_manifest(lakefs, repo, ctx.run_branch)
+    manifest = raw_store.load_manifest(lakefs, repo, ctx.run_branch)
     part = manifest.parts[0]
     name, rows = archive_rows(archives / "emulator" / "emu_legitimate_v1.zip")
     lakefs.upload_bytes(repo, ctx.run_branch, part.lakefs_path, csv_text(rows[:3]).encode())  # overwritten
@@ -249,8 +250,8 @@ def test_a_stored_part_that_changed_is_refused(spark, lakefs, repo, archives):
         runs.abort_run(lakefs, ctx)
 
 
-def test_empty_or_shrinking_input_never_reaches_main(spark, lakefs, repo, archives, tmp_path):
-    first = run(input_dir=archives, repo=repo, run_id="full", spark=spark)
+def test_empty_or_shrinking_input_never_reaches_main(transform, spark, lakefs, repo, archives, tmp_path):
+    first = transform(input_dir=archives, repo=repo, run_id="full")
     before = row_hash(spark, fct(repo, "main"))
 
     # A header-only CSV: an error before anything is written.
@@ -259,19 +260,19 @@ def test_empty_or_shrinking_input_never_reaches_main(spark, lakefs, repo, archiv
     header_only.mkdir(parents=True)
     (header_only / "real_legitimate_2021.csv").write_text(csv_text(rows[:1]))
     with pytest.raises(InputDataError, match="has a header but no data rows"):
-        run(input_dir=header_only.parent, repo=repo, run_id="empty", spark=spark)
+        transform(input_dir=header_only.parent, repo=repo, run_id="empty")
     assert not lakefs.branch_exists(repo, "run-empty")
 
     # A quarter of the rows: refused before the merge, and every trace of the run removed.
     small = tmp_path / "small"
     generate(small, 100, seed=11)
     with pytest.raises(DatasetError, match=r"would shrink kronodroid.fct_training_dataset on 'main' from \d+ to \d+ rows"):
-        run(input_dir=small, repo=repo, run_id="small", spark=spark)
+        transform(input_dir=small, repo=repo, run_id="small")
     assert lakefs.resolve_commit(repo, "main") == first["merge_commit"]
     assert row_hash(spark, fct(repo, "main")) == before
     assert not lakefs.branch_exists(repo, "run-small") and not lakefs.tag_exists(repo, "run-small")
 
     # Allowed explicitly, it merges.
-    allowed = run(input_dir=small, repo=repo, run_id="small-allowed", spark=spark, allow_shrink=True)
+    allowed = transform(input_dir=small, repo=repo, run_id="small-allowed", allow_shrink=True)
     assert lakefs.resolve_commit(repo, "main") == allowed["merge_commit"]
     assert row_hash(spark, fct(repo, allowed["merge_commit"]))[0] == allowed["fct_rows"] < before[0]

@@ -8,8 +8,8 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
-from dfp_core import schema
-from dfp_spark.arrow_typing import make_typer, output_fields, raw_column
+from dfp_core.kronodroid import schema
+from dfp_core.kronodroid.arrow_typing import make_typer, output_fields, raw_column
 
 
 def _columns(date_pair=("EarliestModDate", "HighestModDate"), extra=()):

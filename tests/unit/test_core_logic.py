@@ -8,7 +8,8 @@ from pathlib import PurePosixPath
 import pandas as pd
 import pytest
 
-from dfp_core import lineage, schema, splits
+from dfp_core import lineage, splits
+from dfp_core.kronodroid import schema
 from dfp_core.errors import ConfigError
 
 

@@ -622,7 +622,7 @@ def test_spark_application_arguments_are_the_jobs_options(spark_app):
     from dfp_spark import kronodroid_iceberg_job
 
     args = kronodroid_iceberg_job.parse_args(spark_app["spec"]["arguments"])  # exits on an unknown option
-    assert args.repo == "kronodroid" and args.no_merge
+    assert args.repo == "kronodroid" and not args.merge
 
 
 def test_spark_application_service_account_has_rbac(spark_app):

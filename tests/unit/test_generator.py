@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfp_core import generator, schema
-from dfp_core.kronodroid_columns import PERMISSIONS, SYSCALLS
+from dfp_core.kronodroid import generator, schema
+from dfp_core.kronodroid.columns import PERMISSIONS, SYSCALLS
 
 # The same file as the ``real_subset`` fixture of tests/conftest.py (absent for most users).
 REAL_SUBSET = (

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dfp_kfp.spark_application import (
-    KubernetesApi, SparkAppSpec, SparkApplicationError, build_spark_application, wait_for_completion,
+    SparkApplicationError, SparkApplications, SparkAppSpec, build_spark_application, wait_for_completion,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,16 +42,36 @@ def compiled(tmp_path_factory):
     return docs[0], docs
 
 
+def _dag_tasks(spec) -> dict:
+    """Every task of the pipeline, through its condition branches: name -> (task, dag it is in)."""
+    found = {}
+
+    def walk(dag_name, dag):
+        for name, task in dag["dag"]["tasks"].items():
+            found[name] = (task, dag_name)
+            sub = task.get("componentRef", {}).get("name", "")
+            if sub.startswith("comp-condition"):
+                walk(sub, spec["components"][sub])
+
+    walk("root", spec["root"])
+    return found
+
+
 def test_three_stages_in_order(compiled):
     spec, _ = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"kronodroid-spark-transform", "lakefs-commit-merge", "train-kronodroid-autoencoder"}
+    assert {"kronodroid-spark-transform", "lakefs-commit-merge"} <= set(tasks)
     assert tasks["lakefs-commit-merge"]["dependentTasks"] == ["kronodroid-spark-transform"]
-    assert tasks["train-kronodroid-autoencoder"]["dependentTasks"] == ["lakefs-commit-merge"]
     merge_in = tasks["lakefs-commit-merge"]["inputs"]["parameters"]["run_branch"]["taskOutputParameter"]
     assert merge_in == {"outputParameterKey": "run_branch", "producerTask": "kronodroid-spark-transform"}
-    train_ref = tasks["train-kronodroid-autoencoder"]["inputs"]["parameters"]["lakefs_ref"]["taskOutputParameter"]
-    assert train_ref["producerTask"] == "lakefs-commit-merge"
+    # Training, on a GPU node or not, after the merge and on its commit.
+    trains = {n: t for n, (t, _) in _dag_tasks(spec).items() if n.startswith("train-kronodroid-autoencoder")}
+    assert len(trains) == 2
+    for name, task in trains.items():
+        ref = task["inputs"]["parameters"]["lakefs_ref"]
+        assert ref["componentInputParameter"].startswith("pipelinechannel--lakefs-commit-merge"), name
+    branches = [t for n, t in tasks.items() if n.startswith("condition-branches")]
+    assert len(branches) == 1 and branches[0]["dependentTasks"] == ["lakefs-commit-merge"]
 
 
 def test_seed_parameter_names_and_defaults(compiled):
@@ -86,10 +106,43 @@ def test_no_credentials_in_the_yaml(compiled):
         assert {e["envVar"] for e in ref["keyToEnv"]} == {"LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY"}
 
 
-def test_training_image_is_the_default_everywhere(compiled):
+def test_steps_run_versioned_images_and_install_nothing(compiled):
+    from dfp_core import __version__
+
     spec, _ = compiled
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"dfp/kronodroid-train:latest"}
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name: e["container"]["image"] for name, e in executors.items()}
+    assert images["exec-kronodroid-spark-transform"] == f"dfp/kronodroid-spark:{__version__}"
+    assert images["exec-lakefs-commit-merge"] == f"dfp/kronodroid-spark:{__version__}"
+    assert {i for n, i in images.items() if n.startswith("exec-train")} == {f"dfp/kronodroid-train:{__version__}"}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["spark_image"]["defaultValue"] == f"dfp/kronodroid-spark:{__version__}"
+    for name, executor in executors.items():
+        container = executor["container"]
+        command = " ".join(container["command"] + container.get("args", []))
+        assert "pip install" not in command and "ensurepip" not in command, name
+        assert "python3 -m kfp.dsl.executor_main" in command, name  # kfp comes from the image
+        assert not container["image"].endswith(":latest"), name
+
+
+def test_every_step_has_requests_and_limits_and_training_asks_for_a_gpu_on_gpu(compiled):
+    spec, _ = compiled
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"]["resources"]
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert resources.get(key), (name, key)
+    tasks = _dag_tasks(spec)
+    gpu = {n: (t, dag) for n, (t, dag) in tasks.items() if n.startswith("train-kronodroid-autoencoder")}
+    by_condition = {}
+    for name, (task, dag) in gpu.items():
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        accelerator = spec["deploymentSpec"]["executors"][executor]["container"]["resources"].get("accelerator")
+        condition = tasks[next(n for n, (t, _) in tasks.items() if t.get("componentRef", {}).get("name") == dag)][0]
+        by_condition[condition["triggerPolicy"]["condition"]] = accelerator
+    [(on_gpu, accelerator)] = [(c, a) for c, a in by_condition.items() if not c.startswith("!")]
+    assert "pipelinechannel--accelerator'] == 'gpu'" in on_gpu
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+    assert [a for c, a in by_condition.items() if c.startswith("!")] == [None]
 
 
 def _spec(**overrides) -> SparkAppSpec:
@@ -129,15 +182,18 @@ def test_job_accepts_the_arguments_the_component_passes():
     from dfp_spark.kronodroid_iceberg_job import parse_args
 
     args = parse_args(["--repo", "kronodroid", "--target-branch", "main", "--run-branch", "run-1", "--no-merge", "--split-seed", "7"])
-    assert args.run_branch == "run-1" and args.no_merge and args.split_seed == 7
+    assert args.run_branch == "run-1" and not args.merge and args.split_seed == 7
 
 
 class FakeKubernetes:
     """The Spark Operator's CRD endpoints and the pods/log endpoint, in memory."""
 
-    def __init__(self, states: list[str], error: str = "", log: str = ""):
+    def __init__(self, states: list[str], error: str = "", log: str = "", faults: list = ()):
         self.states = list(states)
         self.error, self.log = error, log
+        # Answers given before the real one, one per request: an HTTP status, or "reset" (connection dropped).
+        self.faults = list(faults)
+        self.requests = 0
         self.created: list[dict] = []
         self.deleted: list[str] = []
         self.auth: list[str] = []
@@ -146,6 +202,18 @@ class FakeKubernetes:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
+
+            def _fault(self) -> bool:
+                fake.requests += 1
+                if not fake.faults:
+                    return False
+                fault = fake.faults.pop(0)
+                if fault == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # no response at all
+                else:
+                    self._send(fault, {"message": f"injected {fault}"})
+                return True
 
             def _send(self, code: int, body: object, content_type: str = "application/json"):
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -156,6 +224,8 @@ class FakeKubernetes:
                 self.wfile.write(data)
 
             def do_POST(self):
+                if self._fault():
+                    return
                 fake.auth.append(self.headers.get("Authorization", ""))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if not self.path.endswith("/namespaces/kubeflow-user/sparkapplications"):
@@ -164,6 +234,8 @@ class FakeKubernetes:
                 self._send(201, body)
 
             def do_GET(self):
+                if self._fault():
+                    return
                 if "/pods/" in self.path and self.path.split("?")[0].endswith("/log"):
                     return self._send(200, fake.log, "text/plain")
                 name = self.path.rsplit("/", 1)[-1]
@@ -202,7 +274,7 @@ def fake_k8s():
 
 def test_submit_and_poll_until_completed(fake_k8s):
     fake = fake_k8s(["", "SUBMITTED", "RUNNING", "RUNNING", "COMPLETED"])
-    api = KubernetesApi(fake.url, token="t0ken")
+    api = SparkApplications.for_server(fake.url, token="t0ken", sleep=lambda s: None)
     manifest = build_spark_application(_spec())
     api.create(manifest)
     seen = []
@@ -215,7 +287,7 @@ def test_submit_and_poll_until_completed(fake_k8s):
 def test_failure_reports_state_error_and_driver_log(fake_k8s):
     fake = fake_k8s(["RUNNING", "FAILED"], error="driver container failed with ExitCode: 2",
                     log="error: table stg_kronodroid.quarantine ...\nTraceback: boom")
-    api = KubernetesApi(fake.url, token=None)
+    api = SparkApplications.for_server(fake.url, sleep=lambda s: None)
     api.create(build_spark_application(_spec()))
     with pytest.raises(SparkApplicationError) as info:
         wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=10, poll_s=0.01, log=lambda m: None)
@@ -225,7 +297,7 @@ def test_failure_reports_state_error_and_driver_log(fake_k8s):
 
 def test_timeout_is_reported(fake_k8s):
     fake = fake_k8s(["RUNNING"])
-    api = KubernetesApi(fake.url, token=None)
+    api = SparkApplications.for_server(fake.url, sleep=lambda s: None)
     api.create(build_spark_application(_spec()))
     with pytest.raises(SparkApplicationError, match="did not finish within 0s .*RUNNING"):
         wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=0, poll_s=0.01, log=lambda m: None)
@@ -233,11 +305,42 @@ def test_timeout_is_reported(fake_k8s):
 
 def test_api_errors_are_explained(fake_k8s):
     fake = fake_k8s(["RUNNING"])
-    api = KubernetesApi(fake.url, token=None)
+    api = SparkApplications.for_server(fake.url, sleep=lambda s: None)
     with pytest.raises(SparkApplicationError, match="answered 404.*not found"):
         api.get("kubeflow-user", "missing-app")
+    assert fake.requests == 1  # a 404 is an answer, not a blip: no retry
     wrong_ns = build_spark_application(_spec(namespace="other"))
     with pytest.raises(SparkApplicationError, match="create SparkApplication"):
         api.create(wrong_ns)
     api.delete("kubeflow-user", "missing-app")  # deleting what is gone is fine
     assert fake.deleted == ["missing-app"]
+
+
+def test_transient_api_errors_are_retried_and_a_finished_job_is_kept(fake_k8s):
+    """Blips at submit and during a long poll (503, 429, a dropped connection) are retried with backoff."""
+    fake = fake_k8s(["RUNNING", "RUNNING", "COMPLETED"], faults=[503])
+    waits = []
+    api = SparkApplications.for_server(fake.url, sleep=waits.append)
+    api.create(build_spark_application(_spec()))
+    assert len(fake.created) == 1 and waits == [1.0]
+    # Dropped connections (more than the HTTP client's own retries), then 429 and 500, in one poll.
+    fake.faults = ["reset"] * 6 + [429, 500]
+    waits.clear()
+    status = wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=10, poll_s=0.01, log=lambda m: None)
+    assert status["applicationState"]["state"] == "COMPLETED" and fake.faults == []
+    assert len(waits) >= 3 and waits == [min(2.0 ** i, 30.0) for i in range(len(waits))]  # exponential backoff
+
+
+def test_an_api_that_stays_down_fails_with_one_line(fake_k8s):
+    fake = fake_k8s(["RUNNING"], faults=[503] * 10)
+    api = SparkApplications.for_server(fake.url, attempts=3, sleep=lambda s: None)
+    with pytest.raises(SparkApplicationError, match=r"create SparkApplication kronodroid-run-1: Kubernetes API answered 503: injected 503"):
+        api.create(build_spark_application(_spec()))
+    assert fake.requests == 3 and fake.created == []
+
+
+def test_no_kubeconfig_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    with pytest.raises(SparkApplicationError, match="no Kubernetes configuration.*spark_mode=local"):
+        SparkApplications.from_cluster()

@@ -26,11 +26,11 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from dfp_core.errors import DatasetError  # noqa: E402
 from dfp_core.ml import metrics as M  # noqa: E402
 from dfp_core.ml.data import KronodroidDataModule  # noqa: E402
-from dfp_core.ml.loop import train_plain  # noqa: E402
+from bench.plain_loop import train_plain  # noqa: E402
 from dfp_core.ml.model import KronodroidAutoencoder, LossHistory  # noqa: E402
 from dfp_core.ml.plots import plot_error_histogram, plot_loss_curves, plot_roc_pr  # noqa: E402
 from dfp_core.ml.preprocess import Z_CLIP, Preprocessor  # noqa: E402
-from dfp_core.schema import FEATURE_COLUMNS  # noqa: E402
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS  # noqa: E402
 
 FEATURES = list(FEATURE_COLUMNS)
 N_FEAT = len(FEATURES)

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 from dfp_core.errors import InputDataError
-from dfp_core.generator import generate
-from dfp_spark import raw_inputs
+from dfp_core.kronodroid.generator import generate
+from dfp_core.kronodroid import raw_files
 from tests.inputs import split_member
 
 
@@ -21,7 +21,8 @@ def archives(tmp_path_factory):
 
 
 def test_scan_reads_all_four_archives_and_marks_synthetic(archives):
-    files, generator = raw_inputs.scan(archives)
+    scanned = raw_files.scan(archives)
+    files, generator = scanned.files, scanned.generator
     assert sorted(f.relative_path for _, f in files) == [
         "emulator/emu_legitimate_v1.zip", "emulator/emu_malware_v1.zip",
         "real_device/real_legitimate_v1.zip", "real_device/real_malware_v1.zip",
@@ -45,14 +46,14 @@ def test_missing_required_columns_are_named(tmp_path, archives):
         body = "\n".join(",".join(v for i, v in enumerate(r) if i not in drop) for r in rows[:1])
         zf.writestr(name, body + "\n")
     with pytest.raises(InputDataError, match=r"lacks 2 required column\(s\): execve, INTERNET"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_empty_archive(tmp_path):
     (tmp_path / "emulator").mkdir()
     zipfile.ZipFile(tmp_path / "emulator" / "emu_malware_v1.zip", "w").close()
     with pytest.raises(InputDataError, match="archive emulator/emu_malware_v1.zip is empty"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_member_that_is_not_csv(tmp_path):
@@ -60,39 +61,39 @@ def test_member_that_is_not_csv(tmp_path):
     with zipfile.ZipFile(tmp_path / "emulator" / "emu_malware_v1.zip", "w") as zf:
         zf.writestr("emu_malware_v1.xlsx", b"PK\x03\x04 not a csv")
     with pytest.raises(InputDataError, match="contains 'emu_malware_v1.xlsx', which is not a CSV"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_corrupt_zip(tmp_path):
     (tmp_path / "real_device").mkdir()
     (tmp_path / "real_device" / "real_malware_v1.zip").write_bytes(b"garbage")
     with pytest.raises(InputDataError, match="is not a valid zip archive"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_unknown_archive_name(tmp_path):
     (tmp_path / "kronodroid_all.zip").write_bytes(b"x")
     with pytest.raises(InputDataError, match="unknown input file kronodroid_all.zip"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_empty_directory_and_missing_directory(tmp_path):
     with pytest.raises(InputDataError, match="no KronoDroid archives"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
     with pytest.raises(InputDataError, match="does not exist"):
-        raw_inputs.scan(tmp_path / "nope")
+        raw_files.scan(tmp_path / "nope")
 
 
 def test_empty_csv(tmp_path):
     (tmp_path / "real_device").mkdir()
     (tmp_path / "real_device" / "kronodroid_real_device_2020_subset.csv").write_text("")
     with pytest.raises(InputDataError, match="is empty"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_members_are_identified_by_their_full_path(archives, tmp_path):
     folder, total = split_member(archives, tmp_path / "in", first=7)
-    files, _ = raw_inputs.scan(folder, measure_parts=True)
+    files = raw_files.scan(folder, measure_parts=True).files
     [(_, entry)] = files
     assert [p.member for p in entry.parts] == ["a/real_malware_v1.csv", "b/real_malware_v1.csv"]
     assert [p.lakefs_path for p in entry.parts] == [
@@ -112,7 +113,7 @@ def test_measure_counts_records_not_lines(tmp_path):
     with open(csv_path, newline="") as handle:
         records = sum(1 for row in csv.reader(handle) if row) - 1
     assert records == 30 and text.count("\n") > records + 1  # more lines than records
-    files, _ = raw_inputs.scan(tmp_path, measure_parts=True)
+    files = raw_files.scan(tmp_path, measure_parts=True).files
     [(_, entry)] = files
     assert entry.parts[0].data_rows == 30 and entry.parts[0].size_bytes == csv_path.stat().st_size
 
@@ -123,9 +124,9 @@ def test_header_only_csv_is_an_error(archives, tmp_path):
         header = zf.read(zf.namelist()[0]).decode().split("\n", 1)[0]
     (tmp_path / "real_device").mkdir()
     (tmp_path / "real_device" / "real_extra.csv").write_text(header + "\n\n")
-    raw_inputs.scan(tmp_path)  # the header alone is a valid header
+    raw_files.scan(tmp_path)  # the header alone is a valid header
     with pytest.raises(InputDataError, match=r"real_device/real_extra.csv has a header but no data rows"):
-        raw_inputs.scan(tmp_path, measure_parts=True)
+        raw_files.scan(tmp_path, measure_parts=True)
 
 
 @pytest.mark.parametrize("member", ["../real_malware_v1.csv", "/etc/real_malware_v1.csv", "a\\..\\x.csv"])
@@ -134,7 +135,7 @@ def test_unsafe_member_paths_are_refused(tmp_path, member):
     with zipfile.ZipFile(tmp_path / "real_device" / "real_malware_v1.zip", "w") as zf:
         zf.writestr(member, "sha256,Malware\n")
     with pytest.raises(InputDataError, match="unsafe path"):
-        raw_inputs.scan(tmp_path)
+        raw_files.scan(tmp_path)
 
 
 def test_symlinks_leading_outside_the_input_are_refused(archives, tmp_path):
@@ -145,22 +146,22 @@ def test_symlinks_leading_outside_the_input_are_refused(archives, tmp_path):
     target.write_bytes((archives / "emulator" / "emu_malware_v1.zip").read_bytes())
     (tmp_path / "in" / "emulator" / "emu_malware_v1.zip").symlink_to(target)
     with pytest.raises(InputDataError, match=r"emulator/emu_malware_v1.zip is a link to .*outside the input folder"):
-        raw_inputs.scan(tmp_path / "in")
+        raw_files.scan(tmp_path / "in")
     # A link that stays inside the folder is just another name for an input file.
     inside = tmp_path / "in2" / "emulator"
     inside.mkdir(parents=True)
     (inside / "emu_legitimate_v1.zip").write_bytes((archives / "emulator" / "emu_legitimate_v1.zip").read_bytes())
     (inside / "emu_malware_v1.zip").symlink_to(inside / "emu_legitimate_v1.zip")
-    assert [p.name for p, _ in raw_inputs.discover(inside.parent)] == ["emu_legitimate_v1.zip", "emu_malware_v1.zip"]
+    assert [p.name for p, _ in raw_files.discover(inside.parent)] == ["emu_legitimate_v1.zip", "emu_malware_v1.zip"]
 
 
 def test_reconciliation_compares_rows_given_and_read_per_part():
-    from dfp_spark.run import reconcile
+    from dfp_spark.transform_run import reconcile
 
     def part(member, rows):
-        return raw_inputs.CsvPart(f"raw/{member}", "real_malware_v1.zip", member, "real_device", 1, [], data_rows=rows)
+        return raw_files.CsvPart(f"raw/{member}", "real_malware_v1.zip", member, "real_device", 1, [], data_rows=rows)
 
-    manifest = raw_inputs.RawManifest(files=[raw_inputs.InputFile(
+    manifest = raw_files.RawManifest(files=[raw_files.InputFile(
         "real_device/real_malware_v1.zip", "0" * 64, 1, "real_device", "raw/x.zip",
         parts=[part("a/real_malware_v1.csv", 50), part("b/real_malware_v1.csv", 56)],
     )], synthetic=False)

@@ -21,12 +21,12 @@ pytest.importorskip("sklearn")
 
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from dfp_core import schema  # noqa: E402
+from dfp_core.kronodroid import schema  # noqa: E402
 from dfp_core.errors import ConfigError, InputDataError  # noqa: E402
-from dfp_core.generator import SUBSET_RELPATH, generate  # noqa: E402
+from dfp_core.kronodroid.generator import SUBSET_RELPATH, generate  # noqa: E402
 from dfp_core.ml import baselines  # noqa: E402
 from dfp_core.ml.evaluation import COMPARE_PLOTS, DRIFT_PLOTS, METHODS, compare_models, time_split_evaluation  # noqa: E402
-from dfp_core.ml.local_inputs import read_kronodroid  # noqa: E402
+from dfp_core.kronodroid.reader import read_kronodroid  # noqa: E402
 from dfp_core.ml.scoring import OUTPUT_COLUMNS, score  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -78,7 +78,8 @@ def trained(tmp_path_factory):
     """A tiny autoencoder trained by fit_and_evaluate on a random split of generated data."""
     from types import SimpleNamespace
 
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, fit_and_evaluate
+    from dfp_core.ml.fit import fit_and_evaluate
+    from dfp_core.params import TrainConfig
 
     src = tmp_path_factory.mktemp("train-data")
     generate(src, 900, seed=2)
@@ -181,9 +182,13 @@ def test_read_unknown_inputs(tmp_path, archives):
 
 # -- scoring with an MLflow model ----------------------------------------------------
 
+from dfp_core.runtime import Runtime  # noqa: E402
+from dfp_core.settings import Settings  # noqa: E402
+
 def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     out = tmp_path / "scores" / "out.csv"
-    summary = score(logged["model_uri"], bad_archives, out, tracking_uri=logged["uri"])
+    rt = Runtime(Settings.from_env({}).override(mlflow={"tracking_uri": logged["uri"]}))
+    summary = score(rt, logged["model_uri"], bad_archives, out)
     assert summary["rows_in"] == 300 and summary["scored"] == 298 and summary["rejected"] == 2
     assert summary["rejected_by_reason"] == {"invalid_sha256": 1, "non_numeric_feature": 1}
     assert summary["threshold"] == pytest.approx(trained["threshold"])
@@ -204,14 +209,14 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     assert good["sample_id"].tolist() == valid["sample_id"].tolist()
 
     # parquet, through the registry
-    pq = score(logged["registered"], bad_archives, tmp_path / "out.parquet", tracking_uri=logged["uri"])
+    pq = score(rt, logged["registered"], bad_archives, tmp_path / "out.parquet")
     back = pd.read_parquet(tmp_path / "out.parquet")
     assert pq["scored"] == 298 and len(back) == 300 and list(back.columns) == list(OUTPUT_COLUMNS)
     assert str(back["is_anomaly"].dtype) == "boolean" and back["is_anomaly"].isna().sum() == 2
     np.testing.assert_allclose(back["reconstruction_error"].dropna().to_numpy(), direct, rtol=1e-5, atol=1e-7)
 
     with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
-        score(logged["model_uri"], bad_archives, tmp_path / "out.txt")
+        score(rt, logged["model_uri"], bad_archives, tmp_path / "out.txt")
     assert not (tmp_path / "out.txt").exists()
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from dfp_core import stack as stack_mod
 from dfp_core.errors import ConfigError, StackError
-from dfp_core.settings import StackSettings
+from dfp_core.settings import SparkSettings, StackSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,10 +56,9 @@ def test_taken_port_is_named(tmp_path):
 def test_missing_java_is_explained(monkeypatch):
     from dfp_core.spark import require_java
 
-    monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ConfigError, match="Java .* is required"):
-        require_java()
+        require_java(SparkSettings(java_home=None))
 
 
 def test_missing_go_is_explained(tmp_path):
@@ -74,10 +73,9 @@ def test_missing_go_is_explained(tmp_path):
 
 
 def test_missing_lakefs_binary_is_explained(tmp_path, monkeypatch):
-    monkeypatch.setenv("DFP_CACHE_DIR", str(tmp_path / "empty-cache"))
-    monkeypatch.delenv("LAKEFS_BIN", raising=False)
+    settings = StackSettings.from_env({"DFP_CACHE_DIR": str(tmp_path / "empty-cache"), "DFP_HOME": str(tmp_path)})
     with pytest.raises(StackError, match="not built yet.*make setup"):
-        stack_mod.lakefs_binary()
+        stack_mod.lakefs_binary(settings)
 
 
 def test_credentials_file_is_private_and_stable(tmp_path):

@@ -8,8 +8,8 @@ data source.
 
 ``time_split_evaluation``: train on the years up to ``train_end_year``, then
 score each later year separately; the drop of the AUCs over the years is the
-drift. The autoencoder is trained by ``train_kronodroid_autoencoder.fit_and_evaluate``,
-the very code of a training run.
+drift. The autoencoder is trained by ``fit.fit_and_evaluate``, the very code of
+a training run.
 
 Both return ``(metrics, table)`` and log nothing: metric keys are valid MLflow
 names (``eval_roc_auc__pca__emulator``, ``drift_pr_auc__autoencoder__2017``), a
@@ -180,7 +180,7 @@ def plot_drift(table: pd.DataFrame, plots_dir: Path, train_end_year: int) -> tup
 
 
 def _config(config, hparams: dict):
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
+    from dfp_core.params import TrainConfig
 
     base = config if config is not None else TrainConfig(accelerator="cpu", devices="auto")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -212,8 +212,8 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
     the two pooled groups), roc_auc, pr_auc, n, n_malware. With ``plots_dir``:
     ``drift_roc_auc.png`` and ``drift_pr_auc.png``.
     """
-    from dfp_core.ml.local_inputs import sample_years
-    from dfp_core.ml.train_kronodroid_autoencoder import fit_and_evaluate
+    from dfp_core.kronodroid.reader import sample_years
+    from dfp_core.ml.fit import fit_and_evaluate
 
     cfg = _config(config, hparams)
     if not 0.0 < float(val_fraction) < 1.0:

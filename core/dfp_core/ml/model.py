@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
+from dfp_core.params import TrainConfig
 
 
 def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
@@ -110,10 +110,6 @@ class KronodroidAutoencoder(L.LightningModule):
         loss = self._loss(batch)
         self.log("test_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch_features(batch)))
         return loss
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        x = batch_features(batch)
-        return ((self(x) - x) ** 2).mean(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

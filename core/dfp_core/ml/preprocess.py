@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dfp_core.errors import DatasetError
-from dfp_core.schema import FEATURE_COLUMNS
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
 STD_FLOOR = 1e-6
 FORMAT_VERSION = 1

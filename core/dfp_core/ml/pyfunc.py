@@ -128,7 +128,7 @@ def pyfunc_signature(features: Sequence[str] | None = None, with_sample_id: bool
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Schema
 
-    from dfp_core.schema import FEATURE_COLUMNS
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
     cols = [ColSpec(DataType.double, name) for name in (features or FEATURE_COLUMNS)]
     outs = [ColSpec(DataType.double, "reconstruction_error"), ColSpec(DataType.boolean, "is_anomaly")]
@@ -142,7 +142,7 @@ def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -
     """The feature columns as float64 (plus ``sample_id`` as str when present): what
     ``pyfunc_signature`` accepts. Raises DatasetError naming missing feature columns."""
     from dfp_core.ml.preprocess import feature_matrix
-    from dfp_core.schema import FEATURE_COLUMNS
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
     names = list(features or FEATURE_COLUMNS)
     out = pd.DataFrame(feature_matrix(frame, names), columns=names, index=frame.index)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dfp_core import lineage
 from dfp_core.errors import DatasetError, DfpError, RefNotFoundError, TrackingError
+from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
 
 SPLITS = ("train", "val", "test")
 
@@ -41,17 +45,13 @@ class ReproduceReport:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def model_lineage(name: str, version: str | None = None, alias: str | None = None,
-                  tracking_uri: str | None = None) -> ModelLineage:
-    import mlflow
+def model_lineage(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None) -> ModelLineage:
     from mlflow.exceptions import MlflowException
 
     from dfp_core.ml.tracking import check_tracking_server
-    from dfp_core.settings import MLflowSettings
 
-    uri = MLflowSettings.from_env(tracking_uri=tracking_uri).tracking_uri
-    check_tracking_server(uri)
-    client = mlflow.MlflowClient(uri)
+    check_tracking_server(rt.settings.mlflow.tracking_uri)
+    client = rt.mlflow
     if (version is None) == (alias is None):
         raise DfpError("give exactly one of --version or --alias")
     try:
@@ -66,24 +66,16 @@ def model_lineage(name: str, version: str | None = None, alias: str | None = Non
                         dict(run.data.params), dict(run.data.metrics))
 
 
-def rebuild(model: ModelLineage, spark=None, lakefs=None):
+def rebuild(rt: "Runtime", model: ModelLineage):
     """The splits as Feast serves them now for the tagged commit, snapshot and view."""
-    from dfp_core.lakefs_ops import LakeFS
-    from dfp_core.settings import LakeFSSettings
-    from dfp_core.spark import spark_session
     from dfp_feast.kronodroid_features import AUTOENCODER_VIEW
-    from dfp_feast.retrieval import load_splits
 
     tags = model.tags
     if tags[lineage.TAG_FEATURE_VIEW] != AUTOENCODER_VIEW:
         raise DatasetError(f"the model was trained on feature view {tags[lineage.TAG_FEATURE_VIEW]!r}, "
                            f"which this code does not define (it has {AUTOENCODER_VIEW!r})")
-    repo = tags[lineage.TAG_REPOSITORY]
-    lakefs = lakefs or LakeFS(LakeFSSettings.from_env(repository=repo))
-    spark = spark or spark_session("kronodroid-reproduce", lakefs.settings,
-                                   extra_conf={"spark.sql.execution.arrow.pyspark.enabled": "true"})
     max_rows = int(model.run_tags.get(lineage.TAG_MAX_ROWS, model.params.get("max_rows_per_split", "0")))
-    return load_splits(spark, lakefs, repo, tags[lineage.TAG_REF], tags[lineage.TAG_SNAPSHOT], max_rows)
+    return rt.retrieve_splits(tags[lineage.TAG_REPOSITORY], tags[lineage.TAG_REF], tags[lineage.TAG_SNAPSHOT], max_rows)
 
 
 def compare(model: ModelLineage, data) -> list[str]:
@@ -114,19 +106,12 @@ def compare(model: ModelLineage, data) -> list[str]:
     return differences
 
 
-def config_from_run(model: ModelLineage) -> "TrainConfig":
-    """The TrainConfig a run was trained with, from its logged params (CPU)."""
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig
-
-    p = model.params
-    return TrainConfig(
-        repo=model.tags[lineage.TAG_REPOSITORY], ref=model.tags[lineage.TAG_REF],
-        snapshot_id=model.tags[lineage.TAG_SNAPSHOT], max_rows_per_split=int(p.get("max_rows_per_split", 0)),
-        train_on=p.get("train_on", "benign"), latent_dim=int(p["latent_dim"]),
-        hidden_dims=tuple(int(x) for x in p["hidden_dims"].split(",")), dropout=float(p["dropout"]), lr=float(p["lr"]),
-        weight_decay=float(p["weight_decay"]), batch_size=int(p["batch_size"]), max_epochs=int(p["max_epochs"]),
-        patience=int(p["patience"]), seed=int(p["seed"]), deterministic=p.get("deterministic", "True") == "True",
-        threshold_quantile=float(p["threshold_quantile"]), accelerator="cpu", devices="1", register=False,
+def config_from_run(model: ModelLineage) -> TrainConfig:
+    """The TrainConfig a run was trained with, from its logged params, on the CPU."""
+    return TrainConfig.from_params(
+        model.params, repo=model.tags[lineage.TAG_REPOSITORY], ref=model.tags[lineage.TAG_REF],
+        snapshot_id=model.tags[lineage.TAG_SNAPSHOT], accelerator="cpu", devices="1", strategy="auto", num_nodes=1,
+        register=False,
     )
 
 
@@ -135,7 +120,7 @@ def retrain_and_compare(model: ModelLineage, data) -> dict[str, float]:
     import tempfile
     from pathlib import Path
 
-    from dfp_core.ml.train_kronodroid_autoencoder import fit_and_evaluate
+    from dfp_core.ml.fit import fit_and_evaluate
 
     config = config_from_run(model)
     with tempfile.TemporaryDirectory(prefix="dfp-retrain-") as tmp:
@@ -143,17 +128,17 @@ def retrain_and_compare(model: ModelLineage, data) -> dict[str, float]:
     return {k: result["metrics"][k] - model.metrics[k] for k in sorted(result["metrics"]) if k in model.metrics}
 
 
-def reproduce(name: str, version: str | None = None, alias: str | None = None, retrain: bool = False,
-              tracking_uri: str | None = None, spark=None, lakefs=None) -> ReproduceReport:
+def reproduce(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None,
+              retrain: bool = False) -> ReproduceReport:
     with stage(1, 3, f"lineage of {name} {('version ' + version) if version else ('@' + alias)}"):
-        model = model_lineage(name, version, alias, tracking_uri)
+        model = model_lineage(rt, name, version, alias)
         note(f"lakefs://{model.tags[lineage.TAG_REPOSITORY]}/{model.tags[lineage.TAG_REF][:12]} "
              f"snapshot {model.tags[lineage.TAG_SNAPSHOT]}")
     report = ReproduceReport(model=name, version=model.version, matches=False)
     with stage(2, 3, "rebuild train/val/test through Feast"):
         started = time.monotonic()
         try:
-            data = rebuild(model, spark, lakefs)
+            data = rebuild(rt, model)
         except RefNotFoundError as exc:
             report.differences.append(f"commit missing: {exc}")
             return report
@@ -168,48 +153,3 @@ def reproduce(name: str, version: str | None = None, alias: str | None = None, r
         if retrain:
             report.metric_differences = retrain_and_compare(model, data)
     return report
-
-
-def evaluate_registered(name: str, version: str | None = None, alias: str | None = None, time_split: bool = False,
-                        train_end_year: int | None = None, log: bool = True, tracking_uri: str | None = None,
-                        spark=None, lakefs=None) -> dict[str, Any]:
-    """Autoencoder vs PCA / IsolationForest / RandomForest on the model's own
-    (rebuilt) splits, or a time split for concept drift; logged to the model's
-    training run unless ``log`` is false."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-    import pandas as pd
-
-    from dfp_core.ml.evaluation import compare_models, time_split_evaluation
-
-    model = model_lineage(name, version, alias, tracking_uri)
-    data = rebuild(model, spark, lakefs)
-    differences = compare(model, data)
-    if differences:
-        raise DatasetError("the model's data cannot be rebuilt exactly: " + "; ".join(differences))
-    config = config_from_run(model)
-    with tempfile.TemporaryDirectory(prefix="dfp-eval-") as tmp:
-        plots = Path(tmp) / "plots"
-        plots.mkdir()
-        if time_split:
-            if train_end_year is None:
-                raise DfpError("--time-split needs --train-end-year")
-            frame = pd.concat(data.frames.values(), ignore_index=True)
-            metrics, table = time_split_evaluation(frame, train_end_year, config, plots_dir=plots)
-            kind = "drift"
-        else:
-            scorer = mlflow.pyfunc.load_model(f"models:/{name}/{model.version}").unwrap_python_model()
-            metrics, table = compare_models(data.frames, scorer.model, scorer.preprocessor, seed=config.seed,
-                                            train_on=config.train_on, plots_dir=plots)
-            kind = "comparison"
-        table_path = Path(tmp) / f"{kind}.csv"
-        table.to_csv(table_path, index=False)
-        if log:
-            with mlflow.start_run(run_id=model.run_id):
-                mlflow.log_metrics(metrics)
-                mlflow.log_artifact(str(table_path), artifact_path="evaluation")
-                mlflow.log_artifacts(str(plots), artifact_path="evaluation")
-    return {"model": name, "version": model.version, "run_id": model.run_id, "mode": kind, "metrics": metrics,
-            "table": table.to_dict(orient="records"), "logged": log}

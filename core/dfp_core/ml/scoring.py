@@ -8,12 +8,15 @@ first reason it cannot be scored (the error and flag are then null).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from dfp_core.errors import ConfigError, DatasetError, TrackingError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
 
 OUTPUT_FORMATS = (".csv", ".parquet")
 OUTPUT_COLUMNS = (
@@ -80,27 +83,19 @@ def model_threshold(model: Any) -> float | None:
     return None if threshold is None else float(threshold)
 
 
-def load_model(model_uri: str, tracking_uri: str | None = None):
-    """``mlflow.pyfunc.load_model`` with our error; ``tracking_uri`` is used
-    (and restored afterwards) for ``models:/`` and ``runs:/`` URIs."""
+def load_model(rt: "Runtime", model_uri: str):
+    """``mlflow.pyfunc.load_model`` from the runtime's tracking server (for
+    ``models:/`` and ``runs:/`` URIs), with our error."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from dfp_core.ml.tracking import check_tracking_server
-
-    previous = mlflow.get_tracking_uri() if tracking_uri else None
     try:
-        if tracking_uri:
-            check_tracking_server(tracking_uri)
-            mlflow.set_tracking_uri(tracking_uri)
-        return mlflow.pyfunc.load_model(model_uri)
+        with rt.tracking():
+            return mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
         raise TrackingError(f"cannot load model {model_uri}: {exc.message}") from None
     except OSError as exc:
         raise TrackingError(f"cannot load model {model_uri}: {exc}") from None
-    finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous)
 
 
 def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
@@ -142,7 +137,7 @@ def _write(frame: pd.DataFrame, out_path: Path, fmt: str) -> None:
         frame.to_parquet(out_path, index=False, engine="pyarrow")
 
 
-def score(model_uri: str, input_path: Path, out_path: Path, tracking_uri: str | None = None) -> dict:
+def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> dict:
     """Score every row of KronoDroid-format input (a directory, archive or CSV)
     with the model at ``model_uri`` (``models:/name/version``, ``models:/name@alias``,
     ``runs:/...``, a local path ...) and write one output row per input row
@@ -151,12 +146,12 @@ def score(model_uri: str, input_path: Path, out_path: Path, tracking_uri: str | 
     Returns a summary: rows_in, scored, rejected, anomalies, rejected_by_reason,
     threshold (None when the model does not expose one), out_path, model_uri.
     """
-    from dfp_core.ml.local_inputs import read_kronodroid
+    from dfp_core.kronodroid.reader import read_kronodroid
 
     out_path = Path(out_path)
     fmt = output_format(out_path)
     valid, rejected = read_kronodroid(Path(input_path))  # input errors before the (slow) model load
-    model = load_model(model_uri, tracking_uri)
+    model = load_model(rt, model_uri)
     scores = score_frame(model, valid)
     frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
     frame = frame.sort_values("input_index", kind="stable").drop(columns="input_index").reset_index(drop=True)
@@ -175,25 +170,17 @@ def score(model_uri: str, input_path: Path, out_path: Path, tracking_uri: str | 
     }
 
 
-def score_lakefs_ref(model_uri: str, uri: str, out_path: Path, tracking_uri: str | None = None) -> dict:
+def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path) -> dict:
     """Score every sample of ``kronodroid.fct_training_dataset`` at
     ``lakefs://<repo>/<ref>`` as Feast serves it (all three splits)."""
-    from dfp_core.errors import ConfigError
-    from dfp_core.lakefs_ops import LakeFS
-    from dfp_core.settings import LakeFSSettings
-    from dfp_core.spark import spark_session
-    from dfp_feast.retrieval import load_splits
-
     out_path = Path(out_path)
     fmt = output_format(out_path)
     parts = uri.removeprefix("lakefs://").strip("/").split("/")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"expected lakefs://<repository>/<branch or commit>, got {uri!r}")
     repo, ref = parts
-    lakefs = LakeFS(LakeFSSettings.from_env(repository=repo))
-    spark = spark_session("kronodroid-score", lakefs.settings, extra_conf={"spark.sql.execution.arrow.pyspark.enabled": "true"})
-    data = load_splits(spark, lakefs, repo, ref)
-    model = load_model(model_uri, tracking_uri)
+    data = rt.retrieve_splits(repo, ref)
+    model = load_model(rt, model_uri)
     frame = pd.concat(data.frames.values(), ignore_index=True)
     scored = score_frame(model, frame)
     _write(scored, out_path, fmt)

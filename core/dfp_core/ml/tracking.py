@@ -3,18 +3,35 @@ and registration of a model version *together with* its lineage tags."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import requests
 from mlflow.data.dataset_source import DatasetSource
 
 from dfp_core.errors import TrackingError
 
-# MLflow's client retries an unreachable server for minutes by default; a CLI
-# should say what is wrong quickly.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+@contextlib.contextmanager
+def use_tracking_server(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (and the registry, which follows it) at
+    ``tracking_uri`` for the block.
+
+    ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI for child
+    processes; MLflow's own scoped setter restores its previous state, and the
+    variable is put back as it was, so the process environment is unchanged.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(tracking_uri):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def check_tracking_server(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -68,11 +85,12 @@ class LakeFSDatasetSource(DatasetSource):
         return cls(source_dict["uri"])
 
 
-def register_with_lineage(model_uri: str, name: str, tags: dict[str, str], alias: str | None = None) -> str:
+def register_with_lineage(client, model_uri: str, name: str, tags: dict[str, str], alias: str | None = None) -> str:
     """Create a model version whose lineage tags arrive in the same request.
 
     ``mlflow.register_model(..., tags=...)`` sends the tags with the version's
-    create call, so a version never exists without them. Returns the version.
+    create call, so a version never exists without them. Call it inside
+    ``use_tracking_server``; ``client`` (same server) sets the alias. Returns the version.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -80,7 +98,7 @@ def register_with_lineage(model_uri: str, name: str, tags: dict[str, str], alias
     try:
         version = mlflow.register_model(model_uri, name, tags=tags)
         if alias:
-            mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+            client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as exc:
         raise TrackingError(f"registering {name!r} in the MLflow Model Registry failed: {exc.message}") from None
     return str(version.version)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dfp_core import schema
+from dfp_core.kronodroid import schema
 from dfp_core.splits import SplitSpec, spark_sample_id_sql, spark_split_sql
-from dfp_spark.arrow_typing import make_typer, output_fields, raw_column
-from dfp_spark.raw_inputs import CsvPart
+from dfp_core.kronodroid.arrow_typing import make_typer, output_fields, raw_column
+from dfp_core.kronodroid.raw_files import CsvPart
 
 EPOCH = "1970-01-01 00:00:00"
 

@@ -2,9 +2,10 @@
 
 The source table lives in the Iceberg catalog of one lakeFS ref (a branch or,
 for reproducible training, a commit id) and can be pinned to an Iceberg
-snapshot. ``feast apply`` builds the objects from the environment
-(LAKEFS_REPOSITORY, LAKEFS_BRANCH, DFP_ICEBERG_SNAPSHOT_ID); code calls
-:func:`build_definitions` with explicit values.
+snapshot. Code calls :func:`build_definitions` with explicit values;
+``dfp feast apply --repo R --ref REF`` registers them for a ref. The module-level
+objects Feast's own CLI collects describe the default ``kronodroid@main``
+(importing this module reads no environment and starts nothing).
 
 This file is hashed into the ``feast.defs_sha256`` lineage tag: any edit here
 (or in dfp_core/schema.py) marks previously trained models' data as different.
@@ -12,18 +13,16 @@ This file is hashed into the ``feast.defs_sha256`` lineage tag: any edit here
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from feast import Entity, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.table_format import IcebergFormat
 from feast.types import Int64, String
 
-from dfp_core import schema
+from dfp_core.kronodroid import schema
+from dfp_core.settings import LakeFSSettings
 from dfp_core.spark import catalog_name
 
 AUTOENCODER_VIEW = "kronodroid_autoencoder_features"
@@ -90,21 +89,8 @@ def build_definitions(repository: str, ref: str, snapshot_id: str | int | None =
     return Definitions(sample, source, autoencoder_features, sample_labels, table)
 
 
-def _spark_for_feast_cli(repository: str, ref: str) -> None:
-    """`feast apply` validates the source through the active SparkSession, and
-    the Feast CLI has none: start ours, wired to lakeFS and this ref's catalog."""
-    from dfp_core.settings import LakeFSSettings
-    from dfp_core.spark import register_ref_catalog, spark_session
-
-    register_ref_catalog(spark_session("feast-cli", LakeFSSettings.from_env()), repository, ref)
-
-
-# Module-level objects for `feast apply` (Feast collects them from this module).
-_REPOSITORY = os.environ.get("LAKEFS_REPOSITORY", "kronodroid")
-_REF = os.environ.get("LAKEFS_BRANCH", "main")
-_DEFS = build_definitions(_REPOSITORY, _REF, os.environ.get("DFP_ICEBERG_SNAPSHOT_ID") or None)
-if Path(sys.argv[0]).name == "feast":
-    _spark_for_feast_cli(_REPOSITORY, _REF)
+# Module-level objects for Feast's CLI (it collects them from this module).
+_DEFS = build_definitions(LakeFSSettings.repository, LakeFSSettings.branch)
 sample = _DEFS.sample
 kronodroid_fct_training_dataset = _DEFS.source
 kronodroid_autoencoder_features = _DEFS.autoencoder_features

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow.compute as pc
 
-from dfp_core import iceberg, schema
+from dfp_core import iceberg
+from dfp_core.kronodroid import schema
 from dfp_core.errors import DatasetError
 from dfp_core.iceberg import TableRef
 from dfp_core.lakefs_ops import LakeFS
@@ -168,3 +169,24 @@ def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict)
         result.dataset_ids[split] = dataset_id(spec, split)
         result.content_sha256[split] = content_sha256(frame, columns=["sample_id", "label", *schema.FEATURE_COLUMNS])
     return result
+
+
+def apply_definitions(spark: "SparkSession", repo: str, ref: str, snapshot_id: str | int | None = None,
+                      config_file: Path = FEAST_CONFIG_FILE) -> dict:
+    """What ``feast apply`` does for this repository's views, at ``repo``@``ref``: check
+    the source through ``spark`` (wired to lakeFS) and register the objects in the
+    registry that ``config_file`` names. Returns what was registered."""
+    from feast import FeatureStore
+    from feast.repo_config import load_repo_config
+
+    from dfp_core.spark import register_ref_catalog
+
+    register_ref_catalog(spark, repo, ref)
+    defs = build_definitions(repo, ref, snapshot_id)
+    store = FeatureStore(config=load_repo_config(FEAST_REPO_DIR, Path(config_file)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
+        store._get_provider().validate_data_source(store.config, defs.source)
+        store.apply(defs.objects())
+    return {"project": store.project, "registry": str(store.config.registry.path), "source_table": defs.table,
+            "feature_views": [defs.autoencoder_features.name, defs.sample_labels.name]}

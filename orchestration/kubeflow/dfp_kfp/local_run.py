@@ -1,44 +1,89 @@
-"""Run the same pipeline function with KFP's local runner (``kfp.local``,
-SubprocessRunner in this Python environment) against the local stack."""
+"""Run the same pipeline function with KFP's local runner against the local stack.
+
+``subprocess`` (the quickstart's default): every step a subprocess of this
+Python environment. ``docker``: every step in its built image
+(``kfp.local.DockerRunner``), as a cluster would run it, on the host network
+so the containers reach the local lakeFS and MLflow; the Spark step runs
+``spark-submit`` inside the Spark image with the image's jars.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dfp_core.settings import LakeFSSettings, MLflowSettings, dfp_home
+from dfp_core.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
+
+RUNNERS = ("subprocess", "docker")
 
 
-def run_pipeline_locally(pipeline_root: Path | None = None, **params: Any) -> dict[str, Any]:
-    """Executes every step as a local subprocess; returns the pipeline outputs.
+def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None):
+    """A DockerRunner for the local stack, after checking the engine and the images."""
+    from kfp import local
 
-    Defaults point the steps at the local stack (endpoints from the
-    environment / ``dfp stack up``) and Spark local mode.
+    from dfp_kfp.docker_engine import docker_client, require_images
+
+    client = docker_client()
+    require_images(client, images)
+    lakefs = rt.settings.lakefs.require_credentials()
+    args: dict[str, Any] = {
+        "network_mode": "host",  # the stack listens on 127.0.0.1
+        "environment": {"LAKEFS_ACCESS_KEY_ID": lakefs.access_key_id, "LAKEFS_SECRET_ACCESS_KEY": lakefs.secret_access_key},
+    }
+    if input_dir:
+        from docker.types import Mount
+
+        args["mounts"] = [Mount(target=input_dir, source=input_dir, type="bind", read_only=True)]
+    return local.DockerRunner(**args)
+
+
+def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runner: str = "subprocess",
+                         **params: Any) -> dict[str, Any]:
+    """Executes every step with KFP's local runner; returns the pipeline outputs.
+
+    Defaults point the steps at the runtime's lakeFS and MLflow and run Spark
+    in local mode; ``params`` are pipeline parameters.
     """
     from kfp import local
 
+    from dfp_kfp.components.spark_transform_component import SPARK_IMAGE
+    from dfp_kfp.components.train_kronodroid_autoencoder_component import TRAIN_IMAGE
     from dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import kronodroid_autoencoder_pipeline
 
-    lakefs = LakeFSSettings.from_env(repository=params.get("lakefs_repository"))
-    mlflow = MLflowSettings.from_env(tracking_uri=params.get("mlflow_tracking_uri"))
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    settings = rt.settings
     args = {
-        "lakefs_repository": lakefs.repository,
-        "lakefs_endpoint": lakefs.endpoint,
-        "mlflow_tracking_uri": mlflow.tracking_uri,
-        "model_name": mlflow.model_name,
+        "lakefs_repository": settings.lakefs.repository,
+        "lakefs_endpoint": settings.lakefs.endpoint,
+        "mlflow_tracking_uri": settings.mlflow.tracking_uri,
+        "model_name": settings.mlflow.model_name,
         "spark_mode": "local",
         **{k: v for k, v in params.items() if v is not None},
     }
     if args.get("input_dir"):
         args["input_dir"] = str(Path(args["input_dir"]).resolve())
-    root = Path(pipeline_root or dfp_home() / "kfp-local").resolve()
+    root = Path(pipeline_root or settings.stack.home / f"kfp-local-{runner}").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    # use_venv=False: run the lightweight components in this interpreter, which
-    # has the project installed (as the training image does in a cluster).
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    if runner == "docker":
+        # The steps run as the images' non-root user and write their outputs here.
+        os.chmod(root, 0o777)
+        task_runner = _docker_runner(rt, (SPARK_IMAGE, TRAIN_IMAGE), args.get("input_dir"))
+    else:
+        # use_venv=False: the steps run in this interpreter, which has the project installed.
+        task_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     started = time.monotonic()
-    task = kronodroid_autoencoder_pipeline(**args)
+    with warnings.catch_warnings():
+        # The subprocess runner warns that our images are not Python images; it runs no image.
+        warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom", category=RuntimeWarning)
+        task = kronodroid_autoencoder_pipeline(**args)
     outputs = dict(task.outputs)
     return {
         "lakefs_repository": args["lakefs_repository"],
@@ -48,6 +93,7 @@ def run_pipeline_locally(pipeline_root: Path | None = None, **params: Any) -> di
         "mlflow_tracking_uri": args["mlflow_tracking_uri"],
         "lakefs_endpoint": args["lakefs_endpoint"],
         "pipeline_root": str(root),
+        "runner": runner,
         "seconds": round(time.monotonic() - started, 1),
-        "parameters": {k: v for k, v in args.items()},
+        "parameters": dict(args),
     }

@@ -1,33 +1,31 @@
 """Submitting the transform as a Spark Operator ``SparkApplication`` and waiting
-for it, over the Kubernetes REST API (in-cluster service account, no client
-library): create, poll ``status.applicationState.state``, report the driver's
-error, delete."""
+for it, through the official ``kubernetes`` client (in-cluster config, or a
+kubeconfig): create, poll ``status.applicationState.state``, report the
+driver's error and log tail.
+
+Transient API errors (429, 5xx, a reset connection) are retried with backoff,
+so a blip during a long poll does not throw away a finished Spark job.
+"""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-import requests
-
 from dfp_core.errors import DfpError
+from dfp_core.progress import note
+from dfp_core.settings import LakeFSSettings
 
 GROUP, VERSION, PLURAL = "sparkoperator.k8s.io", "v1beta2", "sparkapplications"
 JOB_FILE = "local:///opt/dfp/engines/spark_engine/dfp_spark/kronodroid_iceberg_job.py"
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 TERMINAL_OK = {"COMPLETED"}
 TERMINAL_FAILED = {"FAILED", "SUBMISSION_FAILED", "FAILING", "INVALIDATING"}
 
 
 class SparkApplicationError(DfpError):
     """The SparkApplication failed or did not finish in time."""
-
-
-def in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
 @dataclass
@@ -40,7 +38,7 @@ class SparkAppSpec:
     lakefs_repository: str
     credentials_secret: str = "lakefs-credentials"
     service_account: str = "spark"
-    spark_version: str = "4.0.1"
+    spark_version: str = "4.0.5"
     driver_cores: int = 1
     driver_memory: str = "2g"
     executor_instances: int = 2
@@ -118,57 +116,99 @@ def build_spark_application(spec: SparkAppSpec) -> dict[str, Any]:
     }
 
 
-class KubernetesApi:
-    """The few calls we need, against an API server URL with a bearer token."""
+class SparkApplications:
+    """The SparkApplication calls we need, on a ``kubernetes.client.ApiClient``."""
 
-    def __init__(self, server: str, token: str | None, ca_cert: str | bool = True, timeout: float = 30):
-        self.server = server.rstrip("/")
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        self.session.verify = ca_cert
-        self.timeout = timeout
+    def __init__(self, api_client, attempts: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.attempts, self.backoff_s, self.max_backoff_s, self.sleep = attempts, backoff_s, max_backoff_s, sleep
 
     @classmethod
-    def in_cluster(cls) -> "KubernetesApi":
-        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        token = (SERVICE_ACCOUNT_DIR / "token").read_text().strip()
-        return cls(f"https://{host}:{port}", token, str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+    def from_cluster(cls, **kwargs) -> "SparkApplications":
+        """In a pod, its service account; elsewhere, the current kubeconfig context."""
+        from kubernetes import client, config
 
-    def _url(self, namespace: str, name: str = "") -> str:
-        base = f"{self.server}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
-        return f"{base}/{name}" if name else base
-
-    def _check(self, resp: requests.Response, action: str) -> dict:
-        if resp.status_code >= 300:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
             try:
-                message = resp.json().get("message", resp.text)
-            except ValueError:
-                message = resp.text
-            raise SparkApplicationError(f"{action}: Kubernetes API answered {resp.status_code}: {message[:300]}")
-        return resp.json() if resp.content else {}
+                config.load_kube_config()
+            except (config.ConfigException, OSError) as exc:
+                raise SparkApplicationError(
+                    f"no Kubernetes configuration: not in a pod and no usable kubeconfig ({exc}); "
+                    "set KUBECONFIG or run the pipeline with spark_mode=local"
+                ) from None
+        return cls(client.ApiClient(), **kwargs)
+
+    @classmethod
+    def for_server(cls, host: str, token: str | None = None, **kwargs) -> "SparkApplications":
+        from kubernetes import client
+
+        configuration = client.Configuration(host=host)
+        if token:
+            configuration.api_key = {"authorization": token}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
+        return cls(client.ApiClient(configuration), **kwargs)
+
+    def _call(self, action: str, fn, *args, missing_ok: bool = False, **kwargs):
+        """``fn(*args, **kwargs)`` with transient failures retried; our error otherwise."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        delay = self.backoff_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                if missing_ok and exc.status == 404:
+                    return None
+                if exc.status not in RETRYABLE_STATUS or attempt == self.attempts:
+                    raise SparkApplicationError(f"{action}: Kubernetes API answered {exc.status}: {_message(exc)}") from None
+                reason = f"HTTP {exc.status}"
+            except (HTTPError, ConnectionError) as exc:
+                if attempt == self.attempts:
+                    raise SparkApplicationError(f"{action}: Kubernetes API unreachable after {attempt} attempts: {exc}") from None
+                reason = exc.__class__.__name__
+            note(f"{action}: {reason}; retrying in {delay:.0f}s ({attempt}/{self.attempts - 1})")
+            self.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def create(self, manifest: dict) -> dict:
-        ns = manifest["metadata"]["namespace"]
-        return self._check(self.session.post(self._url(ns), json=manifest, timeout=self.timeout),
-                           f"create SparkApplication {manifest['metadata']['name']}")
+        meta = manifest["metadata"]
+        return self._call(f"create SparkApplication {meta['name']}", self.custom.create_namespaced_custom_object,
+                          GROUP, VERSION, meta["namespace"], PLURAL, manifest)
 
     def get(self, namespace: str, name: str) -> dict:
-        return self._check(self.session.get(self._url(namespace, name), timeout=self.timeout), f"get SparkApplication {name}")
+        return self._call(f"get SparkApplication {name}", self.custom.get_namespaced_custom_object,
+                          GROUP, VERSION, namespace, PLURAL, name)
 
     def delete(self, namespace: str, name: str) -> None:
-        resp = self.session.delete(self._url(namespace, name), timeout=self.timeout)
-        if resp.status_code not in (200, 202, 404):
-            self._check(resp, f"delete SparkApplication {name}")
+        self._call(f"delete SparkApplication {name}", self.custom.delete_namespaced_custom_object,
+                   GROUP, VERSION, namespace, PLURAL, name, missing_ok=True)
 
     def pod_log_tail(self, namespace: str, pod: str, lines: int = 40) -> str:
-        resp = self.session.get(f"{self.server}/api/v1/namespaces/{namespace}/pods/{pod}/log",
-                                params={"tailLines": lines}, timeout=self.timeout)
-        return resp.text if resp.status_code == 200 else ""
+        try:
+            return self._call(f"log of {pod}", self.core.read_namespaced_pod_log, pod, namespace, tail_lines=lines) or ""
+        except SparkApplicationError:  # the log is a courtesy; the failure is reported anyway
+            return ""
 
 
-def wait_for_completion(api: KubernetesApi, namespace: str, name: str, timeout_s: float = 3600,
-                        poll_s: float = 10, log: Callable[[str], None] = print) -> dict:
+def _message(exc) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message", exc.body))[:300]
+    except (TypeError, ValueError):
+        return str(exc.body or exc.reason)[:300]
+
+
+def wait_for_completion(api: SparkApplications, namespace: str, name: str, timeout_s: float = 3600,
+                        poll_s: float = 10, log: Callable[[str], None] = note) -> dict:
     """Poll until COMPLETED (returns the status) or a failure / timeout (raises)."""
     deadline = time.monotonic() + timeout_s
     last = None
@@ -190,3 +230,15 @@ def wait_for_completion(api: KubernetesApi, namespace: str, name: str, timeout_s
         if time.monotonic() > deadline:
             raise SparkApplicationError(f"SparkApplication {name} did not finish within {timeout_s:.0f}s (last state {state})")
         time.sleep(poll_s)
+
+
+def run_spark_application(run_id: str, job_args: list[str], lakefs: LakeFSSettings, image: str, namespace: str,
+                          timeout_s: float, api: SparkApplications | None = None) -> dict:
+    """Submit the transform job for ``run_id`` and wait for it to complete."""
+    manifest = build_spark_application(SparkAppSpec(
+        name=f"kronodroid-{run_id}".lower().replace("_", "-")[:63].rstrip("-"), namespace=namespace, image=image,
+        arguments=job_args, lakefs_endpoint=lakefs.endpoint, lakefs_repository=lakefs.repository,
+    ))
+    api = api or SparkApplications.from_cluster()
+    api.create(manifest)
+    return wait_for_completion(api, namespace, manifest["metadata"]["name"], timeout_s=timeout_s)

@@ -1,107 +1,116 @@
-"""What each pipeline step does, as plain functions (the KFP components are
-thin wrappers that call these inside their container or local subprocess)."""
+"""What each pipeline step does (the KFP components are thin wrappers that call
+these inside their container, or in a local subprocess).
+
+Each step is an entry point: it builds its runtime context from the
+environment (credentials from the Kubernetes Secret, or ``$DFP_HOME/stack.env``
+locally) and the pipeline's endpoint parameters, and its configuration from
+the pipeline parameters, named as in ``dfp_core.params``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import sys
+from typing import Any
 
-from dfp_core.lakefs_ops import LakeFS
-from dfp_core.settings import LakeFSSettings
+from dfp_core.errors import ConfigError
+from dfp_core.params import TrainConfig, TransformConfig, from_pipeline
+from dfp_core.progress import note
+from dfp_core.runtime import Runtime
 
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _lakefs(repository: str, endpoint: str) -> LakeFS:
-    if endpoint:
-        os.environ["LAKEFS_ENDPOINT"] = endpoint
-    return LakeFS(LakeFSSettings.from_env(repository=repository))
+SPARK_MODES = ("auto", "kubernetes", "local")
 
 
-def spark_transform_step(
-    run_transform: bool, lakefs_repository: str, lakefs_endpoint: str, target_branch: str, input_dir: str,
-    run_id: str, split_seed: int, spark_mode: str, spark_image: str, spark_namespace: str, timeout_seconds: int,
-) -> tuple[str, str]:
-    """Writes the tables on a fresh run branch; returns (run_branch, run_id).
+def step_runtime(app_name: str, lakefs_endpoint: str = "", mlflow_tracking_uri: str = "") -> Runtime:
+    """The step's runtime: the environment, with the pipeline's endpoints over it."""
+    return Runtime.from_env(
+        os.environ, app_name=app_name,
+        lakefs={"endpoint": lakefs_endpoint.rstrip("/") or None},
+        mlflow={"tracking_uri": mlflow_tracking_uri or None},
+    )
 
-    ``spark_mode``: "kubernetes" submits a SparkApplication; "local" runs the
-    same job in Spark local mode; "auto" picks by whether we run in a cluster.
-    With ``run_transform`` false nothing happens and the branch is "".
+
+def spark_mode_of(spark_mode: str) -> str:
+    if spark_mode not in SPARK_MODES:
+        raise ConfigError(f"spark_mode must be one of {', '.join(SPARK_MODES)}, got {spark_mode!r}")
+    if spark_mode == "auto":  # in a pod, the Spark Operator; elsewhere, local Spark
+        return "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    return spark_mode
+
+
+def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: str, spark_image: str,
+                         spark_namespace: str, timeout_seconds: int, **transform_params: Any) -> tuple[str, str]:
+    """Raw inputs on a fresh run branch, then the Spark job writes the tables there
+    (not merged). Returns (run_branch, run_id); ("", "") without a transform.
+
+    ``spark_mode`` "kubernetes" submits a SparkApplication (Spark Operator) and waits;
+    "local" runs ``spark-submit`` of the same job file here, with this Spark's jars.
     """
+    from dfp_core.params import to_arguments
+    from dfp_spark import transform_run
+
     if not run_transform:
-        _log("run_transform=false: training will use the current head of the target branch")
+        note("run_transform=false: training will use the current head of the target branch")
         return "", ""
-    from dfp_core.splits import SplitSpec
-    from dfp_spark import run as runs
-
-    lakefs = _lakefs(lakefs_repository, lakefs_endpoint)
-    run_id = run_id or runs.new_run_id()
-    split = SplitSpec(seed=split_seed)
-    from dfp_kfp.spark_application import in_cluster
-
-    mode = spark_mode if spark_mode != "auto" else ("kubernetes" if in_cluster() else "local")
-    if mode == "local":
-        from dfp_spark.kronodroid_iceberg_job import run
-
-        summary = run(input_dir=input_dir or None, repo=lakefs_repository, target_branch=target_branch,
-                      run_id=run_id, split=split, merge=False)
-        return summary["run_branch"], run_id
-    if mode != "kubernetes":
-        raise ValueError(f"spark_mode must be auto, local or kubernetes, got {spark_mode!r}")
-    from dfp_kfp.spark_application import KubernetesApi, SparkAppSpec, build_spark_application, wait_for_completion
-
-    ctx = runs.prepare_run(lakefs, lakefs_repository, target_branch, run_id, input_dir or None)
-    arguments = ["--repo", lakefs_repository, "--target-branch", target_branch, "--run-branch", ctx.run_branch,
-                 "--no-merge", "--split-seed", str(split_seed)]
-    manifest = build_spark_application(SparkAppSpec(
-        name=f"kronodroid-{run_id}".lower()[:63], namespace=spark_namespace, image=spark_image, arguments=arguments,
-        lakefs_endpoint=lakefs.settings.endpoint, lakefs_repository=lakefs_repository,
-    ))
-    api = KubernetesApi.in_cluster()
+    mode = spark_mode_of(spark_mode)
+    rt = step_runtime("kronodroid-transform-step", lakefs_endpoint)
+    config = from_pipeline(TransformConfig, transform_params).resolved(rt.settings)
+    ctx = transform_run.prepare_run(rt.lakefs, config.repo, config.target_branch,
+                                    config.run_id or transform_run.new_run_id(), config.input_dir)
+    job = dataclasses.replace(config, run_id=ctx.run_id, run_branch=ctx.run_branch, input_dir=None, merge=False)
     try:
-        api.create(manifest)
-        wait_for_completion(api, spark_namespace, manifest["metadata"]["name"], timeout_s=timeout_seconds, log=_log)
+        if mode == "local":
+            from dfp_spark.submit import run_local
+
+            run_local(to_arguments(job), rt.settings.spark)
+        else:
+            from dfp_kfp.spark_application import run_spark_application
+
+            run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark_namespace,
+                                  timeout_seconds)
     except BaseException:
-        runs.abort_run(lakefs, ctx)
+        transform_run.abort_run(rt.lakefs, ctx)
         raise
-    return ctx.run_branch, run_id
+    return ctx.run_branch, ctx.run_id
 
 
-def commit_merge_step(run_transform: bool, lakefs_repository: str, lakefs_endpoint: str, run_branch: str,
-                      target_branch: str) -> str:
+def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str, **transform_params: Any) -> str:
     """Commit + freeze + merge the run branch; returns the commit id training must use.
 
     Without a transform, the target branch's current head, resolved to a commit
-    id, so the lineage tags pin data that cannot move.
+    id, so the lineage tags pin data that cannot move. A run that cannot be
+    merged (too much shrink, a conflict) leaves the target unchanged and its
+    branch removed.
     """
-    lakefs = _lakefs(lakefs_repository, lakefs_endpoint)
-    if not run_transform or not run_branch:
-        commit = lakefs.resolve_commit(lakefs_repository, target_branch)
-        _log(f"training on {target_branch} at {commit}")
-        return commit
-    from dfp_spark.run import publish_run
+    from dfp_spark import transform_run
 
-    published = publish_run(lakefs, lakefs_repository, run_branch, target_branch)
-    _log(f"merged {run_branch} into {target_branch}: {published['merge_commit']}")
+    rt = step_runtime("kronodroid-merge-step", lakefs_endpoint)
+    config = from_pipeline(TransformConfig, transform_params).resolved(rt.settings)
+    if not run_transform or not run_branch:
+        commit = rt.lakefs.resolve_commit(config.repo, config.target_branch)
+        note(f"training on {config.target_branch} at {commit}")
+        return commit
+    try:
+        published = transform_run.publish_run(rt.lakefs, config.repo, run_branch, config.target_branch,
+                                              config.shrink_limit)
+    except BaseException:
+        if rt.lakefs.branch_exists(config.repo, run_branch):
+            ctx = transform_run.RunContext(config.repo, config.target_branch, "", run_branch, "")
+            transform_run.abort_run(rt.lakefs, ctx)
+        raise
+    note(f"merged {run_branch} into {config.target_branch}: {published['merge_commit']}")
     return published["merge_commit"]
 
 
 def train_step(lakefs_repository: str, lakefs_endpoint: str, lakefs_ref: str, mlflow_tracking_uri: str,
-               max_epochs: int, latent_dim: int, batch_size: int, max_rows_per_split: int, model_name: str,
-               accelerator: str = "auto") -> tuple[str, str, str]:
+               **train_params: Any) -> tuple[str, str, str]:
     """Train + register; returns (model_name, model_version, mlflow_run_id)."""
     import json
 
-    from dfp_core.ml.train_kronodroid_autoencoder import TrainConfig, train
+    from dfp_core.ml.train_kronodroid_autoencoder import train
 
-    _lakefs(lakefs_repository, lakefs_endpoint)  # endpoint into the environment
-    config = TrainConfig(
-        repo=lakefs_repository, ref=lakefs_ref, max_epochs=max_epochs, latent_dim=latent_dim, batch_size=batch_size,
-        max_rows_per_split=max_rows_per_split, tracking_uri=mlflow_tracking_uri or None, model_name=model_name or None,
-        accelerator=accelerator,
-    )
-    summary = train(config)
+    with step_runtime("kronodroid-train-step", lakefs_endpoint, mlflow_tracking_uri) as rt:
+        config = from_pipeline(TrainConfig, train_params, repo=lakefs_repository, ref=lakefs_ref)
+        summary = train(rt, config)
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)
     return summary["model_name"], str(summary["model_version"]), summary["run_id"]

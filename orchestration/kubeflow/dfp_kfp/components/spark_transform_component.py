@@ -1,18 +1,22 @@
 """KFP component: the KronoDroid Iceberg transform on a fresh lakeFS run branch.
 
-On Kubernetes it submits a SparkApplication (Spark Operator) running
-``kronodroid_iceberg_job.py`` in the Spark image and waits for it; elsewhere it
-runs the same job in Spark local mode. Outputs the run branch (not merged).
+It runs in the Spark image (SPARK_IMAGE, by version tag): it creates the run
+branch and uploads the raw inputs, then on Kubernetes submits a
+SparkApplication (Spark Operator) running ``kronodroid_iceberg_job.py`` in
+``spark_image`` and waits for it; elsewhere it runs ``spark-submit`` of the same
+job in local mode with the image's own jars. Outputs the run branch (not merged).
 """
 
 from typing import NamedTuple
 
 from kfp import dsl
 
-from .train_kronodroid_autoencoder_component import TRAIN_IMAGE
+from dfp_core import __version__
+
+SPARK_IMAGE = f"dfp/kronodroid-spark:{__version__}"
 
 
-@dsl.component(base_image=TRAIN_IMAGE)
+@dsl.component(base_image=SPARK_IMAGE, install_kfp_package=False)
 def kronodroid_spark_transform(
     run_transform: bool,
     lakefs_repository: str,
@@ -20,19 +24,26 @@ def kronodroid_spark_transform(
     target_branch: str,
     input_dir: str,
     run_id: str,
+    split_mode: str,
     split_seed: int,
+    train_ratio: float,
+    val_ratio: float,
+    test_ratio: float,
+    train_end_year: int,
+    val_end_year: int,
+    max_shrink: float,
+    allow_shrink: bool,
     spark_mode: str,
     spark_image: str,
     spark_namespace: str,
     timeout_seconds: int,
 ) -> NamedTuple("TransformOutputs", [("run_branch", str), ("run_id", str)]):
     """Raw KronoDroid -> Avro Iceberg tables on ``run-<run_id>`` (no merge)."""
+    params = dict(locals())
     from collections import namedtuple
 
     from dfp_kfp.steps import spark_transform_step
 
-    branch, rid = spark_transform_step(
-        run_transform, lakefs_repository, lakefs_endpoint, target_branch, input_dir, run_id, split_seed,
-        spark_mode, spark_image, spark_namespace, timeout_seconds,
-    )
+    branch, rid = spark_transform_step(**params)
     return namedtuple("TransformOutputs", ["run_branch", "run_id"])(branch, rid)
+

@@ -1,38 +1,54 @@
 """KFP component: train the autoencoder on a lakeFS commit and register it in MLflow.
 
-TRAIN_IMAGE is the one place to change the image of every pipeline step
-(``DFP_TRAIN_IMAGE`` at compile time overrides it too), e.g. after pushing it
-to your registry.
+TRAIN_IMAGE is the training image, by version tag; after pushing it to your
+registry, change it here (or pass ``train_image`` to
+``compile_kronodroid_autoencoder_pipeline``). The image holds everything the
+step runs (kfp included), so the compiled step installs nothing.
+
+Parameters are ``TrainConfig`` fields under their pipeline names
+(``dfp_core.params``); a test checks them against it.
 """
 
-import os
 from typing import NamedTuple
 
 from kfp import dsl
 
-TRAIN_IMAGE = os.environ.get("DFP_TRAIN_IMAGE", "dfp/kronodroid-train:latest")
+from dfp_core import __version__
+
+TRAIN_IMAGE = f"dfp/kronodroid-train:{__version__}"
 
 
-@dsl.component(base_image=TRAIN_IMAGE)
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_kronodroid_autoencoder(
     lakefs_repository: str,
     lakefs_endpoint: str,
     lakefs_ref: str,
     mlflow_tracking_uri: str,
-    max_epochs: int,
-    latent_dim: int,
-    batch_size: int,
-    max_rows_per_split: int,
     model_name: str,
+    max_rows_per_split: int,
+    train_on: str,
+    latent_dim: int,
+    hidden_dims: str,
+    dropout: float,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    max_epochs: int,
+    patience: int,
+    train_seed: int,
+    threshold_quantile: float,
     accelerator: str,
+    devices: str,
+    strategy: str,
+    num_nodes: int,
+    evaluate_baselines: bool,
 ) -> NamedTuple("TrainOutputs", [("model_name", str), ("model_version", str), ("mlflow_run_id", str)]):
     """Feast-served splits at ``lakefs_ref`` -> Lightning -> MLflow registry with lineage tags."""
+    params = dict(locals())
     from collections import namedtuple
 
     from dfp_kfp.steps import train_step
 
-    name, version, run_id = train_step(
-        lakefs_repository, lakefs_endpoint, lakefs_ref, mlflow_tracking_uri, max_epochs, latent_dim, batch_size,
-        max_rows_per_split, model_name, accelerator,
-    )
+    name, version, run_id = train_step(**params)
     return namedtuple("TrainOutputs", ["model_name", "model_version", "mlflow_run_id"])(name, version, run_id)
+

@@ -1,5 +1,7 @@
-"""A transform run on lakeFS: a fresh run branch, the Spark job on it, then a
-commit, a freeze and a merge into the target branch.
+"""The transform use case: a run on lakeFS. A fresh run branch with the raw
+inputs, the Spark transform on it, then a commit, a freeze and a merge into
+the target branch. ``run_transform`` does all of it; the pipeline's steps call
+the stages one by one.
 
 Lineage design (see README "Lineage contract"): Iceberg metadata stores
 absolute paths that name the run branch (``s3a://<repo>/run-<id>/...``). Before
@@ -18,24 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dfp_core import schema
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
 from dfp_core.iceberg import TableRef, write_table
+from dfp_core.kronodroid import raw_files, schema
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
-from dfp_core.progress import note
-from dfp_core.settings import SparkSettings
+from dfp_core.params import TransformConfig
+from dfp_core.progress import note, stage
 from dfp_core.splits import SplitSpec
 from dfp_core.version import code_version
-from dfp_spark import raw_inputs, transform
+from dfp_spark import raw_store
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
+    from dfp_core.runtime import Runtime
+
 SUMMARY_PATH = "_dfp/transform_summary.json"
 RUN_PREFIX = "run-"
-# A run may shrink the fct table on the target branch by at most this fraction
-# unless the caller allows more (None: any shrink).
-DEFAULT_MAX_FCT_SHRINK = 0.2
 
 
 def new_run_id() -> str:
@@ -60,7 +61,7 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
     validate_ref_name(target_branch)
     run_branch = run_branch_name(run_id)
     # Fail on bad input (headers, zero rows, unsafe paths) before touching lakeFS.
-    scanned = raw_inputs.scan(Path(input_dir), measure_parts=True) if input_dir is not None else None
+    scanned = raw_files.scan(Path(input_dir), measure_parts=True) if input_dir is not None else None
     if not lakefs.repository_exists(repo):
         lakefs.ensure_repository(repo, default_branch=target_branch)
         note(f"created repository {repo} (namespace {lakefs.settings.namespace_for(repo)})")
@@ -73,7 +74,7 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
     ctx = RunContext(repo, target_branch, run_id, run_branch, base)
     if input_dir is not None:
         try:
-            raw_inputs.upload(lakefs, repo, run_branch, Path(input_dir), scanned)
+            raw_store.upload(lakefs, repo, run_branch, scanned)
         except BaseException:
             abort_run(lakefs, ctx)
             raise
@@ -91,13 +92,13 @@ def abort_run(lakefs: LakeFS, ctx: RunContext) -> None:
 
 def transform_on_branch(
     spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str, run_id: str, split: SplitSpec,
-    settings: SparkSettings | None = None,
 ) -> dict:
     """Run the Spark transform on ``run_branch`` and write all tables there."""
-    settings = settings or SparkSettings.from_env()
+    from dfp_spark import transform
+
     lakefs.require_branch(repo, run_branch)
-    manifest = raw_inputs.load_manifest(lakefs, repo, run_branch)
-    raw_inputs.verify_stored(lakefs, repo, run_branch, manifest)  # the bytes Spark reads are the bytes given
+    manifest = raw_store.load_manifest(lakefs, repo, run_branch)
+    raw_store.verify_stored(lakefs, repo, run_branch, manifest)  # the bytes Spark reads are the bytes given
     parts = [(f"s3a://{repo}/{run_branch}/{p.lakefs_path}", p) for p in manifest.parts]
     frames = transform.build(spark, parts, run_id, split)
     props = {
@@ -115,9 +116,7 @@ def transform_on_branch(
     ]
     snapshots: dict[str, int] = {}
     for frame, namespace, name, table_props in outputs:
-        snapshots[f"{namespace}.{name}"] = write_table(
-            spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props, settings
-        )
+        snapshots[f"{namespace}.{name}"] = write_table(spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props)
         note(f"{namespace}.{name} written")
     accounting = transform.row_accounting(frames.decided)
     split_counts = {r["dataset_split"]: r["count"] for r in frames.fct.groupBy("dataset_split").count().collect()}
@@ -145,7 +144,7 @@ def transform_on_branch(
     return summary
 
 
-def reconcile(manifest: raw_inputs.RawManifest, accounting: dict) -> dict:
+def reconcile(manifest: raw_files.RawManifest, accounting: dict) -> dict:
     """Rows given (counted per part at scan time) against rows the transform
     accounted for, per part and in total: fct + quarantined + duplicates dropped."""
     given = {f"{p.source_file}:{p.member}": p.data_rows for p in manifest.parts}
@@ -179,7 +178,7 @@ def check_shrink(lakefs: LakeFS, repo: str, target_branch: str, fct_rows: int, m
 
 
 def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
-                max_fct_shrink: float | None = DEFAULT_MAX_FCT_SHRINK) -> dict:
+                max_fct_shrink: float | None = TransformConfig.max_shrink) -> dict:
     """Commit the run branch, freeze it as a tag, merge the tag into the target.
 
     Returns the merge commit id and the run commit. On failure the target
@@ -229,3 +228,38 @@ def run_summary_line(summary: dict, published: dict | None, ctx: RunContext | No
         out.update(published)
     return out
 
+
+
+def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
+    """The whole run (or, with ``config.merge`` false, up to the tables on the run
+    branch); returns the summary (merge commit, snapshot ids, counts)."""
+    config = config.resolved(rt.settings)
+    lakefs, repo = rt.lakefs, config.repo
+    total = 3 if config.merge else 2
+    with stage(1, total, "run branch and raw inputs"):
+        if config.run_branch:  # created by the pipeline's first step
+            lakefs.require_branch(repo, config.run_branch)
+            if config.input_dir is not None:
+                raw_store.upload(lakefs, repo, config.run_branch, raw_files.scan(Path(config.input_dir), measure_parts=True))
+            run_id = config.run_id or config.run_branch.removeprefix(RUN_PREFIX)
+            ctx = RunContext(repo, config.target_branch, run_id, config.run_branch,
+                             lakefs.resolve_commit(repo, config.run_branch))
+        else:
+            ctx = prepare_run(lakefs, repo, config.target_branch, config.run_id or new_run_id(), config.input_dir)
+    try:
+        with stage(2, total, f"Spark transform on {ctx.run_branch}"):
+            summary = transform_on_branch(rt.spark(), lakefs, repo, ctx.run_branch, ctx.run_id, config.split())
+            note(
+                f"{summary['input_rows']} input rows -> {summary['fct_rows']} samples, "
+                f"{summary['quarantined_rows']} quarantined, {summary['duplicates_dropped']} exact duplicates dropped"
+            )
+        published = None
+        if config.merge:
+            with stage(3, total, f"commit, freeze and merge into {config.target_branch}"):
+                published = publish_run(lakefs, repo, ctx.run_branch, config.target_branch, config.shrink_limit)
+                note(f"merge commit {published['merge_commit']}")
+    except BaseException:
+        if not config.keep_failed_branch and lakefs.branch_exists(repo, ctx.run_branch):
+            abort_run(lakefs, ctx)
+        raise
+    return run_summary_line(summary, published, ctx)

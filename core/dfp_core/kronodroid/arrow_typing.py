@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dfp_core import schema
+from dfp_core.kronodroid import schema
 
 INT_PATTERN = r"^-?[0-9]+(\.0+)?$"
 SHA256_PATTERN = r"^[0-9A-Fa-f]{64}$"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from dfp_core.kronodroid_columns import PERMISSIONS, SYSCALLS
+from dfp_core.kronodroid.columns import PERMISSIONS, SYSCALLS
 
 EMULATOR = "emulator"
 REAL_DEVICE = "real_device"

@@ -1,17 +1,17 @@
-"""Raw KronoDroid inputs: find and check them locally, then version them in
-lakeFS under ``raw/kronodroid/`` on the run branch, where the Spark job reads them.
+"""Raw KronoDroid files on local disk: find them, check them, measure them.
 
-Layout on the branch (exactly this run's inputs; older ones stay in history):
+An input is a folder of the four KronoDroid archives (or CSVs in the subset
+format under ``emulator/`` or ``real_device/``), or one such file. Each CSV
+inside is a *part*: a zip member, identified by its full path inside the
+archive, or a plain CSV file. ``scan`` checks every part before anything is
+written (archive integrity, required columns, safe paths) and, for the
+transform, measures it (data rows, bytes, SHA-256 and MD5 of its bytes), so
+that what was given can be reconciled with what was stored and read.
+
+Where parts are stored in lakeFS (``lakefs_path``), relative to the ref:
   raw/kronodroid/<source>/<file>                          the file as given (zip or csv)
   raw/kronodroid/<source>/extracted/<archive stem>/<member path>  zip members, for Spark
-  raw/kronodroid/_manifest.json                           what is where, checksums, labels,
-                                                          data rows and bytes of every part
-
-A zip member is identified by its full path inside the archive, so two members
-with the same base name in different folders are two parts. Every part is
-measured when it is scanned (data rows, bytes, SHA-256 and MD5 of its bytes);
-the transform checks the stored objects against these and reconciles its row
-counts per part, so nothing can be silently overwritten or dropped.
+  raw/kronodroid/_manifest.json                           this manifest
 """
 
 from __future__ import annotations
@@ -20,18 +20,14 @@ import csv
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from dfp_core import schema
 from dfp_core.errors import InputDataError
-from dfp_core.lakefs_ops import LakeFS, file_digest
-from dfp_core.progress import note, warn
+from dfp_core.kronodroid import schema
+from dfp_core.progress import warn
 
 RAW_PREFIX = "raw/kronodroid/"
 MANIFEST_PATH = RAW_PREFIX + "_manifest.json"
@@ -113,7 +109,7 @@ def _header_row(rows: Iterator[list[str]], where: str) -> list[str]:
     return [h.strip().lstrip("\ufeff") for h in header]
 
 
-def _header(stream: io.TextIOBase, where: str) -> list[str]:
+def read_header(stream: io.TextIOBase, where: str) -> list[str]:
     return _header_row(csv.reader(stream), where)
 
 
@@ -156,7 +152,7 @@ def measure(raw, where: str) -> Measured:
     text = io.TextIOWrapper(io.BufferedReader(digesting, 1 << 20), encoding="utf-8", errors="replace", newline="")
     rows = csv.reader(text)
     columns = _header_row(rows, where)
-    _check_header(columns, where)  # a wrong header is the first thing to report
+    check_header(columns, where)  # a wrong header is the first thing to report
     try:
         data_rows = sum(1 for row in rows if row)
     except csv.Error as exc:
@@ -166,7 +162,7 @@ def measure(raw, where: str) -> Measured:
     return Measured(columns, data_rows, digesting.size, digesting.sha256.hexdigest(), digesting.md5.hexdigest())
 
 
-def _check_header(columns: list[str], where: str) -> None:
+def check_header(columns: list[str], where: str) -> None:
     missing = missing_required(columns)
     if missing:
         shown = ", ".join(missing[:12]) + (f" ... and {len(missing) - 12} more" if len(missing) > 12 else "")
@@ -192,17 +188,21 @@ def discover(input_dir: Path) -> list[tuple[Path, schema.ArchiveSpec]]:
         rel = path.relative_to(input_dir)
         if not path.resolve().is_relative_to(root):
             raise InputDataError(f"{rel} is a link to {path.resolve()}, outside the input folder {root}; copy the file in instead")
-        spec = schema.classify_input(PurePosixPath(rel.as_posix()))
-        if spec is None:
-            known = ", ".join(sorted(schema.KNOWN_ARCHIVES))
-            raise InputDataError(
-                f"unknown input file {rel}: expected one of the KronoDroid archives ({known}) "
-                "or a CSV under an emulator/ or real_device/ folder"
-            )
-        found.append((path, spec))
+        found.append((path, _classify(PurePosixPath(rel.as_posix()), str(rel))))
     if not found:
         raise InputDataError(f"no KronoDroid archives or CSV files found in {input_dir}")
     return found
+
+
+def _classify(path: PurePosixPath, shown: str) -> schema.ArchiveSpec:
+    spec = schema.classify_input(path)
+    if spec is None:
+        known = ", ".join(sorted(schema.KNOWN_ARCHIVES))
+        raise InputDataError(
+            f"unknown input file {shown}: expected one of the KronoDroid archives ({known}), "
+            "or a CSV whose name or folder says its device (emulator/, real_device/, emu_*.csv, real_*.csv)"
+        )
+    return spec
 
 
 def member_path(name: str, where: str) -> str:
@@ -213,7 +213,7 @@ def member_path(name: str, where: str) -> str:
     return path.as_posix()
 
 
-def _zip_members(path: Path, rel: str) -> list[zipfile.ZipInfo]:
+def zip_members(path: Path, rel: str) -> list[zipfile.ZipInfo]:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -238,49 +238,90 @@ def _source_relative(rel: PurePosixPath, data_source: str) -> str:
     return "/".join(parts)
 
 
-def scan(input_dir: Path, measure_parts: bool = False) -> tuple[list[tuple[Path, InputFile]], dict | None]:
-    """Check every input (archive integrity, CSV headers) before anything is written.
+@dataclass
+class ScannedInputs:
+    """What ``scan`` found: each file on disk with its entry, and the generator marker."""
 
+    files: list[tuple[Path, InputFile]]
+    generator: dict | None
+
+    @property
+    def parts(self) -> list[tuple[Path, CsvPart]]:
+        return [(path, part) for path, entry in self.files for part in entry.parts]
+
+    def manifest(self) -> RawManifest:
+        synthetic = bool(self.generator and self.generator.get("synthetic"))
+        return RawManifest(files=[entry for _, entry in self.files], synthetic=synthetic, generator=self.generator)
+
+
+def scan(input_path: Path, measure_parts: bool = False) -> ScannedInputs:
+    """Check every input (archive integrity, CSV headers, paths) before anything is written.
+
+    ``input_path``: a folder (see ``discover``) or a single archive or CSV.
     ``measure_parts``: also read every part whole (data rows, bytes, digests),
     as the transform does before it uploads; zero data rows is then an error.
     """
-    files = []
-    for path, spec in discover(input_dir):
-        rel = PurePosixPath(path.relative_to(input_dir).as_posix())
-        target_dir = f"{RAW_PREFIX}{spec.data_source}/"
-        entry = InputFile(
-            relative_path=rel.as_posix(), sha256=file_digest(path), size_bytes=path.stat().st_size,
-            data_source=spec.data_source, lakefs_path=target_dir + _source_relative(rel, spec.data_source),
-        )
-        if path.suffix.lower() == ".zip":
-            stem = Path(path.name).stem
-            members = _zip_members(path, rel.as_posix())
-            with zipfile.ZipFile(path) as archive:
-                for member in members:
-                    name = member_path(member.filename, rel.as_posix())
-                    part = CsvPart(
-                        lakefs_path=f"{target_dir}extracted/{stem}/{name}", source_file=path.name, member=name,
-                        data_source=spec.data_source, expected_label=spec.expected_label, columns=[],
-                    )
-                    with archive.open(member) as raw:
-                        _read_part(raw, part, f"{rel}:{name}", measure_parts)
-                    entry.parts.append(part)
-        else:
-            if path.stat().st_size == 0:
-                raise InputDataError(f"{rel} is empty")
-            part = CsvPart(
-                lakefs_path=entry.lakefs_path, source_file=path.name, member=rel.as_posix(),
-                data_source=spec.data_source, expected_label=spec.expected_label, columns=[],
-            )
-            with open(path, "rb") as raw:
-                _read_part(raw, part, rel.as_posix(), measure_parts)
-            entry.parts.append(part)
-        files.append((path, entry))
+    input_path = Path(input_path)
+    if input_path.is_file():
+        found = [(input_path, _classify(PurePosixPath(input_path.absolute().as_posix()), input_path.name))]
+        root = input_path.parent
+    else:
+        found, root = discover(input_path), input_path
+    files = [(path, _scan_file(path, PurePosixPath(path.relative_to(root).as_posix()), spec, measure_parts))
+             for path, spec in found]
     _check_unique([e.lakefs_path for _, e in files] + [p.lakefs_path for _, e in files for p in e.parts if p.lakefs_path != e.lakefs_path])
     _check_unique([f"{p.source_file}:{p.member}" for _, e in files for p in e.parts])
-    marker = Path(input_dir) / GENERATOR_MARKER
-    generator = json.loads(marker.read_text()) if marker.is_file() else None
-    return files, generator
+    marker = root / GENERATOR_MARKER
+    generator = json.loads(marker.read_text()) if input_path.is_dir() and marker.is_file() else None
+    return ScannedInputs(files, generator)
+
+
+def _scan_file(path: Path, rel: PurePosixPath, spec: schema.ArchiveSpec, measure_parts: bool) -> InputFile:
+    target_dir = f"{RAW_PREFIX}{spec.data_source}/"
+    entry = InputFile(
+        relative_path=rel.as_posix(), sha256=file_digest(path), size_bytes=path.stat().st_size,
+        data_source=spec.data_source, lakefs_path=target_dir + _source_relative(rel, spec.data_source),
+    )
+    if path.suffix.lower() == ".zip":
+        stem = Path(path.name).stem
+        members = zip_members(path, rel.as_posix())
+        with zipfile.ZipFile(path) as archive:
+            for member in members:
+                name = member_path(member.filename, rel.as_posix())
+                part = CsvPart(
+                    lakefs_path=f"{target_dir}extracted/{stem}/{name}", source_file=path.name, member=name,
+                    data_source=spec.data_source, expected_label=spec.expected_label, columns=[],
+                )
+                with archive.open(member) as raw:
+                    _read_part(raw, part, f"{rel}:{name}", measure_parts)
+                entry.parts.append(part)
+    else:
+        if path.stat().st_size == 0:
+            raise InputDataError(f"{rel} is empty")
+        part = CsvPart(
+            lakefs_path=entry.lakefs_path, source_file=path.name, member=rel.as_posix(),
+            data_source=spec.data_source, expected_label=spec.expected_label, columns=[],
+        )
+        with open(path, "rb") as raw:
+            _read_part(raw, part, rel.as_posix(), measure_parts)
+        entry.parts.append(part)
+    return entry
+
+
+def open_part(path: Path, part: CsvPart):
+    """A binary stream of one part of the file at ``path`` (close it when done)."""
+    if path.suffix.lower() != ".zip":
+        return open(path, "rb")
+    archive = zipfile.ZipFile(path)
+    stream = archive.open(part.member)
+    close = stream.close
+
+    def close_both() -> None:  # the member and its archive
+        close()
+        archive.close()
+
+    stream.close = close_both
+    return stream
 
 
 def _read_part(raw, part: CsvPart, where: str, measure_part: bool) -> None:
@@ -291,8 +332,8 @@ def _read_part(raw, part: CsvPart, where: str, measure_part: bool) -> None:
         part.data_rows, part.size_bytes = measured.data_rows, measured.size_bytes
         part.sha256, part.md5 = measured.sha256, measured.md5
     else:
-        part.columns = _header(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""), where)
-        _check_header(part.columns, where)
+        part.columns = read_header(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""), where)
+        check_header(part.columns, where)
 
 
 def _check_unique(names: list[str]) -> None:
@@ -301,80 +342,7 @@ def _check_unique(names: list[str]) -> None:
         raise InputDataError(f"two inputs would be stored at the same path: {', '.join(clashes)}")
 
 
-def _upload_if_changed(lakefs: LakeFS, repo: str, branch: str, lakefs_path: str, local: Path) -> bool:
-    """Upload unless the branch already holds identical bytes (raw data rarely changes)."""
-    existing = lakefs.stat(repo, branch, lakefs_path)
-    if existing is not None and existing.size_bytes == local.stat().st_size and existing.checksum == file_digest(local, "md5"):
-        return False
-    lakefs.upload_file(repo, branch, lakefs_path, local)
-    return True
-
-
-def upload(lakefs: LakeFS, repo: str, branch: str, input_dir: Path, scanned: tuple | None = None) -> RawManifest:
-    """Put exactly these inputs under raw/kronodroid/ on ``branch``.
-
-    ``scanned``: what ``scan(input_dir, measure_parts=True)`` returned, when the
-    caller already checked the inputs (they are scanned here otherwise).
-    """
-    files, generator = scanned or scan(input_dir, measure_parts=True)
-    manifest = RawManifest(files=[f for _, f in files], synthetic=bool(generator and generator.get("synthetic")), generator=generator)
-    wanted = {MANIFEST_PATH}
-    uploaded = skipped = 0
-    scratch = Path(tempfile.mkdtemp(prefix="dfp-raw-"))
-    try:
-        for path, entry in files:
-            wanted.add(entry.lakefs_path)
-            changed = _upload_if_changed(lakefs, repo, branch, entry.lakefs_path, path)
-            uploaded, skipped = uploaded + changed, skipped + (not changed)
-            if path.suffix.lower() != ".zip":
-                continue
-            with zipfile.ZipFile(path) as archive:
-                for part in entry.parts:
-                    local = scratch / part.lakefs_path
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(part.member) as src, open(local, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                    wanted.add(part.lakefs_path)
-                    changed = _upload_if_changed(lakefs, repo, branch, part.lakefs_path, local)
-                    uploaded, skipped = uploaded + changed, skipped + (not changed)
-                    local.unlink()
-            note(f"{entry.relative_path}: {len(entry.parts)} CSV part(s)")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    stale = [p for p in lakefs.list_paths(repo, branch, RAW_PREFIX) if p not in wanted]
-    for path in stale:
-        lakefs.delete_object(repo, branch, path)
-    lakefs.upload_bytes(repo, branch, MANIFEST_PATH, manifest.to_json().encode())
-    note(f"raw inputs: {uploaded} uploaded, {skipped} unchanged, {len(stale)} stale removed")
-    verify_stored(lakefs, repo, branch, manifest)
-    return manifest
-
-
-def verify_stored(lakefs: LakeFS, repo: str, ref: str, manifest: RawManifest) -> None:
-    """Every part on ``ref`` holds exactly the bytes measured at scan time."""
-    missing_measure = [p.where for p in manifest.parts if p.data_rows is None or p.md5 is None]
-    if missing_measure:
-        raise InputDataError(
-            f"the raw manifest at lakefs://{repo}/{ref}/{MANIFEST_PATH} has no row counts for "
-            f"{', '.join(missing_measure[:5])} (written by an older version); "
-            "upload the inputs again with `dfp transform --input DIR`"
-        )
-    for part in manifest.parts:
-        stored = lakefs.stat(repo, ref, part.lakefs_path)
-        if stored is None:
-            raise InputDataError(f"{part.where}: lakefs://{repo}/{ref}/{part.lakefs_path} is missing")
-        if stored.size_bytes != part.size_bytes or stored.checksum != part.md5:
-            raise InputDataError(
-                f"{part.where}: lakefs://{repo}/{ref}/{part.lakefs_path} holds {stored.size_bytes} bytes "
-                f"(md5 {stored.checksum}), not the {part.size_bytes} bytes (md5 {part.md5}) that were read; "
-                "it was overwritten or changed"
-            )
-
-
-def load_manifest(lakefs: LakeFS, repo: str, ref: str) -> RawManifest:
-    if lakefs.stat(repo, ref, MANIFEST_PATH) is None:
-        raise InputDataError(
-            f"no raw inputs at lakefs://{repo}/{ref}/{RAW_PREFIX} (missing {MANIFEST_PATH}); "
-            "upload them first (`dfp transform --input DIR`)"
-        )
-    return RawManifest.from_json(lakefs.read_bytes(repo, ref, MANIFEST_PATH).decode())
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, streamed (sha256 for provenance; md5 matches lakeFS checksums)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()

@@ -4,7 +4,7 @@ It writes either the four original KronoDroid archives (``layout="archives"``)
 or one CSV in the format of the public real-device subset (``layout="subset"``),
 plus ``GENERATED.json``, which marks the data as synthetic. Nothing here is
 copied from the real dataset: the column vocabulary comes from
-:mod:`dfp_core.schema`, and the distributions below are hand-written,
+:mod:`dfp_core.kronodroid.schema`, and the distributions below are hand-written,
 summary-level approximations (sparse heavy-tailed syscall counts, permission
 base rates, APK size ranges, ...).
 
@@ -42,7 +42,7 @@ occur), empty field for no family. Archive members end records with LF; the
 subset CSV with CRLF, like the public subset file. Read with a multi-line
 aware reader (pandas, or Spark with ``multiLine=true, escape='"'``).
 
-Usage: ``python -m dfp_core.generator OUT_DIR ROWS [--seed N] [--layout subset]``.
+Usage: ``python -m dfp_core.kronodroid.generator OUT_DIR ROWS [--seed N] [--layout subset]``.
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dfp_core import schema
-from dfp_core.kronodroid_columns import PERMISSIONS, SYSCALLS
+from dfp_core.kronodroid import schema
+from dfp_core.kronodroid.columns import PERMISSIONS, SYSCALLS
 
 VERSION = 1
 LAYOUTS = ("archives", "subset")
-GENERATOR_NAME = "dfp_core.generator"
+GENERATOR_NAME = "dfp_core.generator"  # the marker's stable name, kept when the module moved
 MARKER = "GENERATED.json"
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 SENTINEL_DATETIME = f"{schema.SENTINEL_DATE} 00:00:00"
@@ -926,7 +926,7 @@ def generate(out_dir: Path, rows: int, seed: int = 0, *, layout: str = "archives
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dfp_core.generator", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dfp_core.kronodroid.generator", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("rows", type=int, nargs="?", default=FULL_ROWS)
     parser.add_argument("--seed", type=int, default=0)

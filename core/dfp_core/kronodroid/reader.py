@@ -1,6 +1,6 @@
 """Read KronoDroid-format files (the four archives, or CSVs) without Spark.
 
-The same checks and typing as the Spark transform: ``raw_inputs`` finds and
+The same checks and typing as the Spark transform: ``raw_files.scan`` finds and
 checks the files (headers, archive integrity), every CSV part is read with
 pyarrow with all cells as strings under positional names ``_c0.._cN`` (raw
 names repeat case-insensitively: syscall ``reboot``, permission ``REBOOT``),
@@ -14,10 +14,8 @@ Rows pyarrow cannot split into the header's number of cells are rejected as
 
 from __future__ import annotations
 
-import io
 import re
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,12 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from dfp_core import schema
 from dfp_core.errors import InputDataError
+from dfp_core.kronodroid import schema
+from dfp_core.kronodroid.arrow_typing import SHA256_PATTERN, make_typer, output_fields, raw_column
+from dfp_core.kronodroid.raw_files import CsvPart, open_part, scan
 from dfp_core.splits import sample_id
-from dfp_spark import raw_inputs
-from dfp_spark.arrow_typing import SHA256_PATTERN, make_typer, output_fields, raw_column
-from dfp_spark.raw_inputs import CsvPart
 
 BLOCK_SIZE = 16 << 20
 MALFORMED = "malformed_row"
@@ -51,50 +48,12 @@ _TYPED_KEEP = (
 )
 
 
-def _single_file_parts(path: Path) -> list[CsvPart]:
-    """The CSV parts of one archive or CSV file, checked like ``raw_inputs.scan`` does."""
-    spec = schema.classify_input(PurePosixPath(path.absolute().as_posix()))
-    if spec is None:
-        known = ", ".join(sorted(schema.KNOWN_ARCHIVES))
-        raise InputDataError(
-            f"unknown input file {path.name}: expected one of the KronoDroid archives ({known}), "
-            "or a CSV whose name or folder says its device (emulator/, real_device/, emu_*.csv, real_*.csv)"
-        )
-    rel = path.name
-    parts = []
-    if path.suffix.lower() == ".zip":
-        for member in raw_inputs._zip_members(path, rel):
-            with zipfile.ZipFile(path) as archive, archive.open(member) as raw:
-                where = f"{rel}:{member.filename}"
-                columns = raw_inputs._header(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=""), where)
-            raw_inputs._check_header(columns, where)
-            parts.append(CsvPart("", path.name, member.filename, spec.data_source, spec.expected_label, columns))
-    else:
-        if path.stat().st_size == 0:
-            raise InputDataError(f"{rel} is empty")
-        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-            columns = raw_inputs._header(handle, rel)
-        raw_inputs._check_header(columns, rel)
-        parts.append(CsvPart("", path.name, path.name, spec.data_source, spec.expected_label, columns))
-    return parts
-
-
 def input_parts(path: Path) -> list[tuple[Path, CsvPart]]:
     """(file on disk, part) for every CSV part under a directory, or of one file."""
     path = Path(path)
-    if path.is_dir():
-        files, _ = raw_inputs.scan(path)
-        return [(file, part) for file, entry in files for part in entry.parts]
-    if not path.is_file():
+    if not path.exists():
         raise InputDataError(f"input {path} does not exist")
-    return [(path, part) for part in _single_file_parts(path)]
-
-
-def _open(file: Path, part: CsvPart):
-    if file.suffix.lower() == ".zip":
-        archive = zipfile.ZipFile(file)
-        return archive, archive.open(part.member)
-    return None, open(file, "rb")
+    return scan(path).parts
 
 
 def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.RecordBatch]:
@@ -105,7 +64,7 @@ def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.Reco
         malformed.append(row)
         return "skip"
 
-    archive, stream = _open(file, part)
+    stream = open_part(file, part)
     try:
         reader = pacsv.open_csv(
             stream,
@@ -138,8 +97,6 @@ def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.Reco
         raise InputDataError(f"{part.source_file}:{part.member} is not a readable CSV: {exc}") from None
     finally:
         stream.close()
-        if archive is not None:
-            archive.close()
 
 
 def _typed_tables(file: Path, part: CsvPart) -> tuple[pa.Table, list]:
@@ -172,7 +129,7 @@ def sample_years(frame: pd.DataFrame) -> pd.Series:
 
 def read_kronodroid(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(valid, rejected) rows of every KronoDroid CSV part under ``path`` (a
-    directory as ``raw_inputs.scan`` accepts, a known archive, or a CSV).
+    directory as ``raw_files.scan`` accepts, a known archive, or a CSV).
 
     ``valid``: rows that type cleanly, duplicates kept, with ``sample_id``,
     ``sha256``, ``data_source``, ``label``, ``malware_family``, ``package_name``,

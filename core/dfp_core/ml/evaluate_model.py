@@ -1,0 +1,56 @@
+"""``dfp evaluate``: a registered model version against PCA, IsolationForest and a
+supervised RandomForest on its own (rebuilt, verified) splits, or under a time
+split for concept drift; logged to the model's training run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dfp_core.errors import DatasetError, DfpError
+from dfp_core.ml.reproduce import compare, config_from_run, model_lineage, rebuild
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
+
+
+def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None,
+                           time_split: bool = False, train_end_year: int | None = None, log: bool = True) -> dict[str, Any]:
+    """Autoencoder vs PCA / IsolationForest / RandomForest on the model's own
+    (rebuilt) splits, or a time split for concept drift; logged to the model's
+    training run unless ``log`` is false."""
+    import mlflow
+    import pandas as pd
+
+    from dfp_core.ml.evaluation import compare_models, time_split_evaluation
+
+    if time_split and train_end_year is None:
+        raise DfpError("--time-split needs --train-end-year")
+    model = model_lineage(rt, name, version, alias)
+    data = rebuild(rt, model)
+    differences = compare(model, data)
+    if differences:
+        raise DatasetError("the model's data cannot be rebuilt exactly: " + "; ".join(differences))
+    config = config_from_run(model)
+    with tempfile.TemporaryDirectory(prefix="dfp-eval-") as tmp, rt.tracking():
+        plots = Path(tmp) / "plots"
+        plots.mkdir()
+        if time_split:
+            frame = pd.concat(data.frames.values(), ignore_index=True)
+            metrics, table = time_split_evaluation(frame, train_end_year, config, plots_dir=plots)
+            kind = "drift"
+        else:
+            scorer = mlflow.pyfunc.load_model(f"models:/{name}/{model.version}").unwrap_python_model()
+            metrics, table = compare_models(data.frames, scorer.model, scorer.preprocessor, seed=config.seed,
+                                            train_on=config.train_on, plots_dir=plots)
+            kind = "comparison"
+        table_path = Path(tmp) / f"{kind}.csv"
+        table.to_csv(table_path, index=False)
+        if log:
+            with mlflow.start_run(run_id=model.run_id):
+                mlflow.log_metrics(metrics)
+                mlflow.log_artifact(str(table_path), artifact_path="evaluation")
+                mlflow.log_artifacts(str(plots), artifact_path="evaluation")
+    return {"model": name, "version": model.version, "run_id": model.run_id, "mode": kind, "metrics": metrics,
+            "table": table.to_dict(orient="records"), "logged": log}

@@ -1,0 +1,87 @@
+"""Fit and evaluate the autoencoder on train/val/test frames: preprocessing
+fitted on the training rows, a Lightning fit with early stopping on validation
+loss, the threshold from benign validation errors, test metrics and plots.
+
+The same code serves a training run, a retrain by ``dfp reproduce`` and the
+drift evaluation; it knows nothing of lakeFS, Feast or MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfp_core.errors import DatasetError
+from dfp_core.params import TrainConfig
+
+
+def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        preprocessor.transform(frame),
+        frame["label"].to_numpy(dtype=np.int64),
+        frame["data_source"].astype(str).to_numpy(),
+    )
+
+
+def _tensor(x: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> dict[str, Any]:
+    """Preprocess, train, evaluate on the retrieved frames. ``logger``: a
+    Lightning logger for per-epoch metrics (False: none)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from dfp_core.ml import metrics, plots
+    from dfp_core.ml.data import KronodroidDataModule
+    from dfp_core.ml.model import KronodroidAutoencoder, LossHistory
+    from dfp_core.ml.preprocess import Preprocessor
+
+    L.seed_everything(config.seed, workers=True)
+    train_frame = data.frames["train"]
+    fit_rows = train_frame[train_frame["label"] == 0] if config.train_on == "benign" else train_frame
+    if fit_rows.empty:
+        raise DatasetError(f"the train split has no {'benign ' if config.train_on == 'benign' else ''}rows to fit on")
+    preprocessor = Preprocessor().fit(fit_rows)
+    arrays = {split: _split_arrays(frame, preprocessor) for split, frame in data.frames.items()}
+    (train_x, train_y, _), (val_x, val_y, _), (test_x, test_y, test_src) = (arrays[s] for s in ("train", "val", "test"))
+
+    datamodule = KronodroidDataModule(
+        train_x, val_x, test_x, train_y, val_y, test_y,
+        train_on=config.train_on, batch_size=config.batch_size, seed=config.seed,
+    )
+    model = KronodroidAutoencoder(
+        input_dim=train_x.shape[1], hidden_dims=config.hidden_dims, latent_dim=config.latent_dim,
+        dropout=config.dropout, lr=config.lr, weight_decay=config.weight_decay,
+    )
+    history = LossHistory()
+    callbacks = [EarlyStopping(monitor="val_loss", patience=config.patience, mode="min"), history]
+    trainer = L.Trainer(
+        max_epochs=config.max_epochs, accelerator=config.accelerator, devices=config.devices,
+        strategy=config.strategy, num_nodes=config.num_nodes, deterministic=config.deterministic,
+        callbacks=callbacks, logger=logger, enable_checkpointing=False,
+        default_root_dir=str(workdir), log_every_n_steps=10, enable_progress_bar=True,
+    )
+    trainer.fit(model, datamodule=datamodule)
+
+    errors = {split: model.reconstruction_error(_tensor(x)).numpy() for split, (x, _, _) in arrays.items()}
+    threshold = metrics.benign_threshold(errors["val"], val_y, config.threshold_quantile)
+    results = metrics.evaluate(errors["test"], test_y, test_src, threshold)
+    for split in ("train", "val"):
+        results[f"{split}_recon_loss"] = metrics.recon_loss(errors[split])
+    results["epochs_trained"] = float(trainer.current_epoch)
+
+    plot_dir = workdir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots.plot_loss_curves(history.history, plot_dir / "loss_curves.png")
+    plots.plot_roc_pr(errors["test"], test_y, plot_dir / "roc_curve.png", plot_dir / "pr_curve.png", data_source=test_src)
+    plots.plot_error_histogram(errors["test"], test_y, threshold, plot_dir / "error_histogram.png")
+    return {
+        "model": model, "preprocessor": preprocessor, "threshold": threshold, "metrics": results,
+        "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors,
+    }

@@ -1,0 +1,93 @@
+"""The runtime context: what one command works with, built once by its entry
+point (CLI command, KFP step, Spark job main) from its arguments, the
+environment and ``stack.env``, and passed down to the use cases.
+
+It holds the settings, a lakeFS client, a Spark session made on demand, and an
+MLflow client. Nothing here reads or writes ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cached_property
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+from dfp_core.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+    from pyspark.sql import SparkSession
+
+    from dfp_core.lakefs_ops import LakeFS
+    from dfp_feast.retrieval import RetrievedDataset
+
+# Retrieval hands Spark's Arrow batches to pandas.
+ARROW_CONF = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
+
+
+class Runtime:
+    """Settings plus the clients built from them, each made once, when first used."""
+
+    def __init__(self, settings: Settings, spark: "SparkSession | None" = None, app_name: str = "dfp"):
+        self.settings = settings
+        self.app_name = app_name
+        self._spark = spark
+        self._own_spark = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, app_name: str = "dfp", **overrides) -> "Runtime":
+        """``Settings.from_env(env)`` with ``overrides`` (``lakefs=``, ``mlflow=``, ``spark=``,
+        ``stack=`` mappings of command-line values; None values are ignored)."""
+        return cls(Settings.from_env(env).override(**overrides), app_name=app_name)
+
+    @cached_property
+    def lakefs(self) -> "LakeFS":
+        from dfp_core.lakefs_ops import LakeFS
+
+        return LakeFS(self.settings.lakefs)
+
+    def spark(self) -> "SparkSession":
+        """The Spark session (local mode unless SPARK_MASTER says otherwise), started on first use."""
+        if self._spark is None:
+            from dfp_core.spark import spark_session
+
+            self._spark = spark_session(self.app_name, self.settings.lakefs, self.settings.spark, ARROW_CONF)
+            self._own_spark = True
+        return self._spark
+
+    @cached_property
+    def mlflow(self) -> "MlflowClient":
+        from mlflow import MlflowClient
+
+        uri = self.settings.mlflow.tracking_uri
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator["MlflowClient"]:
+        """MLflow's fluent API (``mlflow.start_run``, ``log_model``) pointed at this
+        runtime's server for the block; the server is checked first."""
+        from dfp_core.ml.tracking import check_tracking_server, use_tracking_server
+
+        check_tracking_server(self.settings.mlflow.tracking_uri)
+        with use_tracking_server(self.settings.mlflow.tracking_uri):
+            yield self.mlflow
+
+    def retrieve_splits(self, repo: str, ref: str, snapshot_id: str | int | None = None,
+                        max_rows_per_split: int = 0) -> "RetrievedDataset":
+        """Train/val/test frames of the fct table at ``repo``@``ref`` (resolved to a
+        commit), pinned to an Iceberg snapshot, served by Feast."""
+        from dfp_feast.retrieval import load_splits
+
+        return load_splits(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split)
+
+    def close(self) -> None:
+        """Stop the Spark session if this runtime started it."""
+        if self._own_spark and self._spark is not None:
+            self._spark.stop()
+            self._spark, self._own_spark = None, False
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,45 @@
+"""``spark-submit`` of the transform job in local mode, the way the Spark
+Operator runs it on a cluster: the job file, its arguments, this Spark's jars."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dfp_core.errors import DfpError
+from dfp_core.settings import SparkSettings
+from dfp_core.spark_jars import jar_paths
+
+JOB_FILE = Path(__file__).resolve().with_name("kronodroid_iceberg_job.py")
+
+
+class SparkJobError(DfpError):
+    """The Spark job exited with an error."""
+
+
+def spark_submit_command(job_args: list[str], settings: SparkSettings) -> list[str]:
+    import pyspark
+
+    # pip's pyspark is a Spark distribution: bin/spark-submit, jars/ (the images use it as SPARK_HOME).
+    command = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--master", settings.master,
+               "--driver-memory", settings.driver_memory,
+               "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+    if not settings.jars_provided:
+        command += ["--jars", ",".join(str(p) for p in jar_paths(settings.jars_dir))]
+    return [*command, str(JOB_FILE), *job_args]
+
+
+def run_local(job_args: list[str], settings: SparkSettings) -> dict:
+    """Run the job to the end; returns its JSON summary (its last stdout line).
+    Its progress goes to stderr as it runs."""
+    import json
+
+    done = subprocess.run(spark_submit_command(job_args, settings), stdout=subprocess.PIPE, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0:
+        raise SparkJobError(f"the Spark job exited with code {done.returncode} (its error is above)")
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise SparkJobError(f"the Spark job printed no JSON summary (last line: {lines[-1:]!r})") from None

@@ -1,0 +1,70 @@
+"""Every `dfp` command, run as a user runs it after `dfp stack up` with only DFP_HOME
+set, talks to that stack: its endpoints and keys come from $DFP_HOME/stack.env,
+and nothing is written to the working directory (no stray ./mlflow.db)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.inputs import only_dfp_home
+
+
+@pytest.fixture(scope="module")
+def cli(stack, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cwd")
+    env = only_dfp_home(stack)
+
+    def dfp(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], env=env, cwd=workdir,
+                              capture_output=True, text=True, timeout=900)
+        if ok:
+            assert done.returncode == 0, f"dfp {' '.join(args)}:\n{done.stderr[-3000:]}"
+        return done
+
+    dfp.workdir = workdir
+    return dfp
+
+
+def _last_json(done: subprocess.CompletedProcess) -> dict:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tmp_path):
+    repo = "ctx" + uuid.uuid4().hex[:8]
+    model = f"kronodroid_autoencoder_{repo}"
+    status = _last_json(cli("stack", "status", "--json"))
+    assert status["services"]["lakefs"]["endpoint"] == stack["settings"].lakefs_endpoint
+    assert status["services"]["mlflow"]["healthy"] and status["home"] == stack["env"]["DFP_HOME"]
+
+    data = tmp_path / "data"
+    cli("generate", "--out", str(data), "--rows", "400", "--seed", "5")
+    transformed = _last_json(cli("transform", "--input", str(data), "--repo", repo, "--run-id", "ctx"))
+    assert rt.lakefs.resolve_commit(repo, "main") == transformed["merge_commit"]  # in this stack's lakeFS
+
+    trained = _last_json(cli("train", "--repo", repo, "--max-epochs", "1", "--hidden-dims", "32,16", "--latent-dim", "4",
+                             "--batch-size", "64", "--accelerator", "cpu", "--devices", "1", "--model-name", model,
+                             "--no-baselines"))
+    version = rt.mlflow.get_model_version(model, trained["model_version"])  # in this stack's registry
+    assert version.tags["data.lakefs_ref"] == transformed["merge_commit"]
+
+    # The defect this guards against: `dfp score` ignored stack.env, made ./mlflow.db and found no model.
+    scored = _last_json(cli("score", "--model-uri", f"models:/{model}/{trained['model_version']}",
+                            "--input", str(data), "--out", str(tmp_path / "scores.csv")))
+    assert scored["scored"] > 0
+
+    report = _last_json(cli("reproduce", "--model", model, "--version", trained["model_version"]))
+    assert report["matches"] is True
+    evaluated = _last_json(cli("evaluate", "--model", model, "--version", trained["model_version"], "--no-log"))
+    assert "eval_roc_auc__autoencoder" in evaluated["metrics"]
+
+    piped = _last_json(cli("pipeline", "run-local", "--no-run-transform", "--repo", repo, "--max-epochs", "1",
+                           "--hidden-dims", "32,16", "--latent-dim", "4", "--batch-size", "64", "--accelerator", "cpu",
+                           "--model-name", model, "--no-baselines"))
+    assert piped["lakefs_commit"] == transformed["merge_commit"] and int(piped["model_version"]) == 2
+
+    assert sorted(p.name for p in cli.workdir.iterdir()) == []  # no mlflow.db, mlruns/ or spark-warehouse/
