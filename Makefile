@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DFP := $(VENV)/bin/dfp
 
-.PHONY: setup quickstart test test-unit stack-up stack-down compile lock-jars bench clean
+.PHONY: setup quickstart test test-unit stack-up stack-down compile images lock-jars bench clean
 
 setup:  ## venv + pinned deps, lakeFS binary, Spark jars (idempotent)
 	@tools/scripts/setup.sh
@@ -26,6 +26,9 @@ stack-down:
 
 compile: setup  ## writes kronodroid_autoencoder_pipeline.yaml
 	@$(PY) -c "from orchestration.kubeflow.dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline; print(compile_kronodroid_autoencoder_pipeline())"
+
+images:  ## the train, Spark and MLflow images (version tag + latest); starts/installs the Docker engine if needed
+	@tools/scripts/build_images.sh
 
 lock-jars:  ## re-resolve tools/spark-jars/pom.xml into jars.lock (needs Maven)
 	@tools/scripts/lock_spark_jars.sh

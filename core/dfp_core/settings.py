@@ -103,6 +103,16 @@ class LakeFSSettings:
             )
         return self
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the variables :meth:`from_env` reads, for a child process
+        (the Spark job) that must talk to the same lakeFS as its parent."""
+        values = {
+            "LAKEFS_ENDPOINT": self.endpoint, "LAKEFS_ACCESS_KEY_ID": self.access_key_id,
+            "LAKEFS_SECRET_ACCESS_KEY": self.secret_access_key, "LAKEFS_REPOSITORY": self.repository,
+            "LAKEFS_BRANCH": self.branch, "LAKEFS_STORAGE_NAMESPACE": self.storage_namespace,
+        }
+        return {k: v for k, v in values.items() if v}
+
     def namespace_for(self, repository: str) -> str:
         if self.storage_namespace:
             return self.storage_namespace.rstrip("/").replace("{repo}", repository)

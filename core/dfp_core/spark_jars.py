@@ -14,7 +14,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = REPO_ROOT / "tools" / "spark-jars" / "jars.lock"
-MAVEN_CENTRAL = os.environ.get("DFP_MAVEN_REPO", "https://repo1.maven.org/maven2").rstrip("/")
+
+
+def _maven_repo() -> str:
+    return os.environ.get("DFP_MAVEN_REPO", "https://repo1.maven.org/maven2").rstrip("/")
 
 
 def _cache_root() -> Path:
@@ -58,7 +61,7 @@ def jar_paths(jars_dir: Path | None = None, fetch: bool = False) -> list[Path]:
             "run `make setup` or `python core/dfp_core/spark_jars.py`"
         )
     for n, (rel, digest, local) in enumerate(missing, 1):
-        _download(f"{MAVEN_CENTRAL}/{rel}", local, digest, f"[{n}/{len(missing)}]")
+        _download(f"{_maven_repo()}/{rel}", local, digest, f"[{n}/{len(missing)}]")
     return paths
 
 
@@ -76,7 +79,21 @@ def _download(url: str, dest: Path, digest: str, label: str) -> None:
     tmp.replace(dest)
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    """Fetch what is missing into the cache; ``--into DIR`` also copies the jars there
+    (an image's $SPARK_HOME/jars)."""
+    import shutil
+
     found = jar_paths(fetch=True)
     total = sum(p.stat().st_size for p in found)
     print(f"Spark jars: {len(found)} files, {total / 1e6:.1f} MB in {_cache_root()}", file=sys.stderr)
+    if argv[:1] == ["--into"] and len(argv) == 2:
+        for path in found:
+            shutil.copy2(path, Path(argv[1]) / path.name)
+        print(f"copied into {argv[1]}", file=sys.stderr)
+    elif argv:
+        raise SystemExit("usage: spark_jars.py [--into DIR]")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

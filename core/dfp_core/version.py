@@ -26,3 +26,31 @@ def code_version() -> str:
         return f"git:{sha}{'-dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return f"dfp-kronodroid {__version__}"
+
+
+def execution_tags() -> dict[str, str]:
+    """Where a run executes, recorded on it: the image (``DFP_IMAGE``, set in the images),
+    the host (a container's id inside Docker or a pod's name), the interpreter, the code."""
+    import socket
+    import sys
+
+    return {
+        "dfp.image": os.environ.get("DFP_IMAGE") or "none",
+        "dfp.container": _container_id() or "none",
+        "dfp.hostname": socket.gethostname(),
+        "dfp.python": sys.executable,
+        "dfp.code_version": code_version(),
+    }
+
+
+def _container_id() -> str | None:
+    """The Docker container this process runs in: Docker bind-mounts the container's own
+    /etc/hostname from /var/lib/docker/containers/<id>/, which mountinfo shows."""
+    import re
+
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            match = re.search(r"/containers/([0-9a-f]{64})/hostname", handle.read())
+    except OSError:
+        return None
+    return match.group(1) if match else None

@@ -27,7 +27,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "up to date" >&2
 else
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+  .venv/bin/python -m pip install --quiet -c requirements.lock --upgrade pip setuptools wheel
   # torch and the CUDA wheels are large on first install; pip caches them.
   .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e ".[all,dev]"
   echo "$want" > "$stamp"

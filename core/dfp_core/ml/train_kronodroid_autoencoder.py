@@ -22,6 +22,7 @@ from dfp_core.kronodroid import schema
 from dfp_core.ml.fit import fit_and_evaluate
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
+from dfp_core.version import execution_tags
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -98,7 +99,8 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
     tags = lineage_tags(data)
 
     with tempfile.TemporaryDirectory(prefix="dfp-train-") as tmp, mlflow.start_run(
-        experiment_id=experiment.experiment_id, tags={**tags, **rebuild_tags(data), **config.extra_tags}
+        experiment_id=experiment.experiment_id,
+        tags={**tags, **rebuild_tags(data), **execution_tags(), **config.extra_tags},
     ) as run:
         workdir = Path(tmp)
         mlflow.log_params({**config.to_params(), "resolved_commit": data.spec.lakefs_commit,

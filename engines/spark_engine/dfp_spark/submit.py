@@ -6,9 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from dfp_core.errors import DfpError
-from dfp_core.settings import SparkSettings
+from dfp_core.settings import LakeFSSettings, SparkSettings
 from dfp_core.spark_jars import jar_paths
 
 JOB_FILE = Path(__file__).resolve().with_name("kronodroid_iceberg_job.py")
@@ -30,16 +31,29 @@ def spark_submit_command(job_args: list[str], settings: SparkSettings) -> list[s
     return [*command, str(JOB_FILE), *job_args]
 
 
-def run_local(job_args: list[str], settings: SparkSettings) -> dict:
+def run_local(job_args: list[str], settings: SparkSettings, lakefs: LakeFSSettings, env: Mapping[str, str]) -> dict:
     """Run the job to the end; returns its JSON summary (its last stdout line).
-    Its progress goes to stderr as it runs."""
+    Its progress goes to stderr as it runs.
+
+    The job builds its runtime from its environment, as on a cluster (where the
+    SparkApplication sets it): ``env`` with ``lakefs`` over it, so the job talks to
+    the lakeFS its caller was given, however the caller got it (a pipeline
+    parameter, stack.env)."""
     import json
 
-    done = subprocess.run(spark_submit_command(job_args, settings), stdout=subprocess.PIPE, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode != 0:
-        raise SparkJobError(f"the Spark job exited with code {done.returncode} (its error is above)")
+    child_env = {**env, **lakefs.to_env()}
+    # spark-submit's PythonRunner merges the job's stderr (progress, the error line) into
+    # its stdout: pass every line on to our stderr as it comes, keep the last for the summary.
+    last = ""
+    with subprocess.Popen(spark_submit_command(job_args, settings), stdout=subprocess.PIPE, text=True,
+                          env=child_env) as job:
+        for line in job.stdout:
+            sys.stderr.write(line)
+            if line.strip():
+                last = line.strip()
+    if job.returncode != 0:
+        raise SparkJobError(f"the Spark job exited with code {job.returncode} (its error is above)")
     try:
-        return json.loads(lines[-1])
-    except (IndexError, ValueError):
-        raise SparkJobError(f"the Spark job printed no JSON summary (last line: {lines[-1:]!r})") from None
+        return json.loads(last)
+    except ValueError:
+        raise SparkJobError(f"the Spark job printed no JSON summary (last line: {last!r})") from None

@@ -62,7 +62,7 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: 
         if mode == "local":
             from dfp_spark.submit import run_local
 
-            run_local(to_arguments(job), rt.settings.spark)
+            run_local(to_arguments(job), rt.settings.spark, rt.settings.lakefs, os.environ)
         else:
             from dfp_kfp.spark_application import run_spark_application
 

@@ -1,0 +1,99 @@
+"""What users deploy, run as a cluster would run it: the images built by
+`make images` (layer cache reused), and the compiled pipeline's steps executed in
+them by KFP's DockerRunner against the local stack. The Spark step runs
+`spark-submit` of the job inside the Spark image with the image's own jars."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dfp_core import __version__, lineage
+from dfp_core.errors import DfpError
+from dfp_core.kronodroid.generator import generate
+from tests.inputs import archive_rows, csv_text
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_IMAGE = f"dfp/kronodroid-train:{__version__}"
+SPARK_IMAGE = f"dfp/kronodroid-spark:{__version__}"
+
+
+@pytest.fixture(scope="module")
+def images():
+    from dfp_kfp.docker_engine import DockerError, docker_client
+
+    try:
+        client = docker_client()
+    except DockerError as exc:
+        pytest.skip(f"{exc} (tools/scripts/docker_engine.sh installs and starts one, as root)")
+    done = subprocess.run([str(REPO_ROOT / "tools/scripts/build_images.sh"), "train", "spark"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    built = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {i["image"] for i in built["images"].values()} == {TRAIN_IMAGE, SPARK_IMAGE}
+    return client
+
+
+def test_the_images_run_as_their_non_root_user_and_hold_what_the_steps_run(images):
+    for image in (TRAIN_IMAGE, SPARK_IMAGE):
+        attrs = images.images.get(image).attrs["Config"]
+        assert attrs["User"] == "10001:10001", image
+        out = images.containers.run(image, ["python3", "-c", "import os, kfp, dfp_core; print(os.getuid(), os.environ['DFP_IMAGE'])"],
+                                    remove=True).decode().split()
+        assert out == ["10001", image]
+    # The operator's `driver` entry runs spark-submit of the job file in the image.
+    job = "/opt/dfp/engines/spark_engine/dfp_spark/kronodroid_iceberg_job.py"
+    help_text = images.containers.run(SPARK_IMAGE, ["driver", "--master", "local[1]", job, "--help"], remove=True).decode()
+    assert "--run-branch" in help_text and "--max-shrink" in help_text
+
+
+def test_the_pipeline_runs_in_the_images(images, rt, stack, lakefs, tmp_path):
+    from dfp_kfp.local_run import run_pipeline_locally
+
+    data = tmp_path / "data"
+    generate(data, 300, seed=12)
+    repo = "dock" + uuid.uuid4().hex[:8]
+    result = run_pipeline_locally(
+        rt, runner="docker", pipeline_root=tmp_path / "root", input_dir=str(data), lakefs_repository=repo,
+        run_id="in-docker", max_epochs=1, batch_size=64, latent_dim=8, hidden_dims="32,16", accelerator="cpu",
+        model_name=f"kronodroid_autoencoder_{repo}", evaluate_baselines=False,
+    )
+    head = lakefs.resolve_commit(repo, "main")
+    assert result["lakefs_commit"] == head and lakefs.commit_metadata(repo, head)["dfp.run_id"] == "in-docker"
+    version = rt.mlflow.get_model_version(result["model_name"], result["model_version"])
+    assert set(lineage.LINEAGE_TAGS) <= set(version.tags) and version.tags["data.lakefs_ref"] == head
+    # Training ran in the training image, in a container, on the image's interpreter.
+    run = rt.mlflow.get_run(version.run_id).data.tags
+    assert run["dfp.image"] == TRAIN_IMAGE and run["dfp.python"] == "/opt/venv/bin/python3"
+    assert len(run["dfp.container"]) == 64 and run["dfp.code_version"].startswith("git:")
+    # The transform ran in the Spark image: its commit says so.
+    run_commit = lakefs.resolve_commit(repo, "run-in-docker")
+    assert lakefs.commit_metadata(repo, run_commit)["dfp.code_version"].startswith("git:")
+
+    # A containerised step that fails leaves main as it was.
+    empty = tmp_path / "header-only" / "real_device"
+    empty.mkdir(parents=True)
+    _, rows = archive_rows(data / "real_device" / "real_legitimate_v1.zip")
+    (empty / "real_extra.csv").write_text(csv_text(rows[:1]))  # a header, no data rows
+    with pytest.raises(Exception):
+        run_pipeline_locally(rt, runner="docker", pipeline_root=tmp_path / "root2", input_dir=str(empty.parent),
+                             lakefs_repository=repo, run_id="in-docker-bad", max_epochs=1, accelerator="cpu",
+                             model_name=f"kronodroid_autoencoder_{repo}")
+    assert lakefs.resolve_commit(repo, "main") == head
+    assert not lakefs.branch_exists(repo, "run-in-docker-bad")
+
+
+def test_a_missing_image_is_one_clear_line(images, rt, monkeypatch):
+    from dfp_kfp import local_run
+    from dfp_kfp.docker_engine import require_images
+
+    with pytest.raises(DfpError, match=r"image\(s\) not built: dfp/no-such-image:0; build them with `make images`"):
+        require_images(images, ["dfp/no-such-image:0"])
+    monkeypatch.setattr("dfp_kfp.components.train_kronodroid_autoencoder_component.TRAIN_IMAGE", "dfp/no-such-image:0")
+    with pytest.raises(DfpError, match="not built: dfp/no-such-image:0"):
+        local_run.run_pipeline_locally(rt, runner="docker", run_transform=False)

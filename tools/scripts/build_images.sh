@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# `make images`: the training, Spark and MLflow images, tagged with the project version and
+# `latest`, with BuildKit (layer cache reused between builds).
+#
+#   tools/scripts/build_images.sh [train] [spark] [mlflow]      (default: all three)
+#
+# DFP_BASE_IMAGE   base of every image (default python:3.11.17-slim-bookworm). Where it cannot be
+#                  pulled, a base is built from Debian packages (debootstrap, needs root) and used.
+# DFP_CA_BUNDLE    CA bundle the builds trust for PyPI and Maven Central, passed as a BuildKit
+#                  secret, never stored in a layer (default: /etc/ssl/certs/ca-certificates.crt
+#                  when it exists).
+# DFP_MAVEN_REPO   Maven mirror for the Spark jars.
+# The last stdout line is a JSON summary: per image its tag, build seconds and size.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+say() { printf '==> %s\n' "$*" >&2; }
+
+images=("$@")
+[ ${#images[@]} -gt 0 ] || images=(train spark mlflow)
+for image in "${images[@]}"; do
+  case "$image" in train|spark|mlflow) ;; *) fail "unknown image '$image': expected train, spark or mlflow" ;; esac
+done
+
+"$root/tools/scripts/docker_engine.sh"
+
+version=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
+mlflow_version=$(sed -n 's/^mlflow==//p' requirements.lock)
+code_version="git:$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo -dirty)"
+base=${DFP_BASE_IMAGE:-python:3.11.17-slim-bookworm}
+debian_base="dfp/base:bookworm-py3.11"
+
+# ------------------------------------------------------------------ base image
+if docker image inspect "$base" >/dev/null 2>&1; then
+  say "base image $base (present)"
+elif docker pull -q "$base" >/dev/null 2>&1; then
+  say "base image $base (pulled)"
+elif docker image inspect "$debian_base" >/dev/null 2>&1; then
+  say "$base cannot be pulled; using $debian_base, built earlier from Debian packages"
+  base=$debian_base
+else
+  say "$base cannot be pulled; building $debian_base from Debian packages (debootstrap)"
+  [ "$(id -u)" = 0 ] || fail "$base cannot be pulled and building a base from Debian packages needs root; run as root, or set DFP_BASE_IMAGE to an image you have"
+  if ! command -v debootstrap >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null \
+      || fail "debootstrap is missing and apt-get install debootstrap failed"
+  fi
+  # The Debian mirror this machine uses (deb822 sources first, then the one-line format).
+  mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  rootfs=$(mktemp -d /tmp/dfp-base.XXXXXX)
+  trap 'rm -rf "$rootfs"' EXIT
+  started=$(date +%s)
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" \
+    >"$rootfs.log" 2>&1 || fail "debootstrap from $mirror failed: $(tail -n 2 "$rootfs.log" | tr '\n' ' ') [log: $rootfs.log]"
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | docker import --change 'ENV LANG=C.UTF-8' - "$debian_base" >/dev/null \
+    || fail "docker import of the Debian base failed"
+  say "built $debian_base in $(( $(date +%s) - started ))s"
+  base=$debian_base
+fi
+
+# ------------------------------------------------------------------ images
+secret=()
+ca=${DFP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+if [ -f "$ca" ]; then
+  secret=(--secret "id=ca_bundle,src=$ca")
+elif [ -n "${DFP_CA_BUNDLE:-}" ]; then
+  fail "DFP_CA_BUNDLE=$DFP_CA_BUNDLE is not a file"
+fi
+maven=()
+[ -z "${DFP_MAVEN_REPO:-}" ] || maven=(--build-arg "DFP_MAVEN_REPO=$DFP_MAVEN_REPO")
+
+summary=""
+for image in "${images[@]}"; do
+  case "$image" in
+    train) name=dfp/kronodroid-train; dockerfile=tools/docker/Dockerfile.pytorch_train; tag=$version ;;
+    spark) name=dfp/kronodroid-spark; dockerfile=tools/docker/Dockerfile.spark; tag=$version ;;
+    mlflow) name=dfp/mlflow-server; dockerfile=tools/docker/Dockerfile.mlflow; tag=$mlflow_version ;;
+  esac
+  say "building $name:$tag ($dockerfile, base $base)"
+  started=$(date +%s)
+  docker buildx build --load --progress=plain -f "$dockerfile" \
+    --build-arg "BASE_IMAGE=$base" --build-arg "DFP_IMAGE=$name:$tag" --build-arg "DFP_CODE_VERSION=$code_version" \
+    ${secret[@]+"${secret[@]}"} ${maven[@]+"${maven[@]}"} -t "$name:$tag" -t "$name:latest" . >&2 \
+    || fail "building $name:$tag failed (the build log is above); fix the cause and run \`make images\` again"
+  seconds=$(( $(date +%s) - started ))
+  bytes=$(docker image inspect --format '{{.Size}}' "$name:$tag")
+  say "$name:$tag built in ${seconds}s, $(( bytes / 1000000 )) MB"
+  summary+="${summary:+, }\"$image\": {\"image\": \"$name:$tag\", \"seconds\": $seconds, \"size_mb\": $(( bytes / 1000000 ))}"
+done
+printf '{"base_image": "%s", "images": {%s}}\n' "$base" "$summary"

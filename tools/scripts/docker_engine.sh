@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A running Docker engine with BuildKit (buildx), idempotent: does only what is missing.
+#   - no engine: installs Debian's docker.io (needs root and apt);
+#   - engine not running: starts dockerd in the background (needs root; log in /var/log/dfp-dockerd.log);
+#   - no buildx plugin: builds it from the Go module proxy (pinned, cached in ~/.cache/dfp/buildx/)
+#     and installs it as a Docker CLI plugin for this user.
+# Each failure is one line naming the cause and what fixes it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+BUILDX_VERSION=v0.38.2
+cache=${DFP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dfp}
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+say() { printf '%s\n' "$*" >&2; }
+as_root() { [ "$(id -u)" = 0 ]; }
+
+if ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
+  as_root || fail "no Docker engine: install one (Debian: sudo apt-get install docker.io) or run this script as root"
+  command -v apt-get >/dev/null || fail "no Docker engine and no apt-get to install docker.io; install Docker for your system"
+  say "installing Debian's docker.io"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+    || fail "apt-get update failed; check the Debian mirror in /etc/apt/sources.list.d/"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null \
+    || fail "apt-get install docker.io failed"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  as_root || fail "the Docker engine is not running: start it (sudo systemctl start docker, or run this script as root)"
+  say "starting dockerd (log: /var/log/dfp-dockerd.log)"
+  nohup dockerd >/var/log/dfp-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || fail "dockerd did not come up in 60s: $(tail -n 3 /var/log/dfp-dockerd.log | tr '\n' ' ')"
+fi
+
+if ! docker buildx version >/dev/null 2>&1; then
+  plugin="$cache/buildx/$BUILDX_VERSION/docker-buildx"
+  if [ ! -x "$plugin" ]; then
+    command -v go >/dev/null || fail "docker buildx is missing and Go is not installed to build it; install the docker-buildx plugin"
+    say "building docker buildx $BUILDX_VERSION from the Go module proxy (first time only)"
+    mkdir -p "$(dirname "$plugin")"
+    GOBIN="$(dirname "$plugin")" go install \
+      -ldflags "-X github.com/docker/buildx/version.Version=$BUILDX_VERSION" \
+      "github.com/docker/buildx/cmd/buildx@$BUILDX_VERSION" || fail "building docker buildx failed (see above)"
+    mv "$(dirname "$plugin")/buildx" "$plugin"
+  fi
+  mkdir -p "$HOME/.docker/cli-plugins"
+  ln -sf "$plugin" "$HOME/.docker/cli-plugins/docker-buildx"
+  docker buildx version >/dev/null 2>&1 || fail "docker buildx does not run from $plugin"
+fi
+say "docker: engine $(docker version --format '{{.Server.Version}}'), $(docker buildx version | awk '{print "buildx " $2}')"
