@@ -243,6 +243,9 @@ def _mlflow_command(settings: StackSettings) -> tuple[list[str], dict[str, str]]
     ]
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow 3 sends usage telemetry to mlflow-telemetry.io unless told not to; a local
+    # stack talks to nothing outside this machine (as lakeFS's stats are off).
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     return cmd, env
 
 

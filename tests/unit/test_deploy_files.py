@@ -520,6 +520,14 @@ def test_a_ca_bundle_is_a_build_secret_never_a_layer(name, dockerfiles):
             assert args.startswith("--mount=type=secret,id=ca_bundle"), f"Dockerfile.{name}: RUN without the CA secret: {args[:80]}"
 
 
+@pytest.mark.parametrize("name", ("pytorch_train", "mlflow"))
+def test_images_with_mlflow_send_no_telemetry(name, dockerfiles):
+    """MLflow 3 reports usage to mlflow-telemetry.io unless told not to; a pipeline step
+    talks to lakeFS, MLflow and the Kubernetes API only."""
+    env = " ".join(args for kw, args in dockerfiles[name] if kw == "ENV")
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in env and "DO_NOT_TRACK=true" in env
+
+
 def test_training_image_command_is_the_dfp_cli(dockerfiles):
     final = final_stage(dockerfiles["pytorch_train"])
     commands = [exec_form(args) for kw, args in final if kw in ("CMD", "ENTRYPOINT")]

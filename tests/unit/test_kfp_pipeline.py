@@ -145,6 +145,35 @@ def test_every_step_has_requests_and_limits_and_training_asks_for_a_gpu_on_gpu(c
     assert [a for c, a in by_condition.items() if c.startswith("!")] == [None]
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_the_network_policy_covers_every_pod_of_a_run_and_opens_only_what_the_steps_use(compiled):
+    """Steps and Spark pods carry the label the NetworkPolicy selects; it lets them reach
+    DNS, lakeFS, MLflow, the Kubernetes API, the KFP launcher's services and each other."""
+    _, docs = compiled
+    [policy] = yaml.safe_load_all((REPO_ROOT / "orchestration/kubeflow/manifests/pipeline-network-policy.yaml").read_text())
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    spec = policy["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, config in executors.items():
+        labels = config["podMetadata"]["labels"]
+        assert _selects(spec["podSelector"], labels), name
+    app = build_spark_application(_spec())["spec"]
+    for role in ("driver", "executor"):
+        assert _selects(spec["podSelector"], app[role]["labels"]), role
+    ports = {(p.get("protocol", "TCP"), p["port"]) for rule in spec["egress"] for p in rule.get("ports", [])}
+    assert {("UDP", 53), ("TCP", 8000), ("TCP", 5000), ("TCP", 443)} <= ports
+    # Every rule is bounded: by ports, or to the run's own pods (Spark driver <-> executors).
+    for rule in spec["egress"]:
+        if not rule.get("ports"):
+            assert [_selects(t["podSelector"], app["driver"]["labels"]) for t in rule["to"]] == [True], rule
+    # No rule opens every address on every port.
+    assert all(rule.get("to") or rule.get("ports") for rule in spec["egress"])
+
+
 def _spec(**overrides) -> SparkAppSpec:
     values = dict(name="kronodroid-run-1", namespace="kubeflow-user", image="dfp/kronodroid-spark:latest",
                   arguments=["--repo", "kronodroid", "--run-branch", "run-1", "--no-merge"],

@@ -23,7 +23,10 @@ for image in "${images[@]}"; do
   case "$image" in train|spark|mlflow) ;; *) fail "unknown image '$image': expected train, spark or mlflow" ;; esac
 done
 
-"$root/tools/scripts/docker_engine.sh"
+# The engine (installed and started if need be) and the BuildKit build command it offers.
+read -r -a builder < <("$root/tools/scripts/docker_engine.sh" --print-builder | tail -n 1) \
+  || fail "no usable Docker engine (see above)"
+[ ${#builder[@]} -gt 0 ] || fail "no usable Docker engine (see above)"
 
 version=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
 mlflow_version=$(sed -n 's/^mlflow==//p' requirements.lock)
@@ -82,7 +85,7 @@ for image in "${images[@]}"; do
   esac
   say "building $name:$tag ($dockerfile, base $base)"
   started=$(date +%s)
-  docker buildx build --load --progress=plain -f "$dockerfile" \
+  "${builder[@]}" --progress=plain -f "$dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "DFP_IMAGE=$name:$tag" --build-arg "DFP_CODE_VERSION=$code_version" \
     ${secret[@]+"${secret[@]}"} ${maven[@]+"${maven[@]}"} -t "$name:$tag" -t "$name:latest" . >&2 \
     || fail "building $name:$tag failed (the build log is above); fix the cause and run \`make images\` again"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# A running Docker engine with BuildKit (buildx), idempotent: does only what is missing.
+# A running Docker engine and a BuildKit client, idempotent: does only what is missing.
 #   - no engine: installs Debian's docker.io (needs root and apt);
 #   - engine not running: starts dockerd in the background (needs root; log in /var/log/dfp-dockerd.log);
-#   - no buildx plugin: builds it from the Go module proxy (pinned, cached in ~/.cache/dfp/buildx/)
-#     and installs it as a Docker CLI plugin for this user.
+#   - a BuildKit client: the buildx plugin if the CLI has it; else a Docker CLI that drives the
+#     engine's own BuildKit (DOCKER_BUILDKIT=1, as Debian's docker.io client does); else buildx is
+#     built from the Go module proxy (pinned, cached in ~/.cache/dfp/buildx/) and installed as a
+#     CLI plugin for this user.
+# With --print-builder, the last stdout line is the build command to use (words separated by
+# spaces), e.g. `docker buildx build --load` or `env DOCKER_BUILDKIT=1 /usr/bin/docker build`.
 # Each failure is one line naming the cause and what fixes it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -12,6 +16,12 @@ cache=${DFP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dfp}
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*" >&2; }
 as_root() { [ "$(id -u)" = 0 ]; }
+print_builder=false
+case "${1:-}" in
+  --print-builder) print_builder=true ;;
+  "") ;;
+  *) fail "usage: docker_engine.sh [--print-builder]" ;;
+esac
 
 if ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
   as_root || fail "no Docker engine: install one (Debian: sudo apt-get install docker.io) or run this script as root"
@@ -31,10 +41,28 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || fail "dockerd did not come up in 60s: $(tail -n 3 /var/log/dfp-dockerd.log | tr '\n' ' ')"
 fi
 
-if ! docker buildx version >/dev/null 2>&1; then
+# A Docker CLI that runs BuildKit builds through the engine itself (no buildx plugin needed):
+# the classic client with DOCKER_BUILDKIT=1. A newer CLI without buildx refuses, so try each.
+engine_buildkit_client() {
+  local client
+  for client in "$(command -v docker)" /usr/bin/docker; do
+    [ -x "$client" ] || continue
+    if DOCKER_BUILDKIT=1 "$client" build --help 2>/dev/null | grep -q -- '--secret'; then
+      echo "$client"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if docker buildx version >/dev/null 2>&1; then
+  builder="docker buildx build --load"
+elif client=$(engine_buildkit_client); then
+  builder="env DOCKER_BUILDKIT=1 $client build"
+else
   plugin="$cache/buildx/$BUILDX_VERSION/docker-buildx"
   if [ ! -x "$plugin" ]; then
-    command -v go >/dev/null || fail "docker buildx is missing and Go is not installed to build it; install the docker-buildx plugin"
+    command -v go >/dev/null || fail "no BuildKit client: docker buildx is missing and Go is not installed to build it; install the docker-buildx plugin"
     say "building docker buildx $BUILDX_VERSION from the Go module proxy (first time only)"
     mkdir -p "$(dirname "$plugin")"
     GOBIN="$(dirname "$plugin")" go install \
@@ -45,5 +73,7 @@ if ! docker buildx version >/dev/null 2>&1; then
   mkdir -p "$HOME/.docker/cli-plugins"
   ln -sf "$plugin" "$HOME/.docker/cli-plugins/docker-buildx"
   docker buildx version >/dev/null 2>&1 || fail "docker buildx does not run from $plugin"
+  builder="docker buildx build --load"
 fi
-say "docker: engine $(docker version --format '{{.Server.Version}}'), $(docker buildx version | awk '{print "buildx " $2}')"
+say "docker: engine $(docker version --format '{{.Server.Version}}'), builds with: $builder"
+if $print_builder; then echo "$builder"; fi

@@ -30,6 +30,12 @@ from ..components.spark_transform_component import SPARK_IMAGE, kronodroid_spark
 from ..components.train_kronodroid_autoencoder_component import TRAIN_IMAGE, train_kronodroid_autoencoder
 
 PIPELINE_NAME = "kronodroid-autoencoder"
+# The oldest Kubeflow Pipelines backend that runs the compiled YAML (the README says why;
+# tests/unit/test_kfp_backend_version.py checks the YAML against it).
+MIN_KFP_BACKEND = "2.15.0"
+# Labels on every pod of a run (steps and SparkApplication pods), which
+# manifests/pipeline-network-policy.yaml selects.
+POD_LABELS = {"app.kubernetes.io/part-of": "dfp-kronodroid"}
 PIPELINE_FILE = "kronodroid_autoencoder_pipeline.yaml"
 # Kubernetes Secret with the lakeFS key pair (see orchestration/kubeflow/manifests/secrets-example.yaml).
 LAKEFS_SECRET = "lakefs-credentials"
@@ -50,6 +56,8 @@ def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTas
     task.set_cpu_request(cpu).set_cpu_limit(cpu_limit).set_memory_request(memory).set_memory_limit(memory_limit)
     task.set_caching_options(False)  # every run must see lakeFS as it is now
     task.set_container_image(image)
+    for key, value in {**POD_LABELS, "app.kubernetes.io/component": step}.items():
+        kubernetes.add_pod_label(task, key, value)
     # Credentials come from the cluster Secret at run time: never parameters, never in the YAML.
     return kubernetes.use_secret_as_env(task, secret_name=LAKEFS_SECRET, secret_key_to_env=LAKEFS_SECRET_ENV)
 
