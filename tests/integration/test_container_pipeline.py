@@ -5,8 +5,11 @@ them by KFP's DockerRunner against the local stack. The Spark step runs
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -97,3 +100,24 @@ def test_a_missing_image_is_one_clear_line(images, rt, monkeypatch):
     monkeypatch.setattr("dfp_kfp.components.train_kronodroid_autoencoder_component.TRAIN_IMAGE", "dfp/no-such-image:0")
     with pytest.raises(DfpError, match="not built: dfp/no-such-image:0"):
         local_run.run_pipeline_locally(rt, runner="docker", run_transform=False)
+
+
+def test_a_build_that_fails_is_one_line_and_keeps_the_built_images(images):
+    """A base without Python (an empty image here) fails the build: the script's last line
+    names the image and what to do, and the images built before are untouched."""
+    before = images.images.get(SPARK_IMAGE).id
+    empty = "dfp/test-empty-base:1"
+    buffer = io.BytesIO()
+    tarfile.open(fileobj=buffer, mode="w").close()  # an image with no files at all
+    subprocess.run(["docker", "import", "-", empty], input=buffer.getvalue(), check=True, capture_output=True)
+    try:
+        done = subprocess.run([str(REPO_ROOT / "tools/scripts/build_images.sh"), "spark"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "DFP_BASE_IMAGE": empty})
+        assert done.returncode != 0
+        last = done.stderr.strip().splitlines()[-1]
+        assert last == (f"error: building {SPARK_IMAGE} failed (the build log is above); fix the cause and run "
+                        "`make images` again"), last
+        assert images.images.get(SPARK_IMAGE).id == before
+    finally:
+        subprocess.run(["docker", "rmi", "-f", empty], capture_output=True)
