@@ -76,13 +76,14 @@ def lightning_vs_plain(tmp: Path, rows: int, epochs: int, batch_size: int, repea
     from dfp_core.ml.data import KronodroidDataModule
     from plain_loop import train_plain
     from dfp_core.ml.model import KronodroidAutoencoder
-    from dfp_core.ml.preprocess import Preprocessor
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
     from dfp_core.params import TrainConfig
+    from dfp_core.serving.preprocess import Preprocessor
 
     frame = _generated_frame(tmp, rows)
     y = frame["label"].to_numpy()
     held = np.random.default_rng(0).random(len(frame)) < 0.15
-    preprocessor = Preprocessor().fit(frame[~held & (y == 0)])
+    preprocessor = Preprocessor(FEATURE_COLUMNS).fit(frame[~held & (y == 0)])
     x = preprocessor.transform(frame)
     dm = KronodroidDataModule(x[~held], x[held], None, y[~held], y[held], train_on="benign",
                               batch_size=batch_size, seed=0)

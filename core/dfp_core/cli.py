@@ -305,6 +305,57 @@ def score_cmd(
             emit(score(rt, model_uri, Path(input_path), out))
 
 
+@app.command("serve")
+def serve_cmd(
+    model_uri: str = typer.Option(..., "--model-uri", help="models:/name/version, models:/name@alias, runs:/..."),
+    port: int = typer.Option(5001, "--port", min=1, max=65535),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    env_manager: str = typer.Option("local", "--env-manager",
+                                    help="local (this environment), or virtualenv / uv (one built from the model's requirements)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Serve a model over REST (MLflow's scoring server): GET /ping, POST /invocations."""
+    import signal
+
+    from dfp_core.ml.serve import serve
+
+    def stop(*_):  # SIGTERM stops the server like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with runtime("kronodroid-serve", mlflow={"tracking_uri": tracking_uri}) as rt:
+        code = serve(rt, model_uri, os.environ, host, port, env_manager)
+    raise typer.Exit(code)
+
+
+@app.command("kserve")
+def kserve_cmd(
+    model: str = typer.Option(..., "--model", help="Registered model name."),
+    version: Optional[str] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias"),
+    namespace: str = typer.Option("kubeflow-user", "--namespace"),
+    out: Optional[Path] = typer.Option(None, "--out", help="YAML file (default inferenceservice-<name>.yaml)."),
+    artifacts_destination: Optional[str] = typer.Option(
+        None, "--artifacts-destination", help="The MLflow server's --artifacts-destination (e.g. s3://mlflow-artifacts)."),
+    storage_uri: Optional[str] = typer.Option(None, "--storage-uri", help="Where KServe reads the model (overrides)."),
+    service_account: Optional[str] = typer.Option(None, "--service-account", help="Service account with the storage credentials."),
+    image: Optional[str] = typer.Option(None, "--image", help="MLServer image holding the model's requirements."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """A KServe InferenceService (MLflow runtime) for a registered model version, as YAML."""
+    import yaml
+
+    from dfp_core.ml.kserve import inference_service_for_version
+
+    with runtime("kronodroid-kserve", mlflow={"tracking_uri": tracking_uri}) as rt:
+        manifest = inference_service_for_version(rt, model, version, alias, namespace, storage_uri,
+                                                 artifacts_destination, service_account, image)
+    path = out or Path(f"inferenceservice-{manifest['metadata']['name']}.yaml")
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    emit({"inference_service": str(path), "name": manifest["metadata"]["name"],
+          "storage_uri": manifest["spec"]["predictor"]["model"]["storageUri"]})
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Option(..., "--model"),

@@ -74,7 +74,11 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     assert {"plots/loss_curves.png", "plots/roc_curve.png", "plots/pr_curve.png", "plots/error_histogram.png"} <= artifacts
 
     # The registered model loads as a pyfunc and scores a batch read back from the pinned table.
-    model = mlflow.pyfunc.load_model(f"models:/{result['model_name']}/{result['model_version']}")
+    with rt.tracking():  # the registry of the session's stack, not a default local one
+        model = mlflow.pyfunc.load_model(f"models:/{result['model_name']}/{result['model_version']}")
+    version_description = client.get_model_version(result["model_name"], result["model_version"]).description
+    assert f"reconstruction_error > {result['test_metrics']['threshold']:.6g}" in version_description
+    assert "476 numeric columns" in version_description and "sc_execve" in version_description
     table = TableRef(repo, summary["merge_commit"], schema.MART_NAMESPACE, schema.FCT_TABLE)
     batch = spark.table(iceberg.qualified(spark, table)).limit(32).toPandas()
     scores = model.predict(as_model_input(batch))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ from dfp_core.ml.data import KronodroidDataModule  # noqa: E402
 from bench.plain_loop import train_plain  # noqa: E402
 from dfp_core.ml.model import KronodroidAutoencoder, LossHistory  # noqa: E402
 from dfp_core.ml.plots import plot_error_histogram, plot_loss_curves, plot_roc_pr  # noqa: E402
-from dfp_core.ml.preprocess import Z_CLIP, Preprocessor  # noqa: E402
+from dfp_core.serving.preprocess import Z_CLIP, Preprocessor  # noqa: E402
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS  # noqa: E402
 
 FEATURES = list(FEATURE_COLUMNS)
@@ -86,7 +87,7 @@ def data():
     n = len(df)
     splits = {"train": df.iloc[: int(0.6 * n)], "val": df.iloc[int(0.6 * n): int(0.8 * n)], "test": df.iloc[int(0.8 * n):]}
     splits = {k: v.reset_index(drop=True) for k, v in splits.items()}
-    pre = Preprocessor().fit(splits["train"])
+    pre = Preprocessor(FEATURE_COLUMNS).fit(splits["train"])
     arrays = {k: pre.transform(v) for k, v in splits.items()}
     labels = {k: v["label"].to_numpy() for k, v in splits.items()}
     return {"frames": splits, "pre": pre, "x": arrays, "y": labels}
@@ -122,7 +123,7 @@ def trained(data):
 def test_preprocessor_fitted_on_train_only(data):
     train, test = data["frames"]["train"], data["frames"]["test"]
     pre = data["pre"]
-    other = Preprocessor().fit(test)
+    other = Preprocessor(FEATURE_COLUMNS).fit(test)
     assert not np.allclose(pre.means, other.means)
     # the stored stats are the train split's
     logged = np.log1p(train[FEATURES].astype(float).fillna(train[FEATURES].median()).to_numpy())
@@ -136,7 +137,7 @@ def test_preprocessor_standardises_train(data):
     const = pre.constant_mask
     assert const[[FEATURES.index(c) for c in CONSTANT]].all()
     # Without the z clip the train split is exactly standardised ...
-    unclipped = Preprocessor(z_clip=None).fit(data["frames"]["train"])
+    unclipped = Preprocessor(FEATURE_COLUMNS, z_clip=None).fit(data["frames"]["train"])
     xu = unclipped.transform(data["frames"]["train"])
     np.testing.assert_allclose(xu[:, ~const].mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(xu[:, ~const].std(axis=0), 1.0, atol=1e-3)
@@ -175,7 +176,7 @@ def test_preprocessor_json_round_trip_and_determinism(data, tmp_path):
         np.testing.assert_array_equal(loaded.transform(data["frames"][split]), data["x"][split])
     again = Preprocessor.from_dict(pre.to_dict())
     np.testing.assert_array_equal(again.transform(data["frames"]["val"]), data["x"]["val"])
-    refit = Preprocessor().fit(data["frames"]["train"])
+    refit = Preprocessor(FEATURE_COLUMNS).fit(data["frames"]["train"])
     np.testing.assert_array_equal(refit.transform(data["frames"]["train"]), data["x"]["train"])
 
 
@@ -185,9 +186,9 @@ def test_preprocessor_missing_columns(data):
         data["pre"].transform(bad)
     assert "sc_read" in str(exc.value)
     with pytest.raises(DatasetError, match="not fitted"):
-        Preprocessor().transform(data["frames"]["test"])
+        Preprocessor(FEATURE_COLUMNS).transform(data["frames"]["test"])
     with pytest.raises(DatasetError, match="empty"):
-        Preprocessor().fit(data["frames"]["test"].iloc[:0])
+        Preprocessor(FEATURE_COLUMNS).fit(data["frames"]["test"].iloc[:0])
 
 
 # -- data module ---------------------------------------------------------------------
@@ -387,21 +388,22 @@ def test_plots_write_pngs(data, trained, tmp_path):
 
 def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from dfp_core.ml.pyfunc import (
-        AutoencoderPyfunc, as_model_input, build_pyfunc_artifacts, load_autoencoder, pip_requirements,
-        pyfunc_signature,
-    )
+    from dfp_core.ml.pyfunc import as_model_input, build_model_artifacts, log_scorer_model
+    from dfp_core.serving.scorer import KronodroidScorer, load_network
 
     model, pre = trained["model"], data["pre"]
     thr = M.benign_threshold(trained["errors"]["val"], data["y"]["val"], 0.95)
-    arts = build_pyfunc_artifacts(model, pre, thr, 0.95, tmp_path / "artifacts")
-    assert set(arts) == {"model_state", "model_config", "preprocessor", "threshold"}
+    arts = build_model_artifacts(model, pre, thr, 0.95, tmp_path / "artifacts")
+    assert set(arts) == {"network_state", "network_config", "preprocessor", "threshold"}
     assert json.loads(open(arts["threshold"]).read()) == {"threshold": thr, "quantile": 0.95}
-    reloaded = load_autoencoder(arts["model_state"], arts["model_config"])
-    assert isinstance(reloaded, KronodroidAutoencoder) and reloaded.hparams.hidden_dims == (64, 32)
-
+    # The plain network takes the LightningModule's state dict as it is.
+    network = load_network(arts["network_state"], arts["network_config"])
     frame = data["frames"]["test"]
+    direct = model.reconstruction_error(torch.from_numpy(pre.transform(frame))).numpy()
+    np.testing.assert_allclose(network.reconstruction_error(pre.transform(frame)).numpy(), direct, atol=1e-6)
+
     # MLflow 3.17 refuses the file store unless opted in; it is its real local backend.
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     previous = mlflow.get_tracking_uri()
@@ -412,14 +414,15 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
             # An experiment of this store: another test may have made a different one active.
             experiment = mlflow.set_experiment("pyfunc-roundtrip")
             with mlflow.start_run(experiment_id=experiment.experiment_id):
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=AutoencoderPyfunc(),
-                    artifacts=arts,
-                    signature=pyfunc_signature(),
-                    input_example=as_model_input(frame.head(3)),
-                    pip_requirements=pip_requirements(),
-                )
+                info = log_scorer_model(model, pre, thr, 0.95, as_model_input(frame.head(3)), tmp_path / "log")
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "downloaded")))
+        # Logged from code: no pickle, only the inference modules, pinned requirements.
+        assert not list(local.rglob("*.pkl"))
+        code = sorted(str(p.relative_to(local / "code")) for p in (local / "code").rglob("*.py"))
+        assert code == sorted(f"dfp_core/{m}" for m in ("__init__.py", "errors.py", "serving/__init__.py",
+                                                          "serving/network.py", "serving/preprocess.py", "serving/scorer.py"))
+        requirements = (local / "requirements.txt").read_text().split()
+        assert all("==" in r for r in requirements) and {"mlflow", "torch", "numpy", "pandas"} <= {r.split("==")[0] for r in requirements}
         loaded = mlflow.pyfunc.load_model(info.model_uri)
         model_input = as_model_input(frame).assign(extra_column="ignored")
         out = loaded.predict(model_input)
@@ -427,7 +430,6 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
         assert len(out) == len(frame)
         assert out["reconstruction_error"].dtype == np.float64 and out["is_anomaly"].dtype == bool
         assert out["sample_id"].tolist() == frame["sample_id"].tolist()
-        direct = model.reconstruction_error(torch.from_numpy(pre.transform(frame))).numpy()
         np.testing.assert_allclose(out["reconstruction_error"].to_numpy(), direct, atol=1e-6)
         np.testing.assert_array_equal(out["is_anomaly"].to_numpy(), out["reconstruction_error"].to_numpy() > thr)
         # without sample_id: just the two score columns
@@ -439,11 +441,11 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
     finally:
         mlflow.set_tracking_uri(previous)
 
-    # the scorer itself (no MLflow schema in front): raw int frames, DatasetError on missing columns
-    scorer = AutoencoderPyfunc.from_artifacts(arts)
+    # the scorer itself (no MLflow schema in front): raw int frames; missing columns named
+    scorer = KronodroidScorer.from_artifacts(arts)
     raw = scorer.predict(None, frame)
     np.testing.assert_allclose(raw["reconstruction_error"].to_numpy(), direct, atol=1e-6)
-    with pytest.raises(DatasetError, match="nr_services"):
+    with pytest.raises(MlflowException, match="nr_services"):
         scorer.predict(None, frame.drop(columns=["nr_services"]))
     with pytest.raises(DatasetError, match="files_inside_apk"):
         as_model_input(frame.drop(columns=["files_inside_apk"]))

@@ -95,7 +95,7 @@ def logged(trained, tmp_path_factory):
     """The trained model logged like `train` does, in a sqlite-backed local MLflow."""
     import mlflow
 
-    from dfp_core.ml.pyfunc import AutoencoderPyfunc, as_model_input, build_pyfunc_artifacts, pip_requirements, pyfunc_signature
+    from dfp_core.ml.pyfunc import as_model_input, log_scorer_model
 
     tmp = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{tmp}/mlflow.db"
@@ -103,14 +103,11 @@ def logged(trained, tmp_path_factory):
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.create_experiment("scoring-test", artifact_location=(tmp / "artifacts").as_uri())
-        arts = build_pyfunc_artifacts(trained["model"], trained["preprocessor"], trained["threshold"], 0.95, tmp / "pyfunc")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mlflow.start_run(experiment_id=experiment):
-                info = mlflow.pyfunc.log_model(
-                    name="model", python_model=AutoencoderPyfunc(), artifacts=arts, signature=pyfunc_signature(),
-                    input_example=as_model_input(trained["frames"]["test"].head(3)), pip_requirements=pip_requirements(),
-                )
+                info = log_scorer_model(trained["model"], trained["preprocessor"], trained["threshold"], 0.95,
+                                        as_model_input(trained["frames"]["test"].head(3)), tmp / "log")
             version = mlflow.register_model(info.model_uri, "kd-scoring-test").version
     finally:
         mlflow.set_tracking_uri(previous)

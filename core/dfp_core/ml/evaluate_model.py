@@ -42,7 +42,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
             kind = "drift"
         else:
             scorer = mlflow.pyfunc.load_model(f"models:/{name}/{model.version}").unwrap_python_model()
-            metrics, table = compare_models(data.frames, scorer.model, scorer.preprocessor, seed=config.seed,
+            metrics, table = compare_models(data.frames, scorer.network, scorer.preprocessor, seed=config.seed,
                                             train_on=config.train_on, plots_dir=plots)
             kind = "comparison"
         table_path = Path(tmp) / f"{kind}.csv"

@@ -40,14 +40,15 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     from dfp_core.ml import metrics, plots
     from dfp_core.ml.data import KronodroidDataModule
     from dfp_core.ml.model import KronodroidAutoencoder, LossHistory
-    from dfp_core.ml.preprocess import Preprocessor
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+    from dfp_core.serving.preprocess import Preprocessor
 
     L.seed_everything(config.seed, workers=True)
     train_frame = data.frames["train"]
     fit_rows = train_frame[train_frame["label"] == 0] if config.train_on == "benign" else train_frame
     if fit_rows.empty:
         raise DatasetError(f"the train split has no {'benign ' if config.train_on == 'benign' else ''}rows to fit on")
-    preprocessor = Preprocessor().fit(fit_rows)
+    preprocessor = Preprocessor(FEATURE_COLUMNS).fit(fit_rows)
     arrays = {split: _split_arrays(frame, preprocessor) for split, frame in data.frames.items()}
     (train_x, train_y, _), (val_x, val_y, _), (test_x, test_y, test_src) = (arrays[s] for s in ("train", "val", "test"))
 

@@ -1,7 +1,9 @@
-"""The KronoDroid autoencoder: an MLP encoder/decoder trained with MSE.
+"""The KronoDroid autoencoder in training: the network of ``dfp_core.serving.network``
+as a LightningModule, trained with MSE.
 
 Trained on benign apps only (see ``data.KronodroidDataModule``), its per-sample
-reconstruction error is the anomaly score: malware reconstructs worse.
+reconstruction error is the anomaly score: malware reconstructs worse. Its state dict
+has the network's keys, so the registered scorer loads it into the plain network.
 """
 
 from __future__ import annotations
@@ -13,18 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dfp_core.params import TrainConfig
-
-
-def _mlp(dims: Sequence[int], dropout: float) -> nn.Sequential:
-    """Linear layers through ``dims``; ReLU + dropout between, none after the last."""
-    layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(d_in, d_out))
-        if i < len(dims) - 2:
-            layers.append(nn.ReLU())
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
+from dfp_core.serving.network import AutoencoderNetwork
 
 
 def batch_features(batch: Any) -> Tensor:
@@ -50,10 +41,7 @@ class KronodroidAutoencoder(L.LightningModule):
     ):
         super().__init__()
         hidden_dims = tuple(int(h) for h in hidden_dims)
-        if int(input_dim) < 1 or int(latent_dim) < 1 or any(h < 1 for h in hidden_dims):
-            raise ValueError("input_dim, hidden_dims and latent_dim must be positive")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError("dropout must be in [0, 1)")
+        network = AutoencoderNetwork(input_dim, hidden_dims, latent_dim, dropout)  # checks the sizes
         self.save_hyperparameters(
             {
                 "input_dim": int(input_dim),
@@ -66,9 +54,8 @@ class KronodroidAutoencoder(L.LightningModule):
         )
         self._train_sum: Tensor | float = 0.0
         self._train_count = 0
-        dims = (int(input_dim), *hidden_dims, int(latent_dim))
-        self.encoder = _mlp(dims, float(dropout))
-        self.decoder = _mlp(dims[::-1], float(dropout))
+        # The network's own modules, under the network's names: one state dict for both.
+        self.encoder, self.decoder = network.encoder, network.decoder
 
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (JSON-serialisable) that rebuild this architecture."""
@@ -82,8 +69,12 @@ class KronodroidAutoencoder(L.LightningModule):
             "weight_decay": float(hp.weight_decay),
         }
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))
+    forward = AutoencoderNetwork.forward
+    reconstruction_error = AutoencoderNetwork.reconstruction_error
+
+    def network_config(self) -> dict[str, Any]:
+        """``AutoencoderNetwork`` keyword arguments of this architecture."""
+        return {k: v for k, v in self.config().items() if k in ("input_dim", "hidden_dims", "latent_dim", "dropout")}
 
     def _loss(self, batch: Any) -> Tensor:
         x = batch_features(batch)
@@ -113,28 +104,6 @@ class KronodroidAutoencoder(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    @torch.no_grad()
-    def reconstruction_error(self, x: Tensor, batch_size: int = 65536) -> Tensor:
-        """Per-sample mean squared reconstruction error, in eval mode, without grad.
-
-        Accepts a tensor (or anything ``torch.as_tensor`` takes); returns a 1-D
-        float tensor on the CPU. The module's train/eval mode is restored.
-        """
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if x.ndim != 2:
-            raise ValueError(f"expected a 2-D (rows, features) input, got shape {tuple(x.shape)}")
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            parts = []
-            for start in range(0, x.shape[0], batch_size):
-                chunk = x[start:start + batch_size].to(device)
-                parts.append(((self(chunk) - chunk) ** 2).mean(dim=1).cpu())
-            return torch.cat(parts) if parts else torch.empty(0)
-        finally:
-            self.train(was_training)
 
 
 class LossHistory(L.Callback):

@@ -1,57 +1,46 @@
-"""The MLflow scorer: a pyfunc wrapping preprocessing + autoencoder + threshold.
+"""How training logs the scorer as an MLflow model that runs outside this project.
 
-Why a pyfunc rather than ``mlflow.pytorch.log_model``: MLflow 3's default
-PyTorch serialisation (``pt2``, torch.export) loads back as a torch
-GraphModule, not our LightningModule, and a scorer needs the fitted
-preprocessing and the anomaly threshold anyway. A state_dict + constructor
-config + preprocessor JSON + threshold JSON is explicit, portable (no pickled
-classes in the weights) and loads as a plain ``KronodroidAutoencoder``.
+The model is logged "from code" (``dfp_core/serving/model_code.py``): its code is the
+inference modules only (``INFERENCE_MODULES``, copied as its ``code_paths``), its
+artifacts are plain files (a torch state dict, JSON), and its ``requirements.txt`` pins
+every package the scorer imports and everything they need, so a fresh virtualenv made
+from that file alone loads and serves it. Nothing is pickled.
+
+Why not ``mlflow.pytorch.log_model``: MLflow 3's default PyTorch serialisation (``pt2``)
+loads back as a torch GraphModule, and a scorer needs the fitted preprocessing and the
+anomaly threshold anyway.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 import torch
 
 from dfp_core.errors import DatasetError
-from dfp_core.ml.model import KronodroidAutoencoder
-from dfp_core.ml.preprocess import Preprocessor
+from dfp_core.serving.scorer import ARTIFACT_FILES, ID_COLUMN
 
-ARTIFACT_FILES = {
-    "model_state": "model_state.pt",
-    "model_config": "model_config.json",
-    "preprocessor": "preprocessor.json",
-    "threshold": "threshold.json",
-}
-OUTPUT_COLUMNS = ("reconstruction_error", "is_anomaly")
-ID_COLUMN = "sample_id"
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.ml.model import KronodroidAutoencoder
+    from dfp_core.serving.preprocess import Preprocessor
 
-
-def load_autoencoder(state_path: str | Path, config_path: str | Path) -> KronodroidAutoencoder:
-    """A ``KronodroidAutoencoder`` (CPU, eval mode) from a state_dict file and its config JSON."""
-    model = KronodroidAutoencoder(**json.loads(Path(config_path).read_text()))
-    state = torch.load(Path(state_path), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # core/dfp_core
+# What the registered model runs, relative to the dfp_core package: nothing else is copied.
+INFERENCE_MODULES = ("__init__.py", "errors.py", "serving/__init__.py", "serving/network.py",
+                     "serving/preprocess.py", "serving/scorer.py")
+MODEL_CODE = PACKAGE_ROOT / "serving" / "model_code.py"
+# The scorer's imports; requirements.txt pins these and their dependencies.
+SCORER_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas")
 
 
-def build_pyfunc_artifacts(
-    model: KronodroidAutoencoder,
-    preprocessor: Preprocessor,
-    threshold: float,
-    quantile: float | None,
-    out_dir: str | Path,
-) -> dict[str, str]:
-    """Write the four artifact files into ``out_dir``; returns the mapping for
-    ``mlflow.pyfunc.log_model(..., artifacts=...)``."""
+def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", threshold: float,
+                          quantile: float | None, out_dir: str | Path) -> dict[str, str]:
+    """The scorer's four files in ``out_dir``; the mapping for ``log_model(artifacts=...)``."""
     if model.hparams.input_dim != preprocessor.n_features:
         raise DatasetError(
             f"the model expects {model.hparams.input_dim} features, the preprocessor gives {preprocessor.n_features}"
@@ -59,8 +48,8 @@ def build_pyfunc_artifacts(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / fname for name, fname in ARTIFACT_FILES.items()}
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, paths["model_state"])
-    paths["model_config"].write_text(json.dumps(model.config(), indent=1) + "\n")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, paths["network_state"])
+    paths["network_config"].write_text(json.dumps(model.network_config(), indent=1) + "\n")
     preprocessor.save(paths["preprocessor"])
     paths["threshold"].write_text(
         json.dumps({"threshold": float(threshold), "quantile": None if quantile is None else float(quantile)}) + "\n"
@@ -68,81 +57,72 @@ def build_pyfunc_artifacts(
     return {name: str(p) for name, p in paths.items()}
 
 
-class AutoencoderPyfunc(mlflow.pyfunc.PythonModel):
-    """Scores rows: ``reconstruction_error`` (float64), ``is_anomaly`` (error > threshold)
-    and ``sample_id`` when the input has it; one output row per input row, same order."""
-
-    def __init__(self) -> None:
-        self.model: KronodroidAutoencoder | None = None
-        self.preprocessor: Preprocessor | None = None
-        self.threshold: float | None = None
-        self.quantile: float | None = None
-
-    def load_context(self, context) -> None:
-        arts = context.artifacts
-        missing = [k for k in ARTIFACT_FILES if k not in arts]
-        if missing:
-            raise DatasetError(f"pyfunc artifacts missing: {', '.join(missing)}")
-        self.model = load_autoencoder(arts["model_state"], arts["model_config"])
-        self.preprocessor = Preprocessor.load(arts["preprocessor"])
-        thr = json.loads(Path(arts["threshold"]).read_text())
-        self.threshold = float(thr["threshold"])
-        self.quantile = thr.get("quantile")
-
-    @classmethod
-    def from_artifacts(cls, artifacts: Mapping[str, str]) -> "AutoencoderPyfunc":
-        """A loaded scorer straight from the artifact files (no MLflow model needed)."""
-        obj = cls()
-        obj.load_context(SimpleNamespace(artifacts=dict(artifacts), model_config={}))
-        return obj
-
-    # The pd.DataFrame hint is deliberate: MLflow 3 warns about an un-annotated
-    # ``model_input`` at class definition; a DataFrame hint adds no extra validation.
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if self.model is None:
-            if context is None:
-                raise DatasetError("the scorer is not loaded: no artifacts")
-            self.load_context(context)
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        x = self.preprocessor.transform(frame)  # DatasetError naming missing feature columns
-        errors = self.model.reconstruction_error(torch.from_numpy(x)).numpy().astype(np.float64)
-        out = pd.DataFrame(
-            {"reconstruction_error": errors, "is_anomaly": errors > self.threshold},
-            index=frame.index,
-        )
-        if ID_COLUMN in frame.columns:
-            out.insert(0, ID_COLUMN, frame[ID_COLUMN].to_numpy())
-        return out.reset_index(drop=True)
+def stage_inference_code(dest: str | Path) -> str:
+    """A copy of the inference modules as a ``dfp_core`` package in ``dest``; its path is
+    the model's ``code_paths`` entry."""
+    package = Path(dest) / "dfp_core"
+    for rel in INFERENCE_MODULES:
+        target = package / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PACKAGE_ROOT / rel, target)
+    return str(package)
 
 
-def pyfunc_signature(features: Sequence[str] | None = None, with_sample_id: bool = True):
-    """An explicit signature: every feature a double, ``sample_id`` an optional string.
+def pinned_requirements(roots: Iterable[str] = SCORER_DISTRIBUTIONS) -> list[str]:
+    """``name==version`` of ``roots`` and of every distribution they require (markers
+    evaluated here, extras followed), as installed: a closed, pinned requirements list.
+    Local version labels (``+cu132``) are dropped: PyPI serves the plain versions."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
-    Built rather than inferred from a 476-column example, whose integer columns
-    would be typed ``long`` and then reject NaN or floats. MLflow's schema
-    enforcement does not widen int64 to double (only ints of <= 6 bytes, or
-    0/1-valued int64 columns), so pass inputs through ``as_model_input`` first.
-    Columns outside the signature are dropped by MLflow before ``predict``;
-    ``sample_id`` is in it (optional) so that it passes through.
+    pins: dict[str, str] = {}
+    pending: list[tuple[str, frozenset[str]]] = [(name, frozenset()) for name in roots]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while pending:
+        name, extras = pending.pop()
+        key = (canonicalize_name(name), extras)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise DatasetError(f"cannot pin the model's requirements: {name} is not installed") from None
+        pins[canonicalize_name(dist.metadata["Name"])] = dist.version.split("+")[0]
+        for line in dist.requires or []:
+            req = Requirement(line)
+            wanted = [{"extra": e} for e in extras] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in wanted):
+                pending.append((req.name, frozenset(req.extras)))
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def model_signature(features: Sequence[str] | None = None):
+    """Every feature a double, ``sample_id`` an optional string, in and out.
+
+    Built rather than inferred from a 476-column example, whose integer columns would be
+    typed ``long`` and then reject NaN or floats (MLflow does not widen int64 to double):
+    pass inputs through ``as_model_input``. MLflow refuses inputs missing a feature or
+    with a value that is not a number (HTTP 400, naming the column) and drops columns
+    outside the signature; ``sample_id`` is in it, so it passes through.
     """
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Schema
 
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
-    cols = [ColSpec(DataType.double, name) for name in (features or FEATURE_COLUMNS)]
-    outs = [ColSpec(DataType.double, "reconstruction_error"), ColSpec(DataType.boolean, "is_anomaly")]
-    if with_sample_id:
-        cols.append(ColSpec(DataType.string, ID_COLUMN, required=False))
-        outs.insert(0, ColSpec(DataType.string, ID_COLUMN, required=False))
-    return ModelSignature(inputs=Schema(cols), outputs=Schema(outs))
+    inputs = [ColSpec(DataType.double, name) for name in (features or FEATURE_COLUMNS)]
+    inputs.append(ColSpec(DataType.string, ID_COLUMN, required=False))
+    outputs = [ColSpec(DataType.string, ID_COLUMN, required=False), ColSpec(DataType.double, "reconstruction_error"),
+               ColSpec(DataType.boolean, "is_anomaly")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
 def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -> pd.DataFrame:
     """The feature columns as float64 (plus ``sample_id`` as str when present): what
-    ``pyfunc_signature`` accepts. Raises DatasetError naming missing feature columns."""
-    from dfp_core.ml.preprocess import feature_matrix
+    ``model_signature`` accepts. Raises DatasetError naming missing feature columns."""
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+    from dfp_core.serving.preprocess import feature_matrix
 
     names = list(features or FEATURE_COLUMNS)
     out = pd.DataFrame(feature_matrix(frame, names), columns=names, index=frame.index)
@@ -151,21 +131,49 @@ def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -
     return out
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements of the scorer, so ``log_model`` skips its slow
-    requirement-inference subprocess (local version labels like ``+cu132`` dropped)."""
-    reqs = []
-    for dist in ("mlflow", "torch", "lightning", "numpy", "pandas"):
-        try:
-            reqs.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
-        except metadata.PackageNotFoundError:  # pragma: no cover - partial installs
-            reqs.append(dist)
-    return reqs
+def log_scorer_model(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", threshold: float,
+                     quantile: float | None, example: pd.DataFrame, workdir: str | Path):
+    """Log the scorer into the active MLflow run as ``model``; returns MLflow's ModelInfo."""
+    import mlflow
+
+    workdir = Path(workdir)
+    artifacts = build_model_artifacts(model, preprocessor, threshold, quantile, workdir / "artifacts")
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(MODEL_CODE), artifacts=artifacts,
+        code_paths=[stage_inference_code(workdir / "code")], signature=model_signature(), input_example=example,
+        pip_requirements=pinned_requirements(),
+    )
 
 
-def code_paths() -> list[str]:
-    """The ``dfp_core`` package directory, for ``log_model(code_paths=...)`` so the
-    model loads where dfp_core is not installed."""
-    import dfp_core
+def model_description(threshold: float, quantile: float | None, metrics: dict[str, float],
+                      features: Sequence[str] | None = None) -> str:
+    """What a registered version says about itself: the score, the threshold and how it was
+    chosen, the input (feature groups; the full list is the model's signature), the output."""
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
-    return [str(Path(dfp_core.__file__).parent)]
+    names = list(features or FEATURE_COLUMNS)
+    syscalls = [n for n in names if n.startswith("sc_")]
+    permissions = [n for n in names if n.startswith("perm_")]
+    metadata_cols = [n for n in names if not n.startswith(("sc_", "perm_"))]
+    chosen = (f"the {quantile:.4g} quantile of the reconstruction errors of the benign apps of the validation split, "
+              f"so about {100 * (1 - quantile):.3g}% of benign apps like those are flagged") if quantile else "set by hand"
+    measured = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("test_roc_auc", "test_precision", "test_recall", "test_f1")
+                         if k in metrics)
+    return "\n".join([
+        "KronoDroid Android malware detector: an autoencoder trained on benign apps; an app that it reconstructs "
+        "badly is unlike the benign apps it learned.",
+        "",
+        "Score: reconstruction_error, the mean squared error of the app's preprocessed features (median imputation, "
+        "log1p, standardisation with train statistics, clipped to +-5): higher is more anomalous.",
+        f"Threshold: is_anomaly = reconstruction_error > {threshold:.6g}, {chosen}.",
+        *([f"Test split at that threshold: {measured}."] if measured else []),
+        "",
+        f"Input: one row per app with {len(names)} numeric columns (missing values are imputed; a missing column or a "
+        f"non-number is refused with HTTP 400 naming it): {len(syscalls)} system-call counts (sc_*, e.g. "
+        f"{', '.join(syscalls[:3])}), {len(permissions)} permission flags (perm_*, e.g. {', '.join(permissions[:3])}) "
+        f"and {len(metadata_cols)} metadata counts and sizes ({', '.join(metadata_cols)}); optionally sample_id, "
+        "passed through. The full list and types are the model's signature (MLmodel).",
+        "Output: sample_id (when given), reconstruction_error, is_anomaly; one row per input row.",
+        "Serve: `dfp serve --model-uri models:/<name>/<version>` or `mlflow models serve -m models:/<name>/<version>`; "
+        "POST /invocations with {\"dataframe_split\": {\"columns\": [...], \"data\": [[...]]}}.",
+    ])

@@ -39,9 +39,9 @@ def output_format(out_path: Path) -> str:
 
 
 def _predict(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
-    from dfp_core.ml.pyfunc import AutoencoderPyfunc
+    from dfp_core.serving.scorer import KronodroidScorer
 
-    if isinstance(model, AutoencoderPyfunc):
+    if isinstance(model, KronodroidScorer):
         return model.predict(None, frame)
     return model.predict(frame)
 
@@ -52,7 +52,7 @@ def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     and ``is_anomaly``, one row per input row, same order.
 
     ``model``: a loaded MLflow pyfunc (``mlflow.pyfunc.load_model``) or an
-    ``AutoencoderPyfunc`` (e.g. ``AutoencoderPyfunc.from_artifacts``).
+    ``KronodroidScorer`` (e.g. ``KronodroidScorer.from_artifacts``).
     """
     from dfp_core.ml.pyfunc import as_model_input
 
@@ -81,6 +81,26 @@ def model_threshold(model: Any) -> float | None:
             return None
     threshold = getattr(inner, "threshold", None)
     return None if threshold is None else float(threshold)
+
+
+def resolve_model_uri(rt: "Runtime", model_uri: str):
+    """The registry's ModelVersion of a ``models:/name/version`` or ``models:/name@alias``
+    URI (None for other URIs, e.g. ``runs:/``), or TrackingError naming what is missing."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        return None
+    spec = model_uri[len("models:/"):].strip("/")
+    name, alias = spec.split("@", 1) if "@" in spec else (spec, None)
+    name, _, version = name.partition("/") if alias is None else (name, "", "")
+    if not name or not (alias or version):
+        raise TrackingError(f"cannot use model URI {model_uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    try:
+        if alias:
+            return rt.mlflow.get_model_version_by_alias(name, alias)
+        return rt.mlflow.get_model_version(name, version)
+    except MlflowException as exc:
+        raise TrackingError(f"cannot use model {model_uri} of {rt.settings.mlflow.tracking_uri}: {exc.message}") from None
 
 
 def load_model(rt: "Runtime", model_uri: str):

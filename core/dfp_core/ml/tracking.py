@@ -85,18 +85,22 @@ class LakeFSDatasetSource(DatasetSource):
         return cls(source_dict["uri"])
 
 
-def register_with_lineage(client, model_uri: str, name: str, tags: dict[str, str], alias: str | None = None) -> str:
+def register_with_lineage(client, model_uri: str, name: str, tags: dict[str, str], alias: str | None = None,
+                          description: str | None = None) -> str:
     """Create a model version whose lineage tags arrive in the same request.
 
     ``mlflow.register_model(..., tags=...)`` sends the tags with the version's
     create call, so a version never exists without them. Call it inside
-    ``use_tracking_server``; ``client`` (same server) sets the alias. Returns the version.
+    ``use_tracking_server``; ``client`` (same server) sets the description and the
+    alias. Returns the version.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         version = mlflow.register_model(model_uri, name, tags=tags)
+        if description:
+            client.update_model_version(name, version.version, description=description)
         if alias:
             client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as exc:

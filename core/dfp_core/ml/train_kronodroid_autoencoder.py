@@ -88,7 +88,7 @@ def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
 
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str) -> dict[str, Any]:
-    from dfp_core.ml.pyfunc import AutoencoderPyfunc, as_model_input, build_pyfunc_artifacts, pip_requirements, pyfunc_signature
+    from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
     from dfp_core.ml.tracking import LakeFSDatasetSource, register_with_lineage
 
     with stage(1, TRAIN_STAGES, f"MLflow at {tracking_uri}"):
@@ -139,18 +139,15 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             mlflow.log_artifact(str(spec_path), artifact_path="lineage")
             result["preprocessor"].save(workdir / "preprocessor.json")
             mlflow.log_artifact(str(workdir / "preprocessor.json"), artifact_path="preprocessing")
-            artifacts = build_pyfunc_artifacts(
-                result["model"], result["preprocessor"], result["threshold"], config.threshold_quantile, workdir / "pyfunc"
-            )
             example = as_model_input(data.frames["test"].head(5))
-            model_info = mlflow.pyfunc.log_model(
-                name="model", python_model=AutoencoderPyfunc(), artifacts=artifacts,
-                signature=pyfunc_signature(), input_example=example, pip_requirements=pip_requirements(),
-            )
+            model_info = log_scorer_model(result["model"], result["preprocessor"], result["threshold"],
+                                          config.threshold_quantile, example, workdir / "model")
         version = None
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):
             if config.register:
-                version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name, tags, config.model_alias)
+                description = model_description(result["threshold"], config.threshold_quantile, result["metrics"])
+                version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name, tags,
+                                                config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")
     test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith(("test_", "eval_")) or k == "threshold"}
     return {

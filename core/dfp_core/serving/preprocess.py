@@ -1,4 +1,5 @@
-"""Feature preprocessing fitted on the train split only.
+"""Feature preprocessing fitted on the train split only (part of the model: the
+registered scorer applies it to every input).
 
 Per feature: impute NaN (and +/-inf) with the train median, clip negatives to
 0, ``log1p`` (every feature is a non-negative count, flag or byte size), then
@@ -19,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from dfp_core.errors import DatasetError
-from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
 STD_FLOOR = 1e-6
 FORMAT_VERSION = 1
@@ -53,8 +53,7 @@ Z_CLIP = 5.0
 class Preprocessor:
     """Median imputation -> clip(>=0) -> log1p -> standardisation -> clip(+-z_clip)."""
 
-    def __init__(self, features: Sequence[str] = FEATURE_COLUMNS, std_floor: float = STD_FLOOR,
-                 z_clip: float | None = Z_CLIP):
+    def __init__(self, features: Sequence[str], std_floor: float = STD_FLOOR, z_clip: float | None = Z_CLIP):
         self.features: tuple[str, ...] = tuple(features)
         if not self.features:
             raise DatasetError("Preprocessor needs at least one feature column")

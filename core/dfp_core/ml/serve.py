@@ -1,0 +1,108 @@
+"""Serving a registered model over REST with MLflow's scoring server (``mlflow models
+serve``): ``GET /ping``, ``POST /invocations`` with MLflow's JSON contract
+(``{"dataframe_split": {"columns": [...], "data": [[...]]}}`` or ``dataframe_records``),
+answered with ``{"predictions": [...]}``. Inputs the model's signature refuses (a
+missing feature column, a value that is not a number) get HTTP 400 naming the column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+from dfp_core.errors import TrackingError
+from dfp_core.progress import note
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
+
+ENV_MANAGERS = ("local", "virtualenv", "uv")
+
+
+def scoring_server_command(model_uri: str, host: str, port: int, env_manager: str = "local",
+                           workers: int = 1) -> list[str]:
+    """``mlflow models serve`` for ``model_uri``; ``env_manager`` "local" serves from this
+    environment, "virtualenv"/"uv" from one built from the model's own requirements."""
+    if env_manager not in ENV_MANAGERS:
+        raise TrackingError(f"env manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
+    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", host, "-p", str(port),
+            "-w", str(workers), "--env-manager", env_manager]
+
+
+def _wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise TrackingError(f"the scoring server exited with code {server.returncode} before it answered (its log is above)")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise TrackingError(f"the scoring server did not answer {url}/ping within {timeout_s:.0f}s")
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen
+
+
+@contextlib.contextmanager
+def scoring_server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: str = "127.0.0.1", port: int = 5001,
+                   env_manager: str = "local", ready_timeout_s: float = 600.0) -> Iterator[RunningServer]:
+    """A running scoring server for ``model_uri`` (resolved against the runtime's tracking
+    server), stopped on exit. ``env``: the server's environment, to which the tracking URI
+    is added."""
+    from dfp_core.ml.scoring import resolve_model_uri
+
+    resolve_model_uri(rt, model_uri)  # a clear error before a server starts for nothing
+    # MLflow runs `uvicorn` (and, with virtualenv/uv, its installers) by name: this
+    # environment's bin/ first, also when dfp was started without activating it.
+    path = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
+    child_env = {**env, "PATH": path, "MLFLOW_TRACKING_URI": rt.settings.mlflow.tracking_uri,
+                 "MLFLOW_DISABLE_TELEMETRY": "true"}
+    url = f"http://{host}:{port}"
+    process = subprocess.Popen(scoring_server_command(model_uri, host, port, env_manager), env=child_env,
+                               start_new_session=True)
+    try:
+        _wait_until_ready(process, url, ready_timeout_s)
+        yield RunningServer(url, process)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """The server forks workers: stop its whole process group."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def serve(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: str, port: int, env_manager: str) -> int:
+    """Serve until interrupted (Ctrl-C, SIGTERM: exit code 0) or the server stops (its exit code)."""
+    try:
+        with scoring_server(rt, model_uri, env, host, port, env_manager) as server:
+            note(f"serving {model_uri} at {server.url}: GET {server.url}/ping, POST {server.url}/invocations "
+                 "(Ctrl-C stops)")
+            while server.process.poll() is None:
+                time.sleep(1)
+            return server.process.returncode
+    except KeyboardInterrupt:  # the server is stopped on the way out
+        return 0

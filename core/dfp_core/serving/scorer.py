@@ -1,0 +1,90 @@
+"""The registered model's scorer: preprocessing, the autoencoder network, the threshold.
+
+An MLflow ``PythonModel`` logged "from code" (``model_code.py``): loading it runs this
+file's code from the model's ``code/`` folder and reads four plain files (a torch state
+dict, read with ``weights_only``, and three JSON files). Nothing is unpickled.
+
+Input: one row per app, the model's feature columns (numbers; missing values are imputed
+as in training) and optionally ``sample_id``. Output: ``reconstruction_error`` (float64)
+and ``is_anomaly`` (error above the threshold), with ``sample_id`` when given; one output
+row per input row, in order. Missing or non-numeric feature columns are refused with an
+``INVALID_PARAMETER_VALUE`` error naming them (HTTP 400 from MLflow's scoring server).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from dfp_core.errors import DatasetError
+from dfp_core.serving.network import AutoencoderNetwork
+from dfp_core.serving.preprocess import Preprocessor
+
+# The model's artifacts: name in the MLmodel -> file name.
+ARTIFACT_FILES = {
+    "network_state": "network_state.pt",
+    "network_config": "network_config.json",
+    "preprocessor": "preprocessor.json",
+    "threshold": "threshold.json",
+}
+ID_COLUMN = "sample_id"
+OUTPUT_COLUMNS = ("reconstruction_error", "is_anomaly")
+
+
+def load_network(state_path: str | Path, config_path: str | Path) -> AutoencoderNetwork:
+    """The network (CPU, eval mode) from its state dict and its config JSON."""
+    network = AutoencoderNetwork(**json.loads(Path(config_path).read_text()))
+    network.load_state_dict(torch.load(Path(state_path), map_location="cpu", weights_only=True))
+    return network.eval()
+
+
+class KronodroidScorer(mlflow.pyfunc.PythonModel):
+    """Scores rows with the network, preprocessing and threshold of one training run."""
+
+    def __init__(self) -> None:
+        self.network: AutoencoderNetwork | None = None
+        self.preprocessor: Preprocessor | None = None
+        self.threshold: float | None = None
+        self.quantile: float | None = None
+
+    def load_context(self, context) -> None:
+        artifacts = context.artifacts
+        missing = [name for name in ARTIFACT_FILES if name not in artifacts]
+        if missing:
+            raise DatasetError(f"the model's artifacts lack {', '.join(missing)}")
+        self.network = load_network(artifacts["network_state"], artifacts["network_config"])
+        self.preprocessor = Preprocessor.load(artifacts["preprocessor"])
+        threshold = json.loads(Path(artifacts["threshold"]).read_text())
+        self.threshold, self.quantile = float(threshold["threshold"]), threshold.get("quantile")
+
+    @classmethod
+    def from_artifacts(cls, artifacts: Mapping[str, str]) -> "KronodroidScorer":
+        """A loaded scorer straight from the artifact files (no MLflow model needed)."""
+        from types import SimpleNamespace
+
+        scorer = cls()
+        scorer.load_context(SimpleNamespace(artifacts=dict(artifacts)))
+        return scorer
+
+    # The DataFrame hint: MLflow 3 warns about an un-annotated model_input; it adds no checks.
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if self.network is None:
+            self.load_context(context)
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        try:
+            x = self.preprocessor.transform(frame)
+        except DatasetError as exc:  # missing or non-numeric feature columns, named
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        errors = self.network.reconstruction_error(torch.from_numpy(x)).numpy().astype(np.float64)
+        out = pd.DataFrame({"reconstruction_error": errors, "is_anomaly": errors > self.threshold})
+        if ID_COLUMN in frame.columns:
+            out.insert(0, ID_COLUMN, frame[ID_COLUMN].to_numpy())
+        return out

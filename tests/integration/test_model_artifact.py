@@ -1,0 +1,246 @@
+"""The registered model as users run it: served by `mlflow models serve` from a virtualenv
+that MLflow builds from the model's own requirements.txt (no project installed), loaded
+with `mlflow.pyfunc.load_model` in that environment, and served by `dfp serve`; scores
+equal `dfp score` on the same rows, bad input is an HTTP 400 naming the columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import requests
+
+from dfp_core.kronodroid.generator import generate
+from dfp_core.ml.train_kronodroid_autoencoder import train
+from dfp_core.params import TrainConfig
+from dfp_core.stack import free_port
+
+pytestmark = pytest.mark.slow
+VENV_BIN = Path(sys.executable).parent
+# The scorer's world: what a fresh environment must not need.
+TRAINING_ONLY = ("dfp_core.ml", "dfp_core.kronodroid", "lightning", "pyspark", "feast", "rich", "sklearn")
+
+
+@pytest.fixture(scope="module")
+def registered(rt, transform, tmp_path_factory):
+    repo = "serve" + uuid.uuid4().hex[:8]
+    data = tmp_path_factory.mktemp("serve-data")
+    generate(data, 400, seed=41)
+    summary = transform(input_dir=data, repo=repo, run_id="serve-a")
+    name = f"kronodroid_autoencoder_{repo}"
+    result = train(rt, TrainConfig(repo=repo, ref="main", max_epochs=2, batch_size=64, hidden_dims=(64, 32), latent_dim=8,
+                                   seed=5, accelerator="cpu", devices="1", model_name=name, evaluate_baselines=False))
+    with rt.tracking():
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@candidate",
+                                                         dst_path=str(tmp_path_factory.mktemp("model"))))
+    # What `dfp score` says of every row at the merge commit: the reference scores.
+    out = tmp_path_factory.mktemp("scores") / "scores.csv"
+    done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", f"models:/{name}@candidate", "--input",
+                           f"lakefs://{repo}/{summary['merge_commit']}", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"name": name, "version": result["model_version"], "uri": f"models:/{name}@candidate", "local": local,
+            "scores": pd.read_csv(out).set_index("sample_id"), "tracking_uri": rt.settings.mlflow.tracking_uri}
+
+
+def _example(registered) -> dict:
+    return json.loads((registered["local"] / "serving_input_example.json").read_text())
+
+
+def _matches_dfp_score(registered, predictions: list[dict], sample_ids: list[str]) -> None:
+    assert len(predictions) == len(sample_ids)
+    reference = registered["scores"].loc[sample_ids]
+    for got, (sample_id, want) in zip(predictions, reference.iterrows()):
+        assert got["sample_id"] == sample_id
+        assert got["reconstruction_error"] == pytest.approx(want["reconstruction_error"], rel=1e-5, abs=1e-7)
+        assert bool(got["is_anomaly"]) == bool(want["is_anomaly"])
+
+
+def _post(url: str, payload: dict | str) -> requests.Response:
+    # As MLflow writes the example: NaN for a missing value (requests' json= refuses NaN).
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60)
+
+
+def _wait_for_ping(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with {process.returncode}"
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    raise AssertionError(f"{url}/ping did not answer within {timeout_s}s")
+
+
+def _stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    return process.returncode
+
+
+@pytest.fixture(scope="module")
+def mlflow_served(registered, tmp_path_factory):
+    """`mlflow models serve` with the environment manager a user gets: virtualenv (pyenv
+    provides the model's Python), or uv where there is no pyenv."""
+    manager = "virtualenv" if shutil.which("pyenv") else "uv"
+    env_root = tmp_path_factory.mktemp("mlflow-envs")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["tracking_uri"], "MLFLOW_ENV_ROOT": str(env_root),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    process = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", registered["uri"], "-h", "127.0.0.1",
+                                "-p", str(port), "--env-manager", manager], env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_ping(url, process, timeout_s=1200)  # the first time it builds the environment
+        [environment] = [p for p in env_root.iterdir() if p.is_dir()]
+        yield {"url": url, "env": environment, "manager": manager}
+    finally:
+        _stop(process)
+
+
+def test_mlflow_models_serve_answers_the_serving_example_like_dfp_score(registered, mlflow_served):
+    example = _example(registered)
+    # The file as MLflow wrote it, sent as is (what `curl -d @serving_input_example.json` does).
+    response = _post(mlflow_served["url"], (registered["local"] / "serving_input_example.json").read_text())
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    columns = example["dataframe_split"]["columns"]
+    ids = [row[columns.index("sample_id")] for row in example["dataframe_split"]["data"]]
+    _matches_dfp_score(registered, predictions, ids)
+
+
+def test_the_model_loads_in_an_environment_of_its_own_requirements_only(registered, mlflow_served):
+    environment = mlflow_served["env"]
+    python = environment / "bin" / "python"
+    required = {line.split("==")[0].lower().replace("_", "-")
+                for line in (registered["local"] / "requirements.txt").read_text().split() if "==" in line}
+    frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True)
+    installed = {line.split("==")[0].lower().replace("_", "-") for line in frozen.stdout.split() if "==" in line}
+    # Exactly the model's requirements (plus the installers themselves): no project, nothing else.
+    assert installed - required <= {"pip", "setuptools", "wheel"}, sorted(installed - required)
+    script = f"""
+import importlib.util, json, sys
+import mlflow, pandas as pd
+assert importlib.util.find_spec("dfp_core") is None, "the project is installed here"
+model = mlflow.pyfunc.load_model({registered['uri']!r})
+example = json.load(open({str(registered['local'] / 'serving_input_example.json')!r}))["dataframe_split"]
+out = model.predict(pd.DataFrame(example["data"], columns=example["columns"]))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {{t.split(".")[0] for t in {TRAINING_ONLY!r}}})
+print(json.dumps({{"predictions": out.to_dict(orient="records"), "training_modules": loaded}}))
+"""
+    done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, cwd=environment,
+                          env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+                               "MLFLOW_TRACKING_URI": registered["tracking_uri"], "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [m for m in result["training_modules"] if m.startswith(TRAINING_ONLY)] == []
+    example = _example(registered)["dataframe_split"]
+    ids = [row[example["columns"].index("sample_id")] for row in example["data"]]
+    _matches_dfp_score(registered, result["predictions"], ids)
+
+
+@pytest.fixture(scope="module")
+def dfp_served(registered, stack):
+    port = free_port()
+    process = subprocess.Popen([str(VENV_BIN / "dfp"), "serve", "--model-uri", registered["uri"], "--port", str(port)],
+                               env={**os.environ}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_ping(url, process, timeout_s=300)
+        yield {"url": url, "process": process, "port": port}
+    finally:
+        _stop(process)
+
+
+def test_dfp_serve_answers_ping_and_invocations(registered, dfp_served):
+    assert requests.get(f"{dfp_served['url']}/ping", timeout=10).status_code == 200
+    example = _example(registered)
+    # dataframe_records: the other JSON form MLflow's contract accepts.
+    frame = pd.DataFrame(example["dataframe_split"]["data"], columns=example["dataframe_split"]["columns"])
+    response = _post(dfp_served["url"], {"dataframe_records": frame.to_dict(orient="records")})
+    assert response.status_code == 200, response.text
+    _matches_dfp_score(registered, response.json()["predictions"], frame["sample_id"].tolist())
+
+
+@pytest.mark.parametrize("server", ["dfp_served", "mlflow_served"])
+def test_bad_input_is_a_400_naming_the_columns(registered, server, request):
+    url = request.getfixturevalue(server)["url"]
+    example = _example(registered)["dataframe_split"]
+    columns, rows = example["columns"], example["data"]
+    missing = {"dataframe_split": {"columns": columns[1:], "data": [row[1:] for row in rows]}}
+    response = _post(url, missing)
+    assert response.status_code == 400, response.text
+    assert columns[0] in response.text and "missing" in response.text.lower()
+    renamed = {"dataframe_split": {"columns": ["not_a_feature", *columns[1:]], "data": rows}}
+    response = _post(url, renamed)
+    assert response.status_code == 400 and columns[0] in response.text and "not_a_feature" in response.text
+    bad_value = [list(row) for row in rows]
+    bad_value[0][2] = "twelve"
+    response = _post(url, {"dataframe_split": {"columns": columns, "data": bad_value}})
+    assert response.status_code == 400, response.text
+    assert columns[2] in response.text
+
+
+def test_dfp_serve_stops_its_server_on_sigterm(registered, stack):
+    port = free_port()
+    process = subprocess.Popen([str(VENV_BIN / "dfp"), "serve", "--model-uri", registered["uri"], "--port", str(port)],
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    _wait_for_ping(url, process, timeout_s=300)
+    process.send_signal(signal.SIGTERM)  # to dfp alone, as a supervisor would
+    assert process.wait(timeout=60) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/ping", timeout=5)
+
+
+def test_dfp_serve_of_an_unknown_model_is_one_line(stack):
+    done = subprocess.run([str(VENV_BIN / "dfp"), "serve", "--model-uri", "models:/no_such_model/1", "--port",
+                           str(free_port())], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: cannot use model models:/no_such_model/1")
+
+
+def test_dfp_kserve_writes_an_inference_service_for_the_version(registered, stack, tmp_path):
+    import yaml
+
+    from dfp_core.ml.kserve import KSERVE_VERSION
+    from tests.kserve_crd import inference_service_schema, validate
+
+    dfp = [str(VENV_BIN / "dfp"), "kserve", "--model", registered["name"], "--alias", "candidate"]
+    # The local stack keeps artifacts on its own disk, which KServe cannot read.
+    done = subprocess.run(dfp, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: the version's files are behind the MLflow server")
+    out = tmp_path / "isvc.yaml"
+    done = subprocess.run([*dfp, "--artifacts-destination", "s3://mlflow-artifacts", "--namespace", "models",
+                           "--service-account", "kserve-s3", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = yaml.safe_load(out.read_text())
+    assert manifest["metadata"]["name"] == f"{registered['name'].replace('_', '-')}-v{registered['version']}"
+    assert manifest["metadata"]["annotations"]["dfp.kronodroid/model-version"] == str(registered["version"])
+    # The storage URI is the version's folder under the server's artifacts destination.
+    storage = manifest["spec"]["predictor"]["model"]["storageUri"]
+    assert storage.startswith("s3://mlflow-artifacts/")
+    local = Path(stack["settings"].home) / "mlflow" / "artifacts" / storage.removeprefix("s3://mlflow-artifacts/")
+    assert (local / "MLmodel").is_file() and (local / "code" / "dfp_core" / "serving" / "scorer.py").is_file()
+    schema = inference_service_schema(KSERVE_VERSION)
+    if schema is not None:
+        assert validate(manifest, schema) == []
