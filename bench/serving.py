@@ -1,0 +1,131 @@
+"""Serving benchmark: the registered model over REST (`dfp serve`, MLflow's scoring server,
+one worker, this environment) against scoring in-process (what `dfp score` does per chunk:
+the pyfunc loaded with `mlflow.pyfunc.load_model`, schema enforcement included).
+
+  .venv/bin/python bench/serving.py [--rows 4000] [--requests 300] [--batches 20]
+
+Private stack, generated rows, transform, a one-epoch training run with the default model,
+registered; then, on rows of the table: one-row requests (latency p50/p99, after 20 warm-up
+requests), 1,000-row requests (rows/s), and the same two in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import log as _log  # noqa: E402
+from _common import save, stack_with_spark  # noqa: E402
+
+BATCH = 1000
+
+
+def log(message: str) -> None:
+    _log("serving", message)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--batches", type=int, default=20)
+    args = parser.parse_args()
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import requests
+
+    from dfp_core.kronodroid.generator import generate
+    from dfp_core.ml.pyfunc import as_model_input
+    from dfp_core.ml.scoring import load_model
+    from dfp_core.ml.serve import scoring_server
+    from dfp_core.ml.train_kronodroid_autoencoder import train
+    from dfp_core.params import TrainConfig, TransformConfig
+    from dfp_core.stack import free_port
+    from dfp_spark.transform_run import run_transform
+
+    with tempfile.TemporaryDirectory(prefix="dfp-bench-serving-") as tmp:
+        tmp = Path(tmp)
+        generate(tmp / "input", args.rows, seed=4)
+        with stack_with_spark(tmp / "home", "dfp-bench-serving") as rt:
+            repo = "benchserve" + uuid.uuid4().hex[:8]
+            summary = run_transform(rt, TransformConfig(input_dir=tmp / "input", repo=repo, run_id="bench-serving"))
+            name = f"kronodroid_autoencoder_{repo}"
+            train(rt, TrainConfig(repo=repo, ref=summary["merge_commit"], max_epochs=1, model_name=name,
+                                  evaluate_baselines=False, accelerator="cpu", devices="1"))
+            uri = f"models:/{name}@candidate"
+            frame = as_model_input(rt.retrieve_splits(repo, summary["merge_commit"]).frames["test"])
+            log(f"model {uri}, {len(frame)} test rows")
+            while len(frame) < BATCH:
+                frame = frame._append(frame, ignore_index=True)
+            rows = json.loads(frame.to_json(orient="split", index=False))
+            one = [json.dumps({"dataframe_split": {"columns": rows["columns"], "data": [row]}})
+                   for row in rows["data"]]
+            batch = json.dumps({"dataframe_split": {"columns": rows["columns"], "data": rows["data"][:BATCH]}})
+
+            figures: dict = {"rows_in_table": args.rows, "batch_rows": BATCH, "requests": args.requests,
+                             "batches": args.batches}
+            with scoring_server(rt, uri, os.environ, port=free_port()) as server:
+                session = requests.Session()
+                headers = {"Content-Type": "application/json"}
+
+                def post(body: str) -> float:
+                    started = time.perf_counter()
+                    response = session.post(f"{server.url}/invocations", data=body, headers=headers, timeout=120)
+                    elapsed = time.perf_counter() - started
+                    assert response.status_code == 200, response.text[:500]
+                    return elapsed
+
+                for i in range(20):
+                    post(one[i % len(one)])
+                latencies = [post(one[i % len(one)]) for i in range(args.requests)]
+                post(batch)
+                batch_seconds = [post(batch) for _ in range(args.batches)]
+            figures.update({
+                "rest_one_row_p50_ms": 1000 * statistics.median(latencies),
+                "rest_one_row_p99_ms": 1000 * percentile(latencies, 0.99),
+                "rest_batch_rows_per_s": BATCH / statistics.median(batch_seconds),
+                "rest_batch_seconds_median": statistics.median(batch_seconds),
+            })
+
+            model = load_model(rt, uri)
+            sample = frame.iloc[:BATCH]
+            for i in range(20):
+                model.predict(sample.iloc[[i]])
+            local = []
+            for i in range(args.requests):
+                started = time.perf_counter()
+                model.predict(sample.iloc[[i % BATCH]])
+                local.append(time.perf_counter() - started)
+            model.predict(sample)
+            local_batches = []
+            for _ in range(args.batches):
+                started = time.perf_counter()
+                model.predict(sample)
+                local_batches.append(time.perf_counter() - started)
+            figures.update({
+                "in_process_one_row_p50_ms": 1000 * statistics.median(local),
+                "in_process_one_row_p99_ms": 1000 * percentile(local, 0.99),
+                "in_process_batch_rows_per_s": BATCH / statistics.median(local_batches),
+            })
+            figures["rest_over_in_process_batch_time"] = (figures["in_process_batch_rows_per_s"]
+                                                          / figures["rest_batch_rows_per_s"])
+    save("serving", figures)
+
+
+if __name__ == "__main__":
+    main()
