@@ -47,7 +47,7 @@ def registered(rt, transform, tmp_path_factory):
     done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", f"models:/{name}@candidate", "--input",
                            f"lakefs://{repo}/{summary['merge_commit']}", "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {"name": name, "version": result["model_version"], "uri": f"models:/{name}@candidate", "local": local,
+    return {"name": name, "version": result["model_version"], "uri": f"models:/{name}@candidate", "local": local, "data": data,
             "scores": pd.read_csv(out).set_index("sample_id"), "tracking_uri": rt.settings.mlflow.tracking_uri}
 
 
@@ -244,3 +244,34 @@ def test_dfp_kserve_writes_an_inference_service_for_the_version(registered, stac
     schema = inference_service_schema(KSERVE_VERSION)
     if schema is not None:
         assert validate(manifest, schema) == []
+
+
+def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stack, tmp_path):
+    """The attack of the faults issue: an unauthenticated PUT over the model's files through
+    MLflow's artifact API. Every command that loads the version refuses it, naming the file."""
+    from dfp_core.ml.reproduce import reproduce
+
+    download = rt.mlflow.get_model_version_download_uri(registered["name"], registered["version"])
+    path = download.split("mlflow-artifacts:", 1)[1].lstrip("/") + "/code/dfp_core/serving/scorer.py"
+    url = f"{registered['tracking_uri']}/api/2.0/mlflow-artifacts/artifacts/{path}"
+    original = requests.get(url, timeout=30)
+    assert original.status_code == 200
+    marker = tmp_path / "payload-ran"
+    payload = original.content + f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n".encode()
+    assert requests.put(url, data=payload, timeout=30).status_code == 200
+    try:
+        out = tmp_path / "scores.csv"
+        done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", registered["uri"], "--input",
+                               str(registered["data"]), "--out", str(out)], capture_output=True, text=True)
+        assert done.returncode != 0 and not out.exists()
+        last = done.stderr.strip().splitlines()[-1]
+        assert "does not match the files its training logged (changed: code/dfp_core/serving/scorer.py)" in last, last
+        done = subprocess.run([str(VENV_BIN / "dfp"), "serve", "--model-uri", registered["uri"], "--port",
+                               str(free_port())], capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and "changed: code/dfp_core/serving/scorer.py" in done.stderr.strip().splitlines()[-1]
+        report = reproduce(rt, registered["name"], version=registered["version"])
+        assert not report.matches and report.differences[0].startswith("model files:")
+        assert not marker.exists(), "the tampered code ran"
+    finally:
+        assert requests.put(url, data=original.content, timeout=30).status_code == 200
+    assert reproduce(rt, registered["name"], version=registered["version"]).matches

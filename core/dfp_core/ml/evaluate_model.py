@@ -24,6 +24,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
     import pandas as pd
 
     from dfp_core.ml.evaluation import compare_models, time_split_evaluation
+    from dfp_core.ml.scoring import load_model
 
     if time_split and train_end_year is None:
         raise DfpError("--time-split needs --train-end-year")
@@ -41,7 +42,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
             metrics, table = time_split_evaluation(frame, train_end_year, config, plots_dir=plots)
             kind = "drift"
         else:
-            scorer = mlflow.pyfunc.load_model(f"models:/{name}/{model.version}").unwrap_python_model()
+            scorer = load_model(rt, f"models:/{name}/{model.version}").unwrap_python_model()
             metrics, table = compare_models(data.frames, scorer.network, scorer.preprocessor, seed=config.seed,
                                             train_on=config.train_on, plots_dir=plots)
             kind = "comparison"

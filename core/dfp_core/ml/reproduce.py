@@ -135,6 +135,14 @@ def reproduce(rt: "Runtime", name: str, version: str | None = None, alias: str |
         note(f"lakefs://{model.tags[lineage.TAG_REPOSITORY]}/{model.tags[lineage.TAG_REF][:12]} "
              f"snapshot {model.tags[lineage.TAG_SNAPSHOT]}")
     report = ReproduceReport(model=name, version=model.version, matches=False)
+    from dfp_core.ml.scoring import verified_copy
+
+    try:  # the version's files are the ones its training logged
+        with verified_copy(rt, rt.mlflow.get_model_version(name, model.version)):
+            pass
+    except TrackingError as exc:
+        report.differences.append(f"model files: {exc}")
+        return report
     with stage(2, 3, "rebuild train/val/test through Feast"):
         started = time.monotonic()
         try:

@@ -7,13 +7,16 @@ first reason it cannot be scored (the error and flag are then null).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pandas as pd
 
 from dfp_core.errors import ConfigError, DatasetError, TrackingError
+from dfp_core.progress import warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -104,18 +107,36 @@ def resolve_model_uri(rt: "Runtime", model_uri: str):
 
 
 def load_model(rt: "Runtime", model_uri: str):
-    """``mlflow.pyfunc.load_model`` from the runtime's tracking server (for
-    ``models:/`` and ``runs:/`` URIs), with our error."""
+    """``mlflow.pyfunc.load_model`` from the runtime's tracking server, with our error. A
+    registered version (``models:/``) is loaded from a copy whose files were checked against
+    the digests its training recorded (``integrity``); other URIs, which carry no digest,
+    load as they are, with a warning."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    version = resolve_model_uri(rt, model_uri)
     try:
         with rt.tracking():
-            return mlflow.pyfunc.load_model(model_uri)
+            if version is None:
+                warn(f"{model_uri} is not a registered version: its files are not checked against recorded digests")
+                return mlflow.pyfunc.load_model(model_uri)
+            with verified_copy(rt, version) as local:
+                return mlflow.pyfunc.load_model(str(local))
     except MlflowException as exc:
         raise TrackingError(f"cannot load model {model_uri}: {exc.message}") from None
     except OSError as exc:
         raise TrackingError(f"cannot load model {model_uri}: {exc}") from None
+
+
+@contextlib.contextmanager
+def verified_copy(rt: "Runtime", version) -> Iterator[Path]:
+    """A local copy of a registered version whose files match its recorded digests (removed on exit)."""
+    from dfp_core.ml.integrity import verified_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="dfp-model-") as tmp:
+        with rt.tracking():  # models:/ downloads resolve through the fluent API's registry
+            local = verified_model_dir(rt.mlflow, version, Path(tmp))
+        yield local
 
 
 def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from dfp_core.errors import TrackingError
-from dfp_core.progress import note
+from dfp_core.progress import note, warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -61,11 +61,23 @@ class RunningServer:
 def scoring_server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: str = "127.0.0.1", port: int = 5001,
                    env_manager: str = "local", ready_timeout_s: float = 600.0) -> Iterator[RunningServer]:
     """A running scoring server for ``model_uri`` (resolved against the runtime's tracking
-    server), stopped on exit. ``env``: the server's environment, to which the tracking URI
-    is added."""
-    from dfp_core.ml.scoring import resolve_model_uri
+    server), stopped on exit. A registered version is served from a copy checked against its
+    recorded digests. ``env``: the server's environment, to which the tracking URI is added."""
+    from dfp_core.ml.scoring import resolve_model_uri, verified_copy
 
-    resolve_model_uri(rt, model_uri)  # a clear error before a server starts for nothing
+    version = resolve_model_uri(rt, model_uri)  # a clear error before a server starts for nothing
+    with contextlib.ExitStack() as stack:
+        if version is None:
+            warn(f"{model_uri} is not a registered version: its files are not checked against recorded digests")
+            source = model_uri
+        else:
+            source = str(stack.enter_context(verified_copy(rt, version)))
+        yield stack.enter_context(_server(rt, source, env, host, port, env_manager, ready_timeout_s))
+
+
+@contextlib.contextmanager
+def _server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: str, port: int, env_manager: str,
+            ready_timeout_s: float) -> Iterator[RunningServer]:
     # MLflow runs `uvicorn` (and, with virtualenv/uv, its installers) by name: this
     # environment's bin/ first, also when dfp was started without activating it.
     path = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])

@@ -88,6 +88,7 @@ def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
 
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str) -> dict[str, Any]:
+    from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
     from dfp_core.ml.tracking import LakeFSDatasetSource, register_with_lineage
 
@@ -142,12 +143,14 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             example = as_model_input(data.frames["test"].head(5))
             model_info = log_scorer_model(result["model"], result["preprocessor"], result["threshold"],
                                           config.threshold_quantile, example, workdir / "model")
+            model_digest = record_model_digest(model_info.model_uri)
+            mlflow.set_tag(MODEL_DIGEST_TAG, model_digest)
         version = None
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):
             if config.register:
                 description = model_description(result["threshold"], config.threshold_quantile, result["metrics"])
-                version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name, tags,
-                                                config.model_alias, description)
+                version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name,
+                                                {**tags, MODEL_DIGEST_TAG: model_digest}, config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")
     test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith(("test_", "eval_")) or k == "threshold"}
     return {

@@ -1,0 +1,87 @@
+"""The registered model's files are the files training logged.
+
+A model logged from code runs the code in its artifacts when it is loaded, and MLflow's
+artifact API lets anyone who can reach it overwrite those files. So training records a
+SHA-256 per file of the logged model (``integrity/model_files.json`` in the run) and the
+digest of that list as the tag ``dfp.model_sha256`` on the run and on the model version
+(sent with the version's creation, like the lineage tags). Before a registered version is
+loaded or served, its files are downloaded, hashed and compared; a mismatch is refused,
+naming the files, before any of its code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dfp_core.errors import TrackingError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+MODEL_DIGEST_TAG = "dfp.model_sha256"
+MANIFEST_ARTIFACT = "integrity/model_files.json"
+# Written by MLflow's client into a models:/name/version download (the name and version),
+# not stored with the model.
+CLIENT_WRITTEN = {"registered_model_meta"}
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """``relative path -> SHA-256`` of every file under ``root`` (but ``CLIENT_WRITTEN``)."""
+    digests = {}
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        if path.relative_to(root).as_posix() in CLIENT_WRITTEN:
+            continue
+        with path.open("rb") as handle:
+            digests[path.relative_to(root).as_posix()] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return digests
+
+
+def manifest_digest(digests: dict[str, str]) -> str:
+    canonical = json.dumps(dict(sorted(digests.items())), separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def record_model_digest(model_uri: str) -> str:
+    """Hash the logged model's files as stored, log the list to the active run; the digest."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="dfp-model-digest-") as tmp:
+        digests = file_digests(Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)))
+    mlflow.log_dict(digests, MANIFEST_ARTIFACT)
+    return manifest_digest(digests)
+
+
+def verified_model_dir(client: "MlflowClient", version, dest: Path) -> Path:
+    """The files of a registered ``version`` (a ModelVersion), downloaded into ``dest`` and
+    checked against the digests its training run recorded; TrackingError otherwise. Call it
+    with MLflow's fluent API pointed at ``client``'s server (``Runtime.tracking``)."""
+    import mlflow
+
+    label = f"models:/{version.name}/{version.version}"
+    expected = version.tags.get(MODEL_DIGEST_TAG)
+    if not expected:
+        raise TrackingError(f"{label} has no recorded digest ({MODEL_DIGEST_TAG}): it was not registered by `dfp train`; "
+                            "refusing to load code that nothing vouches for")
+    (dest / "manifest").mkdir(parents=True, exist_ok=True)
+    try:
+        manifest_path = client.download_artifacts(version.run_id, MANIFEST_ARTIFACT, str(dest / "manifest"))
+        recorded = json.loads(Path(manifest_path).read_text())
+    except Exception as exc:  # noqa: BLE001 - any failure to read the list is a refusal
+        raise TrackingError(f"{label}: cannot read its file digests ({MANIFEST_ARTIFACT} of run {version.run_id}): {exc}") from None
+    if manifest_digest(recorded) != expected:
+        raise TrackingError(f"{label}: its file digests ({MANIFEST_ARTIFACT}) were changed after registration; refusing to load it")
+    (dest / "model").mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(label, dst_path=str(dest / "model")))
+    actual = file_digests(local)
+    changed = sorted(p for p in recorded if p in actual and actual[p] != recorded[p])
+    missing = sorted(set(recorded) - set(actual))
+    added = sorted(set(actual) - set(recorded))
+    if changed or missing or added:
+        parts = [f"{what}: {', '.join(paths[:5])}" for what, paths in (("changed", changed), ("missing", missing),
+                                                                        ("added", added)) if paths]
+        raise TrackingError(f"{label} does not match the files its training logged ({'; '.join(parts)}); refusing to load it")
+    return local
