@@ -88,7 +88,8 @@ def model_threshold(model: Any) -> float | None:
 
 def resolve_model_uri(rt: "Runtime", model_uri: str):
     """The registry's ModelVersion of a ``models:/name/version`` or ``models:/name@alias``
-    URI (None for other URIs, e.g. ``runs:/``), or TrackingError naming what is missing."""
+    URI, or TrackingError naming what is missing. None for URIs that name no registered
+    version: ``runs:/``, a path, MLflow 3's logged models (``models:/m-<id>``)."""
     from mlflow.exceptions import MlflowException
 
     if not model_uri.startswith("models:/"):
@@ -96,7 +97,9 @@ def resolve_model_uri(rt: "Runtime", model_uri: str):
     spec = model_uri[len("models:/"):].strip("/")
     name, alias = spec.split("@", 1) if "@" in spec else (spec, None)
     name, _, version = name.partition("/") if alias is None else (name, "", "")
-    if not name or not (alias or version):
+    if not (alias or version):
+        return None  # a logged model id
+    if not name:
         raise TrackingError(f"cannot use model URI {model_uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
     try:
         if alias:
