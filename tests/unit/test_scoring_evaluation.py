@@ -95,6 +95,7 @@ def logged(trained, tmp_path_factory):
     """The trained model logged like `train` does, in a sqlite-backed local MLflow."""
     import mlflow
 
+    from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model
 
     tmp = tmp_path_factory.mktemp("mlflow")
@@ -108,7 +109,8 @@ def logged(trained, tmp_path_factory):
             with mlflow.start_run(experiment_id=experiment):
                 info = log_scorer_model(trained["model"], trained["preprocessor"], trained["threshold"], 0.95,
                                         as_model_input(trained["frames"]["test"].head(3)), tmp / "log")
-            version = mlflow.register_model(info.model_uri, "kd-scoring-test").version
+                digest = record_model_digest(info.model_uri)
+            version = mlflow.register_model(info.model_uri, "kd-scoring-test", tags={MODEL_DIGEST_TAG: digest}).version
     finally:
         mlflow.set_tracking_uri(previous)
     return {"uri": uri, "model_uri": info.model_uri, "registered": f"models:/kd-scoring-test/{version}"}
