@@ -121,10 +121,13 @@ def _subset_with_bad_cells(tmp_path: Path) -> Path:
     body[1][idx["write"]] = "-5"  # negative count
     body[2][idx["Highest-date"]] = "31/02/2019x"  # unparsable date
     body[3][idx["INTERNET"]] = ""  # missing value
+    body[4][idx["read"]] = "9" * 1_000_000  # a 1 MB count: out of range, not negative
+    body[5].append("surplus")  # one cell more than the header
+    body[6][idx[schema.PACKAGE]] = "com.NOT_UTF8.app"  # its bytes replaced below
     out = tmp_path / "input" / "real_device"
     out.mkdir(parents=True)
-    with open(out / "kronodroid_real_device_2021_subset.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([header, *body])
+    text = csv_text([header, *body]).encode().replace(b"NOT_UTF8", b"\xff\xfe")
+    (out / "kronodroid_real_device_2021_subset.csv").write_bytes(text)
     return out.parent
 
 
@@ -132,7 +135,8 @@ def test_subset_format_bad_cells_and_extra_columns(transform, spark, lakefs, rep
     summary = transform(input_dir=_subset_with_bad_cells(tmp_path), repo=repo)
     assert summary["input_rows"] == 60 and summary["reconciled"]
     assert summary["quarantine_by_reason"] == {
-        "missing_feature_value": 1, "negative_count": 1, "non_numeric_feature": 1, "unparsable_date": 1,
+        "count_out_of_range": 1, "invalid_utf8": 1, "malformed_row": 1, "missing_feature_value": 1,
+        "negative_count": 1, "non_numeric_feature": 1, "unparsable_date": 1,
     }
     assert summary["synthetic"] is False  # no generator marker next to the CSV
     merge = summary["merge_commit"]
@@ -141,6 +145,13 @@ def test_subset_format_bad_cells_and_extra_columns(transform, spark, lakefs, rep
     assert "non-numeric: sc_read" in details["non_numeric_feature"]["detail"]
     assert json.loads(details["negative_count"]["raw_record"])["write"] == "-5"
     assert details["unparsable_date"]["source_row"] == 3
+    assert details["malformed_row"]["raw_record"].rstrip().endswith(",surplus")
+    assert schema.PACKAGE in details["invalid_utf8"]["detail"]
+    # dfp score of the same file rejects the same rows for the same reasons
+    from dfp_core.kronodroid.reader import read_kronodroid
+
+    _, rejected = read_kronodroid(tmp_path / "input")
+    assert rejected["reason"].value_counts().to_dict() == summary["quarantine_by_reason"]
     staging = spark.table(iceberg.qualified(spark, TableRef(repo, merge, schema.STG_NAMESPACE, "real_device_samples")))
     assert "extra_vendor_score" in staging.columns and "categories" in staging.columns
     assert "extra_vendor_score" not in spark.table(iceberg.qualified(spark, fct(repo, merge))).columns

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from dfp_core.kronodroid import schema
-from dfp_core.kronodroid.arrow_typing import make_typer, output_fields, raw_column
+from dfp_core.kronodroid.arrow_typing import CORRUPT_RECORD, make_typer, output_fields, raw_column
 
 
 def _columns(date_pair=("EarliestModDate", "HighestModDate"), extra=()):
@@ -119,3 +119,42 @@ def test_mixed_label_subset_has_no_expected_label():
     benign, malware = _type(cols, rows, expected_label=None)
     assert benign["reasons"] == [] and malware["reasons"] == []
     assert benign["latest_mod_date"] == date(2019, 11, 11)
+
+
+def test_a_count_too_large_for_int64_is_out_of_range_not_negative():
+    cols = _columns()
+    good, huge, long_decimal = _type(cols, [_row(cols, read="123456789012345678"), _row(cols, read="9" * 1_000_000),
+                                            _row(cols, write="1" * 19 + ".0")])
+    assert good["reasons"] == [] and good["sc_read"] == 123456789012345678  # exact: no float round trip
+    assert huge["reasons"] == ["count_out_of_range"] and huge["sc_read"] is None
+    assert "out of range: sc_read" in huge["detail"]
+    assert long_decimal["reasons"] == ["count_out_of_range"] and "sc_write" in long_decimal["detail"]
+
+
+def test_text_that_was_not_utf8_is_rejected():
+    cols = _columns()
+    clean, replaced = _type(cols, [_row(cols), _row(cols, **{schema.FAMILY: "Air\ufffdpush"})])
+    assert clean["reasons"] == []
+    assert replaced["reasons"] == ["invalid_utf8"] and schema.FAMILY in replaced["detail"]
+
+
+def test_a_row_spark_could_not_split_is_malformed():
+    cols = _columns()
+    rows = [_row(cols), _row(cols)]
+    arrays = [pa.array(["f.zip"] * 2), pa.array(["f.csv"] * 2), pa.array([1, 2], pa.int64()), pa.array(["run"] * 2)]
+    names = ["source_file", "source_member", "source_row", "run_id"]
+    for i, _ in enumerate(cols):
+        arrays.append(pa.array([r[i] for r in rows], pa.string()))
+        names.append(raw_column(i))
+    arrays.append(pa.array([None, "a,b,c,...,extra"], pa.string()))
+    names.append(CORRUPT_RECORD)
+    good, bad = list(make_typer(cols, "real_device", 1)([pa.RecordBatch.from_arrays(arrays, names=names)]))[0].to_pylist()
+    assert good["reasons"] == []
+    assert bad["reasons"][0] == "malformed_row" and bad["raw_record"] == "a,b,c,...,extra"
+
+
+def test_the_count_bound_is_the_same_on_the_fast_path():
+    cols = _columns()
+    # every cell of the column casts cleanly, so the batch takes the one-cast path
+    small, big = _type(cols, [_row(cols, read="5"), _row(cols, read=str(10**18))])
+    assert small["reasons"] == [] and big["reasons"] == ["count_out_of_range"] and big["sc_read"] is None

@@ -10,7 +10,7 @@ import pytest
 from dfp_core.errors import InputDataError
 from dfp_core.kronodroid.generator import generate
 from dfp_core.kronodroid import raw_files
-from tests.inputs import split_member
+from tests.inputs import archive_rows, csv_text, split_member
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,34 @@ def test_reconciliation_compares_rows_given_and_read_per_part():
 
     lost = {"rows_by_part": {b: 56}, "input_rows": 56, "fct_rows": 50, "quarantined_rows": 0, "duplicates_dropped": 0}
     assert reconcile(manifest, lost)["reconciliation_error"] == f"{a}: 50 rows given, 0 read; 56 rows read, 50 accounted for"
+
+
+def test_a_cell_beyond_the_limit_is_named(archives, tmp_path):
+    from dfp_core.kronodroid.raw_files import MAX_CELL_CHARS
+
+    name, rows = archive_rows(archives / "real_device" / "real_malware_v1.zip")
+    rows[1][-1] = "x" * (MAX_CELL_CHARS + 1)
+    folder = tmp_path / "in" / "real_device"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "real_malware_v1.zip", "w", zipfile.ZIP_STORED) as zf:  # no bomb, one huge cell
+        zf.writestr(name, csv_text(rows))
+    with pytest.raises(InputDataError, match="has a cell over 8 MiB"):
+        raw_files.scan(folder.parent, measure_parts=True)
+
+
+def test_an_archive_that_expands_too_far_is_refused_before_expanding(archives, tmp_path):
+    name, rows = archive_rows(archives / "real_device" / "real_malware_v1.zip")
+    folder = tmp_path / "in" / "real_device"
+    folder.mkdir(parents=True)
+    # a valid KronoDroid CSV padded with one highly compressible cell: 5 MB from a few KB
+    rows[1][rows[0].index("Package")] = "a" * 5_000_000
+    with zipfile.ZipFile(folder / "real_malware_v1.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(name, csv_text(rows))
+    with pytest.raises(InputDataError, match=r"would expand \d+x .* over the 100x limit"):
+        raw_files.scan(folder.parent)
+
+
+def test_a_member_over_the_size_limit_is_refused(archives, tmp_path, monkeypatch):
+    monkeypatch.setattr(raw_files, "MAX_MEMBER_BYTES", 4096)
+    with pytest.raises(InputDataError, match=r"would expand to [\d,]+ bytes, over the limit of 4,096 bytes per member"):
+        raw_files.scan(archives)

@@ -165,6 +165,22 @@ def test_read_malformed_row_and_header_only(tmp_path):
     assert row["reason"] == "malformed_row" and pd.isna(row["source_row"]) and row["detail"].startswith("3 cells")
 
 
+def test_read_bytes_that_are_not_utf8(tmp_path):
+    generate(tmp_path / "gen", 30, seed=3, layout="subset")
+    raw = (tmp_path / "gen" / SUBSET_RELPATH).read_bytes()
+    lines = raw.split(b"\r\n")
+    package = lines[0].decode().split(",").index(schema.PACKAGE)
+    cells = lines[3].split(b",")
+    cells[package] = b"com.\xff\xfe.app"
+    lines[3] = b",".join(cells)
+    folder = tmp_path / "in" / "real_device"
+    folder.mkdir(parents=True)
+    (folder / "latin.csv").write_bytes(b"\r\n".join(lines))
+    valid, rejected = read_kronodroid(folder.parent)
+    assert len(valid) == 29 and rejected["reason"].tolist() == ["invalid_utf8"]
+    assert rejected["source_row"].tolist() == [3] and schema.PACKAGE in rejected["detail"].iloc[0]
+
+
 def test_read_unknown_inputs(tmp_path, archives):
     header = ",".join(schema.REQUIRED_RAW) + "\n"
     (tmp_path / "data.csv").write_text(header)

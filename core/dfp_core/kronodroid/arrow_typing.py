@@ -20,6 +20,15 @@ import pyarrow.compute as pc
 from dfp_core.kronodroid import schema
 
 INT_PATTERN = r"^-?[0-9]+(\.0+)?$"
+# Up to 18 digits always fits an int64; a longer count is out of range, not a negative
+# one (a float64 round trip turns it into INT64_MIN).
+IN_RANGE_PATTERN = r"^-?[0-9]{1,18}$"
+COUNT_LIMIT = 10**18
+# Spark's CSV reader puts a row whose cell count differs from the header here (PERMISSIVE
+# mode); pyarrow's reader reports such rows through its invalid-row handler instead.
+CORRUPT_RECORD = "_corrupt_record"
+# What a UTF-8 decoder puts where the bytes were not UTF-8 (both readers replace them).
+REPLACEMENT_CHAR = "\ufffd"
 SHA256_PATTERN = r"^[0-9A-Fa-f]{64}$"
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d", "%Y/%m/%d")
 LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
@@ -66,17 +75,27 @@ def _text(array: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
 
 
-def _feature(array: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(integer values, the cells they came from). Non-integers become null;
-    "12.0" is accepted as 12. Fast path: one cast when the column is clean
-    (Spark's CSV reader already trimmed unquoted cells and nulled empty ones)."""
+def _feature(array: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array | None]:
+    """(integer values, the cells they came from, mask of integers too large for a count
+    or None). Non-integers become null; "12.0" is accepted as 12. Fast path: one cast
+    when the column is clean (Spark's CSV reader already trimmed unquoted cells and
+    nulled empty ones)."""
     try:
-        return pc.cast(array, pa.int64()), array
+        value = pc.cast(array, pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        text = _text(array)
-        ok = pc.match_substring_regex(text, INT_PATTERN)
-        numeric = pc.if_else(ok, text, pa.scalar(None, pa.string()))
-        return pc.cast(pc.cast(numeric, pa.float64()), pa.int64(), safe=False), text
+        pass
+    else:  # the same bound as the pattern below, whichever path a batch takes
+        too_large = pc.greater_equal(value, COUNT_LIMIT)
+        if not pc.any(too_large).as_py():
+            return value, array, None
+        return pc.if_else(too_large, pa.scalar(None, pa.int64()), value), array, too_large
+    text = _text(array)
+    integral = pc.replace_substring_regex(
+        pc.if_else(pc.match_substring_regex(text, INT_PATTERN), text, pa.scalar(None, pa.string())),
+        pattern=r"\.0+$", replacement="")
+    in_range = pc.match_substring_regex(integral, IN_RANGE_PATTERN)
+    value = pc.cast(pc.if_else(in_range, integral, pa.scalar(None, pa.string())), pa.int64())
+    return value, text, pc.and_(pc.is_valid(integral), pc.invert(in_range))
 
 
 def _as_long(array: pa.Array) -> pa.Array:
@@ -119,6 +138,7 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
     out_schema = pa.schema(fields)
     known_extras = [c for c in schema.KNOWN_EXTRAS if c in pos]
     unknown = [c for c in columns if c not in schema.KNOWN_RAW]
+    text_columns = [c for c in columns if c not in schema.RAW_FEATURES]
 
     def typed_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         n = batch.num_rows
@@ -128,12 +148,21 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
         missing = np.zeros((n, len(present)), dtype=bool)
         non_numeric = np.zeros_like(missing)
         negative = np.zeros_like(missing)
+        too_large = np.zeros_like(missing)
         for j, c in enumerate(present):
-            value, cell = _feature(raw[c])
+            value, cell, out_of_range = _feature(raw[c])
             features[schema.canonical_name(c)] = value
             missing[:, j] = _mask(pc.is_null(cell))
-            non_numeric[:, j] = _mask(pc.and_(pc.is_valid(cell), pc.is_null(value)))
+            if out_of_range is not None:
+                too_large[:, j] = _mask(out_of_range)
+            non_numeric[:, j] = _mask(pc.and_(pc.is_valid(cell), pc.is_null(value))) & ~too_large[:, j]
             negative[:, j] = _mask(pc.less(value, 0))
+        # Text cells only: a replaced byte in a count cell already makes it non-numeric.
+        not_utf8 = np.zeros((n, len(text_columns)), dtype=bool)
+        for j, c in enumerate(text_columns):
+            not_utf8[:, j] = _mask(pc.match_substring(raw[c], REPLACEMENT_CHAR))
+        corrupt = col.get(CORRUPT_RECORD)
+        malformed = _mask(pc.is_valid(corrupt)) if corrupt is not None else np.zeros(n, dtype=bool)
         label_text = _text(raw[schema.LABEL])
         label = pa.array([LABEL_VALUES.get(v) for v in label_text.to_pylist()], pa.int32())
         sha_text = _text(raw[schema.SHA256])
@@ -147,9 +176,12 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
 
         label_np = np.asarray(label.to_numpy(zero_copy_only=False), dtype=float)
         flags = {
+            "malformed_row": malformed,
             "missing_feature_value": missing.any(axis=1),
             "non_numeric_feature": non_numeric.any(axis=1),
             "negative_count": negative.any(axis=1),
+            "count_out_of_range": too_large.any(axis=1),
+            "invalid_utf8": not_utf8.any(axis=1),
             "invalid_label": np.isnan(label_np),
             "label_archive_mismatch": (~np.isnan(label_np) & (label_np != expected_label))
             if expected_label is not None else np.zeros(n, dtype=bool),
@@ -171,15 +203,20 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
             for k, i in enumerate(bad_rows):
                 reasons[i] = [r for r, mask in flags.items() if mask[i]]
                 parts = []
+                if malformed[i]:
+                    parts.append(f"cells do not match the header's {len(columns)} columns")
                 for title, matrix, labels in (("empty", missing, names), ("non-numeric", non_numeric, names),
-                                              ("negative", negative, names), ("bad date", bad_dates, date_names)):
+                                              ("negative", negative, names), ("out of range", too_large, names),
+                                              ("bad date", bad_dates, date_names),
+                                              ("not UTF-8 (bytes replaced by U+FFFD)", not_utf8, text_columns)):
                     hits = np.flatnonzero(matrix[i])
                     if hits.size:
                         parts.append(f"{title}: " + ",".join(labels[h] for h in hits))
                 if flags["invalid_label"][i]:
                     parts.append(f"label: {labels_text[i] if labels_text[i] is not None else '<empty>'}")
                 details[i] = "; ".join(parts)
-                records[i] = json.dumps(raw_rows[k], ensure_ascii=False)
+                # A malformed row's cells are misaligned; keep the line Spark read instead.
+                records[i] = corrupt[i].as_py() if malformed[i] else json.dumps(raw_rows[k], ensure_ascii=False)
 
         def optional_text(raw_name: str) -> pa.Array:
             return _text(raw[raw_name]) if raw_name in raw else pa.nulls(n, pa.string())

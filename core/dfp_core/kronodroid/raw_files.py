@@ -16,6 +16,7 @@ Where parts are stored in lakeFS (``lakefs_path``), relative to the ref:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -33,6 +34,14 @@ RAW_PREFIX = "raw/kronodroid/"
 MANIFEST_PATH = RAW_PREFIX + "_manifest.json"
 GENERATOR_MARKER = "GENERATED.json"
 IGNORED_NAMES = {GENERATOR_MARKER, "README.md", "README.txt", ".DS_Store"}
+# The largest cell a part may hold. The scorer's reader needs a whole row inside one
+# block (``reader.BLOCK_SIZE``, 16 MiB); Python's csv module stops at 128 KiB by default.
+MAX_CELL_CHARS = 8 << 20
+# Decompression limits, checked on the sizes a zip declares before a byte is expanded
+# (zipfile stops at the declared size and checks the CRC, so they cannot be exceeded).
+# KronoDroid CSVs deflate about 6:1; a ratio beyond 100:1 is a zip bomb, not data.
+MAX_EXPANSION_RATIO = 100
+MAX_MEMBER_BYTES = 16 << 30
 
 
 @dataclass
@@ -103,14 +112,31 @@ def _header_row(rows: Iterator[list[str]], where: str) -> list[str]:
     except StopIteration:
         raise InputDataError(f"{where} is empty (no header row)") from None
     except csv.Error as exc:
-        raise InputDataError(f"{where} is not a readable CSV: {exc}") from None
+        raise _csv_error(where, exc) from None
     if len(header) < 2:
         raise InputDataError(f"{where} does not look like a KronoDroid CSV (header has {len(header)} column)")
     return [h.strip().lstrip("\ufeff") for h in header]
 
 
+@contextlib.contextmanager
+def _cell_limit():
+    """csv's field limit raised to ``MAX_CELL_CHARS`` while we read (it is process-wide)."""
+    previous = csv.field_size_limit(MAX_CELL_CHARS)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _csv_error(where: str, exc: csv.Error) -> InputDataError:
+    if "field larger than field limit" in str(exc):
+        return InputDataError(f"{where} has a cell over {MAX_CELL_CHARS >> 20} MiB; no KronoDroid value is that long")
+    return InputDataError(f"{where} is not a readable CSV: {exc}")
+
+
 def read_header(stream: io.TextIOBase, where: str) -> list[str]:
-    return _header_row(csv.reader(stream), where)
+    with _cell_limit():
+        return _header_row(csv.reader(stream), where)
 
 
 class _DigestingReader(io.RawIOBase):
@@ -151,12 +177,13 @@ def measure(raw, where: str) -> Measured:
     digesting = _DigestingReader(raw)
     text = io.TextIOWrapper(io.BufferedReader(digesting, 1 << 20), encoding="utf-8", errors="replace", newline="")
     rows = csv.reader(text)
-    columns = _header_row(rows, where)
-    check_header(columns, where)  # a wrong header is the first thing to report
-    try:
-        data_rows = sum(1 for row in rows if row)
-    except csv.Error as exc:
-        raise InputDataError(f"{where} is not a readable CSV: {exc}") from None
+    with _cell_limit():
+        columns = _header_row(rows, where)
+        check_header(columns, where)  # a wrong header is the first thing to report
+        try:
+            data_rows = sum(1 for row in rows if row)
+        except csv.Error as exc:
+            raise _csv_error(where, exc) from None
     if data_rows == 0:
         raise InputDataError(f"{where} has a header but no data rows; nothing to load")
     return Measured(columns, data_rows, digesting.size, digesting.sha256.hexdigest(), digesting.md5.hexdigest())
@@ -227,8 +254,21 @@ def zip_members(path: Path, rel: str) -> list[zipfile.ZipInfo]:
                 raise InputDataError(f"archive {rel} contains {member.filename!r}, which is not a CSV file")
             if member.file_size == 0:
                 raise InputDataError(f"archive {rel}: member {member.filename!r} is empty")
+            check_expansion(member, rel)
             member_path(member.filename, f"archive {rel}")
         return members
+
+
+def check_expansion(member: zipfile.ZipInfo, rel: str) -> None:
+    """Refuse a member that would expand beyond ``MAX_MEMBER_BYTES`` or ``MAX_EXPANSION_RATIO``."""
+    where = f"archive {rel}: member {member.filename!r}"
+    if member.file_size > MAX_MEMBER_BYTES:
+        raise InputDataError(f"{where} would expand to {member.file_size:,} bytes, over the limit of "
+                             f"{MAX_MEMBER_BYTES:,} bytes per member; split it into smaller archives")
+    ratio = member.file_size / max(member.compress_size, 1)
+    if ratio > MAX_EXPANSION_RATIO:
+        raise InputDataError(f"{where} would expand {ratio:.0f}x ({member.compress_size} to {member.file_size} bytes), "
+                             f"over the {MAX_EXPANSION_RATIO}x limit: refused as a possible zip bomb")
 
 
 def _source_relative(rel: PurePosixPath, data_source: str) -> str:

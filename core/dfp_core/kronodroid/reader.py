@@ -14,6 +14,8 @@ Rows pyarrow cannot split into the header's number of cells are rejected as
 
 from __future__ import annotations
 
+import codecs
+import io
 import re
 from pathlib import Path
 from typing import Iterator
@@ -56,6 +58,35 @@ def input_parts(path: Path) -> list[tuple[Path, CsvPart]]:
     return scan(path).parts
 
 
+class ReplacingUtf8(io.RawIOBase):
+    """A binary stream's bytes as valid UTF-8, invalid sequences replaced by U+FFFD, as
+    Spark's CSV reader does: pyarrow refuses the whole file otherwise, and the typer
+    rejects the rows whose text holds a replacement (``invalid_utf8``)."""
+
+    def __init__(self, raw, chunk: int = 1 << 20):
+        self.raw, self.chunk = raw, chunk
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            data = self.raw.read(self.chunk)
+            self.pending = self.decoder.decode(data, final=not data).encode("utf-8")
+            if not data:
+                break
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.RecordBatch]:
     """The part's rows as the typer's input: provenance + ``_cN`` string columns."""
     names = [raw_column(i) for i in range(len(part.columns))]
@@ -64,7 +95,7 @@ def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.Reco
         malformed.append(row)
         return "skip"
 
-    stream = open_part(file, part)
+    stream = ReplacingUtf8(open_part(file, part))
     try:
         reader = pacsv.open_csv(
             stream,

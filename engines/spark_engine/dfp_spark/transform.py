@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from dfp_core.kronodroid import schema
 from dfp_core.splits import SplitSpec, spark_sample_id_sql, spark_split_sql
-from dfp_core.kronodroid.arrow_typing import make_typer, output_fields, raw_column
+from dfp_core.kronodroid.arrow_typing import CORRUPT_RECORD, make_typer, output_fields, raw_column
 from dfp_core.kronodroid.raw_files import CsvPart
 
 EPOCH = "1970-01-01 00:00:00"
@@ -25,14 +25,17 @@ def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> Data
     """One CSV part, all columns as strings under positional names, plus provenance.
 
     multiLine CSV files are not splittable, so each file is one partition and
-    monotonically_increasing_id() numbers its rows in file order.
+    monotonically_increasing_id() numbers its rows in file order. A row whose cell
+    count differs from the header keeps its text in ``CORRUPT_RECORD`` (Spark would
+    otherwise pad or cut it silently); the typer rejects it as ``malformed_row``.
     """
     from pyspark.sql.types import StringType, StructField, StructType
 
-    struct = StructType([StructField(raw_column(i), StringType()) for i in range(len(part.columns))])
+    struct = StructType([StructField(raw_column(i), StringType()) for i in range(len(part.columns))]
+                        + [StructField(CORRUPT_RECORD, StringType())])
     df = (
         spark.read.option("header", True).option("multiLine", True).option("escape", '"')
-        .option("mode", "PERMISSIVE").option("encoding", "UTF-8")
+        .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_RECORD).option("encoding", "UTF-8")
         .option("ignoreLeadingWhiteSpace", True).option("ignoreTrailingWhiteSpace", True)
         .schema(struct).csv(uri)
     )
@@ -42,6 +45,7 @@ def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> Data
         (F.monotonically_increasing_id() + 1).alias("source_row"),
         F.lit(run_id).alias("run_id"),
         *[F.col(raw_column(i)) for i in range(len(part.columns))],
+        F.col(CORRUPT_RECORD),
     )
 
 
