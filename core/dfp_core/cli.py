@@ -381,6 +381,12 @@ def _print_status(result: dict, as_json: bool) -> None:
         state = "healthy" if svc["healthy"] else ("running" if svc["running"] else "stopped")
         pid = f" pid {svc['pid']}" if svc["pid"] else ""
         print(f"{name:7s} {state:8s} {svc['endpoint']}{pid}")
+        if svc.get("orphaned_pids"):
+            print(f"        its leader is gone but pids {', '.join(map(str, svc['orphaned_pids']))} still run: "
+                  "`dfp stack down` stops them")
+        if svc.get("port_taken_by"):
+            holder = svc["port_taken_by"]
+            print(f"        its port is held by another program: pid {holder['pid']} ({holder['cmdline']})")
     print(f"credentials: {result['credentials_file']}")
 
 

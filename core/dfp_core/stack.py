@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import psutil
 import requests
@@ -69,6 +70,10 @@ def lakefs_binary(settings: StackSettings) -> Path:
 
 @dataclass
 class ProcessRecord:
+    """A service ``up`` started: the leader of its own process group (session), whose
+    id is the leader's pid. Workers it forks (MLflow's gunicorn/uvicorn) share the group
+    and outlive a killed leader, so the group, not the pid, is what is supervised."""
+
     name: str
     pid: int
     create_time: float
@@ -76,7 +81,7 @@ class ProcessRecord:
     log: str
 
     def process(self) -> psutil.Process | None:
-        """The live process this record describes, or None (gone or pid reused)."""
+        """The live leader this record describes, or None (gone or pid reused)."""
         try:
             proc = psutil.Process(self.pid)
             if abs(proc.create_time() - self.create_time) > 1.0:
@@ -86,6 +91,26 @@ class ProcessRecord:
             return proc
         except psutil.Error:
             return None
+
+    def group(self) -> list[psutil.Process]:
+        """Every live process of the service's group, leader included. A group id is not
+        reused while any member lives, so members started after the leader are ours."""
+        members = []
+        for proc in psutil.process_iter(["create_time", "status"]):
+            try:
+                if (os.getpgid(proc.pid) == self.pid and proc.info["create_time"] >= self.create_time - 1.0
+                        and proc.info["status"] != psutil.STATUS_ZOMBIE):
+                    members.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return members
+
+
+def private_home(home: Path) -> None:
+    """DFP_HOME, created or tightened to 0700: it holds the keys, the lakeFS data and every run."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if home.stat().st_mode & 0o077:
+        os.chmod(home, 0o700)
 
 
 class StackState:
@@ -108,7 +133,7 @@ class StackState:
             ) from None
 
     def save(self, records: dict[str, ProcessRecord]) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.home)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"processes": {k: vars(v) for k, v in records.items()}}, indent=2))
         tmp.replace(self.path)
@@ -116,7 +141,7 @@ class StackState:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise concurrent ``up``/``down`` calls on one DFP_HOME."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.home)
         with open(self.home / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -150,7 +175,7 @@ def ensure_credentials(settings: StackSettings) -> dict[str, str]:
     # Endpoints follow the configured ports on every start.
     values["LAKEFS_ENDPOINT"] = settings.lakefs_endpoint
     values["MLFLOW_TRACKING_URI"] = settings.mlflow_endpoint
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_home(settings.home)
     body = "# Written by `dfp stack up`. Secrets: keep this file private.\n" + "".join(
         f"{key}={value}\n" for key, value in sorted(values.items())
     )
@@ -260,11 +285,32 @@ def _last_error_line(log: Path) -> str:
     return lines[-1][-300:] if lines else "no output"
 
 
+def port_holder(port: int) -> dict | None:
+    """The process listening on ``port`` (pid and command line), when this user may see it."""
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except (psutil.Error, PermissionError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                cmdline = " ".join(psutil.Process(conn.pid).cmdline())[:200]
+            except psutil.Error:
+                cmdline = "?"
+            return {"pid": conn.pid, "cmdline": cmdline}
+    return None
+
+
+def _taken_by(port: int) -> str:
+    holder = port_holder(port)
+    return f"pid {holder['pid']} ({holder['cmdline']})" if holder else "another program"
+
+
 def _start(service: Service, settings: StackSettings, creds: dict[str, str], log: Log) -> ProcessRecord:
     host, port = settings.host, service.port(settings)
     if not _port_free(host, port):
         raise StackError(
-            f"port {port} on {host} is taken by another program, so {service.name} cannot start; "
+            f"port {port} on {host} is taken by {_taken_by(port)}, so {service.name} cannot start; "
             f"stop that program or pick another port with {service.port_env}=<port>"
         )
     if service is LAKEFS:
@@ -308,10 +354,13 @@ def _start(service: Service, settings: StackSettings, creds: dict[str, str], log
 
 
 def _terminate(record: ProcessRecord, timeout: float = 20) -> bool:
-    proc = record.process()
-    if proc is None:
+    """Stop the service's whole process group (TERM, then KILL); False if none was left."""
+    leader = record.process()
+    group = record.group()
+    if leader is not None:
+        group += [c for c in leader.children(recursive=True) if c not in group]
+    if not group:
         return False
-    group = [proc] + proc.children(recursive=True)
     for p in group:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)
@@ -345,6 +394,10 @@ def up(settings: StackSettings, log: Log = note) -> dict:
                     continue
                 log(f"{service.name}: pid {rec.pid} is not healthy; restarting it")
                 _terminate(rec)
+            elif rec and rec.group():
+                log(f"{service.name}: leader pid {rec.pid} is gone but {len(rec.group())} of its processes "
+                    "still run; stopping them before starting again")
+                _terminate(rec)
             records[service.name] = _start(service, settings, creds, log)
             state.save(records)
     return status(settings)
@@ -359,8 +412,10 @@ def down(settings: StackSettings, log: Log = note) -> dict:
             rec = records.pop(name, None)
             if rec is None:
                 continue
+            leader_alive = rec.process() is not None
             stopped = _terminate(rec)
-            log(f"{name}: {'stopped' if stopped else 'was not running'} (pid {rec.pid})")
+            what = "stopped" if leader_alive else "stopped what was left of it" if stopped else "was not running"
+            log(f"{name}: {what} (process group {rec.pid})")
         state.save(records)
     return status(settings)
 
@@ -372,13 +427,22 @@ def status(settings: StackSettings) -> dict:
         rec = records.get(service.name)
         alive = rec is not None and rec.process() is not None
         endpoint = rec.endpoint if rec else service.endpoint(settings)
-        services[service.name] = {
+        entry = {
             "endpoint": endpoint,
             "pid": rec.pid if alive else None,
             "running": alive,
             "healthy": alive and _healthy(endpoint + service.health_path),
             "log": rec.log if rec else str(settings.home / "logs" / f"{service.name}.log"),
         }
+        if rec is not None and not alive:
+            left = sorted(p.pid for p in rec.group())
+            if left:  # `dfp stack down` or `up` stops them
+                entry["orphaned_pids"] = left
+        if not alive:
+            holder = port_holder(urlsplit(endpoint).port or service.port(settings))
+            if holder:
+                entry["port_taken_by"] = holder
+        services[service.name] = entry
     return {
         "home": str(settings.home),
         "credentials_file": str(settings.home / STACK_ENV_FILE),

@@ -92,3 +92,34 @@ def test_stack_down_then_up_in_a_separate_home(tmp_path):
     assert not alive, f"still running: {alive}"
     assert (settings.home / "lakefs" / "metadata").is_dir(), "data must be kept"
     assert stack_mod.status(settings)["services"]["lakefs"]["running"] is False
+
+
+def test_a_killed_leader_leaves_no_server_behind(tmp_path):
+    """`kill -9` of the MLflow pid in state.json: its workers keep the port. status names
+    them, up stops them and starts again, down stops the whole process group."""
+    import os
+    import signal
+
+    from dfp_core.stack import free_port
+    from dfp_core.settings import StackSettings
+
+    settings = StackSettings(home=tmp_path / "home", lakefs_port=free_port(), mlflow_port=free_port())
+    first = stack_mod.up(settings, log=lambda m: None)
+    leader = psutil.Process(first["services"]["mlflow"]["pid"])
+    workers = leader.children(recursive=True)
+    assert workers, "the MLflow server runs its app in worker processes"
+    os.kill(leader.pid, signal.SIGKILL)
+    psutil.wait_procs([leader], timeout=10)
+    try:
+        broken = stack_mod.status(settings)["services"]["mlflow"]
+        assert broken["running"] is False
+        assert set(broken["orphaned_pids"]) >= {w.pid for w in workers if w.is_running()}
+        again = stack_mod.up(settings, log=lambda m: None)
+        assert again["services"]["mlflow"]["healthy"] and again["services"]["mlflow"]["pid"] != leader.pid
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"workers of the killed leader still run: {alive}"
+    finally:
+        group = [p for rec in stack_mod.StackState(settings.home).load().values() for p in rec.group()]
+        stack_mod.down(settings, log=lambda m: None)
+    _, alive = psutil.wait_procs(group, timeout=10)
+    assert not alive and "orphaned_pids" not in stack_mod.status(settings)["services"]["mlflow"]

@@ -51,6 +51,21 @@ def test_taken_port_is_named(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert f"port {port}" in last and "taken" in last and "DFP_LAKEFS_PORT" in last
+    assert f"pid {os.getpid()} (" in last  # the program holding it, by pid and command line
+
+
+def test_status_names_a_foreign_process_on_a_service_port(tmp_path):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        status = stack_mod.status(StackSettings(home=tmp_path / "h", lakefs_port=18002, mlflow_port=port))
+        shown = _dfp("stack", "status", env={"DFP_HOME": str(tmp_path / "h"), "DFP_MLFLOW_PORT": str(port)})
+    mlflow = status["services"]["mlflow"]
+    assert mlflow["running"] is False and mlflow["port_taken_by"]["pid"] == os.getpid()
+    assert "pytest" in mlflow["port_taken_by"]["cmdline"] or "python" in mlflow["port_taken_by"]["cmdline"]
+    assert "port_taken_by" not in status["services"]["lakefs"]
+    assert f"held by another program: pid {os.getpid()}" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_missing_java_is_explained(monkeypatch):
@@ -85,4 +100,13 @@ def test_credentials_file_is_private_and_stable(tmp_path):
     assert first["LAKEFS_SECRET_ACCESS_KEY"] == second["LAKEFS_SECRET_ACCESS_KEY"]
     assert len(first["LAKEFS_ACCESS_KEY_ID"]) <= 20
     assert ((settings.home / "stack.env").stat().st_mode & 0o777) == 0o600
+    assert (settings.home.stat().st_mode & 0o777) == 0o700
     assert first["LAKEFS_ENDPOINT"] == "http://127.0.0.1:18001"
+
+
+def test_an_existing_dfp_home_is_made_private(tmp_path):
+    home = tmp_path / "shared-home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    stack_mod.ensure_credentials(StackSettings(home=home, lakefs_port=18003, mlflow_port=15003))
+    assert (home.stat().st_mode & 0o777) == 0o700
