@@ -34,10 +34,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                       "--time-split-rows", "3000", "--time-split-max-epochs", "2"]),
     "reproduce": ([], ["--rows", "2000", "--max-epochs", "1"]),
     "quickstart": ([], ["--rows", "400", "--max-epochs", "1"]),
+    "scoring": ([], ["--rows", "4000", "--train-rows", "1000"]),
 }
 # Results files in the order the summary lists them (others follow, sorted).
 ORDER = ["transform", "stack", "training_lightning_vs_plain", "training_feast_vs_spark",
-         "training_quality_real_subset", "training_time_split_generated", "reproduce", "quickstart"]
+         "training_quality_real_subset", "training_time_split_generated", "reproduce", "quickstart", "scoring"]
 # (results file, figure, comparison, target, what)
 TARGETS = [
     ("transform", "ratio_transform_to_baseline", "<=", 3.0, "transform vs pyarrow+fastavro baseline"),
@@ -45,6 +46,7 @@ TARGETS = [
     ("training_feast_vs_spark", "ratio_feast_to_direct", "<=", 1.5, "Feast retrieval vs direct Spark read"),
     ("training_quality_real_subset", "ae_best_roc_auc_mean", ">=", 0.92, "AE test ROC-AUC on the real subset (and above PCA, IsolationForest)"),
     ("quickstart", "quickstart_seconds", "<=", 300, "dfp quickstart after the first install"),
+    ("scoring", "peak_rss_mb", "<=", 1536, "dfp score peak RSS, 200k rows"),
 ]
 
 

@@ -20,7 +20,7 @@ import typer
 
 from dfp_core.errors import DfpError
 from dfp_core.params import Field, TrainConfig, TransformConfig, format_value, params_of, parse_value
-from dfp_core.progress import error
+from dfp_core.progress import error, note
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 stack_app = typer.Typer(no_args_is_help=True, help="Local lakeFS + MLflow servers.")
@@ -29,6 +29,8 @@ pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow pipeline: co
 app.add_typer(pipeline_app, name="pipeline")
 feast_app = typer.Typer(no_args_is_help=True, help="The Feast feature repository.")
 app.add_typer(feast_app, name="feast")
+runs_app = typer.Typer(no_args_is_help=True, help="Transform runs on lakeFS: list them, remove abandoned ones.")
+app.add_typer(runs_app, name="runs")
 
 
 def emit(summary: dict) -> None:
@@ -354,6 +356,47 @@ def kserve_cmd(
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     emit({"inference_service": str(path), "name": manifest["metadata"]["name"],
           "storage_uri": manifest["spec"]["predictor"]["model"]["storageUri"]})
+
+
+@runs_app.command("list")
+def runs_list(
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default: LAKEFS_REPOSITORY, kronodroid)."),
+    older_than: str = typer.Option("24h", "--older-than", help="A run idle this long is abandoned (30m, 24h, 7d)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Every run-* branch and tag with its state: active, abandoned or merged."""
+    from dfp_spark.run_refs import list_runs, parse_duration
+
+    rt = runtime("kronodroid-runs")
+    name = repo or rt.settings.lakefs.repository
+    runs = list_runs(rt.lakefs, name, parse_duration(older_than))
+    if as_json:
+        emit({"repository": name, "runs": [r.to_dict() for r in runs]})
+        return
+    for r in runs:
+        print(f"{r.name:40s} {r.kind:6s} {r.state:9s} {r.commit_id[:12]} "
+              f"uncommitted={r.uncommitted_objects:<4d} {r.why}")
+    if not runs:
+        print(f"no runs in {name}")
+
+
+@runs_app.command("gc")
+def runs_gc(
+    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default: LAKEFS_REPOSITORY, kronodroid)."),
+    older_than: str = typer.Option("24h", "--older-than", help="Remove runs idle at least this long (30m, 24h, 7d)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; remove nothing."),
+) -> None:
+    """Remove abandoned run branches (and their uncommitted objects) and unmerged run tags.
+    Merged run tags, active runs and every other ref are kept."""
+    from dfp_spark.run_refs import gc_runs, parse_duration
+
+    rt = runtime("kronodroid-runs")
+    result = gc_runs(rt.lakefs, repo or rt.settings.lakefs.repository, parse_duration(older_than), dry_run)
+    for item in result["removed"]:
+        note(f"{'would remove' if dry_run else 'removed'} {item['kind']} {item['name']} ({item['why']})")
+    emit(result)
+    if result["failed"]:
+        raise DfpError(f"could not remove {len(result['failed'])} run ref(s): {result['failed'][0]['error']}")
 
 
 @app.command("evaluate")

@@ -229,6 +229,33 @@ class LakeFS:
                 ) from None
         return result if is_commit_id(result) else self.resolve_commit(repo, target_branch)
 
+    def branches(self, repo: str, prefix: str = "") -> dict[str, str]:
+        """Branch name -> head commit id, for names starting with ``prefix``."""
+        with self._errors("list branches", repo):
+            return {b.id: b.get_commit().id for b in self.repository(repo).branches(prefix=prefix or None)}
+
+    def tags(self, repo: str, prefix: str = "") -> dict[str, str]:
+        """Tag name -> commit id, for names starting with ``prefix``."""
+        with self._errors("list tags", repo):
+            return {t.id: t.get_commit().id for t in self.repository(repo).tags(prefix=prefix or None)}
+
+    def commit_time(self, repo: str, ref: str) -> float:
+        """When the commit ``ref`` points at was made (seconds since the epoch)."""
+        with self._errors(f"read commit {ref!r}", repo, ref):
+            return float(self.repository(repo).ref(ref).get_commit().creation_date)
+
+    def is_merged_into(self, repo: str, ref: str, branch: str) -> bool:
+        """Whether the commit ``ref`` points at is in ``branch``'s history."""
+        commit = self.resolve_commit(repo, ref)
+        with self._errors(f"merge base of {ref!r} and {branch!r}", repo, ref):
+            result = self.client.sdk_client.refs_api.find_merge_base(repo, ref, branch)
+        return result.base_commit_id == commit
+
+    def uncommitted_count(self, repo: str, branch: str, limit: int = 1000) -> int:
+        """Objects changed on ``branch`` since its head commit (at most ``limit`` counted)."""
+        with self._errors(f"list uncommitted changes of {branch!r}", repo, branch):
+            return sum(1 for _ in self.repository(repo).branch(branch).uncommitted(max_amount=limit))
+
     def commit_metadata(self, repo: str, ref: str) -> dict[str, str]:
         with self._errors(f"read commit {ref!r}", repo, ref):
             return dict(self.repository(repo).ref(ref).get_commit().metadata or {})

@@ -235,6 +235,41 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_score_never_writes_over_its_input(logged, bad_archives, tmp_path):
+    rt = Runtime(Settings.from_env({}).override(mlflow={"tracking_uri": logged["uri"]}))
+    generate(tmp_path / "gen", 30, seed=3, layout="subset")
+    csv_in = tmp_path / "gen" / SUBSET_RELPATH
+    before = csv_in.read_bytes()
+    with pytest.raises(ConfigError, match="is the input file"):
+        score(rt, logged["model_uri"], csv_in, csv_in)
+    with pytest.raises(ConfigError, match="is the input file"):  # the same file by another path
+        score(rt, logged["model_uri"], csv_in, csv_in.parent / ".." / csv_in.parent.name / csv_in.name)
+    assert csv_in.read_bytes() == before
+    with pytest.raises(ConfigError, match="inside the input folder"):
+        score(rt, logged["model_uri"], bad_archives, bad_archives / "scores.csv")
+    assert not (bad_archives / "scores.csv").exists()
+
+
+def test_a_failed_score_leaves_no_partial_output(logged, bad_archives, tmp_path, monkeypatch):
+    from dfp_core.ml import scoring
+
+    rt = Runtime(Settings.from_env({}).override(mlflow={"tracking_uri": logged["uri"]}))
+    out = tmp_path / "scores.parquet"
+    calls = []
+
+    def failing(model, frame):  # the second piece fails, after the first was written
+        calls.append(len(frame))
+        if len(calls) == 2:
+            raise RuntimeError("model crashed")
+        return real(model, frame)
+
+    real = scoring.score_frame
+    monkeypatch.setattr(scoring, "score_frame", failing)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        score(rt, logged["model_uri"], bad_archives, out)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
 # -- baselines -----------------------------------------------------------------------
 
 def structured(seed: int = 0, n_benign: int = 400, n_anomalous: int = 80, d: int = 30):

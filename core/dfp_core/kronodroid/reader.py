@@ -48,6 +48,8 @@ _TYPED_KEEP = (
     "source_file", "source_member", "source_row", "data_source", "sha256", "label", "malware_family",
     "package_name", "earliest_mod_date", "latest_mod_date", *schema.FEATURE_COLUMNS, "reasons", "detail",
 )
+_EMPTY_TYPED = (pa.schema(output_fields([*schema.REQUIRED_RAW])).empty_table().select(list(_TYPED_KEEP))
+                .append_column("input_index", pa.array([], pa.int64())))
 
 
 def input_parts(path: Path) -> list[tuple[Path, CsvPart]]:
@@ -130,15 +132,6 @@ def _raw_batches(file: Path, part: CsvPart, malformed: list) -> Iterator[pa.Reco
         stream.close()
 
 
-def _typed_tables(file: Path, part: CsvPart) -> tuple[pa.Table, list]:
-    malformed: list = []
-    typer = make_typer(part.columns, part.data_source, part.expected_label)
-    batches = [b.select(list(_TYPED_KEEP)) for b in typer(_raw_batches(file, part, malformed))]
-    if not batches:  # a header-only part
-        return pa.schema(output_fields(part.columns)).empty_table().select(list(_TYPED_KEEP)), malformed
-    return pa.Table.from_batches(batches), malformed
-
-
 def _sample_dates(frame: pd.DataFrame) -> pd.Series:
     """``coalesce(latest_mod_date, earliest_mod_date)``, as the transform defines sample_date."""
     return frame["latest_mod_date"].combine_first(frame["earliest_mod_date"])
@@ -158,6 +151,39 @@ def sample_years(frame: pd.DataFrame) -> pd.Series:
     return pd.to_datetime(dates, errors="coerce").dt.year.astype("Int64")
 
 
+def iter_kronodroid(path: Path, parts: list[tuple[Path, CsvPart]] | None = None
+                    ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``read_kronodroid`` in pieces, in input order, one CSV block (``BLOCK_SIZE``) at a
+    time, so memory stays bounded however large the input: (valid, rejected) frames of
+    the same columns, ``input_index`` continuing across pieces. A part's malformed rows
+    come in a piece of their own after its last block. ``parts``: ``input_parts(path)``
+    when already scanned."""
+    offset = 0
+    for file, part in parts if parts is not None else input_parts(Path(path)):
+        malformed: list = []
+        typer = make_typer(part.columns, part.data_source, part.expected_label)
+        for batch in typer(_raw_batches(file, part, malformed)):
+            table = pa.Table.from_batches([batch.select(list(_TYPED_KEEP))])
+            n = table.num_rows
+            table = table.append_column("input_index", pa.array(np.arange(offset, offset + n, dtype=np.int64)))
+            offset += n
+            ok = pc.equal(pc.list_value_length(table.column("reasons")), 0)
+            bad = table.filter(pc.invert(ok)).select(
+                ["sha256", "data_source", "label", "source_file", "source_member", "source_row", "input_index", "reasons", "detail"]
+            ).to_pandas()
+            yield _valid_frame(table.filter(ok)), _rejected_frame(bad)
+        if malformed:
+            bad = pd.DataFrame({
+                "sha256": None, "data_source": part.data_source, "label": None,
+                "source_file": part.source_file, "source_member": part.member, "source_row": None,
+                "input_index": np.arange(offset, offset + len(malformed), dtype=np.int64),
+                "reasons": [[MALFORMED]] * len(malformed),
+                "detail": [f"{r.actual_columns} cells, expected {r.expected_columns}: {(r.text or '')[:200]}" for r in malformed],
+            })
+            offset += len(malformed)
+            yield _valid_frame(_EMPTY_TYPED), _rejected_frame(bad)
+
+
 def read_kronodroid(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(valid, rejected) rows of every KronoDroid CSV part under ``path`` (a
     directory as ``raw_files.scan`` accepts, a known archive, or a CSV).
@@ -170,43 +196,22 @@ def read_kronodroid(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     (float64 where a part lacks the column or has nulls, else int64).
     ``rejected``: ``REJECTED_COLUMNS``; ``reason`` is the first reason code,
     ``reasons`` all of them joined by ``,``.
-    Every row read is in exactly one of the two.
+    Every row read is in exactly one of the two. Everything is held in memory:
+    ``iter_kronodroid`` streams.
     """
     valid_parts, rejected_parts = [], []
-    offset = 0
-    total = 0
-    for file, part in input_parts(Path(path)):
-        table, malformed = _typed_tables(file, part)
-        n = table.num_rows
-        total += n + len(malformed)
-        ok = pc.equal(pc.list_value_length(table.column("reasons")), 0)
-        index = pa.array(np.arange(offset, offset + n, dtype=np.int64))
-        table = table.append_column("input_index", index)
-        offset += n
-        valid_parts.append(table.filter(ok))
-        bad = table.filter(pc.invert(ok)).select(
-            ["sha256", "data_source", "label", "source_file", "source_member", "source_row", "input_index", "reasons", "detail"]
-        ).to_pandas()
-        if malformed:
-            bad = pd.concat([bad, pd.DataFrame({
-                "sha256": None, "data_source": part.data_source, "label": None,
-                "source_file": part.source_file, "source_member": part.member, "source_row": None,
-                "input_index": np.arange(offset, offset + len(malformed), dtype=np.int64),
-                "reasons": [[MALFORMED]] * len(malformed),
-                "detail": [f"{r.actual_columns} cells, expected {r.expected_columns}: {(r.text or '')[:200]}" for r in malformed],
-            })], ignore_index=True)
-            offset += len(malformed)
-        rejected_parts.append(bad)
-
-    valid = _valid_frame(valid_parts)
-    rejected = _rejected_frame(rejected_parts)
-    if len(valid) + len(rejected) != total:  # pragma: no cover - an invariant
-        raise InputDataError(f"row count mismatch: {total} read, {len(valid)} valid + {len(rejected)} rejected")
-    return valid, rejected
+    for valid, rejected in iter_kronodroid(Path(path)):
+        valid_parts.append(valid)
+        rejected_parts.append(rejected)
+    if not valid_parts:
+        return _valid_frame(_EMPTY_TYPED), _rejected_frame(pd.DataFrame())
+    valid = pd.concat(valid_parts, ignore_index=True)
+    rejected = pd.concat(rejected_parts, ignore_index=True)
+    return valid, rejected.sort_values("input_index", kind="stable").reset_index(drop=True)
 
 
-def _valid_frame(tables: list[pa.Table]) -> pd.DataFrame:
-    frame = pa.concat_tables(tables).drop_columns(["reasons", "detail"]).to_pandas(date_as_object=False)
+def _valid_frame(table: pa.Table) -> pd.DataFrame:
+    frame = table.drop_columns(["reasons", "detail"]).to_pandas(date_as_object=False)
     frame["sample_id"] = [sample_id(s, d) for s, d in zip(frame["sha256"], frame["data_source"])]
     frame["sample_date"] = _sample_dates(frame)
     frame["sample_year"] = frame["sample_date"].dt.year.astype("Int64")
@@ -215,8 +220,7 @@ def _valid_frame(tables: list[pa.Table]) -> pd.DataFrame:
     return frame[[*VALID_KEYS, *schema.FEATURE_COLUMNS]].reset_index(drop=True)
 
 
-def _rejected_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frame = pd.concat(frames, ignore_index=True)
+def _rejected_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in REJECTED_COLUMNS})
         frame["source_row"] = frame["source_row"].astype("Int64")

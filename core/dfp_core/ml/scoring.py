@@ -41,6 +41,16 @@ def output_format(out_path: Path) -> str:
     return suffix[1:]
 
 
+def check_output_apart(input_path: Path, out_path: Path) -> None:
+    """The output may not be an input, nor inside an input folder (it would replace
+    what was scored, or be read as input by the next run)."""
+    inp, out = input_path.resolve(), out_path.resolve()
+    if out == inp:
+        raise ConfigError(f"--out {out_path} is the input file; write the scores to another file")
+    if inp.is_dir() and out.is_relative_to(inp):
+        raise ConfigError(f"--out {out_path} is inside the input folder {input_path}; write the scores outside it")
+
+
 def _predict(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     from dfp_core.serving.scorer import KronodroidScorer
 
@@ -181,33 +191,103 @@ def _write(frame: pd.DataFrame, out_path: Path, fmt: str) -> None:
         frame.to_parquet(out_path, index=False, engine="pyarrow")
 
 
+def _output_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("sample_id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
+        ("data_source", pa.string()), ("label", pa.int64()), ("reconstruction_error", pa.float64()),
+        ("is_anomaly", pa.bool_()), ("status", pa.string()), ("reason", pa.string()),
+    ])
+
+
+class _ChunkWriter:
+    """Output written piece by piece into a temporary file beside ``out_path``, renamed
+    over it only when every row is written: a failed run leaves no partial file."""
+
+    def __init__(self, out_path: Path, fmt: str):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.fmt = out_path, fmt
+        handle = tempfile.NamedTemporaryFile(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial",
+                                             delete=False)
+        handle.close()
+        self.tmp = Path(handle.name)
+        self.parquet = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.fmt == "csv":
+            frame.to_csv(self.tmp, mode="w" if self.rows == 0 else "a", header=self.rows == 0, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, schema=_output_schema(), preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self.parquet.write_table(table)
+        self.rows += len(frame)
+
+    def commit(self) -> None:
+        if self.fmt == "csv" and self.rows == 0:
+            pd.DataFrame(columns=list(OUTPUT_COLUMNS)).to_csv(self.tmp, index=False)
+        if self.fmt == "parquet":
+            if self.parquet is None:
+                import pyarrow.parquet as pq
+
+                pq.write_table(_output_schema().empty_table(), self.tmp)
+            else:
+                self.parquet.close()
+        self.tmp.replace(self.out_path)
+
+    def discard(self) -> None:
+        if self.parquet is not None:
+            with contextlib.suppress(Exception):
+                self.parquet.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> dict:
     """Score every row of KronoDroid-format input (a directory, archive or CSV)
     with the model at ``model_uri`` (``models:/name/version``, ``models:/name@alias``,
     ``runs:/...``, a local path ...) and write one output row per input row
     (``OUTPUT_COLUMNS``) to ``out_path`` (``.csv`` or ``.parquet``), in input order.
 
+    The input is streamed one CSV block at a time (``reader.iter_kronodroid``), so memory
+    does not grow with its size; the output appears only once it is complete.
+
     Returns a summary: rows_in, scored, rejected, anomalies, rejected_by_reason,
     threshold (None when the model does not expose one), out_path, model_uri.
     """
-    from dfp_core.kronodroid.reader import read_kronodroid
+    from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
 
     out_path = Path(out_path)
     fmt = output_format(out_path)
-    valid, rejected = read_kronodroid(Path(input_path))  # input errors before the (slow) model load
+    check_output_apart(Path(input_path), out_path)
+    parts = input_parts(Path(input_path))  # input errors before the (slow) model load
     model = load_model(rt, model_uri)
-    scores = score_frame(model, valid)
-    frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
-    frame = frame.sort_values("input_index", kind="stable").drop(columns="input_index").reset_index(drop=True)
-    frame = frame[list(OUTPUT_COLUMNS)]
-    _write(frame, out_path, fmt)
-    by_reason = rejected["reason"].value_counts().sort_index()
+    counts = {"rows_in": 0, "scored": 0, "rejected": 0, "anomalies": 0}
+    by_reason: dict[str, int] = {}
+    writer = _ChunkWriter(out_path, fmt)
+    try:
+        for valid, rejected in iter_kronodroid(Path(input_path), parts):
+            scores = score_frame(model, valid)
+            frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
+            frame = frame.sort_values("input_index", kind="stable").drop(columns="input_index")
+            writer.write(frame[list(OUTPUT_COLUMNS)].reset_index(drop=True))
+            counts["rows_in"] += len(valid) + len(rejected)
+            counts["scored"] += len(valid)
+            counts["rejected"] += len(rejected)
+            counts["anomalies"] += int(scores["is_anomaly"].sum()) if len(scores) else 0
+            for reason, n in rejected["reason"].value_counts().items():
+                by_reason[str(reason)] = by_reason.get(str(reason), 0) + int(n)
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
     return {
-        "rows_in": int(len(valid) + len(rejected)),
-        "scored": int(len(valid)),
-        "rejected": int(len(rejected)),
-        "anomalies": int(scores["is_anomaly"].sum()) if len(scores) else 0,
-        "rejected_by_reason": {str(k): int(v) for k, v in by_reason.items()},
+        **counts,
+        "rejected_by_reason": dict(sorted(by_reason.items())),
         "threshold": model_threshold(model),
         "out_path": str(out_path),
         "model_uri": model_uri,

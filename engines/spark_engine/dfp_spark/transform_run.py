@@ -36,6 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
 SUMMARY_PATH = "_dfp/transform_summary.json"
+# Uncommitted on a run branch while the run works on it (removed before the run commit):
+# who runs it and when it last moved, so `dfp runs gc` can tell a live run from an
+# abandoned one (``run_refs``).
+LEASE_PATH = "_dfp/run_lease.json"
 RUN_PREFIX = "run-"
 
 
@@ -45,6 +49,16 @@ def new_run_id() -> str:
 
 def run_branch_name(run_id: str) -> str:
     return validate_ref_name(RUN_PREFIX + run_id)
+
+
+def touch_lease(lakefs: LakeFS, repo: str, run_branch: str, run_id: str, what: str) -> None:
+    """Record on the run branch that this process is working on it now."""
+    import os
+    import socket
+
+    lease = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "stage": what,
+             "updated_at": time.time()}
+    lakefs.upload_bytes(repo, run_branch, LEASE_PATH, json.dumps(lease, sort_keys=True).encode())
 
 
 @dataclass
@@ -72,12 +86,13 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
     base = lakefs.create_branch(repo, run_branch, target_branch)
     note(f"run branch {run_branch} from {target_branch}@{base[:12]}")
     ctx = RunContext(repo, target_branch, run_id, run_branch, base)
-    if input_dir is not None:
-        try:
+    try:
+        touch_lease(lakefs, repo, run_branch, run_id, "raw inputs")
+        if input_dir is not None:
             raw_store.upload(lakefs, repo, run_branch, scanned)
-        except BaseException:
-            abort_run(lakefs, ctx)
-            raise
+    except BaseException:
+        abort_run(lakefs, ctx)
+        raise
     return ctx
 
 
@@ -97,6 +112,7 @@ def transform_on_branch(
     from dfp_spark import transform
 
     lakefs.require_branch(repo, run_branch)
+    touch_lease(lakefs, repo, run_branch, run_id, "Spark transform")
     manifest = raw_store.load_manifest(lakefs, repo, run_branch)
     raw_store.verify_stored(lakefs, repo, run_branch, manifest)  # the bytes Spark reads are the bytes given
     parts = [(f"s3a://{repo}/{run_branch}/{p.lakefs_path}", p) for p in manifest.parts]
@@ -200,6 +216,8 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
         "dfp.split_spec": json.dumps(summary["split_spec"], sort_keys=True),
     }
     synthetic = " (synthetic data)" if summary["synthetic"] else ""
+    if lakefs.stat(repo, run_branch, LEASE_PATH) is not None:  # bookkeeping, not data
+        lakefs.delete_object(repo, run_branch, LEASE_PATH)
     run_commit = lakefs.commit(repo, run_branch, f"KronoDroid transform run {run_id}{synthetic}", metadata)
     # Freeze: the branch name baked into Iceberg paths becomes an immutable tag.
     lakefs.delete_branch(repo, run_branch)

@@ -1,0 +1,66 @@
+"""Batch scoring benchmark: `dfp score` of a large generated input, as a user runs it
+(a separate process, the registered model, the input streamed one CSV block at a time).
+
+  .venv/bin/python bench/scoring.py [--rows 200000] [--train-rows 4000]
+
+Private stack, a small transform and a one-epoch training run (registered), then
+`dfp score` of ``--rows`` generated rows (the four archives) to parquet: wall seconds,
+rows/s and the peak RSS of the command's process tree. Target (issue 17): at most
+1.5 GB RSS for 200k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, log as _log, run_measured, save, stack_with_spark  # noqa: E402
+
+
+def log(message: str) -> None:
+    _log("scoring", message)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--train-rows", type=int, default=4000)
+    args = parser.parse_args()
+
+    from dfp_core.kronodroid.generator import generate
+    from dfp_core.ml.train_kronodroid_autoencoder import train
+    from dfp_core.params import TrainConfig, TransformConfig
+    from dfp_spark.transform_run import run_transform
+
+    with tempfile.TemporaryDirectory(prefix="dfp-bench-scoring-") as tmp:
+        tmp = Path(tmp)
+        generate(tmp / "train-input", args.train_rows, seed=4)
+        started = time.monotonic()
+        generate(tmp / "score-input", args.rows, seed=9)
+        log(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s")
+        with stack_with_spark(tmp / "home", "dfp-bench-scoring") as rt:
+            repo = "benchscore" + uuid.uuid4().hex[:8]
+            summary = run_transform(rt, TransformConfig(input_dir=tmp / "train-input", repo=repo, run_id="bench-scoring"))
+            name = f"kronodroid_autoencoder_{repo}"
+            train(rt, TrainConfig(repo=repo, ref=summary["merge_commit"], max_epochs=1, model_name=name,
+                                  evaluate_baselines=False, accelerator="cpu", devices="1"))
+            env = {"DFP_HOME": str(rt.settings.stack.home)}
+            log("scoring")
+            measured = run_measured([str(ROOT / ".venv" / "bin" / "dfp"), "score", "--model-uri", f"models:/{name}@candidate",
+                                     "--input", str(tmp / "score-input"), "--out", str(tmp / "scores.parquet")], env)
+            result = json.loads(measured["last_line"])
+    save("scoring", {
+        "rows": args.rows, "rows_in": result["rows_in"], "scored": result["scored"],
+        "seconds": measured["seconds"], "rows_per_s": result["rows_in"] / measured["seconds"],
+        "peak_rss_mb": measured["peak_rss_mb"], "target_peak_rss_mb": 1536,
+    })
+
+
+if __name__ == "__main__":
+    main()
