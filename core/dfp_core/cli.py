@@ -181,7 +181,11 @@ def train_cmd(
     from dfp_core.ml.train_kronodroid_autoencoder import train
 
     with runtime("kronodroid-train", mlflow={"tracking_uri": tracking_uri}) as rt:
-        emit(train(rt, config))
+        try:
+            emit(train(rt, config))
+        except DfpError as exc:  # the last stdout line stays JSON; stderr ends with the one line
+            emit(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
+            raise
 
 
 @feast_app.command("apply")

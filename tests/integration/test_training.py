@@ -157,6 +157,48 @@ def test_unreachable_mlflow_fails_before_anything_is_registered(rt, spark, trans
         assert set(lineage.LINEAGE_TAGS) <= set(version.tags), (version.name, version.version)
 
 
+def test_a_run_that_cannot_finish_is_failed_with_one_line_and_no_version(rt, spark, transformed, stack, monkeypatch):
+    import requests
+
+    from dfp_core.ml import pyfunc
+    from dfp_core.ml.train_kronodroid_autoencoder import TrainingFailed
+
+    repo, _ = transformed
+    name = "kronodroid_autoencoder_cut_off"
+
+    def artifact_store_gone(*args, **kwargs):  # what a server restart during the upload looks like
+        raise requests.exceptions.ConnectionError("Connection aborted.\nRemoteDisconnected('closed')")
+
+    monkeypatch.setattr(pyfunc, "log_scorer_model", artifact_store_gone)
+    with pytest.raises(TrainingFailed) as failed:
+        train(rt, _config(repo, "main", model_name=name, max_epochs=1))
+    message = str(failed.value)
+    assert "\n" not in message and "no model version registered" in message and "ConnectionError" in message
+    summary = failed.value.summary
+    assert summary["status"] == "FAILED" and summary["model_version"] is None
+    client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
+    assert client.get_run(summary["run_id"]).info.status == "FAILED"
+    assert client.search_model_versions(f"name = '{name}'") == []
+
+
+def test_dfp_train_ends_with_a_json_line_when_it_fails(transformed, stack):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dfp_core.stack import free_port
+
+    repo, _ = transformed
+    result = subprocess.run(
+        [sys.executable, "-m", "dfp_core.cli", "train", "--repo", repo, "--ref", "main",
+         "--tracking-uri", f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 2
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["status"] == "FAILED" and "unreachable" in last["error"]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+
+
 def test_feast_apply_registers_the_views_at_a_commit(transformed, stack, tmp_path):
     """`dfp feast apply`, run with only DFP_HOME set, with the repo's offline store type."""
     import subprocess

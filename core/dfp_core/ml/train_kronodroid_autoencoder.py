@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dfp_core import lineage
 from dfp_core.kronodroid import schema
 from dfp_core.ml.fit import fit_and_evaluate
+from dfp_core.errors import DfpError, TrackingError
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
 from dfp_core.version import execution_tags
@@ -76,18 +77,66 @@ def _epoch_metrics_logger_class():
     return EpochMetricsLogger
 
 
+class TrainingFailed(TrackingError):
+    """A training run that could not finish: its MLflow run is marked FAILED (when the
+    server lets us), and no model version was created. ``summary`` is the JSON line."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
+def _one_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    first = next((line.strip() for line in str(text).splitlines() if line.strip()), exc.__class__.__name__)
+    return first if isinstance(exc, DfpError) else f"{exc.__class__.__name__}: {first}"[:500]
+
+
+def _mark_failed(rt: "Runtime", run_id: str) -> str | None:
+    """Set the run's status to FAILED (MLflow's client retries while the server restarts);
+    the reason it could not, or None."""
+    try:
+        run = rt.mlflow.get_run(run_id)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            rt.mlflow.set_terminated(run_id, status="FAILED")
+        return None
+    except Exception as exc:  # noqa: BLE001 - the training failure is what we report
+        return _one_line(exc)
+
+
 def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
-    """The whole training run; returns the JSON-able summary."""
+    """The whole training run; returns the JSON-able summary. A run that cannot
+    finish raises ``TrainingFailed`` (one line, the run marked FAILED)."""
     import mlflow
 
     config = config.resolved(rt.settings)
     tracking_uri = rt.settings.mlflow.tracking_uri
     EpochMetricsLogger = _epoch_metrics_logger_class()
+    started: dict[str, str] = {}
     with rt.tracking():
-        return _train(rt, config, mlflow, EpochMetricsLogger, tracking_uri)
+        try:
+            return _train(rt, config, mlflow, EpochMetricsLogger, tracking_uri, started)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            run_id = started.get("run_id")
+            cause = _one_line(exc)
+            summary: dict[str, Any] = {"status": "FAILED", "run_id": run_id, "model_name": config.model_name,
+                                       "model_version": None, "error": cause, "tracking_uri": tracking_uri}
+            unmarked = _mark_failed(rt, run_id) if run_id else None
+            if unmarked:
+                summary["status_not_recorded"] = unmarked
+            if isinstance(exc, DfpError):  # already one line naming the cause; keep its type
+                exc.summary = summary
+                raise
+            if run_id is None:
+                raise TrainingFailed(f"training failed before its MLflow run started: {cause}", summary) from exc
+            where = f"run {run_id} marked FAILED" if not unmarked else f"run {run_id} left as it was ({unmarked})"
+            raise TrainingFailed(f"training failed, no model version registered ({where}): {cause}", summary) from exc
 
 
-def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str) -> dict[str, Any]:
+def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str,
+           started: dict[str, str]) -> dict[str, Any]:
     from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
     from dfp_core.ml.tracking import LakeFSDatasetSource, register_with_lineage
@@ -103,6 +152,7 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
         experiment_id=experiment.experiment_id,
         tags={**tags, **rebuild_tags(data), **execution_tags(), **config.extra_tags},
     ) as run:
+        started["run_id"] = run.info.run_id
         workdir = Path(tmp)
         mlflow.log_params({**config.to_params(), "resolved_commit": data.spec.lakefs_commit,
                            "resolved_snapshot_id": data.spec.iceberg_snapshot_id})
