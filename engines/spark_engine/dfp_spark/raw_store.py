@@ -9,6 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from dfp_core import faults
 from dfp_core.errors import InputDataError
 from dfp_core.kronodroid.raw_files import MANIFEST_PATH, RAW_PREFIX, RawManifest, ScannedInputs, file_digest
 from dfp_core.lakefs_ops import LakeFS
@@ -47,6 +48,7 @@ def upload(lakefs: LakeFS, repo: str, branch: str, scanned: ScannedInputs) -> Ra
                     changed = _upload_if_changed(lakefs, repo, branch, part.lakefs_path, local)
                     uploaded, skipped = uploaded + changed, skipped + (not changed)
                     local.unlink()
+                    faults.reached("upload")  # some parts stored, not all
             note(f"{entry.relative_path}: {len(entry.parts)} CSV part(s)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

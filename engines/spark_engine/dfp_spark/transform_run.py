@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dfp_core import faults
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
 from dfp_core.iceberg import TableRef, write_table
 from dfp_core.kronodroid import raw_files, schema
@@ -134,6 +135,7 @@ def transform_on_branch(
     for frame, namespace, name, table_props in outputs:
         snapshots[f"{namespace}.{name}"] = write_table(spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props)
         note(f"{namespace}.{name} written")
+        faults.reached("spark-write")  # one table written, the others not
     accounting = transform.row_accounting(frames.decided)
     split_counts = {r["dataset_split"]: r["count"] for r in frames.fct.groupBy("dataset_split").count().collect()}
     summary = {
@@ -219,9 +221,12 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
     if lakefs.stat(repo, run_branch, LEASE_PATH) is not None:  # bookkeeping, not data
         lakefs.delete_object(repo, run_branch, LEASE_PATH)
     run_commit = lakefs.commit(repo, run_branch, f"KronoDroid transform run {run_id}{synthetic}", metadata)
+    faults.reached("after-commit")
     # Freeze: the branch name baked into Iceberg paths becomes an immutable tag.
     lakefs.delete_branch(repo, run_branch)
+    faults.reached("between-delete-and-tag")
     lakefs.create_tag(repo, run_branch, run_commit)
+    faults.kill_soon("inside-merge")
     try:
         merge_commit = lakefs.merge(
             repo, run_branch, target_branch,
