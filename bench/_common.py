@@ -53,6 +53,23 @@ def stack_with_spark(home: Path, app_name: str = "dfp-bench"):
         yield rt
 
 
+def registered_model(rt, input_dir: Path, prefix: str) -> tuple[str, str, str]:
+    """Transform ``input_dir`` into a fresh repository and register a one-epoch model of
+    the default shape trained on it: (repository, merge commit, model name)."""
+    import uuid
+
+    from dfp_core.ml.train_kronodroid_autoencoder import train
+    from dfp_core.params import TrainConfig, TransformConfig
+    from dfp_spark.transform_run import run_transform
+
+    repo = prefix + uuid.uuid4().hex[:8]
+    summary = run_transform(rt, TransformConfig(input_dir=input_dir, repo=repo, run_id=prefix))
+    name = f"kronodroid_autoencoder_{repo}"
+    train(rt, TrainConfig(repo=repo, ref=summary["merge_commit"], max_epochs=1, model_name=name,
+                          evaluate_baselines=False, accelerator="cpu", devices="1"))
+    return repo, summary["merge_commit"], name
+
+
 def log(name: str, message: str) -> None:
     """Progress on stderr (stdout is for the figures)."""
     print(f"[bench/{name}] {message}", file=sys.stderr, flush=True)

@@ -16,11 +16,10 @@ import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, log as _log, run_measured, save, stack_with_spark  # noqa: E402
+from _common import ROOT, log as _log, registered_model, run_measured, save, stack_with_spark  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -34,9 +33,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from dfp_core.kronodroid.generator import generate
-    from dfp_core.ml.train_kronodroid_autoencoder import train
-    from dfp_core.params import TrainConfig, TransformConfig
-    from dfp_spark.transform_run import run_transform
 
     with tempfile.TemporaryDirectory(prefix="dfp-bench-scoring-") as tmp:
         tmp = Path(tmp)
@@ -45,11 +41,7 @@ def main() -> None:
         generate(tmp / "score-input", args.rows, seed=9)
         log(f"generated {args.rows} rows in {time.monotonic() - started:.0f}s")
         with stack_with_spark(tmp / "home", "dfp-bench-scoring") as rt:
-            repo = "benchscore" + uuid.uuid4().hex[:8]
-            summary = run_transform(rt, TransformConfig(input_dir=tmp / "train-input", repo=repo, run_id="bench-scoring"))
-            name = f"kronodroid_autoencoder_{repo}"
-            train(rt, TrainConfig(repo=repo, ref=summary["merge_commit"], max_epochs=1, model_name=name,
-                                  evaluate_baselines=False, accelerator="cpu", devices="1"))
+            _, _, name = registered_model(rt, tmp / "train-input", "benchscore")
             env = {"DFP_HOME": str(rt.settings.stack.home)}
             log("scoring")
             measured = run_measured([str(ROOT / ".venv" / "bin" / "dfp"), "score", "--model-uri", f"models:/{name}@candidate",

@@ -18,12 +18,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import log as _log  # noqa: E402
-from _common import save, stack_with_spark  # noqa: E402
+from _common import registered_model, save, stack_with_spark  # noqa: E402
 
 BATCH = 1000
 
@@ -53,22 +52,15 @@ def main() -> None:
     from dfp_core.ml.pyfunc import as_model_input
     from dfp_core.ml.scoring import load_model
     from dfp_core.ml.serve import scoring_server
-    from dfp_core.ml.train_kronodroid_autoencoder import train
-    from dfp_core.params import TrainConfig, TransformConfig
     from dfp_core.stack import free_port
-    from dfp_spark.transform_run import run_transform
 
     with tempfile.TemporaryDirectory(prefix="dfp-bench-serving-") as tmp:
         tmp = Path(tmp)
         generate(tmp / "input", args.rows, seed=4)
         with stack_with_spark(tmp / "home", "dfp-bench-serving") as rt:
-            repo = "benchserve" + uuid.uuid4().hex[:8]
-            summary = run_transform(rt, TransformConfig(input_dir=tmp / "input", repo=repo, run_id="bench-serving"))
-            name = f"kronodroid_autoencoder_{repo}"
-            train(rt, TrainConfig(repo=repo, ref=summary["merge_commit"], max_epochs=1, model_name=name,
-                                  evaluate_baselines=False, accelerator="cpu", devices="1"))
+            repo, merge_commit, name = registered_model(rt, tmp / "input", "benchserve")
             uri = f"models:/{name}@candidate"
-            frame = as_model_input(rt.retrieve_splits(repo, summary["merge_commit"]).frames["test"])
+            frame = as_model_input(rt.retrieve_splits(repo, merge_commit).frames["test"])
             log(f"model {uri}, {len(frame)} test rows")
             while len(frame) < BATCH:
                 frame = frame._append(frame, ignore_index=True)
