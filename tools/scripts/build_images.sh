@@ -84,12 +84,20 @@ for image in "${images[@]}"; do
     mlflow) name=dfp/mlflow-server; dockerfile=tools/docker/Dockerfile.mlflow; tag=$mlflow_version ;;
   esac
   say "building $name:$tag ($dockerfile, base $base)"
+  previous=$(docker image inspect --format '{{.Id}}' "$name:$tag" 2>/dev/null || true)
   started=$(date +%s)
   "${builder[@]}" --progress=plain -f "$dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "DFP_IMAGE=$name:$tag" --build-arg "DFP_CODE_VERSION=$code_version" \
     ${secret[@]+"${secret[@]}"} ${maven[@]+"${maven[@]}"} -t "$name:$tag" -t "$name:latest" . >&2 \
     || fail "building $name:$tag failed (the build log is above); fix the cause and run \`make images\` again"
   seconds=$(( $(date +%s) - started ))
+  # The image this build replaced keeps its layers until removed: each code change would
+  # otherwise leave a multi-GB untagged image behind. Kept if anything still uses it.
+  current=$(docker image inspect --format '{{.Id}}' "$name:$tag")
+  if [ -n "$previous" ] && [ "$previous" != "$current" ] \
+     && [ -z "$(docker image inspect --format '{{join .RepoTags ""}}' "$previous" 2>/dev/null)" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 && say "removed the image it replaced (${previous:7:12})" || true
+  fi
   bytes=$(docker image inspect --format '{{.Size}}' "$name:$tag")
   say "$name:$tag built in ${seconds}s, $(( bytes / 1000000 )) MB"
   summary+="${summary:+, }\"$image\": {\"image\": \"$name:$tag\", \"seconds\": $seconds, \"size_mb\": $(( bytes / 1000000 ))}"
