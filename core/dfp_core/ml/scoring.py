@@ -8,6 +8,7 @@ first reason it cannot be scored (the error and flag are then null).
 from __future__ import annotations
 
 import contextlib
+import secrets
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -208,10 +209,9 @@ class _ChunkWriter:
     def __init__(self, out_path: Path, fmt: str):
         out_path.parent.mkdir(parents=True, exist_ok=True)
         self.out_path, self.fmt = out_path, fmt
-        handle = tempfile.NamedTemporaryFile(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".partial",
-                                             delete=False)
-        handle.close()
-        self.tmp = Path(handle.name)
+        # Created like any output file (the umask decides its mode), under a name of its own.
+        self.tmp = out_path.parent / f".{out_path.name}.{secrets.token_hex(6)}.partial"
+        self.tmp.open("x").close()
         self.parquet = None
         self.rows = 0
 
