@@ -231,13 +231,19 @@ class LakeFS:
 
     def branches(self, repo: str, prefix: str = "") -> dict[str, str]:
         """Branch name -> head commit id, for names starting with ``prefix``."""
-        with self._errors("list branches", repo):
-            return {b.id: b.get_commit().id for b in self.repository(repo).branches(prefix=prefix or None)}
+        return self._refs("list branches", self.client.sdk_client.branches_api.list_branches, repo, prefix)
 
     def tags(self, repo: str, prefix: str = "") -> dict[str, str]:
         """Tag name -> commit id, for names starting with ``prefix``."""
-        with self._errors("list tags", repo):
-            return {t.id: t.get_commit().id for t in self.repository(repo).tags(prefix=prefix or None)}
+        return self._refs("list tags", self.client.sdk_client.tags_api.list_tags, repo, prefix)
+
+    def _refs(self, action: str, list_call, repo: str, prefix: str) -> dict[str, str]:
+        # The API's listing carries each ref's commit id; the SDK's Branch/Tag objects drop
+        # it and would fetch every commit again, one request per ref.
+        from lakefs.reference import generate_listing
+
+        with self._errors(action, repo):
+            return {ref.id: ref.commit_id for ref in generate_listing(list_call, repo, prefix=prefix or None)}
 
     def commit_time(self, repo: str, ref: str) -> float:
         """When the commit ``ref`` points at was made (seconds since the epoch)."""

@@ -56,11 +56,9 @@ class RunRef:
 
 
 def _lease(lakefs: LakeFS, repo: str, branch: str) -> dict | None:
-    if lakefs.stat(repo, branch, LEASE_PATH) is None:
-        return None
     try:
         return json.loads(lakefs.read_bytes(repo, branch, LEASE_PATH))
-    except ValueError:
+    except (RefNotFoundError, ValueError):  # no lease (an older run, or none written yet), or a torn one
         return None
 
 
@@ -92,7 +90,7 @@ def list_runs(lakefs: LakeFS, repo: str, older_than_s: float, now: float | None 
     branches = lakefs.branches(repo)
     others = sorted(b for b in branches if not b.startswith(RUN_PREFIX))
     runs: list[RunRef] = []
-    for name, commit in sorted(lakefs.branches(repo, RUN_PREFIX).items()):
+    for name, commit in sorted((b, c) for b, c in branches.items() if b.startswith(RUN_PREFIX)):
         lease = _lease(lakefs, repo, name)
         activity = max(lakefs.commit_time(repo, name), float((lease or {}).get("updated_at", 0)))
         age = now - activity
