@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import requests
 
 from dfp_core.kronodroid.generator import generate
+from dfp_core.ml.serve import wait_until_ready
 from dfp_core.ml.train_kronodroid_autoencoder import train
 from dfp_core.params import TrainConfig
 from dfp_core.stack import free_port
@@ -70,19 +70,6 @@ def _post(url: str, payload: dict | str) -> requests.Response:
     return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=60)
 
 
-def _wait_for_ping(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited with {process.returncode}"
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    raise AssertionError(f"{url}/ping did not answer within {timeout_s}s")
-
-
 def _stop(process: subprocess.Popen) -> int:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -109,7 +96,7 @@ def mlflow_served(registered, tmp_path_factory):
                                 "-p", str(port), "--env-manager", manager], env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_ping(url, process, timeout_s=1200)  # the first time it builds the environment
+        wait_until_ready(process, url, timeout_s=1200)  # the first time it builds the environment
         [environment] = [p for p in env_root.iterdir() if p.is_dir()]
         yield {"url": url, "env": environment, "manager": manager}
     finally:
@@ -164,7 +151,7 @@ def dfp_served(registered, stack):
                                env={**os.environ}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_ping(url, process, timeout_s=300)
+        wait_until_ready(process, url, timeout_s=300)
         yield {"url": url, "process": process, "port": port}
     finally:
         _stop(process)
@@ -204,7 +191,7 @@ def test_dfp_serve_stops_its_server_on_sigterm(registered, stack):
     process = subprocess.Popen([str(VENV_BIN / "dfp"), "serve", "--model-uri", registered["uri"], "--port", str(port)],
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    _wait_for_ping(url, process, timeout_s=300)
+    wait_until_ready(process, url, timeout_s=300)
     process.send_signal(signal.SIGTERM)  # to dfp alone, as a supervisor would
     assert process.wait(timeout=60) == 0
     with pytest.raises(requests.ConnectionError):

@@ -35,7 +35,8 @@ def scoring_server_command(model_uri: str, host: str, port: int, env_manager: st
             "-w", str(workers), "--env-manager", env_manager]
 
 
-def _wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float) -> None:
+def wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float) -> None:
+    """Until ``url``/ping answers 200; TrackingError if the server exits first or the time runs out."""
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -87,7 +88,7 @@ def _server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: str, po
     process = subprocess.Popen(scoring_server_command(model_uri, host, port, env_manager), env=child_env,
                                start_new_session=True)
     try:
-        _wait_until_ready(process, url, ready_timeout_s)
+        wait_until_ready(process, url, ready_timeout_s)
         yield RunningServer(url, process)
     finally:
         _stop(process)
