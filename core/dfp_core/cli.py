@@ -108,12 +108,19 @@ def with_config(cls) -> Callable:
 def stack_up(
     lakefs_port: Optional[int] = typer.Option(None, help="lakeFS port (env DFP_LAKEFS_PORT, default 8000)"),
     mlflow_port: Optional[int] = typer.Option(None, help="MLflow port (env DFP_MLFLOW_PORT, default 5000)"),
+    profile: Optional[str] = typer.Option(
+        None, help="local (local KV + blockstore, SQLite) or s3 (PostgreSQL + SeaweedFS S3); env DFP_STACK_PROFILE; "
+        "default: the profile DFP_HOME was set up with, else local"),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Start lakeFS and MLflow (idempotent) and wait until both are healthy."""
+    """Start lakeFS and MLflow (and, for --profile s3, PostgreSQL and SeaweedFS first); idempotent,
+    waits until every service is healthy."""
     from dfp_core import stack
+    from dfp_core.settings import STACK_PROFILES
 
-    rt = runtime(stack={"lakefs_port": lakefs_port, "mlflow_port": mlflow_port})
+    if profile is not None and profile not in STACK_PROFILES:
+        raise DfpError(f"--profile must be one of {', '.join(STACK_PROFILES)}, got {profile!r}")
+    rt = runtime(stack={"lakefs_port": lakefs_port, "mlflow_port": mlflow_port, "profile": profile})
     _print_status(stack.up(rt.settings.stack), as_json)
 
 
@@ -427,14 +434,14 @@ def _print_status(result: dict, as_json: bool) -> None:
     for name, svc in result["services"].items():
         state = "healthy" if svc["healthy"] else ("running" if svc["running"] else "stopped")
         pid = f" pid {svc['pid']}" if svc["pid"] else ""
-        print(f"{name:7s} {state:8s} {svc['endpoint']}{pid}")
+        print(f"{name:9s} {state:8s} {svc['endpoint']}{pid}")
         if svc.get("orphaned_pids"):
             print(f"        its leader is gone but pids {', '.join(map(str, svc['orphaned_pids']))} still run: "
                   "`dfp stack down` stops them")
         if svc.get("port_taken_by"):
             holder = svc["port_taken_by"]
             print(f"        its port is held by another program: pid {holder['pid']} ({holder['cmdline']})")
-    print(f"credentials: {result['credentials_file']}")
+    print(f"profile: {result['profile']}, credentials: {result['credentials_file']}")
 
 
 def main() -> None:

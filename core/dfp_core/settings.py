@@ -19,6 +19,7 @@ from dfp_core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV_FILE = "stack.env"
+STACK_PROFILES = ("local", "s3")
 
 
 def dfp_home(env: Mapping[str, str]) -> Path:
@@ -172,17 +173,35 @@ class StackSettings:
     host: str = "127.0.0.1"
     lakefs_port: int = 8000
     mlflow_port: int = 5000
-    cache: Path = field(default_factory=lambda: cache_dir({}))  # where the lakeFS build is cached
+    cache: Path = field(default_factory=lambda: cache_dir({}))  # where the server builds are cached
     lakefs_bin: Path | None = None  # an existing lakeFS binary instead of the cached build
+    # "local" (local KV, local blockstore, SQLite) or "s3" (PostgreSQL + SeaweedFS);
+    # None: the profile DFP_HOME was set up with, else local.
+    profile: str | None = None
+    postgres_port: int = 5433
+    s3_port: int = 8333
+    seaweedfs_bin: Path | None = None  # an existing weed binary instead of the cached build
+    postgres_bin_dir: Path | None = None  # where initdb/postgres/psql are, instead of Debian's
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "StackSettings":
+        def path(key: str) -> Path | None:
+            return Path(env[key]).expanduser() if env.get(key) else None
+
+        profile = env.get("DFP_STACK_PROFILE") or None
+        if profile is not None and profile not in STACK_PROFILES:
+            raise ConfigError(f"DFP_STACK_PROFILE must be one of {', '.join(STACK_PROFILES)}, got {profile!r}")
         return cls(
             home=dfp_home(env),
             lakefs_port=_int(env, "DFP_LAKEFS_PORT", cls.lakefs_port),
             mlflow_port=_int(env, "DFP_MLFLOW_PORT", cls.mlflow_port),
             cache=cache_dir(env),
-            lakefs_bin=Path(env["LAKEFS_BIN"]).expanduser() if env.get("LAKEFS_BIN") else None,
+            lakefs_bin=path("LAKEFS_BIN"),
+            profile=profile,
+            postgres_port=_int(env, "DFP_POSTGRES_PORT", cls.postgres_port),
+            s3_port=_int(env, "DFP_S3_PORT", cls.s3_port),
+            seaweedfs_bin=path("SEAWEEDFS_BIN"),
+            postgres_bin_dir=path("DFP_POSTGRES_BIN_DIR"),
         )
 
     @property

@@ -1,9 +1,15 @@
-"""The local stack: a real lakeFS server (local KV + local blockstore) and a real
-MLflow tracking server (SQLite backend + registry, artifacts served by the
-server), started as background processes that outlive the command.
+"""The local stack: a real lakeFS server and a real MLflow tracking server (with its
+registry; artifacts served by the server), started as background processes that
+outlive the command. Two profiles:
 
-``$DFP_HOME`` holds everything: ``state.json`` (pids and endpoints), the
-generated credentials in ``stack.env`` (mode 0600), data and logs. ``down``
+- ``local`` (the default): lakeFS on its local KV and local blockstore, MLflow on
+  SQLite and a local artifact folder;
+- ``s3``: PostgreSQL holds the lakeFS KV and the MLflow store, and SeaweedFS (an
+  S3-compatible object store) holds lakeFS's objects (``s3://`` storage
+  namespaces) and MLflow's artifacts, as a deployment runs them.
+
+``$DFP_HOME`` holds everything: ``state.json`` (pids and endpoints), ``profile``,
+the generated credentials in ``stack.env`` (mode 0600), data and logs. ``down``
 stops only processes whose pid *and* start time match what ``up`` recorded.
 """
 
@@ -29,12 +35,14 @@ from urllib.parse import urlsplit
 import psutil
 import requests
 
+from dfp_core import postgres_server, seaweedfs_server
 from dfp_core.errors import StackError
 from dfp_core.progress import note
-from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, StackSettings, read_env_file
+from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, STACK_PROFILES, StackSettings, read_env_file
 
 STATE_FILE = "state.json"
-SERVICES = ("lakefs", "mlflow")
+PROFILE_FILE = "profile"
+SERVICES = {"local": ("lakefs", "mlflow"), "s3": ("postgres", "seaweedfs", "lakefs", "mlflow")}
 Log = Callable[[str], None]
 
 
@@ -138,6 +146,7 @@ class StackState:
         tmp.write_text(json.dumps({"processes": {k: vars(v) for k, v in records.items()}}, indent=2))
         tmp.replace(self.path)
 
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise concurrent ``up``/``down`` calls on one DFP_HOME."""
@@ -150,6 +159,27 @@ class StackState:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def profile_of(settings: StackSettings) -> str:
+    """The profile DFP_HOME was set up with; asking for another one is an error."""
+    path = settings.home / PROFILE_FILE
+    recorded = path.read_text().strip() if path.is_file() else None
+    if recorded is None and (settings.home / "lakefs" / "metadata").is_dir():
+        recorded = "local"  # a home set up before profiles were recorded
+    if recorded is not None and recorded not in STACK_PROFILES:
+        raise StackError(f"{path} names an unknown profile {recorded!r}; expected one of {', '.join(STACK_PROFILES)}")
+    if settings.profile and recorded and settings.profile != recorded:
+        raise StackError(
+            f"DFP_HOME={settings.home} holds a {recorded}-profile stack, not {settings.profile}; "
+            f"use another DFP_HOME for the {settings.profile} profile or `dfp stack reset --yes` to start over"
+        )
+    return settings.profile or recorded or "local"
+
+
+def _record_profile(settings: StackSettings, profile: str) -> None:
+    private_home(settings.home)
+    (settings.home / PROFILE_FILE).write_text(profile + "\n")
+
+
 # --------------------------------------------------------------------------- credentials
 
 
@@ -157,21 +187,29 @@ def _random(alphabet: str, length: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def ensure_credentials(settings: StackSettings) -> dict[str, str]:
+def ensure_credentials(settings: StackSettings, profile: str = "local") -> dict[str, str]:
     """Generate the admin key pair and server secrets once; keep them 0600."""
     path = settings.home / STACK_ENV_FILE
     values = read_env_file(path)
+    alnum = string.ascii_letters + string.digits
+    upper = string.ascii_uppercase + string.digits
     required = ("LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY", "DFP_LAKEFS_ENCRYPT_SECRET")
     if not all(values.get(key) for key in required):
-        upper = string.ascii_uppercase + string.digits
         values.update(
             {
                 # lakeFS access key ids must be at most 20 characters.
                 "LAKEFS_ACCESS_KEY_ID": "AKIADFP" + _random(upper, 13),
-                "LAKEFS_SECRET_ACCESS_KEY": _random(string.ascii_letters + string.digits, 40),
-                "DFP_LAKEFS_ENCRYPT_SECRET": _random(string.ascii_letters + string.digits, 48),
+                "LAKEFS_SECRET_ACCESS_KEY": _random(alnum, 40),
+                "DFP_LAKEFS_ENCRYPT_SECRET": _random(alnum, 48),
             }
         )
+    if profile == "s3":
+        for key, make in (("DFP_S3_ACCESS_KEY_ID", lambda: "DFPS3" + _random(upper, 15)),
+                          ("DFP_S3_SECRET_ACCESS_KEY", lambda: _random(alnum, 40)),
+                          ("DFP_POSTGRES_PASSWORD", lambda: _random(alnum, 32))):
+            values.setdefault(key, make())
+        # New repositories get s3:// storage namespaces in the stack's bucket.
+        values["LAKEFS_STORAGE_NAMESPACE"] = f"s3://{seaweedfs_server.BUCKETS[0]}/{{repo}}"
     # Endpoints follow the configured ports on every start.
     values["LAKEFS_ENDPOINT"] = settings.lakefs_endpoint
     values["MLFLOW_TRACKING_URI"] = settings.mlflow_endpoint
@@ -210,21 +248,46 @@ def _healthy(url: str) -> bool:
 class Service:
     name: str
     port_env: str
-    health_path: str
     startup_timeout: float
 
     def port(self, settings: StackSettings) -> int:
-        return settings.lakefs_port if self.name == "lakefs" else settings.mlflow_port
+        return {"lakefs": settings.lakefs_port, "mlflow": settings.mlflow_port,
+                "postgres": settings.postgres_port, "seaweedfs": settings.s3_port}[self.name]
 
     def endpoint(self, settings: StackSettings) -> str:
-        return settings.lakefs_endpoint if self.name == "lakefs" else settings.mlflow_endpoint
+        scheme = "postgresql" if self.name == "postgres" else "http"
+        return f"{scheme}://{settings.host}:{self.port(settings)}"
 
 
-LAKEFS = Service("lakefs", "DFP_LAKEFS_PORT", "/api/v1/healthcheck", 90)
-MLFLOW = Service("mlflow", "DFP_MLFLOW_PORT", "/health", 120)
+LAKEFS = Service("lakefs", "DFP_LAKEFS_PORT", 90)
+MLFLOW = Service("mlflow", "DFP_MLFLOW_PORT", 180)
+POSTGRES = Service("postgres", "DFP_POSTGRES_PORT", 60)
+SEAWEEDFS = Service("seaweedfs", "DFP_S3_PORT", 90)
+BY_NAME = {svc.name: svc for svc in (POSTGRES, SEAWEEDFS, LAKEFS, MLFLOW)}
+HEALTH_PATHS = {"lakefs": "/api/v1/healthcheck", "mlflow": "/health"}
 
 
-def _lakefs_command(settings: StackSettings, creds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def services(profile: str) -> list[Service]:
+    return [BY_NAME[name] for name in SERVICES[profile]]
+
+
+def _service_healthy(service: Service, endpoint: str, settings: StackSettings, creds: dict[str, str]) -> bool:
+    if service is POSTGRES:
+        port = urlsplit(endpoint).port or settings.postgres_port
+        return postgres_server.healthy(postgres_server.bin_dir(settings.postgres_bin_dir), settings.host, port,
+                                       creds.get("DFP_POSTGRES_PASSWORD", ""))
+    if service is SEAWEEDFS:
+        return seaweedfs_server.healthy(endpoint)
+    return _healthy(endpoint + HEALTH_PATHS[service.name])
+
+
+def _server_env(drop_prefixes: tuple[str, ...]) -> dict[str, str]:
+    """Our environment for a server process, without variables it would read as its
+    own configuration: it gets only what the stack sets."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)}
+
+
+def _lakefs_command(settings: StackSettings, creds: dict[str, str], profile: str) -> tuple[list[str], dict[str, str]]:
     base = settings.home / "lakefs"
     for sub in ("metadata", "data", "cache"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -240,10 +303,9 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str]) -> tuple[lis
         "email_subscription": {"enabled": False},
         "security": {"check_latest_version": False, "audit_check_url": ""},
     }
-    config_path = base / "config.yaml"
-    config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
-    # lakeFS reads LAKEFS_* variables as config keys: give it only ours.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAKEFS_")}
+    # lakeFS reads LAKEFS_* variables as config keys: give it only ours. Secrets go in
+    # the environment, never in the config file or the command line.
+    env = _server_env(("LAKEFS_",))
     env.update(
         {
             "LAKEFS_INSTALLATION_ACCESS_KEY_ID": creds["LAKEFS_ACCESS_KEY_ID"],
@@ -251,27 +313,118 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str]) -> tuple[lis
             "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": creds["DFP_LAKEFS_ENCRYPT_SECRET"],
         }
     )
+    if profile == "s3":
+        config["database"] = {"type": "postgres", "postgres": {"max_open_connections": 25}}
+        config["blockstore"] = {"type": "s3", "s3": {
+            "endpoint": f"http://{settings.host}:{settings.s3_port}", "region": seaweedfs_server.REGION,
+            "force_path_style": True, "discover_bucket_region": False, "max_retries": 3,
+        }}
+        env.update({
+            "LAKEFS_DATABASE_POSTGRES_CONNECTION_STRING": postgres_server.url(
+                settings.host, settings.postgres_port, "lakefs", creds["DFP_POSTGRES_PASSWORD"], scheme="postgres"),
+            "LAKEFS_BLOCKSTORE_S3_CREDENTIALS_ACCESS_KEY_ID": creds["DFP_S3_ACCESS_KEY_ID"],
+            "LAKEFS_BLOCKSTORE_S3_CREDENTIALS_SECRET_ACCESS_KEY": creds["DFP_S3_SECRET_ACCESS_KEY"],
+        })
+    config_path = base / "config.yaml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
     return [str(lakefs_binary(settings)), "run", "--config", str(config_path)], env
 
 
-def _mlflow_command(settings: StackSettings) -> tuple[list[str], dict[str, str]]:
+def _mlflow_command(settings: StackSettings, creds: dict[str, str], profile: str) -> tuple[list[str], dict[str, str]]:
     base = settings.home / "mlflow"
-    (base / "artifacts").mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--host", settings.host,
         "--port", str(settings.mlflow_port),
-        "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-        "--artifacts-destination", str(base / "artifacts"),
         "--serve-artifacts",
         "--workers", "1",
     ]
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = _server_env(("MLFLOW_", "AWS_"))
     # MLflow 3 sends usage telemetry to mlflow-telemetry.io unless told not to; a local
     # stack talks to nothing outside this machine (as lakeFS's stats are off).
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if profile == "s3":
+        # Through the environment, so the password is in no command line and no log.
+        env.update({
+            "MLFLOW_BACKEND_STORE_URI": postgres_server.url(settings.host, settings.postgres_port, "mlflow",
+                                                            creds["DFP_POSTGRES_PASSWORD"], scheme="postgresql+psycopg2"),
+            "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{seaweedfs_server.BUCKETS[1]}/artifacts",
+            "MLFLOW_S3_ENDPOINT_URL": f"http://{settings.host}:{settings.s3_port}",
+            "AWS_ACCESS_KEY_ID": creds["DFP_S3_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": creds["DFP_S3_SECRET_ACCESS_KEY"],
+            "AWS_DEFAULT_REGION": seaweedfs_server.REGION,
+        })
+    else:
+        (base / "artifacts").mkdir(parents=True, exist_ok=True)
+        cmd += ["--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
+                "--artifacts-destination", str(base / "artifacts")]
     return cmd, env
+
+
+def _postgres_command(settings: StackSettings, creds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    bindir = postgres_server.bin_dir(settings.postgres_bin_dir)
+    data = postgres_server.init_cluster(settings.home, bindir, creds["DFP_POSTGRES_PASSWORD"])
+    env = _server_env(("PG",))
+    return postgres_server.server_command(bindir, data, settings.host, settings.postgres_port), env
+
+
+def _seaweedfs_command(settings: StackSettings, creds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    weed = seaweedfs_server.binary(REPO_ROOT, settings.cache, settings.seaweedfs_bin)
+    base = settings.home / "seaweedfs"
+    base.mkdir(parents=True, exist_ok=True)
+    identities = seaweedfs_server.write_identities(base, creds["DFP_S3_ACCESS_KEY_ID"], creds["DFP_S3_SECRET_ACCESS_KEY"])
+    ports = _internal_ports(base, settings.host)
+    cmd = seaweedfs_server.server_command(weed, base, settings.host, settings.s3_port, ports, identities)
+    return cmd, _server_env(("AWS_", "WEED_"))
+
+
+def _internal_ports(base: Path, host: str) -> dict[str, int]:
+    """SeaweedFS's internal ports: picked free once, then kept (its master remembers its
+    own address), and picked again only if another program took one meanwhile."""
+    path = base / "ports.json"
+    try:
+        ports = json.loads(path.read_text())
+        if set(ports) == set(seaweedfs_server.INTERNAL_PORTS) and all(_port_free(host, p) for p in ports.values()):
+            return ports
+    except (OSError, ValueError):
+        pass
+    ports = {}
+    while len(ports) < len(seaweedfs_server.INTERNAL_PORTS):
+        port = free_port(host)
+        # gRPC defaults to port+10000 elsewhere in SeaweedFS; stay clear of collisions.
+        if port not in ports.values() and port < 55000:
+            ports[seaweedfs_server.INTERNAL_PORTS[len(ports)]] = port
+    path.write_text(json.dumps(ports))
+    return ports
+
+
+def _setup_lakefs(endpoint: str, creds: dict[str, str]) -> None:
+    """lakeFS sets its admin up by itself only on a local KV; on PostgreSQL the stack does,
+    once, through the setup API, with the same generated key pair."""
+    try:
+        state = requests.get(f"{endpoint}/api/v1/setup_lakefs", timeout=10).json().get("state")
+        if state == "initialized":
+            return
+        answer = requests.post(f"{endpoint}/api/v1/setup_lakefs", timeout=30, json={
+            "username": "admin",
+            "key": {"access_key_id": creds["LAKEFS_ACCESS_KEY_ID"], "secret_access_key": creds["LAKEFS_SECRET_ACCESS_KEY"]},
+        })
+    except (requests.RequestException, ValueError) as exc:
+        raise StackError(f"cannot set lakeFS's admin user up at {endpoint}: {exc.__class__.__name__}") from None
+    if answer.status_code not in (200, 201):
+        raise StackError(f"lakeFS refused the admin set-up at {endpoint}: HTTP {answer.status_code} {answer.text[:200]}")
+
+
+def _after_start(service: Service, settings: StackSettings, creds: dict[str, str], profile: str) -> None:
+    """What a fresh server needs before the next one can use it."""
+    if service is LAKEFS and profile == "s3":
+        _setup_lakefs(service.endpoint(settings), creds)
+    elif service is POSTGRES:
+        postgres_server.ensure_databases(postgres_server.bin_dir(settings.postgres_bin_dir), settings.host,
+                                         settings.postgres_port, creds["DFP_POSTGRES_PASSWORD"])
+    elif service is SEAWEEDFS:
+        seaweedfs_server.ensure_buckets(service.endpoint(settings), creds["DFP_S3_ACCESS_KEY_ID"],
+                                        creds["DFP_S3_SECRET_ACCESS_KEY"])
 
 
 def _last_error_line(log: Path) -> str:
@@ -306,7 +459,7 @@ def _taken_by(port: int) -> str:
     return f"pid {holder['pid']} ({holder['cmdline']})" if holder else "another program"
 
 
-def _start(service: Service, settings: StackSettings, creds: dict[str, str], log: Log) -> ProcessRecord:
+def _start(service: Service, settings: StackSettings, creds: dict[str, str], profile: str, log: Log) -> ProcessRecord:
     host, port = settings.host, service.port(settings)
     if not _port_free(host, port):
         raise StackError(
@@ -314,9 +467,13 @@ def _start(service: Service, settings: StackSettings, creds: dict[str, str], log
             f"stop that program or pick another port with {service.port_env}=<port>"
         )
     if service is LAKEFS:
-        cmd, env = _lakefs_command(settings, creds)
+        cmd, env = _lakefs_command(settings, creds, profile)
+    elif service is MLFLOW:
+        cmd, env = _mlflow_command(settings, creds, profile)
+    elif service is POSTGRES:
+        cmd, env = _postgres_command(settings, creds)
     else:
-        cmd, env = _mlflow_command(settings)
+        cmd, env = _seaweedfs_command(settings, creds)
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{service.name}.log"
@@ -329,7 +486,6 @@ def _start(service: Service, settings: StackSettings, creds: dict[str, str], log
         name=service.name, pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
         endpoint=service.endpoint(settings), log=str(log_path),
     )
-    url = record.endpoint + service.health_path
     deadline = time.monotonic() + service.startup_timeout
     started = time.monotonic()
     next_note = started + 5
@@ -339,11 +495,12 @@ def _start(service: Service, settings: StackSettings, creds: dict[str, str], log
                 f"{service.name} exited during startup (code {proc.returncode}): "
                 f"{_last_error_line(log_path)} [log: {log_path}]"
             )
-        if _healthy(url):
+        if _service_healthy(service, record.endpoint, settings, creds):
+            _after_start(service, settings, creds, profile)
             log(f"{service.name}: healthy at {record.endpoint} after {time.monotonic() - started:.1f}s (pid {proc.pid})")
             return record
         if time.monotonic() >= next_note:
-            log(f"{service.name}: waiting for {url} ({time.monotonic() - started:.0f}s)")
+            log(f"{service.name}: waiting for {record.endpoint} ({time.monotonic() - started:.0f}s)")
             next_note += 5
         time.sleep(0.25)
     _terminate(record)
@@ -376,12 +533,13 @@ def _terminate(record: ProcessRecord, timeout: float = 20) -> bool:
 
 
 def up(settings: StackSettings, log: Log = note) -> dict:
-    """Start what is not running yet; wait until both services are healthy."""
+    """Start what is not running yet, in order; wait until each service is healthy."""
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
-        creds = ensure_credentials(settings)
-        for service in (LAKEFS, MLFLOW):
+        profile = profile_of(settings)
+        creds = ensure_credentials(settings, profile)
+        for service in services(profile):
             rec = records.get(service.name)
             if rec and rec.process() is not None:
                 if rec.endpoint != service.endpoint(settings):
@@ -389,7 +547,7 @@ def up(settings: StackSettings, log: Log = note) -> dict:
                         f"{service.name} is already running at {rec.endpoint} (pid {rec.pid}); "
                         "run `dfp stack down` before changing ports"
                     )
-                if _healthy(rec.endpoint + service.health_path):
+                if _service_healthy(service, rec.endpoint, settings, creds):
                     log(f"{service.name}: already running at {rec.endpoint} (pid {rec.pid})")
                     continue
                 log(f"{service.name}: pid {rec.pid} is not healthy; restarting it")
@@ -398,8 +556,9 @@ def up(settings: StackSettings, log: Log = note) -> dict:
                 log(f"{service.name}: leader pid {rec.pid} is gone but {len(rec.group())} of its processes "
                     "still run; stopping them before starting again")
                 _terminate(rec)
-            records[service.name] = _start(service, settings, creds, log)
+            records[service.name] = _start(service, settings, creds, profile, log)
             state.save(records)
+            _record_profile(settings, profile)  # from its first server on, the home is this profile's
     return status(settings)
 
 
@@ -408,7 +567,8 @@ def down(settings: StackSettings, log: Log = note) -> dict:
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
-        for name in reversed(SERVICES):
+        order = SERVICES["s3"]  # every service a home can have, stopped in reverse start order
+        for name in reversed(order):
             rec = records.pop(name, None)
             if rec is None:
                 continue
@@ -422,8 +582,10 @@ def down(settings: StackSettings, log: Log = note) -> dict:
 
 def status(settings: StackSettings) -> dict:
     records = StackState(settings.home).load()
-    services = {}
-    for service in (LAKEFS, MLFLOW):
+    profile = profile_of(settings)
+    creds = read_env_file(settings.home / STACK_ENV_FILE)
+    entries = {}
+    for service in services(profile):
         rec = records.get(service.name)
         alive = rec is not None and rec.process() is not None
         endpoint = rec.endpoint if rec else service.endpoint(settings)
@@ -431,7 +593,7 @@ def status(settings: StackSettings) -> dict:
             "endpoint": endpoint,
             "pid": rec.pid if alive else None,
             "running": alive,
-            "healthy": alive and _healthy(endpoint + service.health_path),
+            "healthy": alive and _service_healthy(service, endpoint, settings, creds),
             "log": rec.log if rec else str(settings.home / "logs" / f"{service.name}.log"),
         }
         if rec is not None and not alive:
@@ -442,13 +604,14 @@ def status(settings: StackSettings) -> dict:
             holder = port_holder(urlsplit(endpoint).port or service.port(settings))
             if holder:
                 entry["port_taken_by"] = holder
-        services[service.name] = entry
+        entries[service.name] = entry
     return {
         "home": str(settings.home),
+        "profile": profile,
         "credentials_file": str(settings.home / STACK_ENV_FILE),
-        "services": services,
-        "lakefs_ui": services["lakefs"]["endpoint"],
-        "mlflow_ui": services["mlflow"]["endpoint"],
+        "services": entries,
+        "lakefs_ui": entries["lakefs"]["endpoint"],
+        "mlflow_ui": entries["mlflow"]["endpoint"],
     }
 
 
@@ -458,6 +621,7 @@ def reset(settings: StackSettings, log: Log = note) -> None:
 
     with contextlib.suppress(StackError):  # a corrupt state file is what reset is for
         down(settings, log)
+    postgres_server.remove_data(settings.home)
     if settings.home.is_dir():
         shutil.rmtree(settings.home)
     elif settings.home.exists():
@@ -486,7 +650,11 @@ def running(settings: StackSettings, log: Log = note) -> Iterator[dict]:
         "DFP_LAKEFS_PORT": str(settings.lakefs_port),
         "DFP_MLFLOW_PORT": str(settings.mlflow_port),
     }
+    if profile_of(settings) == "s3":
+        env.update({"DFP_POSTGRES_PORT": str(settings.postgres_port), "DFP_S3_PORT": str(settings.s3_port)})
     try:
         yield {"status": status, "env": env, "credentials": read_env_file(settings.env_file)}
     finally:
         down(settings, log=lambda m: None)
+        # As root the s3 profile's cluster lives outside the home; a private stack takes it along.
+        postgres_server.remove_data(settings.home)

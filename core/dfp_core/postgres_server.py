@@ -1,0 +1,151 @@
+"""PostgreSQL for the stack's s3 profile: a private cluster made with ``initdb``,
+listening on loopback TCP only, holding the lakeFS KV store and the MLflow backend
+store (one database each).
+
+PostgreSQL refuses to run as root. Run as root (CI), the cluster runs as the
+``postgres`` user that Debian's package creates, and its data lives outside the
+0700 DFP_HOME, under ``/var/lib/dfp/postgres/<id of DFP_HOME>``, where that user
+can reach it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+from dfp_core.errors import StackError
+
+USER = "dfp"
+DATABASES = ("lakefs", "mlflow")
+SERVICE_USER = "postgres"  # who runs the server when we are root
+ROOT_DATA_BASE = Path("/var/lib/dfp/postgres")
+
+
+def bin_dir(override: Path | None = None) -> Path:
+    """The folder with ``initdb``, ``postgres`` and ``psql``: ``$DFP_POSTGRES_BIN_DIR``, the
+    newest Debian install (``/usr/lib/postgresql/<major>/bin``), or ``initdb`` on PATH."""
+    if override is not None:
+        candidates = [override]
+    else:
+        debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name)
+                        if Path(d).parent.name.isdigit() else 0)
+        on_path = shutil.which("initdb")
+        candidates = [Path(d) for d in reversed(debian)] + ([Path(on_path).resolve().parent] if on_path else [])
+    for folder in candidates:
+        if all((folder / tool).is_file() for tool in ("initdb", "postgres", "psql")):
+            return folder
+    where = f"DFP_POSTGRES_BIN_DIR={override}" if override else "/usr/lib/postgresql/*/bin or PATH"
+    raise StackError(
+        f"PostgreSQL is not installed (no initdb, postgres and psql in {where}); the s3 profile needs it: "
+        "`apt-get install postgresql` (`make setup` does this when run as root), or set DFP_POSTGRES_BIN_DIR"
+    )
+
+
+def _service_account() -> pwd.struct_passwd | None:
+    """The account the server runs as: None for ourselves, ``postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        raise StackError(
+            "PostgreSQL cannot run as root and there is no 'postgres' user to run it as; "
+            "install Debian's postgresql package (it creates that user) or run the stack as another user"
+        ) from None
+
+
+def data_dir(home: Path) -> Path:
+    if os.geteuid() != 0:
+        return home / "postgres" / "data"
+    return ROOT_DATA_BASE / hashlib.sha256(str(home).encode()).hexdigest()[:16]
+
+
+def _as_service(cmd: list[str]) -> list[str]:
+    account = _service_account()
+    if account is None:
+        return cmd
+    # setpriv execs (no parent left behind), so the pid we record is the server's own.
+    return ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups", "--", *cmd]
+
+
+def init_cluster(home: Path, bindir: Path, password: str) -> Path:
+    """``initdb`` once (idempotent): user ``dfp`` with ``password``, scram-sha-256 on TCP."""
+    data = data_dir(home)
+    if (data / "PG_VERSION").is_file():
+        return data
+    account = _service_account()
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pwfile = data.parent / f".{data.name}.pw"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    try:
+        if account is not None:
+            os.chown(data, account.pw_uid, account.pw_gid)
+            os.chown(pwfile, account.pw_uid, account.pw_gid)
+        result = subprocess.run(
+            _as_service([str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
+                         "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions"]),
+            capture_output=True, text=True,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise StackError(f"initdb of the stack's PostgreSQL cluster failed: {last[0]}")
+    return data
+
+
+def server_command(bindir: Path, data: Path, host: str, port: int) -> list[str]:
+    """The server in the foreground, TCP on ``host`` only (no Unix socket to collide with a
+    system cluster's), logging to stderr, which the stack sends to its log file."""
+    return _as_service([
+        str(bindir / "postgres"), "-D", str(data), "-h", host, "-p", str(port),
+        "-c", "unix_socket_directories=", "-c", "logging_collector=off", "-c", "max_connections=200",
+    ])
+
+
+def _psql(bindir: Path, host: str, port: int, password: str, sql: str, database: str = "postgres",
+          timeout: float = 10) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "3"}
+    return subprocess.run(
+        [str(bindir / "psql"), "-h", host, "-p", str(port), "-U", USER, "-d", database, "-XAtq",
+         "-v", "ON_ERROR_STOP=1", "-c", sql],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+
+
+def healthy(bindir: Path, host: str, port: int, password: str) -> bool:
+    try:
+        return _psql(bindir, host, port, password, "SELECT 1").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_databases(bindir: Path, host: str, port: int, password: str) -> None:
+    for name in DATABASES:
+        found = _psql(bindir, host, port, password, f"SELECT 1 FROM pg_database WHERE datname = '{name}'")
+        if found.returncode == 0 and found.stdout.strip() == "1":
+            continue
+        created = _psql(bindir, host, port, password, f'CREATE DATABASE "{name}"')
+        if created.returncode != 0:
+            raise StackError(f"cannot create database {name} in the stack's PostgreSQL: {created.stderr.strip()}")
+
+
+def url(host: str, port: int, database: str, password: str, scheme: str = "postgresql") -> str:
+    """A connection URL with the password in it: only ever passed in a child's environment."""
+    return f"{scheme}://{USER}:{quote(password, safe='')}@{host}:{port}/{database}?sslmode=disable"
+
+
+def remove_data(home: Path) -> None:
+    """What ``reset`` deletes besides DFP_HOME: the cluster kept outside it when run as root."""
+    data = data_dir(home)
+    if not data.is_relative_to(home):
+        shutil.rmtree(data, ignore_errors=True)

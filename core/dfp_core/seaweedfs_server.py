@@ -1,0 +1,107 @@
+"""SeaweedFS for the stack's s3 profile: one ``weed server`` process (master, volume
+server, filer and S3 gateway) on loopback, the S3-compatible object store under
+lakeFS's blockstore and MLflow's artifact store.
+
+Only the S3 port is a setting; the internal ports (master, volume, filer and their
+gRPC ports) are picked free at start and kept in the stack's state. Every extra
+listener SeaweedFS would open by default (Iceberg REST, Lance, IAM writes,
+telemetry) is off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import requests
+
+from dfp_core.errors import StackError
+
+BUCKETS = ("dfp-lakefs", "dfp-mlflow")  # lakeFS's storage namespaces, MLflow's artifacts
+INTERNAL_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
+REGION = "us-east-1"
+
+
+def version(repo_root: Path) -> str:
+    gomod = repo_root / "tools" / "seaweedfs" / "go.mod"
+    match = re.search(r"^require github\.com/seaweedfs/seaweedfs (v\S+)", gomod.read_text(), re.M)
+    if not match:
+        raise StackError(f"cannot read the pinned SeaweedFS version from {gomod}")
+    return match.group(1)
+
+
+def binary(repo_root: Path, cache: Path, override: Path | None) -> Path:
+    """The cached build (``make setup``), or ``$SEAWEEDFS_BIN``."""
+    if override is not None:
+        if not (override.is_file() and os.access(override, os.X_OK)):
+            raise StackError(f"SEAWEEDFS_BIN={override} is not an executable file")
+        return override
+    path = cache / "seaweedfs" / version(repo_root) / "weed"
+    if not path.is_file():
+        raise StackError(
+            f"the SeaweedFS server is not built yet (expected {path}); the s3 profile needs it: run `make setup` "
+            "(it needs Go >= 1.26) or set SEAWEEDFS_BIN to a weed binary"
+        )
+    return path
+
+
+def write_identities(base: Path, access_key: str, secret_key: str) -> Path:
+    """The S3 gateway's one identity (the stack's generated key pair), in a 0600 file."""
+    path = base / "s3.json"
+    body = {"identities": [{"name": "dfp", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(body, handle)
+    os.chmod(path, 0o600)
+    return path
+
+
+def server_command(weed: Path, base: Path, host: str, s3_port: int, ports: dict[str, int], identities: Path) -> list[str]:
+    data = base / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        str(weed), "server",
+        f"-dir={data}", f"-ip={host}", f"-ip.bind={host}",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=512",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.max=100",
+        "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+        f"-filer.localSocket={base / 'filer.sock'}",
+        "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={ports['s3_grpc']}", f"-s3.config={identities}",
+        f"-s3.localSocket={base / 's3.sock'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-s3.autoCreateBucket=false",
+    ]
+
+
+def healthy(endpoint: str) -> bool:
+    try:
+        return requests.get(f"{endpoint}/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def client(endpoint: str, access_key: str, secret_key: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        region_name=REGION, config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                                          connect_timeout=5, read_timeout=30),
+    )
+
+
+def ensure_buckets(endpoint: str, access_key: str, secret_key: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = client(endpoint, access_key, secret_key)
+    try:
+        have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        for bucket in BUCKETS:
+            if bucket not in have:
+                s3.create_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise StackError(f"cannot create the stack's buckets in SeaweedFS at {endpoint}: {exc}") from None
