@@ -4,6 +4,10 @@ session starts on free ports in its own DFP_HOME, and stops at the end.
 Like a user's shell after `dfp stack up`, the session's environment then holds
 DFP_HOME and the ports only; every command finds the endpoints and keys in
 ``$DFP_HOME/stack.env``.
+
+``DFP_TEST_STACK_PROFILE=s3`` starts the session's stack with the s3 profile
+(PostgreSQL + SeaweedFS); `make test` runs the ``both_profiles`` tests a second
+time that way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_PROFILE = os.environ.get("DFP_TEST_STACK_PROFILE") or "local"
 REAL_SUBSET = REPO_ROOT.parent / "shared" / "data" / "kronodroid" / "kronodroid_real_device_2019_subset.csv"
 
 
@@ -23,31 +28,47 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    if TEST_PROFILE != "s3":  # the s3 profile's own tests run in the s3 pass only
+        s3_only = [item for item in items if item.get_closest_marker("s3_profile")]
+        if s3_only:
+            config.hook.pytest_deselected(items=s3_only)
+            items[:] = [item for item in items if not item.get_closest_marker("s3_profile")]
 
 
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory):
+    from dfp_core import postgres_server, seaweedfs_server
+    from dfp_core.errors import StackError
     from dfp_core.settings import StackSettings
     from dfp_core.stack import free_port
 
+    settings = StackSettings.from_env({**os.environ, "DFP_STACK_PROFILE": TEST_PROFILE})
+    if TEST_PROFILE == "s3":
+        try:  # what `make setup` provides when it can; without it the s3 run skips
+            postgres_server.bin_dir(settings.postgres_bin_dir)
+            seaweedfs_server.binary(REPO_ROOT, settings.cache, settings.seaweedfs_bin)
+        except StackError as exc:
+            pytest.skip(f"s3 profile unavailable: {exc}")
     home = tmp_path_factory.mktemp("dfp-home")
-    return dataclasses.replace(StackSettings.from_env(os.environ), home=home, lakefs_port=free_port(),
-                               mlflow_port=free_port())
+    return dataclasses.replace(settings, home=home, lakefs_port=free_port(), mlflow_port=free_port(),
+                               postgres_port=free_port(), s3_port=free_port())
 
 
 @pytest.fixture(scope="session")
 def stack(stack_settings):
-    """A real lakeFS + MLflow stack for the whole test session."""
+    """A real lakeFS + MLflow stack (of ``TEST_PROFILE``) for the whole test session."""
     from dfp_core import stack as stack_mod
     from dfp_core.progress import note
 
     with stack_mod.running(stack_settings, log=note) as running, pytest.MonkeyPatch.context() as env:
         for key, value in running["env"].items():
             env.setenv(key, value)
-        for key in ("LAKEFS_ENDPOINT", "LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI"):
+        for key in ("LAKEFS_ENDPOINT", "LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI",
+                    "LAKEFS_STORAGE_NAMESPACE", "DFP_STACK_PROFILE"):
             env.delenv(key, raising=False)  # found through DFP_HOME, as a user's commands find them
-        creds = {k: v for k, v in running["credentials"].items() if k.startswith(("LAKEFS_", "MLFLOW_"))}
-        yield {"settings": stack_settings, "status": running["status"], "env": {**running["env"], **creds}}
+        creds = {k: v for k, v in running["credentials"].items() if k.startswith(("LAKEFS_", "MLFLOW_", "DFP_S3_"))}
+        yield {"settings": stack_settings, "status": running["status"], "env": {**running["env"], **creds},
+               "profile": TEST_PROFILE}
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,26 @@ class RefInfo:
     commit_id: str
 
 
+def _other_host(exc: BaseException, endpoint: str) -> str | None:
+    """``scheme://host:port`` of a failed urllib3 request that did not go to lakeFS itself (the
+    object store, for pre-signed uploads and downloads), or None. Never the URL: a pre-signed
+    one carries a signature and the store's key id."""
+    pool = getattr(exc, "pool", None)
+    if pool is None or not getattr(pool, "host", None):
+        return None
+    target = f"{pool.scheme}://{pool.host}:{pool.port}"
+    lakefs_url = urllib3.util.parse_url(endpoint)
+    default = 443 if lakefs_url.scheme == "https" else 80
+    return None if (pool.host, pool.port) == (lakefs_url.host, lakefs_url.port or default) else target
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost cause's class: ConnectionRefusedError, a timeout, ..."""
+    while exc.__context__ is not None or getattr(exc, "reason", None) is not None:
+        exc = getattr(exc, "reason", None) or exc.__context__
+    return exc.__class__.__name__
+
+
 class LakeFS:
     """A connection to one lakeFS server; methods name the repository explicitly."""
 
@@ -76,6 +96,12 @@ class LakeFS:
         except (ServerException, LakeFSException) as exc:
             raise LakeFSError(f"{action}: {_reason(exc)}") from None
         except (urllib3.exceptions.HTTPError, requests.ConnectionError, OSError) as exc:
+            store = _other_host(exc, self.settings.endpoint)
+            if store:  # a pre-signed transfer: lakeFS answered, its object store did not
+                raise LakeFSError(
+                    f"{action}: cannot reach lakeFS's object store at {store} ({_cause(exc)}), through the "
+                    "pre-signed URL lakeFS gave; is the object store running and reachable from here?"
+                ) from None
             raise LakeFSError(
                 f"{action}: cannot reach lakeFS at {self.settings.endpoint} ({exc.__class__.__name__}); "
                 "is it running? (`dfp stack up` starts the local one)"

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from dfp_core import faults, iceberg
+from dfp_core import faults
 from dfp_core.errors import DfpError
-from dfp_core.iceberg import TableRef
 from dfp_core.kronodroid import schema
 from dfp_core.kronodroid.generator import generate
 from dfp_spark import transform_run
 from dfp_spark.run_refs import list_runs
 from tests.inputs import archive_rows, csv_text
+from tests.stack_faults import check_after, dfp, fct_rows, restart
 
 REPORT = Path(__file__).resolve().parents[2] / "build" / "fault_report.json"
 
@@ -53,32 +53,6 @@ def small_input(tmp_path_factory) -> Path:
     return out
 
 
-def _dfp(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
-def _fct_rows(spark, repo: str, ref: str) -> int:
-    return spark.table(iceberg.qualified(spark, TableRef(repo, ref, schema.MART_NAMESPACE, schema.FCT_TABLE))).count()
-
-
-def _check_after(lakefs, spark, repo: str, before: str, run_branch: str) -> dict:
-    """The target is unchanged or holds the run's complete merge; what gc then leaves."""
-    head = lakefs.resolve_commit(repo, "main")
-    merged = head != before
-    outcome = {"target": "merged completely" if merged else "unchanged", "partial_merge": False}
-    if merged:  # the only other allowed state: the whole run, reconciled
-        summary = json.loads(lakefs.read_bytes(repo, "main", transform_run.SUMMARY_PATH))
-        outcome["partial_merge"] = not (summary["reconciled"] and lakefs.tag_exists(repo, run_branch)
-                                        and _fct_rows(spark, repo, head) == summary["fct_rows"])
-    gc = _dfp("runs", "gc", "--repo", repo, "--older-than", "0s")
-    assert gc.returncode == 0, gc.stderr
-    outcome["gc_removed"] = [f"{r['kind']} {r['name']}" for r in json.loads(gc.stdout.splitlines()[-1])["removed"]]
-    left = [r for r in list_runs(lakefs, repo, 0) if r.state != "merged"]
-    assert not left, f"gc left {[(r.name, r.kind, r.state) for r in left]}"
-    return outcome
-
-
 @pytest.fixture(scope="module")
 def fault_repo(lakefs) -> str:
     import uuid
@@ -101,7 +75,7 @@ def _killed_run(transform, repo: str, run_id: str, small_input: Path, phase: str
     the tables written on the run branch first (here in this process's Spark session, to
     spare a JVM start), then commit + freeze + merge in a process of its own, which is killed."""
     if phase in ("upload", "spark-write"):
-        return _dfp("transform", "--input", str(small_input), "--repo", repo, "--run-id", run_id,
+        return dfp("transform", "--input", str(small_input), "--repo", repo, "--run-id", run_id,
                     env={faults.ENV: phase})
     transform(input_dir=small_input, repo=repo, run_id=run_id, merge=False)
     return subprocess.run([sys.executable, "-c", PUBLISH, repo, f"run-{run_id}"], capture_output=True, text=True,
@@ -116,7 +90,7 @@ def test_a_transform_killed_at_each_phase_loses_nothing(transform, lakefs, spark
         before = lakefs.resolve_commit(repo, "main")
         killed = _killed_run(transform, repo, run_id, small_input, phase)
         assert killed.returncode == -9, (phase, killed.stderr[-3000:])
-        outcome = _check_after(lakefs, spark, repo, before, f"run-{run_id}")
+        outcome = check_after(lakefs, spark, repo, before, f"run-{run_id}")
         assert not outcome["partial_merge"], phase
         if phase != "inside-merge":  # a kill inside the merge may land after lakeFS applied it
             assert outcome["target"] == "unchanged", phase
@@ -125,24 +99,15 @@ def test_a_transform_killed_at_each_phase_loses_nothing(transform, lakefs, spark
         report["faults"].append({"fault": f"SIGKILL at {phase}", **outcome, "rows_lost": 0})
         if outcome["target"] == "merged completely":  # the run id is the merged run's for ever
             run_id = "after-kills"
-    final = _dfp("transform", "--input", str(small_input), "--repo", repo, "--run-id", run_id)
+    final = dfp("transform", "--input", str(small_input), "--repo", repo, "--run-id", run_id)
     assert final.returncode == 0, final.stderr[-3000:]
     summary = json.loads(final.stdout.splitlines()[-1])
     lost = summary["rows_given"] - (summary["fct_rows"] + summary["quarantined_rows"] + summary["duplicates_dropped"])
     assert summary["reconciled"] and lost == 0
-    assert _fct_rows(spark, repo, summary["merge_commit"]) == summary["fct_rows"]
+    assert fct_rows(spark, repo, summary["merge_commit"]) == summary["fct_rows"]
     assert [r.name for r in list_runs(lakefs, repo, 0) if r.state != "merged"] == []
     report["faults"].append({"fault": "the run after five kills", "target": "merged completely",
                              "partial_merge": False, "rows_lost": lost, "run_id": run_id})
-
-
-def _restart(stack_settings, service_name: str, down_s: float) -> None:
-    from dfp_core import stack as stack_mod
-
-    records = stack_mod.StackState(stack_settings.home).load()
-    stack_mod._terminate(records[service_name])
-    time.sleep(down_s)
-    stack_mod.up(stack_settings, log=lambda m: None)
 
 
 def test_lakefs_restarted_under_a_transform(lakefs, spark, repo, small_input, stack, report):
@@ -154,9 +119,9 @@ def test_lakefs_restarted_under_a_transform(lakefs, spark, repo, small_input, st
     while not lakefs.branch_exists(repo, "run-lakefs-restart") and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(3)  # into the upload or the Spark job
-    _restart(stack["settings"], "lakefs", down_s=2)
+    restart(stack["settings"], "lakefs", down_s=2)
     out, err = proc.communicate(timeout=600)
-    outcome = _check_after(lakefs, spark, repo, before, "run-lakefs-restart")
+    outcome = check_after(lakefs, spark, repo, before, "run-lakefs-restart")
     assert not outcome["partial_merge"]
     if proc.returncode == 0:
         assert outcome["target"] == "merged completely"
@@ -176,11 +141,11 @@ def test_two_transforms_on_one_target_at_once(lakefs, spark, repo, small_input, 
     assert codes[0] == 0, [err[-2000:] for _, _, err in results]
     head = lakefs.resolve_commit(repo, "main")
     summary = json.loads(lakefs.read_bytes(repo, "main", transform_run.SUMMARY_PATH))
-    assert _fct_rows(spark, repo, head) == summary["fct_rows"] and summary["reconciled"]
+    assert fct_rows(spark, repo, head) == summary["fct_rows"] and summary["reconciled"]
     if codes == [0, 2]:  # the second merge conflicts: main holds the first run whole
         loser = next(err for p, _, err in results if p.returncode == 2)
         assert "conflict" in loser.strip().splitlines()[-1]
-    outcome = _check_after(lakefs, spark, repo, before, f"run-{summary['run_id']}")
+    outcome = check_after(lakefs, spark, repo, before, f"run-{summary['run_id']}")
     report["faults"].append({"fault": "two transforms on one target at once", **outcome, "rows_lost": 0,
                              "exit_codes": codes})
 
@@ -203,7 +168,7 @@ def test_mlflow_restarted_under_a_training_run(fault_repo, stack, report):
         if any(r.data.metrics for r in runs):  # the fit is logging epochs
             break
         time.sleep(1)
-    _restart(stack["settings"], "mlflow", down_s=1)
+    restart(stack["settings"], "mlflow", down_s=1)
     out, err = proc.communicate(timeout=900)
     last = json.loads(out.strip().splitlines()[-1])
     versions = client.search_model_versions(f"name = '{name}'")

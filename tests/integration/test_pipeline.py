@@ -26,6 +26,7 @@ def pipeline_run(rt, stack, lakefs, tmp_path_factory):
     return repo, result
 
 
+@pytest.mark.both_profiles
 def test_local_pipeline_run_registers_a_model_pinned_to_its_merge(pipeline_run, lakefs, stack):
     repo, result = pipeline_run
     head = lakefs.resolve_commit(repo, "main")

@@ -48,6 +48,7 @@ def _dfp(*args, env=None):
                           env=env, cwd=REPO_ROOT)
 
 
+@pytest.mark.both_profiles
 def test_reproduce_matches_after_main_moved_on(rt, trained, spark, lakefs):
     assert lakefs.resolve_commit(trained["repo"], "main") == trained["b"]["merge_commit"]
     assert not lakefs.branch_exists(trained["repo"], "run-repro-a")

@@ -36,6 +36,7 @@ def _config(repo, ref, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+@pytest.mark.both_profiles
 def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transformed, stack):
     repo, summary = transformed
     result = train(rt, _config(repo, "main"))

@@ -47,6 +47,7 @@ def fct(repo: str, ref: str) -> TableRef:
     return TableRef(repo, ref, schema.MART_NAMESPACE, schema.FCT_TABLE)
 
 
+@pytest.mark.both_profiles
 def test_generated_archives_end_to_end(transform, spark, lakefs, repo, archives):
     summary = transform(input_dir=archives, repo=repo, run_id="gen-a")
 
@@ -187,6 +188,7 @@ def test_missing_columns_fail_before_anything_is_written(transform, spark, lakef
     assert not lakefs.branch_exists(repo, "run-bad-cols")
 
 
+@pytest.mark.both_profiles
 def test_failure_before_merge_leaves_target_unchanged(transform, spark, lakefs, repo, archives, monkeypatch):
     head = lakefs.resolve_commit(repo, "main")
     written = []
@@ -207,6 +209,7 @@ def test_failure_before_merge_leaves_target_unchanged(transform, spark, lakefs, 
     assert not iceberg.table_exists(spark, TableRef(repo, "main", schema.STG_NAMESPACE, "emulator_samples"))
 
 
+@pytest.mark.both_profiles
 def test_lineage_contract_survives_branch_deletion_and_rewrites(transform, spark, lakefs, repo, archives, tmp_path):
     first = transform(input_dir=archives, repo=repo, run_id="lineage-a")
     commit_a = first["merge_commit"]
@@ -261,6 +264,7 @@ def test_a_stored_part_that_changed_is_refused(spark, lakefs, repo, archives):
         runs.abort_run(lakefs, ctx)
 
 
+@pytest.mark.both_profiles
 def test_empty_or_shrinking_input_never_reaches_main(transform, spark, lakefs, repo, archives, tmp_path):
     first = transform(input_dir=archives, repo=repo, run_id="full")
     before = row_hash(spark, fct(repo, "main"))
