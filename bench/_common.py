@@ -28,16 +28,17 @@ def bench_env(extra: dict | None = None) -> dict:
 
 
 @contextmanager
-def private_stack(home: Path):
-    """A stack of our own (fresh DFP_HOME, free ports): (settings, seconds to healthy,
-    the environment a command needs to use it)."""
+def private_stack(home: Path, profile: str = "local"):
+    """A stack of our own (fresh DFP_HOME, free ports, ``profile``): (settings, seconds to
+    healthy, the environment a command needs to use it)."""
     import dataclasses
 
     from dfp_core import stack
     from dfp_core.settings import StackSettings
 
-    settings = dataclasses.replace(StackSettings.from_env(os.environ), home=home, lakefs_port=stack.free_port(),
-                                   mlflow_port=stack.free_port())
+    settings = dataclasses.replace(StackSettings.from_env(os.environ), home=home, profile=profile,
+                                   lakefs_port=stack.free_port(), mlflow_port=stack.free_port(),
+                                   postgres_port=stack.free_port(), s3_port=stack.free_port())
     started = time.monotonic()
     with stack.running(settings, log=lambda m: None) as running:
         yield settings, time.monotonic() - started, bench_env(running["env"])
