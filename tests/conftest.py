@@ -111,6 +111,16 @@ def repo(lakefs):
 
 
 @pytest.fixture(scope="session")
+def small_input(tmp_path_factory) -> Path:
+    """120 generated rows in the four archives, for suites that run many transforms (read only)."""
+    from dfp_core.kronodroid.generator import generate
+
+    out = tmp_path_factory.mktemp("small-input")
+    generate(out, 120, seed=8)
+    return out
+
+
+@pytest.fixture(scope="session")
 def real_subset() -> Path:
     if not REAL_SUBSET.is_file():
         pytest.skip(f"real KronoDroid subset not present at {REAL_SUBSET}")

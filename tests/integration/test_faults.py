@@ -23,7 +23,6 @@ import pytest
 from dfp_core import faults
 from dfp_core.errors import DfpError
 from dfp_core.kronodroid import schema
-from dfp_core.kronodroid.generator import generate
 from dfp_spark import transform_run
 from dfp_spark.run_refs import list_runs
 from tests.inputs import archive_rows, csv_text
@@ -44,13 +43,6 @@ def report():
         "bad_input_kinds": len(entries["bad_inputs"]),
     }
     REPORT.write_text(json.dumps({"totals": totals, **entries}, indent=2, sort_keys=True))
-
-
-@pytest.fixture(scope="module")
-def small_input(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fault-input")
-    generate(out, 120, seed=8)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,10 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from dfp_core import seaweedfs_server
-from dfp_core.kronodroid.generator import generate
 from tests.stack_faults import check_after, dfp, start, stop
 
 pytestmark = pytest.mark.s3_profile
@@ -37,13 +35,6 @@ def s3(stack):
     env = stack["env"]
     endpoint = stack["status"]["services"]["seaweedfs"]["endpoint"]
     return seaweedfs_server.client(endpoint, env["DFP_S3_ACCESS_KEY_ID"], env["DFP_S3_SECRET_ACCESS_KEY"])
-
-
-@pytest.fixture(scope="module")
-def small_input(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("s3-input")
-    generate(out, 120, seed=9)
-    return out
 
 
 @pytest.fixture(scope="module")
