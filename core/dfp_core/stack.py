@@ -146,7 +146,6 @@ class StackState:
         tmp.write_text(json.dumps({"processes": {k: vars(v) for k, v in records.items()}}, indent=2))
         tmp.replace(self.path)
 
-
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Serialise concurrent ``up``/``down`` calls on one DFP_HOME."""
@@ -248,21 +247,21 @@ def _healthy(url: str) -> bool:
 class Service:
     name: str
     port_env: str
+    port_setting: str  # the StackSettings field holding its port
     startup_timeout: float
 
     def port(self, settings: StackSettings) -> int:
-        return {"lakefs": settings.lakefs_port, "mlflow": settings.mlflow_port,
-                "postgres": settings.postgres_port, "seaweedfs": settings.s3_port}[self.name]
+        return getattr(settings, self.port_setting)
 
     def endpoint(self, settings: StackSettings) -> str:
         scheme = "postgresql" if self.name == "postgres" else "http"
         return f"{scheme}://{settings.host}:{self.port(settings)}"
 
 
-LAKEFS = Service("lakefs", "DFP_LAKEFS_PORT", 90)
-MLFLOW = Service("mlflow", "DFP_MLFLOW_PORT", 180)
-POSTGRES = Service("postgres", "DFP_POSTGRES_PORT", 60)
-SEAWEEDFS = Service("seaweedfs", "DFP_S3_PORT", 90)
+LAKEFS = Service("lakefs", "DFP_LAKEFS_PORT", "lakefs_port", 90)
+MLFLOW = Service("mlflow", "DFP_MLFLOW_PORT", "mlflow_port", 180)
+POSTGRES = Service("postgres", "DFP_POSTGRES_PORT", "postgres_port", 60)
+SEAWEEDFS = Service("seaweedfs", "DFP_S3_PORT", "s3_port", 90)
 BY_NAME = {svc.name: svc for svc in (POSTGRES, SEAWEEDFS, LAKEFS, MLFLOW)}
 HEALTH_PATHS = {"lakefs": "/api/v1/healthcheck", "mlflow": "/health"}
 
@@ -567,8 +566,7 @@ def down(settings: StackSettings, log: Log = note) -> dict:
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
-        order = SERVICES["s3"]  # every service a home can have, stopped in reverse start order
-        for name in reversed(order):
+        for name in reversed(SERVICES["s3"]):  # every service a home can have, in reverse start order
             rec = records.pop(name, None)
             if rec is None:
                 continue
