@@ -29,7 +29,11 @@ COMPOSE_SCHEMA_SHA256 = "0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490
 BOOTSTRAP = REPO / "tools" / "scripts" / "bootstrap_compose.sh"
 PG_INIT = REPO / "tools" / "docker" / "postgres-init" / "01-mlflow-db.sh"
 DOCKER_DIR = REPO / "tools" / "docker"
-DOCKERFILES = ("pytorch_train", "spark", "mlflow")
+OVERRIDE_FILE = REPO / "docker-compose.built-images.yml"
+# Built from the repository; the Go servers' images from a folder holding the cached binary.
+REPO_CONTEXT_DOCKERFILES = ("pytorch_train", "spark", "mlflow", "postgres")
+BINARY_DOCKERFILES = {"seaweedfs": "weed", "lakefs": "lakefs"}
+DOCKERFILES = REPO_CONTEXT_DOCKERFILES + tuple(BINARY_DOCKERFILES)
 MANIFESTS = REPO / "orchestration" / "kubeflow" / "manifests"
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY", re.IGNORECASE)
@@ -174,8 +178,10 @@ def test_compose_services_wiring(compose):
     assert lakefs["LAKEFS_SECURITY_CHECK_LATEST_VERSION"] == "false"
     assert lakefs["LAKEFS_SECURITY_AUDIT_CHECK_URL"] == ""
     assert lakefs["LAKEFS_EMAIL_SUBSCRIPTION_ENABLED"] == "false"
-    for key in ("USER_NAME", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
-        assert lakefs[f"LAKEFS_INSTALLATION_{key}"].startswith("${")
+    # lakeFS ignores installation settings on PostgreSQL: the bootstrap sets it up instead.
+    assert not [key for key in lakefs if key.startswith("LAKEFS_INSTALLATION_")]
+    # MinIO is not published: pre-signed MinIO URLs would be useless to clients on the host.
+    assert lakefs["LAKEFS_BLOCKSTORE_S3_DISABLE_PRE_SIGNED"] == "true"
     assert "/api/v1/healthcheck" in " ".join(services["lakefs"]["healthcheck"]["test"])
 
     mlflow = services["mlflow"]
@@ -212,89 +218,112 @@ def test_bootstrap_script_is_strict_and_valid():
     subprocess.run(["bash", "-n", str(BOOTSTRAP)], check=True)
 
 
-class _FakeLakeFS(http.server.BaseHTTPRequestHandler):
-    """POST /api/v1/repositories: 201 once, then 409; 401 on other credentials."""
-
-    created: set[str] = set()
-    requests: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append({"path": self.path, "body": body})
-        user = base64.b64decode(self.headers.get("Authorization", "Basic ").split()[1]).decode()
-        if user != "AKIAIOSFODNN7EXAMPLE:s3cr3t-value":
-            code = 401
-        else:
-            code = 409 if body["name"] in self.created else 201
-            self.created.add(body["name"])
-        self.send_response(code)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
+def _bootstrap_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "tools" / "scripts").mkdir(parents=True)
+    shutil.copy2(BOOTSTRAP, root / "tools" / "scripts")
+    shutil.copy2(ENV_EXAMPLE, root)
+    return root / "tools" / "scripts" / BOOTSTRAP.name
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_bootstrap_script_flow(tmp_path):
-    """The real script against a fake `docker` and a fake lakeFS API."""
-    _FakeLakeFS.created, _FakeLakeFS.requests = set(), []
-    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeLakeFS)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        root = tmp_path / "repo"
-        (root / "tools" / "scripts").mkdir(parents=True)
-        shutil.copy2(BOOTSTRAP, root / "tools" / "scripts")
-        shutil.copy2(ENV_EXAMPLE, root)
-        fake_bin = tmp_path / "bin"
-        fake_bin.mkdir()
-        (fake_bin / "docker").write_text(
-            "#!/usr/bin/env bash\n"
-            'case "$1 $2" in\n'
-            '  "compose ps") echo "cid-$4" ;;\n'
-            '  "inspect --format") echo healthy ;;\n'
-            '  "compose up") echo "up: ${LAKEFS_SECRET_ACCESS_KEY-unset}" >&2 ;;\n'
-            "esac\n"
-        )
-        (fake_bin / "docker").chmod(0o755)
-        env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "LAKEFS_SECRET_ACCESS_KEY": "from-shell"}
-        script = [str(root / "tools" / "scripts" / BOOTSTRAP.name)]
+def _path_without_docker(tmp_path: Path) -> str:
+    """This machine's /usr/bin and /bin, less anything named docker*."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for folder in (Path("/bin"), Path("/usr/bin")):
+        for tool in folder.iterdir():
+            if not tool.name.startswith("docker") and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    return str(bin_dir)
 
-        def run():
-            return subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
 
-        first = run()  # no .env yet: created from the example, user told to edit it
-        assert first.returncode == 1 and "created .env" in first.stderr
-        assert (root / ".env").stat().st_mode & 0o077 == 0, ".env must not be world-readable"
-        placeholders = run()
-        assert placeholders.returncode == 1 and "change-me" in placeholders.stderr
+def _last_error(script: Path, *args: str) -> str:
+    home = script.parents[3]
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": _path_without_docker(home), "HOME": str(home)})
+    assert done.returncode != 0, done.stderr
+    return done.stderr.strip().splitlines()[-1]
 
-        text = (root / ".env").read_text().replace(PLACEHOLDER, "x1234567890")
-        text = re.sub(r"(?m)^LAKEFS_PORT=.*$", f"LAKEFS_PORT={server.server_port}", text)
-        text = re.sub(r"(?m)^LAKEFS_ACCESS_KEY_ID=.*$", "LAKEFS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE", text)
-        text = re.sub(r"(?m)^LAKEFS_SECRET_ACCESS_KEY=.*$", "LAKEFS_SECRET_ACCESS_KEY=s3cr3t-value", text)
-        (root / ".env").write_text(text)
 
-        created, again = run(), run()
-        assert created.returncode == 0, created.stderr
-        assert "created repository kronodroid" in created.stderr
-        assert again.returncode == 0 and "already exists" in again.stderr
-        assert "up: unset" in created.stderr, "the shell's variables must not override .env"
-        assert _FakeLakeFS.requests[-1]["path"] == "/api/v1/repositories"
-        body = _FakeLakeFS.requests[-1]["body"]
-        assert body == {"name": "kronodroid", "storage_namespace": "s3://lakefs/kronodroid", "default_branch": "main"}
-        out = created.stdout
-        assert f"export LAKEFS_ENDPOINT=http://127.0.0.1:{server.server_port}" in out
-        assert "export LAKEFS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE" in out
-        assert "export LAKEFS_SECRET_ACCESS_KEY=<from .env>" in out
-        assert "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in out
-        assert "s3cr3t-value" not in out + created.stderr, "the secret must never be printed"
+def test_bootstrap_script_checks_its_input_before_touching_docker(tmp_path):
+    """Each mistake in the settings is one line, found before Docker is asked for anything
+    (PATH here has no docker). The real run is tests/integration/test_compose.py."""
+    script = _bootstrap_copy(tmp_path)
+    env_file = script.parents[2] / ".env"
+    assert _last_error(script).startswith("error: created .env from .env.example: replace every change-me")
+    assert env_file.stat().st_mode & 0o077 == 0, ".env must not be readable by others"
+    assert "replace the change-me values" in _last_error(script)
+    text = env_file.read_text().replace(PLACEHOLDER, "x1234567890abcdefghijklmnopqrstuvwxyz")
+    env_file.write_text(text.replace("LAKEFS_ACCESS_KEY_ID=x1234567890abcdefghijklmnopqrstuvwxyz",
+                                     "LAKEFS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE123"))
+    assert "LAKEFS_ACCESS_KEY_ID must be 3 to 20 characters" in _last_error(script)
+    env_file.write_text(text.replace("LAKEFS_REPOSITORY=kronodroid", "LAKEFS_REPOSITORY=Bad_Name"))
+    assert "LAKEFS_REPOSITORY='Bad_Name' is not a valid lakeFS repository name" in _last_error(script)
+    env_file.write_text(text.replace("LAKEFS_ACCESS_KEY_ID=x1234567890abcdefghijklmnopqrstuvwxyz",
+                                     "LAKEFS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE"))
+    assert _last_error(script) == "error: docker is not installed (https://docs.docker.com/engine/install/)"
+    assert _last_error(script, "--env-file", str(tmp_path / "nope.env")).endswith("nope.env: no such file")
+    assert _last_error(script, "--frobnicate") == "error: unknown argument '--frobnicate' (see --help)"
 
-        (root / ".env").write_text(text.replace("s3cr3t-value", "wrong-secret"))
-        rejected = run()
-        assert rejected.returncode == 1 and "rejected the credentials" in rejected.stderr
-    finally:
-        server.shutdown()
+
+# -------------------------------------------------------- built-images override
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's YAML: ``!reset`` (drop what the base file set) parsed as a marker."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: "!reset")
+
+
+@pytest.fixture(scope="module")
+def override() -> dict:
+    return yaml.load(OVERRIDE_FILE.read_text(), Loader=_ComposeLoader)  # noqa: S506 (a SafeLoader)
+
+
+def test_the_override_replaces_every_pulled_image_with_one_built_here(compose, override):
+    built = override["services"]
+    assert set(built) <= set(compose["services"]), "the override names a service docker-compose.yml lacks"
+    for name, service in compose["services"].items():
+        if service.get("image", "").startswith("dfp/") and "build" not in service:
+            continue
+        image = built.get(name, {}).get("image") or service.get("image", "")
+        assert name in built and image.startswith("dfp/"), f"{name} would still be pulled"
+        assert built[name]["pull_policy"] == "never", f"{name}: a missing image must fail, not be pulled"
+    assert built["mlflow"]["build"] == "!reset", "Compose would build MLflow on an image it cannot pull"
+    for name, service in built.items():
+        for key, value in service_env(service).items():
+            assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value), f"{name}.{key} must come from .env"
+
+
+def merged_images(compose, override) -> dict[str, str]:
+    return {name: service.get("image") or compose["services"][name]["image"]
+            for name, service in override["services"].items()}
+
+
+def test_the_override_tags_follow_the_pins(compose, override):
+    images = merged_images(compose, override)
+    gomod = lambda name, module: re.search(rf"^require {re.escape(module)} v(\S+)$",  # noqa: E731
+                                           (REPO / "tools" / name / "go.mod").read_text(), re.M).group(1)
+    assert images["minio"] == images["minio-setup"] == f"dfp/seaweedfs:{gomod('seaweedfs', 'github.com/seaweedfs/seaweedfs')}"
+    assert images["lakefs"] == f"dfp/lakefs:{gomod('lakefs', 'github.com/treeverse/lakefs')}"
+    mlflow = re.search(r"^mlflow==(\S+)$", (REPO / "requirements.lock").read_text(), re.M).group(1)
+    assert images["mlflow"] == f"dfp/mlflow-server:{mlflow}"
+    major = images["postgres"].rpartition(":")[2]
+    assert f"postgresql-{major} " in (DOCKER_DIR / "Dockerfile.postgres").read_text()
+
+
+def test_the_built_images_script_knows_every_override_image(compose, override):
+    script = (REPO / "tools" / "scripts" / "build_images.sh").read_text()
+    for image in set(merged_images(compose, override).values()):
+        name = image.split(":")[0].removeprefix("dfp/").removesuffix("-server")
+        assert re.search(rf"^\s+{name}[|)]", script, re.M) or f"|{name})" in script, f"build_images.sh cannot build {image}"
+
+
+def test_image_entrypoint_scripts_are_valid():
+    for script in (DOCKER_DIR / "postgres" / "entrypoint.sh", DOCKER_DIR / "seaweedfs" / "entrypoint.sh"):
+        assert os.access(script, os.X_OK), f"{script} must be executable (COPY keeps the mode)"
+        subprocess.run(["bash", "-n", str(script)], check=True)
 
 
 # ----------------------------------------------------------------- Dockerfiles
@@ -394,7 +423,7 @@ def test_dockerfile_passes_hadolint(name):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", REPO_CONTEXT_DOCKERFILES)
 def test_dockerfile_copies_exist_in_build_context(name, dockerfiles):
     ignored = dockerignore_matcher()
     copied = 0
@@ -410,6 +439,15 @@ def test_dockerfile_copies_exist_in_build_context(name, dockerfiles):
             assert (REPO / src).exists(), f"Dockerfile.{name}: COPY {src}: not in the repository"
             assert not ignored(src), f"Dockerfile.{name}: COPY {src} is excluded by .dockerignore"
     assert copied
+
+
+@pytest.mark.parametrize("name", BINARY_DOCKERFILES)
+def test_go_server_images_copy_only_their_binary_and_own_files(name, dockerfiles):
+    """build_images.sh gives these a context of the cached binary plus tools/docker/<name>/."""
+    own = {p.name for p in (DOCKER_DIR / name).glob("*")} if (DOCKER_DIR / name).is_dir() else set()
+    sources = [src for kw, args in dockerfiles[name] if kw == "COPY" for src in copy_sources(args)[0]]
+    assert BINARY_DOCKERFILES[name] in sources
+    assert set(sources) <= own | {BINARY_DOCKERFILES[name]}, sources
 
 
 def test_dockerignore_keeps_secrets_and_state_out_but_code_in():

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Builds a server pinned by a wrapper module under tools/<name>/ from the Go module
-# proxy and caches the binary by version: later runs, and other clones, skip the build.
-#   usage: tools/scripts/build_go_server.sh lakefs|seaweedfs     prints the binary's path last
+# Builds a server (or, for compose, the Docker Compose v2 CLI plugin) pinned by a wrapper
+# module under tools/<name>/ from the Go module proxy and caches the binary by version:
+# later runs, and other clones, skip the build.
+#   usage: tools/scripts/build_go_server.sh lakefs|seaweedfs|compose     prints the binary's path last
 # Each wrapper's go.mod pins the upstream module; go.sum (committed) pins every hash.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-name=${1:?usage: build_go_server.sh lakefs|seaweedfs}
+name=${1:?usage: build_go_server.sh lakefs|seaweedfs|compose}
 case "$name" in
   lakefs)    upstream=github.com/treeverse/lakefs;     pkg=.;                                  bin=lakefs; env_var=LAKEFS_BIN; probe=--version
              ldflags_version='-X github.com/treeverse/lakefs/pkg/version.Version=%s' ;;
   seaweedfs) upstream=github.com/seaweedfs/seaweedfs;  pkg=github.com/seaweedfs/seaweedfs/weed; bin=weed;   env_var=SEAWEEDFS_BIN; probe=version
              ldflags_version='' ;;
-  *) echo "error: unknown server '$name' (expected lakefs or seaweedfs)" >&2; exit 2 ;;
+  compose)   upstream=github.com/docker/compose/v5;    pkg=github.com/docker/compose/v5/cmd;   bin=docker-compose; env_var=DOCKER_COMPOSE_PLUGIN; probe=version
+             ldflags_version='-X github.com/docker/compose/v5/internal.Version=v%s' ;;
+  *) echo "error: unknown server '$name' (expected lakefs, seaweedfs or compose)" >&2; exit 2 ;;
 esac
 mod="$root/tools/$name"
 version=$(awk -v m="$upstream" '($1 == "require" && $2 == m) {print $3} ($1 == m) {print $2}' "$mod/go.mod" | head -n1)
@@ -45,7 +48,7 @@ cd "$mod"
 export GONOSUMDB="${GONOSUMDB:+$GONOSUMDB,}github.com/treeverse" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
 ldflags="-s -w"
 # shellcheck disable=SC2059
-[ -z "$ldflags_version" ] || ldflags="$ldflags $(printf "$ldflags_version" "${version#v}")"
+[ -z "$ldflags_version" ] || ldflags="$ldflags $(printf -- "$ldflags_version" "${version#v}")"
 start=$(date +%s)
 echo "$name $version: downloading modules (first build only)..." >&2
 go mod download

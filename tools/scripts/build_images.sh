@@ -2,7 +2,11 @@
 # `make images`: the training, Spark and MLflow images, tagged with the project version and
 # `latest`, with BuildKit (layer cache reused between builds).
 #
-#   tools/scripts/build_images.sh [train] [spark] [mlflow]      (default: all three)
+#   tools/scripts/build_images.sh [train] [spark] [mlflow] [postgres] [seaweedfs] [lakefs]
+#
+# Default: train, spark and mlflow. postgres, seaweedfs and lakefs stand in for the images
+# docker-compose.yml pulls, where they cannot be pulled (docker-compose.built-images.yml);
+# seaweedfs and lakefs package the binaries tools/scripts/build_go_server.sh builds.
 #
 # DFP_BASE_IMAGE   base of every image (default python:3.11.17-slim-bookworm). Where it cannot be
 #                  pulled, a base is built from Debian packages (debootstrap, needs root) and used.
@@ -20,7 +24,8 @@ say() { printf '==> %s\n' "$*" >&2; }
 images=("$@")
 [ ${#images[@]} -gt 0 ] || images=(train spark mlflow)
 for image in "${images[@]}"; do
-  case "$image" in train|spark|mlflow) ;; *) fail "unknown image '$image': expected train, spark or mlflow" ;; esac
+  case "$image" in train|spark|mlflow|postgres|seaweedfs|lakefs) ;;
+    *) fail "unknown image '$image': expected train, spark, mlflow, postgres, seaweedfs or lakefs" ;; esac
 done
 
 # The engine (installed and started if need be) and the BuildKit build command it offers.
@@ -33,6 +38,8 @@ mlflow_version=$(sed -n 's/^mlflow==//p' requirements.lock)
 code_version="git:$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo -dirty)"
 base=${DFP_BASE_IMAGE:-python:3.11.17-slim-bookworm}
 debian_base="dfp/base:bookworm-py3.11"
+cleanup=()
+trap 'rm -rf ${cleanup[@]+"${cleanup[@]}"}' EXIT
 
 # ------------------------------------------------------------------ base image
 if docker image inspect "$base" >/dev/null 2>&1; then
@@ -54,7 +61,7 @@ else
   [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   mirror=${mirror:-http://deb.debian.org/debian}
   rootfs=$(mktemp -d /tmp/dfp-base.XXXXXX)
-  trap 'rm -rf "$rootfs"' EXIT
+  cleanup+=("$rootfs")
   started=$(date +%s)
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" \
     >"$rootfs.log" 2>&1 || fail "debootstrap from $mirror failed: $(tail -n 2 "$rootfs.log" | tr '\n' ' ') [log: $rootfs.log]"
@@ -82,13 +89,25 @@ for image in "${images[@]}"; do
     train) name=dfp/kronodroid-train; dockerfile=tools/docker/Dockerfile.pytorch_train; tag=$version ;;
     spark) name=dfp/kronodroid-spark; dockerfile=tools/docker/Dockerfile.spark; tag=$version ;;
     mlflow) name=dfp/mlflow-server; dockerfile=tools/docker/Dockerfile.mlflow; tag=$mlflow_version ;;
+    postgres) name=dfp/postgres; dockerfile=tools/docker/Dockerfile.postgres; tag=15 ;;
+    seaweedfs|lakefs) name=dfp/$image; dockerfile=tools/docker/Dockerfile.$image ;;
+  esac
+  context=.
+  case "$image" in
+    seaweedfs|lakefs)
+      # The image holds the cached Go build; its context is a folder with only what it copies.
+      binary=$("$root/tools/scripts/build_go_server.sh" "$image" | tail -n 1) || fail "building the $image binary failed (see above)"
+      tag=$(basename "$(dirname "$binary")"); tag=${tag#v}
+      context=$(mktemp -d /tmp/dfp-context.XXXXXX); cleanup+=("$context")
+      cp "$binary" "$context/"
+      [ ! -d "tools/docker/$image" ] || cp -r "tools/docker/$image/." "$context/" ;;
   esac
   say "building $name:$tag ($dockerfile, base $base)"
   previous=$(docker image inspect --format '{{.Id}}' "$name:$tag" 2>/dev/null || true)
   started=$(date +%s)
   "${builder[@]}" --progress=plain -f "$dockerfile" \
     --build-arg "BASE_IMAGE=$base" --build-arg "DFP_IMAGE=$name:$tag" --build-arg "DFP_CODE_VERSION=$code_version" \
-    ${secret[@]+"${secret[@]}"} ${maven[@]+"${maven[@]}"} -t "$name:$tag" -t "$name:latest" . >&2 \
+    ${secret[@]+"${secret[@]}"} ${maven[@]+"${maven[@]}"} -t "$name:$tag" -t "$name:latest" "$context" >&2 \
     || fail "building $name:$tag failed (the build log is above); fix the cause and run \`make images\` again"
   seconds=$(( $(date +%s) - started ))
   # The image this build replaced keeps its layers until removed: each code change would

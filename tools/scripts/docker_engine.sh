@@ -2,6 +2,9 @@
 # A running Docker engine and a BuildKit client, idempotent: does only what is missing.
 #   - no engine: installs Debian's docker.io (needs root and apt);
 #   - engine not running: starts dockerd in the background (needs root; log in /var/log/dfp-dockerd.log);
+#   - with --compose, the `docker compose` v2 plugin: the CLI's own if it has one, else Compose built
+#     from the Go module proxy (tools/compose/, pinned, cached) and installed as a CLI plugin for
+#     this user (Debian bookworm packages only Compose v1);
 #   - a BuildKit client: the buildx plugin if the CLI has it; else a Docker CLI that drives the
 #     engine's own BuildKit (DOCKER_BUILDKIT=1, as Debian's docker.io client does); else buildx is
 #     built from the Go module proxy (pinned, cached in ~/.cache/dfp/buildx/) and installed as a
@@ -17,11 +20,14 @@ fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*" >&2; }
 as_root() { [ "$(id -u)" = 0 ]; }
 print_builder=false
-case "${1:-}" in
-  --print-builder) print_builder=true ;;
-  "") ;;
-  *) fail "usage: docker_engine.sh [--print-builder]" ;;
-esac
+want_compose=false
+for arg in "$@"; do
+  case "$arg" in
+    --print-builder) print_builder=true ;;
+    --compose) want_compose=true ;;
+    *) fail "usage: docker_engine.sh [--compose] [--print-builder]" ;;
+  esac
+done
 
 if ! command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
   as_root || fail "no Docker engine: install one (Debian: sudo apt-get install docker.io) or run this script as root"
@@ -76,4 +82,12 @@ else
   builder="docker buildx build --load"
 fi
 say "docker: engine $(docker version --format '{{.Server.Version}}'), builds with: $builder"
+if $want_compose && ! docker compose version >/dev/null 2>&1; then
+  plugin=$("$root/tools/scripts/build_go_server.sh" compose | tail -n 1) \
+    || fail "no docker compose plugin and building it from the Go module proxy failed (see above); install docker-compose-plugin"
+  mkdir -p "$HOME/.docker/cli-plugins"
+  ln -sf "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
+  docker compose version >/dev/null 2>&1 || fail "docker compose does not run from $plugin"
+fi
+$want_compose && say "docker compose: $(docker compose version --short)"
 if $print_builder; then echo "$builder"; fi
