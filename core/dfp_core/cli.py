@@ -420,11 +420,19 @@ def evaluate_cmd(
     log: bool = typer.Option(True, "--log/--no-log", help="Log the evaluation to the model's training run."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
 ) -> None:
-    """Autoencoder vs PCA, IsolationForest and a supervised RandomForest, per data source (or per year)."""
+    """The version at its operating point, then vs PCA, IsolationForest and a supervised RandomForest,
+    per data source (or per year)."""
     from dfp_core.ml.evaluate_model import evaluate_model_version
 
     with runtime("kronodroid-evaluate", mlflow={"tracking_uri": tracking_uri}) as rt:
-        emit(evaluate_model_version(rt, model, version, alias, time_split, train_end_year, log))
+        result = evaluate_model_version(rt, model, version, alias, time_split, train_end_year, log)
+    if result["mode"] == "comparison":  # the analyst's view first; the JSON line has every figure
+        from dfp_core.ml.pyfunc import operating_point_lines
+
+        point = result["operating_point"]
+        for line in operating_point_lines(point["threshold"], point["target_fpr"], point):
+            note(line)
+    emit(result)
 
 
 def _print_status(result: dict, as_json: bool) -> None:

@@ -221,8 +221,9 @@ class TrainConfig:
     patience: int = param(10, "Early stopping patience on val_loss (epochs).", min=0, pipeline="patience")
     seed: int = param(42, "Seed of weights, shuffling and baselines.", pipeline="train_seed")
     deterministic: bool = param(True, "Deterministic kernels (Lightning's deterministic=True).", cli=False)
-    threshold_quantile: float = param(0.95, "Anomaly threshold: this quantile of benign validation errors.",
-                                      min=0.5, max=0.999999, pipeline="threshold_quantile")
+    # The operating point: an analyst accepts this share of benign apps flagged (5 in 100 by default).
+    target_fpr: float = param(0.05, "Benign false-positive rate the anomaly threshold is set for, on the "
+                                    "validation split.", min=0.0, max=0.5, pipeline="target_fpr")
     # hardware: the same code on a laptop, a GPU node or a multi-node cluster
     accelerator: str = param("auto", "cpu, gpu or auto.", pipeline="accelerator")
     devices: str = param("auto", "Devices per node (a count, a list, or auto).", pipeline="devices")

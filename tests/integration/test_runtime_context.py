@@ -48,7 +48,7 @@ def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tm
 
     trained = _last_json(cli("train", "--repo", repo, "--max-epochs", "1", "--hidden-dims", "32,16", "--latent-dim", "4",
                              "--batch-size", "64", "--accelerator", "cpu", "--devices", "1", "--model-name", model,
-                             "--no-baselines"))
+                             "--no-baselines", "--target-fpr", "0.1"))
     version = rt.mlflow.get_model_version(model, trained["model_version"])  # in this stack's registry
     assert version.tags["data.lakefs_ref"] == transformed["merge_commit"]
 
@@ -61,6 +61,8 @@ def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tm
     assert report["matches"] is True
     evaluated = _last_json(cli("evaluate", "--model", model, "--version", trained["model_version"], "--no-log"))
     assert "eval_roc_auc__autoencoder" in evaluated["metrics"]
+    assert evaluated["operating_point"]["target_fpr"] == pytest.approx(0.1)
+    assert evaluated["operating_point"]["threshold"] == pytest.approx(trained["test_metrics"]["threshold"])
 
     piped = _last_json(cli("pipeline", "run-local", "--no-run-transform", "--repo", repo, "--max-epochs", "1",
                            "--hidden-dims", "32,16", "--latent-dim", "4", "--batch-size", "64", "--accelerator", "cpu",

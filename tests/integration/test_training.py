@@ -71,6 +71,13 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     history = client.get_metric_history(result["run_id"], "val_loss")
     assert len(history) == result["epochs_trained"]
     assert {"test_roc_auc", "test_pr_auc", "test_f1", "threshold", "train_recon_loss"} <= set(mlrun.data.metrics)
+    # The operating point: the threshold set for 5% benign FPR on validation, and what test shows there.
+    logged = mlrun.data.metrics
+    assert logged["target_fpr"] == 0.05 and logged["val_fpr"] <= 0.05
+    assert {"test_fpr", "test_precision", "test_recall", "test_tpr_at_fpr_1pct", "test_tpr_at_fpr_5pct",
+            "test_tpr_at_fpr_10pct"} <= set(logged)
+    assert any(k.startswith("test_fpr__") for k in logged)  # per data source
+    assert logged["test_tpr_at_fpr_1pct"] <= logged["test_tpr_at_fpr_5pct"] <= logged["test_tpr_at_fpr_10pct"]
     artifacts = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
     assert {"plots/loss_curves.png", "plots/roc_curve.png", "plots/pr_curve.png", "plots/error_histogram.png"} <= artifacts
 
@@ -79,6 +86,8 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
         model = mlflow.pyfunc.load_model(f"models:/{result['model_name']}/{result['model_version']}")
     version_description = client.get_model_version(result["model_name"], result["model_version"]).description
     assert f"reconstruction_error > {result['test_metrics']['threshold']:.6g}" in version_description
+    assert "at most 5% of its benign apps are flagged" in version_description
+    assert f"benign FPR {logged['test_fpr']:.3f}" in version_description and "TPR) at a benign FPR of" in version_description
     assert "476 numeric columns" in version_description and "sc_execve" in version_description
     table = TableRef(repo, summary["merge_commit"], schema.MART_NAMESPACE, schema.FCT_TABLE)
     batch = spark.table(iceberg.qualified(spark, table)).limit(32).toPandas()

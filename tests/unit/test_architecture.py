@@ -89,7 +89,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("pyspark", "dfp_spark
     TrainConfig(),
     TrainConfig(repo="r", ref="a" * 64, snapshot_id="123", max_rows_per_split=7, train_on="all", latent_dim=3,
                 hidden_dims=(9, 5, 4), dropout=0.0, lr=0.01, weight_decay=0.0, batch_size=2, max_epochs=3,
-                patience=0, seed=5, deterministic=False, threshold_quantile=0.99, accelerator="cpu", devices="1",
+                patience=0, seed=5, deterministic=False, target_fpr=0.01, accelerator="cpu", devices="1",
                 strategy="ddp", num_nodes=2, experiment_name="e", model_name="m", model_alias="a",
                 evaluate_baselines=False),
 ])

@@ -268,7 +268,7 @@ def test_training_lowers_val_loss_and_separates(data, trained):
     assert hist["train_loss"][-1] < hist["train_loss"][0]
     errs, y = trained["errors"]["test"], data["y"]["test"]
     assert roc_auc_score(y, errs) > 0.9
-    thr = M.benign_threshold(trained["errors"]["val"], data["y"]["val"], 0.95)
+    thr = M.threshold_for_fpr(trained["errors"]["val"], data["y"]["val"], 0.05)
     result = M.evaluate(errs, y, data["frames"]["test"]["data_source"].to_numpy(), thr)
     assert result["test_roc_auc"] > 0.9
     assert result["test_recon_loss_malware"] > result["test_recon_loss_benign"]
@@ -321,14 +321,37 @@ def test_metrics_perfect_separation():
     assert M.evaluate(errors, labels, None, threshold=0.8)["test_recall"] == 0.5
 
 
-def test_benign_threshold_quantile():
-    benign = np.arange(101) / 100.0
+def test_threshold_for_fpr_flags_at_most_the_target_share_of_benign():
+    benign = np.arange(100) / 100.0  # 0.00 .. 0.99
     errors = np.r_[benign, [50.0, 60.0]]
-    labels = np.r_[np.zeros(101, int), [1, 1]]
-    assert M.benign_threshold(errors, labels, 0.95) == pytest.approx(0.95)
-    assert M.benign_threshold(errors, labels, 0.5) == pytest.approx(np.quantile(benign, 0.5))
+    labels = np.r_[np.zeros(100, int), [1, 1]]
+    # 5 of 100 benign may be flagged: the threshold is the 6th largest, 0.94 (0.95..0.99 lie above).
+    assert M.threshold_for_fpr(errors, labels, 0.05) == pytest.approx(0.94)
+    assert M.false_positive_rate(errors, labels, 0.94) == pytest.approx(0.05)
+    assert M.threshold_for_fpr(errors, labels, 0.0) == pytest.approx(0.99)  # nothing benign flagged
+    assert M.threshold_for_fpr(errors, labels, 0.051) == pytest.approx(0.94)  # never over the target
+    # Ties: 10 equal benign errors cannot be half-flagged, so none of them is.
+    tied = np.r_[np.zeros(90), np.ones(10)]
+    assert M.false_positive_rate(tied, np.zeros(100, int), M.threshold_for_fpr(tied, np.zeros(100, int), 0.05)) == 0.0
     with pytest.raises(DatasetError, match="no benign"):
-        M.benign_threshold(errors[-2:], labels[-2:])
+        M.threshold_for_fpr(errors[-2:], labels[-2:], 0.05)
+    with pytest.raises(ValueError, match="target_fpr"):
+        M.threshold_for_fpr(errors, labels, 1.0)
+
+
+def test_tpr_at_fpr_reads_the_roc_curve():
+    # 100 benign 0..99, 10 malware: 5 above every benign, 5 in the benign range (at 96..100 ranks).
+    errors = np.r_[np.arange(100.0), [200.0] * 5, [97.5, 96.5, 95.5, 94.5, 93.5]]
+    labels = np.r_[np.zeros(100, int), np.ones(10, int)]
+    assert M.tpr_at_fpr(errors, labels, 0.0) == pytest.approx(0.5)
+    # at most 1 benign flagged (99): malware above 98 -> only the five 200s
+    assert M.tpr_at_fpr(errors, labels, 0.01) == pytest.approx(0.5)
+    assert M.tpr_at_fpr(errors, labels, 0.05) == pytest.approx(0.9)  # benign 95..99 flagged: 97.5, 96.5, 95.5, 94.5 caught
+    assert M.tpr_at_fpr(errors, labels, 0.10) == pytest.approx(1.0)
+    out = M.evaluate(errors, labels, None, threshold=94.0)
+    assert out["test_tpr_at_fpr_1pct"] == pytest.approx(0.5) and out["test_tpr_at_fpr_10pct"] == 1.0
+    assert out["test_fpr"] == pytest.approx(0.05)  # 95..99 above 94
+    assert M.fpr_key(0.05) == "tpr_at_fpr_5pct" and M.fpr_key(0.001) == "tpr_at_fpr_0_1pct"
 
 
 def test_metrics_match_sklearn_and_per_source():
@@ -345,7 +368,7 @@ def test_metrics_match_sklearn_and_per_source():
     assert out["test_roc_auc"] == pytest.approx(roc_auc_score(labels, errors))
     for src in ("emulator", "real_device"):
         m = sources == src
-        for key in ("roc_auc", "pr_auc", "precision", "recall", "f1"):
+        for key in ("roc_auc", "pr_auc", "precision", "recall", "f1", "fpr", "tpr_at_fpr_5pct"):
             assert f"test_{key}__{src}" in out
         assert out[f"test_roc_auc__{src}"] == pytest.approx(roc_auc_score(labels[m], errors[m]))
         assert out[f"test_f1__{src}"] == pytest.approx(f1_score(labels[m], pred[m]))
@@ -358,7 +381,11 @@ def test_metrics_single_class_source_skipped():
     sources = np.array(["emulator", "emulator", "real_device", "real_device", "real_device"])
     out = M.evaluate(errors, labels, sources, 0.5)
     assert "test_roc_auc__emulator" in out
-    assert not any(k.endswith("__real_device") for k in out)
+    # One class on real_device: no AUC, precision or recall there, but its benign FPR counts.
+    assert [k for k in out if k.endswith("__real_device")] == ["test_fpr__real_device"]
+    lower = M.evaluate(errors, labels, sources, 0.25)
+    assert lower["test_fpr__real_device"] == pytest.approx(2 / 3) and lower["test_fpr__emulator"] == 0.0
+    assert lower["test_fpr"] == pytest.approx(0.5)
     # a split without malware: no AUC keys, no crash
     benign_only = M.evaluate(errors[labels == 0], labels[labels == 0], None, 0.5)
     assert "test_roc_auc" not in benign_only and benign_only["test_recall"] == 0.0
@@ -394,10 +421,10 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
     from dfp_core.serving.scorer import KronodroidScorer, load_network
 
     model, pre = trained["model"], data["pre"]
-    thr = M.benign_threshold(trained["errors"]["val"], data["y"]["val"], 0.95)
-    arts = build_model_artifacts(model, pre, thr, 0.95, tmp_path / "artifacts")
+    thr = M.threshold_for_fpr(trained["errors"]["val"], data["y"]["val"], 0.05)
+    arts = build_model_artifacts(model, pre, thr, 0.05, tmp_path / "artifacts")
     assert set(arts) == {"network_state", "network_config", "preprocessor", "threshold"}
-    assert json.loads(open(arts["threshold"]).read()) == {"threshold": thr, "quantile": 0.95}
+    assert json.loads(open(arts["threshold"]).read()) == {"threshold": thr, "target_fpr": 0.05}
     # The plain network takes the LightningModule's state dict as it is.
     network = load_network(arts["network_state"], arts["network_config"])
     frame = data["frames"]["test"]
@@ -414,7 +441,7 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
             # An experiment of this store: another test may have made a different one active.
             experiment = mlflow.set_experiment("pyfunc-roundtrip")
             with mlflow.start_run(experiment_id=experiment.experiment_id):
-                info = log_scorer_model(model, pre, thr, 0.95, as_model_input(frame.head(3)), tmp_path / "log")
+                info = log_scorer_model(model, pre, thr, 0.05, as_model_input(frame.head(3)), tmp_path / "log")
         local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "downloaded")))
         # Logged from code: no pickle, only the inference modules, pinned requirements.
         assert not list(local.rglob("*.pkl"))

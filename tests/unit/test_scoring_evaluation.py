@@ -107,7 +107,7 @@ def logged(trained, tmp_path_factory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mlflow.start_run(experiment_id=experiment):
-                info = log_scorer_model(trained["model"], trained["preprocessor"], trained["threshold"], 0.95,
+                info = log_scorer_model(trained["model"], trained["preprocessor"], trained["threshold"], 0.05,
                                         as_model_input(trained["frames"]["test"].head(3)), tmp / "log")
                 digest = record_model_digest(info.model_uri)
             version = mlflow.register_model(info.model_uri, "kd-scoring-test", tags={MODEL_DIGEST_TAG: digest}).version

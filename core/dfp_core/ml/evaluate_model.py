@@ -1,6 +1,6 @@
-"""``dfp evaluate``: a registered model version against PCA, IsolationForest and a
-supervised RandomForest on its own (rebuilt, verified) splits, or under a time
-split for concept drift; logged to the model's training run."""
+"""``dfp evaluate``: a registered model version at its operating point, and against
+PCA, IsolationForest and a supervised RandomForest on its own (rebuilt, verified)
+splits, or under a time split for concept drift; logged to the model's training run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
     import mlflow
     import pandas as pd
 
-    from dfp_core.ml.evaluation import compare_models, time_split_evaluation
+    from dfp_core.ml.evaluation import LATER, compare_models, time_split_evaluation
     from dfp_core.ml.scoring import load_model
 
     if time_split and train_end_year is None:
@@ -41,11 +41,15 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
             frame = pd.concat(data.frames.values(), ignore_index=True)
             metrics, table = time_split_evaluation(frame, train_end_year, config, plots_dir=plots)
             kind = "drift"
+            operating_point = {"target_fpr": float(metrics["drift_target_fpr"]),
+                               "threshold": float(metrics["drift_threshold"]),
+                               **{k: v for k, v in metrics.items() if k.endswith(f"__autoencoder__{LATER}")}}
         else:
             scorer = load_model(rt, f"models:/{name}/{model.version}").unwrap_python_model()
             metrics, table = compare_models(data.frames, scorer.network, scorer.preprocessor, seed=config.seed,
                                             train_on=config.train_on, plots_dir=plots)
             kind = "comparison"
+            operating_point = model_operating_point(scorer, data.frames["test"])
         table_path = Path(tmp) / f"{kind}.csv"
         table.to_csv(table_path, index=False)
         if log:
@@ -53,5 +57,16 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
                 mlflow.log_metrics(metrics)
                 mlflow.log_artifact(str(table_path), artifact_path="evaluation")
                 mlflow.log_artifacts(str(plots), artifact_path="evaluation")
-    return {"model": name, "version": model.version, "run_id": model.run_id, "mode": kind, "metrics": metrics,
-            "table": table.to_dict(orient="records"), "logged": log}
+    return {"model": name, "version": model.version, "run_id": model.run_id, "mode": kind,
+            "operating_point": operating_point, "metrics": metrics, "table": table.to_dict(orient="records"),
+            "logged": log}
+
+
+def model_operating_point(scorer: Any, test_frame) -> dict[str, Any]:
+    """The version's own threshold on its test split: precision, recall, F1 and the benign
+    FPR reached (overall and per data source), and the TPR of its score at 1/5/10% FPR."""
+    from dfp_core.ml.metrics import evaluate
+
+    errors = scorer.predict(None, test_frame)["reconstruction_error"].to_numpy()
+    figures = evaluate(errors, test_frame["label"].to_numpy(), test_frame["data_source"].to_numpy(), scorer.threshold)
+    return {"target_fpr": scorer.target_fpr, **figures}

@@ -12,9 +12,10 @@ drift. The autoencoder is trained by ``fit.fit_and_evaluate``, the very code of
 a training run.
 
 Both return ``(metrics, table)`` and log nothing: metric keys are valid MLflow
-names (``eval_roc_auc__pca__emulator``, ``drift_pr_auc__autoencoder__2017``), a
-key is omitted when its AUC is undefined (one class only), and ``table`` has
-one row per (method, group) where both classes are present.
+names (``eval_roc_auc__pca__emulator``, ``drift_pr_auc__autoencoder__2017``,
+``eval_tpr_at_fpr_5pct__isolation_forest``), a key is omitted when it is
+undefined (one class only), and ``table`` has one row per (method, group) where
+both classes are present: ROC-AUC, PR-AUC and the TPR at 1%, 5% and 10% FPR.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.ml import baselines
-from dfp_core.ml.metrics import SOURCE_SEP, metric_key_part
+from dfp_core.ml.metrics import REPORTED_FPRS, SOURCE_SEP, fpr_key, metric_key_part, tpr_at_fpr
 
 METHODS = ("autoencoder", "pca", "isolation_forest", "random_forest")
 ALL = "all"
@@ -39,6 +40,8 @@ IN_PERIOD = "in_period"  # the held-out slice of the training years
 LATER = "later"  # every year after train_end_year, pooled
 COMPARE_PLOTS = ("compare_roc.png", "compare_pr.png")
 DRIFT_PLOTS = ("drift_roc_auc.png", "drift_pr_auc.png")
+AT_THRESHOLD = ("precision", "recall", "f1", "fpr")
+TPR_COLUMNS = tuple(fpr_key(f) for f in REPORTED_FPRS)  # tpr_at_fpr_1pct, ..._5pct, ..._10pct
 
 
 def _labels(frame: pd.DataFrame, name: str) -> np.ndarray:
@@ -88,9 +91,10 @@ def _auc_table(scores: Mapping[str, np.ndarray], y: np.ndarray, groups: list[tup
             rows.append({
                 "method": method, group_column: group,
                 "roc_auc": float(roc_auc_score(yy, ss)), "pr_auc": float(average_precision_score(yy, ss)),
+                **{fpr_key(f): tpr_at_fpr(ss, yy, f) for f in REPORTED_FPRS},
                 "n": int(mask.sum()), "n_malware": int(yy.sum()),
             })
-    columns = ["method", group_column, "roc_auc", "pr_auc", "n", "n_malware"]
+    columns = ["method", group_column, "roc_auc", "pr_auc", *TPR_COLUMNS, "n", "n_malware"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -99,7 +103,7 @@ def _metrics(table: pd.DataFrame, prefix: str, group_column: str, overall: Any =
     for row in table.itertuples(index=False):
         group = getattr(row, group_column)
         suffix = "" if group == overall else SOURCE_SEP + metric_key_part(group)
-        for name in ("roc_auc", "pr_auc"):
+        for name in ("roc_auc", "pr_auc", *TPR_COLUMNS):
             out[f"{prefix}_{name}{SOURCE_SEP}{row.method}{suffix}"] = float(getattr(row, name))
     return out
 
@@ -110,7 +114,7 @@ def compare_models(frames: Mapping[str, pd.DataFrame], ae_model: Any, preprocess
     with the baselines fit on ``frames["train"]`` (``preprocessor`` must be the
     autoencoder's, already fitted). Returns ``(metrics, table)``: keys
     ``eval_{roc_auc,pr_auc}__<method>`` and ``..__<method>__<data_source>``; table
-    columns method, data_source (``"all"`` overall), roc_auc, pr_auc, n, n_malware.
+    columns method, data_source (``"all"`` overall), roc_auc, pr_auc, the TPR columns, n, n_malware.
     With ``plots_dir``: ``compare_roc.png`` and ``compare_pr.png`` (overall curves).
     """
     for split in ("train", "test"):
@@ -207,9 +211,11 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
 
     Returns ``(metrics, table)``: keys ``drift_{roc_auc,pr_auc}__<method>__<year>``,
     ``..__in_period``, ``..__later``, plus ``drift_threshold``, ``drift_train_rows``,
-    ``drift_val_rows``, ``drift_eval_rows``, ``drift_epochs_trained``; table columns
+    ``drift_val_rows``, ``drift_eval_rows``, ``drift_epochs_trained``, ``drift_target_fpr``
+    and the autoencoder at its threshold on the later years
+    (``drift_{precision,recall,f1,fpr}__autoencoder__later``); table columns
     method, period (``in_period``, ``later`` or the year), year (Int64, null for
-    the two pooled groups), roc_auc, pr_auc, n, n_malware. With ``plots_dir``:
+    the two pooled groups), roc_auc, pr_auc, the TPR columns, n, n_malware. With ``plots_dir``:
     ``drift_roc_auc.png`` and ``drift_pr_auc.png``.
     """
     from dfp_core.kronodroid.reader import sample_years
@@ -260,7 +266,12 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
         "drift_val_rows": float(len(val_frame)),
         "drift_eval_rows": float(len(later)),
         "drift_epochs_trained": float(result["metrics"]["epochs_trained"]),
+        "drift_target_fpr": float(cfg.target_fpr),
     })
+    # The autoencoder at its threshold (set for the FPR target on the training years), on the later years.
+    for name in AT_THRESHOLD:
+        if f"test_{name}" in result["metrics"]:
+            metrics[f"drift_{name}{SOURCE_SEP}autoencoder{SOURCE_SEP}{LATER}"] = float(result["metrics"][f"test_{name}"])
     if plots_dir is not None:
         plot_drift(table, Path(plots_dir), train_end_year)
     return metrics, table

@@ -1,6 +1,6 @@
 """Fit and evaluate the autoencoder on train/val/test frames: preprocessing
 fitted on the training rows, a Lightning fit with early stopping on validation
-loss, the threshold from benign validation errors, test metrics and plots.
+loss, the threshold for the target benign FPR on validation, test metrics and plots.
 
 The same code serves a training run, a retrain by ``dfp reproduce`` and the
 drift evaluation; it knows nothing of lakeFS, Feast or MLflow.
@@ -71,8 +71,10 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     trainer.fit(model, datamodule=datamodule)
 
     errors = {split: model.reconstruction_error(_tensor(x)).numpy() for split, (x, _, _) in arrays.items()}
-    threshold = metrics.benign_threshold(errors["val"], val_y, config.threshold_quantile)
+    threshold = metrics.threshold_for_fpr(errors["val"], val_y, config.target_fpr)
     results = metrics.evaluate(errors["test"], test_y, test_src, threshold)
+    results["target_fpr"] = float(config.target_fpr)
+    results["val_fpr"] = metrics.false_positive_rate(errors["val"], val_y, threshold)
     for split in ("train", "val"):
         results[f"{split}_recon_loss"] = metrics.recon_loss(errors[split])
     results["epochs_trained"] = float(trainer.current_epoch)

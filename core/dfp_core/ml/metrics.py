@@ -1,14 +1,18 @@
-"""Evaluation of reconstruction errors as malware scores.
+"""Evaluation of reconstruction errors as malware scores, at an operating point.
 
 Malware is the positive class; a row is flagged when its error is strictly
-greater than the threshold. Keys are flat, stable and valid MLflow metric
-names; per-data-source metrics carry a ``__<source>`` suffix (e.g.
-``test_roc_auc__emulator``).
+greater than the threshold. The threshold is chosen for a target benign
+false-positive rate on validation (``threshold_for_fpr``); the test figures
+then say what an analyst gets there: precision, recall, F1 and the benign FPR
+actually reached, plus the TPR at 1%, 5% and 10% FPR of the score itself.
 
-Keys are omitted rather than set to NaN when they are undefined: the AUCs when
-only one class is present, ``test_recon_loss_benign``/``_malware`` when that
-class has no rows, and the whole per-source set for a source with fewer than
-two classes.
+Keys are flat, stable and valid MLflow metric names; per-data-source metrics
+carry a ``__<source>`` suffix (e.g. ``test_roc_auc__emulator``). Keys are
+omitted rather than set to NaN when they are undefined: the AUCs and TPRs when
+only one class is present, ``fpr`` without benign rows,
+``test_recon_loss_benign``/``_malware`` when that class has no rows, and a
+source's class-based keys when it has one class (its ``fpr`` is kept when it
+has benign rows).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from dfp_core.errors import DatasetError
 
@@ -52,19 +56,45 @@ def recon_loss(errors) -> float:
     return float(_errors(errors).mean())
 
 
-def benign_threshold(val_errors, val_labels, quantile: float = 0.95) -> float:
-    """The ``quantile`` of the benign validation errors (numpy's linear interpolation)."""
-    if not 0.0 < float(quantile) <= 1.0:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+# What a result says about its operating point, beside the test_* figures.
+OPERATING_POINT_KEYS = ("threshold", "target_fpr", "val_fpr")
+# The false-positive rates at which every evaluation reports the TPR of the score.
+REPORTED_FPRS = (0.01, 0.05, 0.10)
+
+
+def fpr_key(fpr: float) -> str:
+    """``tpr_at_fpr_5pct`` for 0.05: the metric name of the TPR at that FPR."""
+    return f"tpr_at_fpr_{100 * float(fpr):g}pct".replace(".", "_")
+
+
+def threshold_for_fpr(val_errors, val_labels, target_fpr: float) -> float:
+    """The lowest threshold at which at most ``target_fpr`` of the benign validation
+    errors lie strictly above it (ties never push the validation FPR over the target)."""
+    if not 0.0 <= float(target_fpr) < 1.0:
+        raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
     errs = _errors(val_errors, "validation errors")
     benign = errs[_labels(val_labels, errs.size) == 0]
     if benign.size == 0:
         raise DatasetError("the validation split has no benign rows to set the threshold from")
-    return float(np.quantile(benign, float(quantile)))
+    allowed = int(np.floor(float(target_fpr) * benign.size + 1e-9))  # benign rows that may be flagged
+    return float(np.sort(benign)[::-1][allowed])
+
+
+def false_positive_rate(errors: np.ndarray, labels: np.ndarray, threshold: float) -> float | None:
+    """The share of benign rows flagged at ``threshold`` (None without benign rows)."""
+    benign = errors[labels == 0]
+    return float((benign > threshold).mean()) if benign.size else None
+
+
+def tpr_at_fpr(errors: np.ndarray, labels: np.ndarray, fpr: float) -> float:
+    """The highest TPR of the score at a benign FPR of at most ``fpr`` (both classes needed)."""
+    curve_fpr, curve_tpr, _ = roc_curve(labels, errors, drop_intermediate=False)
+    return float(curve_tpr[curve_fpr <= float(fpr) + 1e-12].max())
 
 
 def classification_metrics(errors: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """roc_auc, pr_auc (only with both classes), precision, recall, f1 at the threshold."""
+    """roc_auc, pr_auc and the TPR at each reported FPR (only with both classes);
+    precision, recall, f1 and the benign fpr (with benign rows) at the threshold."""
     pred = (errors > threshold).astype(np.int64)
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, pred, average="binary", pos_label=1, zero_division=0
@@ -73,7 +103,11 @@ def classification_metrics(errors: np.ndarray, labels: np.ndarray, threshold: fl
     if np.unique(labels).size == 2:
         out["roc_auc"] = float(roc_auc_score(labels, errors))
         out["pr_auc"] = float(average_precision_score(labels, errors, pos_label=1))
+        out.update({fpr_key(f): tpr_at_fpr(errors, labels, f) for f in REPORTED_FPRS})
     out.update(precision=float(precision), recall=float(recall), f1=float(f1))
+    fpr = false_positive_rate(errors, labels, threshold)
+    if fpr is not None:
+        out["fpr"] = fpr
     return out
 
 
@@ -105,9 +139,13 @@ def evaluate(
         src = src.astype(str)
         for source in sorted(set(src)):
             mask = src == source
-            if np.unique(y[mask]).size < 2:
-                continue  # AUC/PR undefined, and F1 of one class is misleading
             part = metric_key_part(source)
+            if np.unique(y[mask]).size < 2:
+                # AUC/PR undefined and F1 of one class misleading; the benign FPR still counts.
+                fpr = false_positive_rate(errs[mask], y[mask], threshold)
+                if fpr is not None:
+                    out[f"{prefix}_fpr{SOURCE_SEP}{part}"] = fpr
+                continue
             for key, value in classification_metrics(errs[mask], y[mask], threshold).items():
                 out[f"{prefix}_{key}{SOURCE_SEP}{part}"] = value
     return out

@@ -39,7 +39,7 @@ SCORER_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas")
 
 
 def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", threshold: float,
-                          quantile: float | None, out_dir: str | Path) -> dict[str, str]:
+                          target_fpr: float | None, out_dir: str | Path) -> dict[str, str]:
     """The scorer's four files in ``out_dir``; the mapping for ``log_model(artifacts=...)``."""
     if model.hparams.input_dim != preprocessor.n_features:
         raise DatasetError(
@@ -52,7 +52,7 @@ def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preproc
     paths["network_config"].write_text(json.dumps(model.network_config(), indent=1) + "\n")
     preprocessor.save(paths["preprocessor"])
     paths["threshold"].write_text(
-        json.dumps({"threshold": float(threshold), "quantile": None if quantile is None else float(quantile)}) + "\n"
+        json.dumps({"threshold": float(threshold), "target_fpr": None if target_fpr is None else float(target_fpr)}) + "\n"
     )
     return {name: str(p) for name, p in paths.items()}
 
@@ -132,12 +132,12 @@ def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -
 
 
 def log_scorer_model(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", threshold: float,
-                     quantile: float | None, example: pd.DataFrame, workdir: str | Path):
+                     target_fpr: float | None, example: pd.DataFrame, workdir: str | Path):
     """Log the scorer into the active MLflow run as ``model``; returns MLflow's ModelInfo."""
     import mlflow
 
     workdir = Path(workdir)
-    artifacts = build_model_artifacts(model, preprocessor, threshold, quantile, workdir / "artifacts")
+    artifacts = build_model_artifacts(model, preprocessor, threshold, target_fpr, workdir / "artifacts")
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE), artifacts=artifacts,
         code_paths=[stage_inference_code(workdir / "code")], signature=model_signature(), input_example=example,
@@ -145,28 +145,55 @@ def log_scorer_model(model: "KronodroidAutoencoder", preprocessor: "Preprocessor
     )
 
 
-def model_description(threshold: float, quantile: float | None, metrics: dict[str, float],
+def _percent(value: float) -> str:
+    return f"{100 * value:.3g}%"
+
+
+def operating_point_lines(threshold: float, target_fpr: float | None, metrics: dict[str, float]) -> list[str]:
+    """The operating point in words: the FPR target and threshold, what the test split
+    shows there (overall and per data source), and the TPR of the score at fixed FPRs."""
+    from dfp_core.ml.metrics import REPORTED_FPRS, SOURCE_SEP, fpr_key
+
+    chosen = (f"set on the validation split so that at most {_percent(target_fpr)} of its benign apps are flagged "
+              f"(reached there: {_percent(metrics['val_fpr'])})" if target_fpr is not None and "val_fpr" in metrics
+              else f"set for a benign false-positive rate of {_percent(target_fpr)}" if target_fpr is not None
+              else "set by hand")
+    lines = [f"Operating point: is_anomaly = reconstruction_error > {threshold:.6g}, {chosen}."]
+    measured = ", ".join(f"{name} {metrics[f'test_{key}']:.3f}" for key, name in (
+        ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("fpr", "benign FPR"))
+        if f"test_{key}" in metrics)
+    if measured:
+        lines.append(f"Test split at that threshold: {measured}.")
+    per_source = [f"{key.split(SOURCE_SEP, 1)[1]} {_percent(value)}" for key, value in sorted(metrics.items())
+                  if key.startswith(f"test_fpr{SOURCE_SEP}")]
+    if per_source:
+        lines.append(f"Benign FPR on test per data source: {', '.join(per_source)}.")
+    curve = [f"{_percent(metrics[f'test_{fpr_key(f)}'])} at {_percent(f)}" for f in REPORTED_FPRS
+             if f"test_{fpr_key(f)}" in metrics]
+    if curve:
+        auc = f", ROC-AUC {metrics['test_roc_auc']:.3f}" if "test_roc_auc" in metrics else ""
+        lines.append(f"Malware caught (TPR) at a benign FPR of: {', '.join(curve)}{auc}.")
+    return lines
+
+
+def model_description(threshold: float, target_fpr: float | None, metrics: dict[str, float],
                       features: Sequence[str] | None = None) -> str:
-    """What a registered version says about itself: the score, the threshold and how it was
-    chosen, the input (feature groups; the full list is the model's signature), the output."""
+    """What a registered version says about itself: the score, its operating point (FPR
+    target, threshold, test figures there), the input (feature groups; the full list is the
+    model's signature), the output."""
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
     names = list(features or FEATURE_COLUMNS)
     syscalls = [n for n in names if n.startswith("sc_")]
     permissions = [n for n in names if n.startswith("perm_")]
     metadata_cols = [n for n in names if not n.startswith(("sc_", "perm_"))]
-    chosen = (f"the {quantile:.4g} quantile of the reconstruction errors of the benign apps of the validation split, "
-              f"so about {100 * (1 - quantile):.3g}% of benign apps like those are flagged") if quantile else "set by hand"
-    measured = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("test_roc_auc", "test_precision", "test_recall", "test_f1")
-                         if k in metrics)
     return "\n".join([
         "KronoDroid Android malware detector: an autoencoder trained on benign apps; an app that it reconstructs "
         "badly is unlike the benign apps it learned.",
         "",
         "Score: reconstruction_error, the mean squared error of the app's preprocessed features (median imputation, "
         "log1p, standardisation with train statistics, clipped to +-5): higher is more anomalous.",
-        f"Threshold: is_anomaly = reconstruction_error > {threshold:.6g}, {chosen}.",
-        *([f"Test split at that threshold: {measured}."] if measured else []),
+        *operating_point_lines(threshold, target_fpr, metrics),
         "",
         f"Input: one row per app with {len(names)} numeric columns (missing values are imputed; a missing column or a "
         f"non-number is refused with HTTP 400 naming it): {len(syscalls)} system-call counts (sc_*, e.g. "

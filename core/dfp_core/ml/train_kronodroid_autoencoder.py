@@ -4,8 +4,8 @@ its data lineage.
 
 Flow: resolve the ref to a commit -> one Feast historical retrieval of the
 three splits -> ``fit.fit_and_evaluate`` (preprocessing fitted on the training
-rows, Lightning fit with early stopping, threshold from benign validation
-errors, test metrics) -> MLflow params, per-epoch metrics, plots, pyfunc model,
+rows, Lightning fit with early stopping, threshold for the target benign FPR on
+validation, test metrics at that operating point) -> MLflow params, per-epoch metrics, plots, pyfunc model,
 registry version with the nine lineage tags (on the run too).
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dfp_core import lineage
 from dfp_core.kronodroid import schema
 from dfp_core.ml.fit import fit_and_evaluate
+from dfp_core.ml.metrics import OPERATING_POINT_KEYS
 from dfp_core.errors import DfpError, TrackingError
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
@@ -192,17 +193,17 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             mlflow.log_artifact(str(workdir / "preprocessor.json"), artifact_path="preprocessing")
             example = as_model_input(data.frames["test"].head(5))
             model_info = log_scorer_model(result["model"], result["preprocessor"], result["threshold"],
-                                          config.threshold_quantile, example, workdir / "model")
+                                          config.target_fpr, example, workdir / "model")
             model_digest = record_model_digest(model_info.model_uri)
             mlflow.set_tag(MODEL_DIGEST_TAG, model_digest)
         version = None
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):
             if config.register:
-                description = model_description(result["threshold"], config.threshold_quantile, result["metrics"])
+                description = model_description(result["threshold"], config.target_fpr, result["metrics"])
                 version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name,
                                                 {**tags, MODEL_DIGEST_TAG: model_digest}, config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")
-    test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith(("test_", "eval_")) or k == "threshold"}
+    test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith(("test_", "eval_")) or k in OPERATING_POINT_KEYS}
     return {
         "run_id": run.info.run_id, "experiment_id": experiment.experiment_id,
         "model_name": config.model_name, "model_version": version, "model_alias": config.model_alias if version else None,

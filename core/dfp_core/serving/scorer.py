@@ -53,7 +53,7 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
         self.network: AutoencoderNetwork | None = None
         self.preprocessor: Preprocessor | None = None
         self.threshold: float | None = None
-        self.quantile: float | None = None
+        self.target_fpr: float | None = None  # the benign FPR the threshold was set for
 
     def load_context(self, context) -> None:
         artifacts = context.artifacts
@@ -63,7 +63,11 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
         self.network = load_network(artifacts["network_state"], artifacts["network_config"])
         self.preprocessor = Preprocessor.load(artifacts["preprocessor"])
         threshold = json.loads(Path(artifacts["threshold"]).read_text())
-        self.threshold, self.quantile = float(threshold["threshold"]), threshold.get("quantile")
+        self.threshold = float(threshold["threshold"])
+        if threshold.get("target_fpr") is not None:
+            self.target_fpr = float(threshold["target_fpr"])
+        elif threshold.get("quantile") is not None:  # versions before the FPR target: the benign quantile
+            self.target_fpr = 1.0 - float(threshold["quantile"])
 
     @classmethod
     def from_artifacts(cls, artifacts: Mapping[str, str]) -> "KronodroidScorer":

@@ -36,7 +36,7 @@ def train_kronodroid_autoencoder(
     max_epochs: int,
     patience: int,
     train_seed: int,
-    threshold_quantile: float,
+    target_fpr: float,
     accelerator: str,
     devices: str,
     strategy: str,
