@@ -19,7 +19,7 @@ pytest.importorskip("lightning")
 pytest.importorskip("mlflow")
 pytest.importorskip("sklearn")
 
-from sklearn.metrics import roc_auc_score  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from dfp_core.kronodroid import schema  # noqa: E402
 from dfp_core.errors import ConfigError, InputDataError  # noqa: E402
@@ -301,22 +301,57 @@ def test_baselines_separate_and_are_deterministic():
 
 # -- comparison and drift ------------------------------------------------------------
 
+def test_threshold_meets_the_target_fpr_on_validation(trained):
+    from dfp_core.ml.metrics import false_positive_rate
+
+    figures = trained["metrics"]
+    assert figures["target_fpr"] == 0.05 and figures["val_fpr"] <= 0.05
+    val = trained["frames"]["val"]
+    y = val["label"].to_numpy()
+    assert false_positive_rate(trained["errors"]["val"], y, trained["threshold"]) == figures["val_fpr"]
+    # the lowest such threshold: one step lower would flag one more benign validation app
+    benign = np.sort(trained["errors"]["val"][y == 0])
+    below = benign[benign < trained["threshold"]]
+    assert ((benign > below.max()).sum() / benign.size) > 0.05
+    for key in ("test_fpr", "test_tpr_at_fpr_1pct", "test_tpr_at_fpr_5pct", "test_tpr_at_fpr_10pct"):
+        assert 0.0 <= figures[key] <= 1.0
+
+
+def test_description_states_the_operating_point():
+    from dfp_core.ml.pyfunc import model_description
+
+    figures = {"val_fpr": 0.048, "test_precision": 0.71, "test_recall": 0.6, "test_f1": 0.65, "test_fpr": 0.052,
+               "test_fpr__emulator": 0.04, "test_fpr__real_device": 0.061, "test_roc_auc": 0.93,
+               "test_tpr_at_fpr_1pct": 0.2, "test_tpr_at_fpr_5pct": 0.55, "test_tpr_at_fpr_10pct": 0.8}
+    text = model_description(0.123456789, 0.05, figures)
+    assert "is_anomaly = reconstruction_error > 0.123457, set on the validation split so that at most 5% of its " \
+           "benign apps are flagged (reached there: 4.8%)." in text
+    assert "Test split at that threshold: precision 0.710, recall 0.600, F1 0.650, benign FPR 0.052." in text
+    assert "Benign FPR on test per data source: emulator 4%, real_device 6.1%." in text
+    assert "Malware caught (TPR) at a benign FPR of: 20% at 1%, 55% at 5%, 80% at 10%, ROC-AUC 0.930." in text
+    assert "set by hand" in model_description(1.0, None, {})
+
+
 def test_compare_models(trained, tmp_path):
     metrics, table = compare_models(trained["frames"], trained["model"], trained["preprocessor"], seed=0,
                                     plots_dir=tmp_path)
-    assert list(table.columns) == ["method", "data_source", "roc_auc", "pr_auc", "n", "n_malware"]
+    assert list(table.columns) == ["method", "data_source", "roc_auc", "pr_auc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct",
+                                   "tpr_at_fpr_10pct", "n", "n_malware"]
     assert len(table) == len(METHODS) * 3 and set(table["method"]) == set(METHODS)
     assert set(table["data_source"]) == {"all", *schema.DATA_SOURCES}
     for method in METHODS:
-        for metric in ("roc_auc", "pr_auc"):
+        for metric in ("roc_auc", "pr_auc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct", "tpr_at_fpr_10pct"):
             assert 0.0 <= metrics[f"eval_{metric}__{method}"] <= 1.0
             for source in schema.DATA_SOURCES:
                 assert f"eval_{metric}__{method}__{source}" in metrics
-    assert len(metrics) == len(table) * 2
+    assert len(metrics) == len(table) * 5
     assert metrics["eval_roc_auc__random_forest"] > 0.8
     test = trained["frames"]["test"]
     direct = trained["model"].reconstruction_error(trained["preprocessor"].transform(test)).numpy()
     assert metrics["eval_roc_auc__autoencoder"] == pytest.approx(roc_auc_score(test["label"], direct))
+    # TPR at 5% FPR read off the ROC curve of the same scores
+    fpr, tpr, _ = roc_curve(test["label"], direct, drop_intermediate=False)
+    assert metrics["eval_tpr_at_fpr_5pct__autoencoder"] == pytest.approx(tpr[fpr <= 0.05].max())
     for name in COMPARE_PLOTS:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -334,7 +369,12 @@ def test_time_split_evaluation(tmp_path):
             for period in (*later, "in_period", "later"):
                 assert 0.0 <= metrics[f"drift_{metric}__{method}__{period}"] <= 1.0
     assert not any(k.endswith(("__2013", "__2012")) for k in metrics)
-    assert list(table.columns) == ["method", "period", "year", "roc_auc", "pr_auc", "n", "n_malware"]
+    assert list(table.columns) == ["method", "period", "year", "roc_auc", "pr_auc", "tpr_at_fpr_1pct",
+                                   "tpr_at_fpr_5pct", "tpr_at_fpr_10pct", "n", "n_malware"]
+    # The autoencoder at its own threshold (5% benign FPR on the training years' validation rows)
+    assert metrics["drift_target_fpr"] == 0.05
+    for name in ("precision", "recall", "f1", "fpr"):
+        assert 0.0 <= metrics[f"drift_{name}__autoencoder__later"] <= 1.0
     assert sorted(table["year"].dropna().unique().tolist()) == later
     per_year = table[table["year"].notna() & (table["method"] == "autoencoder")]
     assert per_year["n"].sum() == metrics["drift_eval_rows"]
