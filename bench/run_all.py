@@ -36,10 +36,11 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "quickstart": ([], ["--rows", "400", "--max-epochs", "1"]),
     "scoring": ([], ["--rows", "4000", "--train-rows", "1000"]),
     "profiles": ([], ["--rows", "2000", "--repeats", "1"]),
+    "detection": ([], ["--seeds", "0", "--variants", "default"]),
 }
 # Results files in the order the summary lists them (others follow, sorted).
 ORDER = ["transform", "stack", "training_lightning_vs_plain", "training_feast_vs_spark",
-         "training_quality_real_subset", "training_time_split_generated", "reproduce", "quickstart", "scoring", "profiles"]
+         "training_quality_real_subset", "training_time_split_generated", "reproduce", "quickstart", "scoring", "profiles", "detection"]
 # (results file, figure, comparison, target, what)
 TARGETS = [
     ("transform", "ratio_transform_to_baseline", "<=", 3.0, "transform vs pyarrow+fastavro baseline"),

@@ -1,0 +1,379 @@
+"""Detection at an operating point, on the real KronoDroid subset, under two splits.
+
+  .venv/bin/python bench/detection.py                  # both splits, every variant, seeds 0,1,2
+  .venv/bin/python bench/detection.py --seeds 0 --variants default,std_error
+
+Splits (the real 2019 subset, ``../shared/data/kronodroid/``):
+- ``random``: the project's own random split (``dfp_core.splits``, seed 42, 70/15/15);
+- ``month``: train on January to September (a seeded 15% of those months held out as
+  validation), test on October to December: the months a model never saw.
+
+For each split and seed: the autoencoder (the product's ``fit.fit_and_evaluate`` for
+``default``; variants of features, score, training or seeds beside it) and the three
+baselines (PCA, IsolationForest, supervised RandomForest). Each method's threshold is
+set for ``--target-fpr`` benign FPR on validation, as ``dfp train`` sets it. Figures:
+ROC-AUC, PR-AUC, TPR at 1/5/10% FPR, and precision, recall, F1 and the benign FPR
+reached on test at the threshold. Prints a JSON summary as its last line and writes
+``results/detection.json``. Needs no stack: it reads the CSV with the project's reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REAL_SUBSET, save  # noqa: E402
+from _common import log as _log  # noqa: E402
+
+TEST_MONTHS = (10, 11, 12)
+VARIANTS = ("default", "std_error", "error_mahalanobis", "latent_mahalanobis", "denoise", "flags_raw",
+            "ensemble5", "semi_supervised")
+BASELINES = ("pca", "isolation_forest", "random_forest")
+TARGETS = {"month": {"roc_auc": 0.90, "tpr_at_fpr_5pct": 0.60}, "random": {"roc_auc": 0.98}}
+
+
+def log(message: str) -> None:
+    _log("detection", message)
+
+
+def _quiet() -> None:
+    import lightning  # noqa: F401  (it sets its loggers' levels on import)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_subset(path: Path, tmp: Path):
+    """The subset as the project reads it (valid rows), with ``sample_month``."""
+    import shutil
+
+    from dfp_core.kronodroid.reader import read_kronodroid
+
+    folder = tmp / "real" / "real_device"
+    folder.mkdir(parents=True)
+    shutil.copy(path, folder / path.name)
+    frame, rejected = read_kronodroid(folder.parent)
+    frame = frame.copy()
+    frame["sample_month"] = frame["sample_date"].dt.month.astype("Int64")
+    log(f"{len(frame)} valid rows ({int(frame['label'].sum())} malware), {len(rejected)} rejected; "
+        f"undated {int(frame['sample_month'].isna().sum())}")
+    return frame
+
+
+def random_split(frame):
+    from dfp_core.splits import SplitSpec, assign_split
+
+    spec = SplitSpec()  # the project's default random split
+    split = np.array([assign_split(s, spec) for s in frame["sample_id"]])
+    return {name: frame[split == name].reset_index(drop=True) for name in ("train", "val", "test")}
+
+
+def month_split(frame, seed: int, val_fraction: float = 0.15):
+    months = frame["sample_month"]
+    pool = frame[(months.notna() & ~months.isin(TEST_MONTHS)).to_numpy()].reset_index(drop=True)
+    test = frame[months.isin(TEST_MONTHS).fillna(False).to_numpy()].reset_index(drop=True)
+    held = np.zeros(len(pool), dtype=bool)
+    held[np.random.default_rng(seed).permutation(len(pool))[: int(round(val_fraction * len(pool)))]] = True
+    return {"train": pool[~held].reset_index(drop=True), "val": pool[held].reset_index(drop=True), "test": test}
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def figures(val_scores, val_y, test_scores, test_y, target_fpr: float) -> dict:
+    from dfp_core.ml import metrics as M
+
+    threshold = M.threshold_for_fpr(val_scores, val_y, target_fpr)
+    out = M.evaluate(test_scores, test_y, None, threshold, prefix="test")
+    keep = ("roc_auc", "pr_auc", *(M.fpr_key(f) for f in M.REPORTED_FPRS), "precision", "recall", "f1", "fpr")
+    return {k: round(out[f"test_{k}"], 4) for k in keep if f"test_{k}" in out}
+
+
+def _zscore(scores, reference):
+    return (scores - reference.mean()) / (reference.std() + 1e-12)
+
+
+# --------------------------------------------------------------------------- the autoencoder and its variants
+
+
+class _Denoising:
+    """Mixin: corrupt the input (masking noise) during training only; the target stays clean."""
+
+    mask_rate = 0.1
+
+    def training_step(self, batch, batch_idx):
+        import torch
+        from torch import nn
+
+        from dfp_core.ml.model import batch_features
+
+        x = batch_features(batch)
+        noisy = x * (torch.rand_like(x) >= self.mask_rate)
+        loss = nn.functional.mse_loss(self(noisy), x)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+
+class _SemiSupervised:
+    """Mixin: benign rows are reconstructed (MSE); labelled malware rows of the training
+    split are pushed to an error of at least ``margin`` (hinge). Reported apart."""
+
+    margin = 2.0
+
+    def training_step(self, batch, batch_idx):
+        import torch
+
+        x, y = batch
+        err = ((self(x) - x) ** 2).mean(dim=1)
+        benign, malware = err[y == 0], err[y == 1]
+        loss = benign.mean() if benign.numel() else err.sum() * 0
+        if malware.numel():
+            loss = loss + torch.relu(self.margin - malware).mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+
+def _fit_network(cfg, train_x, val_x, seed: int, kind: str = "plain", train_y=None):
+    """The product's architecture and optimiser, trained with Lightning like a training run
+    (early stopping on benign validation loss); ``kind`` picks a training variant."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from dfp_core.ml.data import KronodroidDataModule
+    from dfp_core.ml.model import KronodroidAutoencoder
+
+    L.seed_everything(seed, workers=True)
+    bases = {"plain": (), "denoise": (_Denoising,), "semi": (_SemiSupervised,)}[kind]
+    cls = type(f"AE_{kind}", (*bases, KronodroidAutoencoder), {})
+    model = cls(input_dim=train_x.shape[1], hidden_dims=cfg.hidden_dims, latent_dim=cfg.latent_dim,
+                dropout=cfg.dropout, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    val_y = np.zeros(len(val_x), dtype=np.int64)
+    dm = KronodroidDataModule(train_x, val_x, None, np.zeros(len(train_x), dtype=np.int64), val_y,
+                              train_on="benign", batch_size=cfg.batch_size, seed=seed)
+    loaders = {"datamodule": dm}
+    if kind == "semi":  # batches carry the labels
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        labelled = TensorDataset(torch.from_numpy(train_x), torch.from_numpy(np.asarray(train_y, dtype=np.int64)))
+        loaders = {"train_dataloaders": DataLoader(labelled, batch_size=cfg.batch_size, shuffle=True,
+                                                   generator=torch.Generator().manual_seed(seed)),
+                   "val_dataloaders": dm.val_dataloader()}
+    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, deterministic=True,
+                        callbacks=[EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model, **loaders)
+    return model.eval()
+
+
+def _errors(model, x) -> np.ndarray:
+    """Per-feature squared reconstruction errors (rows x features)."""
+    import torch
+
+    with torch.no_grad():
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return ((model(t) - t) ** 2).numpy().astype(np.float64)
+
+
+def _latent(model, x) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model.encoder(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy().astype(np.float64)
+
+
+def _mahalanobis(reference: np.ndarray, points: np.ndarray) -> np.ndarray:
+    from sklearn.covariance import LedoitWolf
+
+    fitted = LedoitWolf().fit(reference)
+    return fitted.mahalanobis(points)
+
+
+class _FlagsRawPreprocessor:
+    """Binary columns (permission flags: only 0/1 seen in training) kept as 0/1; counts
+    and metadata as the product does (log1p, standardise, clip)."""
+
+    def __init__(self, features):
+        from dfp_core.serving.preprocess import Preprocessor
+
+        self.inner = Preprocessor(features)
+        self.features = features
+
+    def fit(self, frame):
+        from dfp_core.serving.preprocess import feature_matrix
+
+        self.inner.fit(frame)
+        raw = feature_matrix(frame, self.features)
+        self.binary = np.all(np.isin(np.nan_to_num(raw), (0.0, 1.0)), axis=0)
+        return self
+
+    def transform(self, frame):
+        from dfp_core.serving.preprocess import feature_matrix
+
+        out = self.inner.transform(frame)
+        raw = np.clip(np.nan_to_num(feature_matrix(frame, self.features)), 0, 1)
+        out[:, self.binary] = raw[:, self.binary].astype(np.float32)
+        return out
+
+
+def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], target_fpr: float) -> dict:
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+    from dfp_core.ml import baselines
+    from dfp_core.ml.fit import fit_and_evaluate
+    from dfp_core.params import TrainConfig
+    from dfp_core.serving.preprocess import Preprocessor
+
+    y = {s: f["label"].to_numpy(np.int64) for s, f in frames.items()}
+    log(f"{name}: " + ", ".join(f"{s} {len(f)} ({int(y[s].sum())} malware)" for s, f in frames.items()))
+    results: dict[str, list[dict]] = {}
+
+    def add(method: str, val_scores, test_scores, seconds: float):
+        row = figures(val_scores, y["val"], test_scores, y["test"], target_fpr)
+        row["seconds"] = round(seconds, 1)
+        results.setdefault(method, []).append(row)
+        log(f"{name} {method}: ROC-AUC {row.get('roc_auc')}, TPR@5% {row.get('tpr_at_fpr_5pct')}, "
+            f"recall {row['recall']}, FPR {row['fpr']} ({seconds:.0f}s)")
+
+    for seed in seeds:
+        cfg = TrainConfig(accelerator="cpu", devices="1", seed=seed, target_fpr=target_fpr, register=False,
+                          evaluate_baselines=False)
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
+            result = fit_and_evaluate(cfg, SimpleNamespace(frames=frames), Path(work))
+        model, pre = result["model"].eval(), result["preprocessor"]
+        x = {s: pre.transform(f) for s, f in frames.items()}
+        fit_seconds = time.monotonic() - started
+        errs = {s: _errors(model, x[s]) for s in x}
+        mse = {s: e.mean(axis=1) for s, e in errs.items()}
+        if "default" in variants:
+            add("ae_default", mse["val"], mse["test"], fit_seconds)
+        benign_train = errs["train"][y["train"] == 0]
+        if "std_error" in variants:  # each feature's error in units of its benign training error
+            scale = benign_train.mean(axis=0) + 1e-6
+            add("ae_std_error", (errs["val"] / scale).mean(axis=1), (errs["test"] / scale).mean(axis=1), fit_seconds)
+        if "error_mahalanobis" in variants:  # residuals' joint distribution on benign training rows
+            residual = {s: np.sqrt(e) for s, e in errs.items()}
+            ref = residual["train"][y["train"] == 0]
+            add("ae_error_mahalanobis", _mahalanobis(ref, residual["val"]), _mahalanobis(ref, residual["test"]),
+                fit_seconds)
+        if "latent_mahalanobis" in variants:  # density of the code: a Gaussian fit on benign training codes
+            codes = {s: _latent(model, x[s]) for s in x}
+            ref = codes["train"][y["train"] == 0]
+            dist = {s: _mahalanobis(ref, c) for s, c in codes.items()}
+            add("ae_latent_mahalanobis", dist["val"], dist["test"], fit_seconds)
+            add("ae_mse_plus_latent", _zscore(mse["val"], mse["val"][y["val"] == 0])
+                + _zscore(dist["val"], dist["val"][y["val"] == 0]),
+                _zscore(mse["test"], mse["val"][y["val"] == 0]) + _zscore(dist["test"], dist["val"][y["val"] == 0]),
+                fit_seconds)
+        benign_x = x["train"][y["train"] == 0]
+        if "denoise" in variants:
+            started = time.monotonic()
+            net = _fit_network(cfg, benign_x, x["val"][y["val"] == 0], seed, "denoise")
+            add("ae_denoise", _errors(net, x["val"]).mean(axis=1), _errors(net, x["test"]).mean(axis=1),
+                time.monotonic() - started)
+        if "flags_raw" in variants:
+            started = time.monotonic()
+            benign_frame = frames["train"][y["train"] == 0]
+            pre_flags = _FlagsRawPreprocessor(FEATURE_COLUMNS).fit(benign_frame)
+            xf = {s: pre_flags.transform(f) for s, f in frames.items()}
+            net = _fit_network(cfg, xf["train"][y["train"] == 0], xf["val"][y["val"] == 0], seed)
+            errs_f = {s: _errors(net, xf[s]) for s in xf}
+            add("ae_flags_raw", errs_f["val"].mean(axis=1), errs_f["test"].mean(axis=1), time.monotonic() - started)
+            if "error_mahalanobis" in variants:  # the two ideas together
+                residual = {s: np.sqrt(e) for s, e in errs_f.items()}
+                ref = residual["train"][y["train"] == 0]
+                add("ae_flags_raw_error_mahalanobis", _mahalanobis(ref, residual["val"]),
+                    _mahalanobis(ref, residual["test"]), time.monotonic() - started)
+        if "semi_supervised" in variants:
+            started = time.monotonic()
+            net = _fit_network(cfg, x["train"], x["val"][y["val"] == 0], seed, "semi", train_y=y["train"])
+            add("semi_supervised_ae", _errors(net, x["val"]).mean(axis=1), _errors(net, x["test"]).mean(axis=1),
+                time.monotonic() - started)
+        if "ensemble5" in variants and seed == seeds[0]:  # five seeds, scores z-scored on benign validation
+            started = time.monotonic()
+            val_sum, test_sum = np.zeros(len(x["val"])), np.zeros(len(x["test"]))
+            for member in range(5):
+                net = model if member == 0 else _fit_network(cfg, benign_x, x["val"][y["val"] == 0], seed + 100 * member)
+                v, t = _errors(net, x["val"]).mean(axis=1), _errors(net, x["test"]).mean(axis=1)
+                ref = v[y["val"] == 0]
+                val_sum, test_sum = val_sum + _zscore(v, ref), test_sum + _zscore(t, ref)
+            add("ae_ensemble5", val_sum, test_sum, time.monotonic() - started + fit_seconds)
+
+        # The baselines, on the same preprocessed rows (benign training rows; RF: all of them).
+        pre_b = Preprocessor(FEATURE_COLUMNS).fit(frames["train"][y["train"] == 0])
+        xb = {s: pre_b.transform(f) for s, f in frames.items()}
+        fit_b = xb["train"][y["train"] == 0]
+        for method in BASELINES:
+            started = time.monotonic()
+            both = np.vstack([xb["val"], xb["test"]])
+            if method == "pca":
+                scores = baselines.pca_errors(fit_b, both, seed=seed)
+            elif method == "isolation_forest":
+                scores = baselines.isolation_forest_scores(fit_b, both, seed=seed)
+            else:
+                scores = baselines.random_forest_scores(xb["train"], y["train"], both, seed=seed)
+            add(method, scores[: len(xb["val"])], scores[len(xb["val"]):], time.monotonic() - started)
+
+    summary = {"rows": {s: int(len(f)) for s, f in frames.items()},
+               "malware": {s: int(y[s].sum()) for s in frames}, "methods": {}}
+    for method, rows in results.items():
+        summary["methods"][method] = {key: round(statistics.mean(r[key] for r in rows), 4)
+                                      for key in rows[0] if all(key in r for r in rows)}
+        summary["methods"][method]["runs"] = len(rows)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=Path, default=REAL_SUBSET)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--splits", default="random,month")
+    parser.add_argument("--target-fpr", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    if not args.input.is_file():
+        log(f"the real KronoDroid subset is not at {args.input}: skipped, nothing measured")
+        print(__import__("json").dumps({"skipped": f"no input at {args.input}"}))
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s): {', '.join(unknown)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    _quiet()
+    out: dict = {"input": args.input.name, "seeds": seeds, "target_fpr": args.target_fpr, "targets": TARGETS}
+    with tempfile.TemporaryDirectory(prefix="dfp-bench-detection-") as tmp:
+        frame = load_subset(args.input, Path(tmp))
+        for split in args.splits.split(","):
+            started = time.monotonic()
+            if split == "random":
+                out["random"] = run_split("random", random_split(frame), seeds, variants, args.target_fpr)
+            elif split == "month":
+                out["month"] = {**run_split("month", month_split(frame, 0), seeds, variants, args.target_fpr),
+                                "train_months": "1-9", "test_months": "10-12"}
+            else:
+                parser.error(f"unknown split {split!r}")
+            out[split]["seconds"] = round(time.monotonic() - started, 1)
+    save("detection.json", out)
+    print(__import__("json").dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
