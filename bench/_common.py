@@ -71,6 +71,20 @@ def registered_model(rt, input_dir: Path, prefix: str) -> tuple[str, str, str]:
     return repo, summary["merge_commit"], name
 
 
+def quiet_lightning(level: int, *messages: str) -> None:
+    """Lightning's loggers at ``level`` and its warnings about small data (plus ``messages``,
+    regexes) off: benchmark output is figures and progress only."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401  (it sets its loggers' levels on import)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(level)
+    for message in (".*does not have many workers.*", *messages):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def log(name: str, message: str) -> None:
     """Progress on stderr (stdout is for the figures)."""
     print(f"[bench/{name}] {message}", file=sys.stderr, flush=True)

@@ -25,14 +25,13 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REAL_SUBSET, save  # noqa: E402
+from _common import REAL_SUBSET, quiet_lightning, save  # noqa: E402
 from _common import log as _log  # noqa: E402
 
 TEST_MONTHS = (10, 11, 12)
@@ -47,12 +46,7 @@ def log(message: str) -> None:
 
 
 def _quiet() -> None:
-    import lightning  # noqa: F401  (it sets its loggers' levels on import)
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    quiet_lightning(logging.ERROR, ".*GPU available but not used.*")
 
 
 # --------------------------------------------------------------------------- data

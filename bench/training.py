@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REAL_SUBSET, save, stack_with_spark  # noqa: E402
+from _common import REAL_SUBSET, quiet_lightning, save, stack_with_spark  # noqa: E402
 from _common import log as _log  # noqa: E402
 
 # The default architecture trained longer, on smaller batches.
@@ -46,12 +46,7 @@ def log(message: str) -> None:
 
 
 def _quiet() -> None:
-    import lightning  # noqa: F401  (it sets its loggers' levels on import)
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*The spark (data source API|offline store) is an experimental.*")
+    quiet_lightning(logging.WARNING, ".*The spark (data source API|offline store) is an experimental.*")
 
 
 def _generated_frame(tmp: Path, rows: int, **kwargs):
