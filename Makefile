@@ -12,8 +12,9 @@ setup:  ## venv + pinned deps, lakeFS binary, Spark jars (idempotent)
 quickstart: setup  ## stack + generated sample + the whole pipeline with KFP's local runner
 	@$(DFP) quickstart
 
-test: setup  ## the whole suite (starts its own stack on free ports) and, beside it, the data-plane tests on the s3 profile
-	@tools/scripts/run_tests.sh
+test: setup  ## the whole suite (starts its own stack on free ports), then the data-plane tests on the s3 profile
+	@$(VENV)/bin/pytest
+	@DFP_TEST_STACK_PROFILE=s3 $(VENV)/bin/pytest -m 'both_profiles or s3_profile'
 
 test-unit: setup
 	@$(VENV)/bin/pytest tests/unit
