@@ -228,10 +228,8 @@ class _FlagsRawPreprocessor:
 
 def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], target_fpr: float) -> dict:
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-    from dfp_core.ml import baselines
     from dfp_core.ml.fit import fit_and_evaluate
     from dfp_core.params import TrainConfig
-    from dfp_core.serving.preprocess import Preprocessor
 
     y = {s: f["label"].to_numpy(np.int64) for s, f in frames.items()}
     log(f"{name}: " + ", ".join(f"{s} {len(f)} ({int(y[s].sum())} malware)" for s, f in frames.items()))
@@ -309,20 +307,18 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
                 val_sum, test_sum = val_sum + _zscore(v, ref), test_sum + _zscore(t, ref)
             add("ae_ensemble5", val_sum, test_sum, time.monotonic() - started + fit_seconds)
 
-        # The baselines, on the same preprocessed rows (benign training rows; RF: all of them).
-        pre_b = Preprocessor(FEATURE_COLUMNS).fit(frames["train"][y["train"] == 0])
-        xb = {s: pre_b.transform(f) for s, f in frames.items()}
-        fit_b = xb["train"][y["train"] == 0]
+        # The baselines as `dfp evaluate` fits them (benign training rows; RF: all of them), on the
+        # autoencoder's preprocessing; "seconds" is the time of all three.
+        import pandas as pd
+
+        from dfp_core.ml.evaluation import method_scores
+
+        started = time.monotonic()
+        scored = method_scores(model, pre, frames["train"], pd.concat([frames["val"], frames["test"]], ignore_index=True),
+                               seed=seed)
+        seconds = time.monotonic() - started
         for method in BASELINES:
-            started = time.monotonic()
-            both = np.vstack([xb["val"], xb["test"]])
-            if method == "pca":
-                scores = baselines.pca_errors(fit_b, both, seed=seed)
-            elif method == "isolation_forest":
-                scores = baselines.isolation_forest_scores(fit_b, both, seed=seed)
-            else:
-                scores = baselines.random_forest_scores(xb["train"], y["train"], both, seed=seed)
-            add(method, scores[: len(xb["val"])], scores[len(xb["val"]):], time.monotonic() - started)
+            add(method, scored[method][: len(x["val"])], scored[method][len(x["val"]):], seconds)
 
     summary = {"rows": {s: int(len(f)) for s, f in frames.items()},
                "malware": {s: int(y[s].sum()) for s in frames}, "methods": {}}
