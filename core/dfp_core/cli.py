@@ -430,7 +430,7 @@ def evaluate_cmd(
         from dfp_core.ml.pyfunc import operating_point_lines
 
         point = result["operating_point"]
-        for line in operating_point_lines(point["threshold"], point["target_fpr"], point):
+        for line in operating_point_lines(point["threshold"], point["target_fpr"], point, point.get("score")):
             note(line)
     emit(result)
 

@@ -61,6 +61,7 @@ def _matches_dfp_score(registered, predictions: list[dict], sample_ids: list[str
     for got, (sample_id, want) in zip(predictions, reference.iterrows()):
         assert got["sample_id"] == sample_id
         assert got["reconstruction_error"] == pytest.approx(want["reconstruction_error"], rel=1e-5, abs=1e-7)
+        assert got["anomaly_score"] == pytest.approx(want["anomaly_score"], rel=1e-5, abs=1e-7)
         assert bool(got["is_anomaly"]) == bool(want["is_anomaly"])
 
 

@@ -113,9 +113,9 @@ def test_score_generated_data_one_row_per_input(trained, tmp_path):
     scores = pd.read_csv(out)
     assert len(scores) == 60
     rejected = scores[scores["status"] == "rejected"]
-    assert sorted(rejected["source_row"]) == [3, 7] and rejected["reconstruction_error"].isna().all()
+    assert sorted(rejected["source_row"]) == [3, 7] and rejected["anomaly_score"].isna().all()
     scored = scores[scores["status"] == "scored"]
-    assert (scored["is_anomaly"] == (scored["reconstruction_error"] > summary["threshold"])).all()
+    assert (scored["is_anomaly"] == (scored["anomaly_score"] > summary["threshold"])).all()
 
 
 def test_score_real_subset(trained, real_subset, tmp_path):

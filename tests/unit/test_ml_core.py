@@ -417,19 +417,24 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from dfp_core.ml.fit import fit_error_score
     from dfp_core.ml.pyfunc import as_model_input, build_model_artifacts, log_scorer_model
     from dfp_core.serving.scorer import KronodroidScorer, load_network
 
     model, pre = trained["model"], data["pre"]
-    thr = M.threshold_for_fpr(trained["errors"]["val"], data["y"]["val"], 0.05)
-    arts = build_model_artifacts(model, pre, thr, 0.05, tmp_path / "artifacts")
-    assert set(arts) == {"network_state", "network_config", "preprocessor", "threshold"}
-    assert json.loads(open(arts["threshold"]).read()) == {"threshold": thr, "target_fpr": 0.05}
+    error_score = fit_error_score("error_mahalanobis", model, data["x"]["train"][data["y"]["train"] == 0])
+    _, val_scores = error_score.scores(model, data["x"]["val"])
+    thr = M.threshold_for_fpr(val_scores, data["y"]["val"], 0.05)
+    arts = build_model_artifacts(model, pre, error_score, thr, 0.05, tmp_path / "artifacts")
+    assert set(arts) == {"network_state", "network_config", "preprocessor", "threshold", "error_score"}
+    assert json.loads(open(arts["threshold"]).read()) == {"threshold": thr, "score": "error_mahalanobis",
+                                                          "target_fpr": 0.05}
     # The plain network takes the LightningModule's state dict as it is.
     network = load_network(arts["network_state"], arts["network_config"])
     frame = data["frames"]["test"]
     direct = model.reconstruction_error(torch.from_numpy(pre.transform(frame))).numpy()
     np.testing.assert_allclose(network.reconstruction_error(pre.transform(frame)).numpy(), direct, atol=1e-6)
+    _, direct_score = error_score.scores(model, pre.transform(frame))
 
     # MLflow 3.17 refuses the file store unless opted in; it is its real local backend.
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -441,27 +446,31 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
             # An experiment of this store: another test may have made a different one active.
             experiment = mlflow.set_experiment("pyfunc-roundtrip")
             with mlflow.start_run(experiment_id=experiment.experiment_id):
-                info = log_scorer_model(model, pre, thr, 0.05, as_model_input(frame.head(3)), tmp_path / "log")
+                info = log_scorer_model(model, pre, error_score, thr, 0.05, as_model_input(frame.head(3)),
+                                        tmp_path / "log")
         local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "downloaded")))
         # Logged from code: no pickle, only the inference modules, pinned requirements.
         assert not list(local.rglob("*.pkl"))
         code = sorted(str(p.relative_to(local / "code")) for p in (local / "code").rglob("*.py"))
         assert code == sorted(f"dfp_core/{m}" for m in ("__init__.py", "errors.py", "serving/__init__.py",
-                                                          "serving/network.py", "serving/preprocess.py", "serving/scorer.py"))
+                                                          "serving/network.py", "serving/preprocess.py", "serving/score.py",
+                                                          "serving/scorer.py"))
         requirements = (local / "requirements.txt").read_text().split()
         assert all("==" in r for r in requirements) and {"mlflow", "torch", "numpy", "pandas"} <= {r.split("==")[0] for r in requirements}
         loaded = mlflow.pyfunc.load_model(info.model_uri)
         model_input = as_model_input(frame).assign(extra_column="ignored")
         out = loaded.predict(model_input)
-        assert list(out.columns) == ["sample_id", "reconstruction_error", "is_anomaly"]
+        assert list(out.columns) == ["sample_id", "reconstruction_error", "anomaly_score", "is_anomaly"]
         assert len(out) == len(frame)
         assert out["reconstruction_error"].dtype == np.float64 and out["is_anomaly"].dtype == bool
+        assert out["anomaly_score"].dtype == np.float64
         assert out["sample_id"].tolist() == frame["sample_id"].tolist()
         np.testing.assert_allclose(out["reconstruction_error"].to_numpy(), direct, atol=1e-6)
-        np.testing.assert_array_equal(out["is_anomaly"].to_numpy(), out["reconstruction_error"].to_numpy() > thr)
-        # without sample_id: just the two score columns
+        np.testing.assert_allclose(out["anomaly_score"].to_numpy(), direct_score, rtol=1e-5)
+        np.testing.assert_array_equal(out["is_anomaly"].to_numpy(), out["anomaly_score"].to_numpy() > thr)
+        # without sample_id: just the three score columns
         bare = loaded.predict(as_model_input(frame).drop(columns=["sample_id"]))
-        assert list(bare.columns) == ["reconstruction_error", "is_anomaly"] and len(bare) == len(frame)
+        assert list(bare.columns) == ["reconstruction_error", "anomaly_score", "is_anomaly"] and len(bare) == len(frame)
         # MLflow's schema enforcement names the missing columns
         with pytest.raises(Exception, match=r"missing inputs \['nr_services'\]"):
             loaded.predict(model_input.drop(columns=["nr_services"]))
@@ -476,3 +485,71 @@ def test_pyfunc_log_load_predict(data, trained, tmp_path, monkeypatch):
         scorer.predict(None, frame.drop(columns=["nr_services"]))
     with pytest.raises(DatasetError, match="files_inside_apk"):
         as_model_input(frame.drop(columns=["files_inside_apk"]))
+
+
+# -- the anomaly score ---------------------------------------------------------------
+
+def test_error_mahalanobis_is_the_ledoit_wolf_distance_of_the_error_vector(data, trained, tmp_path):
+    from sklearn.covariance import LedoitWolf
+
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.score import ErrorScore
+
+    model, x = trained["model"], data["x"]
+    benign = x["train"][data["y"]["train"] == 0]
+    fitted = fit_error_score("error_mahalanobis", model, benign, batch_size=7)  # batches join up
+
+    def residual(v):
+        model.eval()
+        with torch.no_grad():
+            return (model(torch.from_numpy(v)) - torch.from_numpy(v)).abs().numpy().astype(np.float64)
+
+    reference = LedoitWolf().fit(residual(benign))
+    mse, score = fitted.scores(model, x["test"], batch_size=5)
+    np.testing.assert_allclose(score, reference.mahalanobis(residual(x["test"])), rtol=1e-6)
+    np.testing.assert_allclose(mse, trained["errors"]["test"], rtol=1e-5)
+    # saved as plain tensors, read back with weights_only: the same scores
+    fitted.save(tmp_path / "error_score.pt")
+    again = ErrorScore.load("error_mahalanobis", tmp_path / "error_score.pt")
+    np.testing.assert_allclose(again.scores(model, x["test"], batch_size=5)[1], score, rtol=1e-12)
+    # malware's error pattern is further from the benign ones than benign test apps'
+    y = data["y"]["test"]
+    assert np.median(score[y == 1]) > np.median(score[y == 0])
+
+
+def test_mse_score_is_the_reconstruction_error(data, trained):
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.score import ErrorScore
+
+    fitted = fit_error_score("mse", trained["model"], data["x"]["train"])
+    mse, score = fitted.scores(trained["model"], data["x"]["val"])
+    np.testing.assert_array_equal(mse, score)
+    np.testing.assert_allclose(score, trained["errors"]["val"], rtol=1e-5)
+    assert ErrorScore.load("mse", None).kind == "mse"  # versions without the statistics file
+
+
+def test_score_refuses_what_it_cannot_compute(data, trained, tmp_path):
+    from dfp_core.errors import DatasetError
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.score import ErrorScore
+
+    with pytest.raises(ValueError, match="score must be one of error_mahalanobis, mse, got 'l1'"):
+        ErrorScore("l1")
+    with pytest.raises(ValueError, match="needs the location and precision"):
+        ErrorScore("error_mahalanobis")
+    with pytest.raises(DatasetError, match="at least 2 benign training rows, got 1"):
+        fit_error_score("error_mahalanobis", trained["model"], data["x"]["train"][:1])
+    fitted = fit_error_score("error_mahalanobis", trained["model"], data["x"]["train"])
+    with pytest.raises(DatasetError, match=f"fitted on {N_FEAT} features, got {N_FEAT - 1}"):
+        fitted.scores(trained["model"], data["x"]["val"][:, 1:])
+    with pytest.raises(DatasetError, match="no fitted statistics"):
+        ErrorScore.load("error_mahalanobis", None)
+
+
+def test_the_configurable_scores_are_the_implemented_ones():
+    from dfp_core.params import TrainConfig, params_of
+    from dfp_core.serving.score import SCORES
+
+    (score,) = [f for f in params_of(TrainConfig) if f.name == "score"]
+    assert tuple(score.param.choices) == SCORES
+    assert TrainConfig().score in SCORES

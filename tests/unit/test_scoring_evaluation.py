@@ -107,7 +107,8 @@ def logged(trained, tmp_path_factory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mlflow.start_run(experiment_id=experiment):
-                info = log_scorer_model(trained["model"], trained["preprocessor"], trained["threshold"], 0.05,
+                info = log_scorer_model(trained["model"], trained["preprocessor"], trained["error_score"],
+                                        trained["threshold"], 0.05,
                                         as_model_input(trained["frames"]["test"].head(3)), tmp / "log")
                 digest = record_model_digest(info.model_uri)
             version = mlflow.register_model(info.model_uri, "kd-scoring-test", tags={MODEL_DIGEST_TAG: digest}).version
@@ -212,15 +213,19 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     bad = frame[frame["status"] == "rejected"]
     assert bad["source_file"].tolist() == ["real_malware_v1.zip"] * 2 and bad["source_row"].tolist() == list(BAD)
     assert bad["reason"].tolist() == ["non_numeric_feature", "invalid_sha256"]
-    assert bad["reconstruction_error"].isna().all() and bad["is_anomaly"].isna().all()
+    assert bad["reconstruction_error"].isna().all() and bad["anomaly_score"].isna().all()
+    assert bad["is_anomaly"].isna().all()
     good = frame[frame["status"] == "scored"]
     assert good["reason"].isna().all() and good["reconstruction_error"].notna().all()
-    np.testing.assert_array_equal(good["is_anomaly"].astype(bool), good["reconstruction_error"] > summary["threshold"])
+    np.testing.assert_array_equal(good["is_anomaly"].astype(bool), good["anomaly_score"] > summary["threshold"])
     assert summary["anomalies"] == int(good["is_anomaly"].astype(bool).sum())
     # same scores as the model in memory, input order kept
     valid, _ = read_kronodroid(bad_archives)
-    direct = trained["model"].reconstruction_error(trained["preprocessor"].transform(valid)).numpy()
+    x = trained["preprocessor"].transform(valid)
+    direct = trained["model"].reconstruction_error(x).numpy()
     np.testing.assert_allclose(good["reconstruction_error"].to_numpy(), direct, rtol=1e-5, atol=1e-7)
+    _, direct_score = trained["error_score"].scores(trained["model"], x)
+    np.testing.assert_allclose(good["anomaly_score"].to_numpy(), direct_score, rtol=1e-5, atol=1e-7)
     assert good["sample_id"].tolist() == valid["sample_id"].tolist()
 
     # parquet, through the registry
@@ -308,9 +313,9 @@ def test_threshold_meets_the_target_fpr_on_validation(trained):
     assert figures["target_fpr"] == 0.05 and figures["val_fpr"] <= 0.05
     val = trained["frames"]["val"]
     y = val["label"].to_numpy()
-    assert false_positive_rate(trained["errors"]["val"], y, trained["threshold"]) == figures["val_fpr"]
+    assert false_positive_rate(trained["scores"]["val"], y, trained["threshold"]) == figures["val_fpr"]
     # the lowest such threshold: one step lower would flag one more benign validation app
-    benign = np.sort(trained["errors"]["val"][y == 0])
+    benign = np.sort(trained["scores"]["val"][y == 0])
     below = benign[benign < trained["threshold"]]
     assert ((benign > below.max()).sum() / benign.size) > 0.05
     for key in ("test_fpr", "test_tpr_at_fpr_1pct", "test_tpr_at_fpr_5pct", "test_tpr_at_fpr_10pct"):
@@ -323,17 +328,20 @@ def test_description_states_the_operating_point():
     figures = {"val_fpr": 0.048, "test_precision": 0.71, "test_recall": 0.6, "test_f1": 0.65, "test_fpr": 0.052,
                "test_fpr__emulator": 0.04, "test_fpr__real_device": 0.061, "test_roc_auc": 0.93,
                "test_tpr_at_fpr_1pct": 0.2, "test_tpr_at_fpr_5pct": 0.55, "test_tpr_at_fpr_10pct": 0.8}
-    text = model_description(0.123456789, 0.05, figures)
-    assert "is_anomaly = reconstruction_error > 0.123457, set on the validation split so that at most 5% of its " \
+    text = model_description("error_mahalanobis", 0.123456789, 0.05, figures)
+    assert "Score (error_mahalanobis): anomaly_score, the squared Mahalanobis distance" in text
+    assert "is_anomaly = anomaly_score (error_mahalanobis) > 0.123457, set on the validation split so that at most 5% of its " \
            "benign apps are flagged (reached there: 4.8%)." in text
     assert "Test split at that threshold: precision 0.710, recall 0.600, F1 0.650, benign FPR 0.052." in text
     assert "Benign FPR on test per data source: emulator 4%, real_device 6.1%." in text
     assert "Malware caught (TPR) at a benign FPR of: 20% at 1%, 55% at 5%, 80% at 10%, ROC-AUC 0.930." in text
-    assert "set by hand" in model_description(1.0, None, {})
+    assert "set by hand" in model_description("mse", 1.0, None, {})
+    assert "Score (mse): anomaly_score = reconstruction_error" in model_description("mse", 1.0, None, {})
 
 
 def test_compare_models(trained, tmp_path):
-    metrics, table = compare_models(trained["frames"], trained["model"], trained["preprocessor"], seed=0,
+    metrics, table = compare_models(trained["frames"], trained["error_score"].score_function(trained["model"]),
+                                    trained["preprocessor"], seed=0,
                                     plots_dir=tmp_path)
     assert list(table.columns) == ["method", "data_source", "roc_auc", "pr_auc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct",
                                    "tpr_at_fpr_10pct", "n", "n_malware"]
@@ -347,7 +355,7 @@ def test_compare_models(trained, tmp_path):
     assert len(metrics) == len(table) * 5
     assert metrics["eval_roc_auc__random_forest"] > 0.8
     test = trained["frames"]["test"]
-    direct = trained["model"].reconstruction_error(trained["preprocessor"].transform(test)).numpy()
+    _, direct = trained["error_score"].scores(trained["model"], trained["preprocessor"].transform(test))
     assert metrics["eval_roc_auc__autoencoder"] == pytest.approx(roc_auc_score(test["label"], direct))
     # TPR at 5% FPR read off the ROC curve of the same scores
     fpr, tpr, _ = roc_curve(test["label"], direct, drop_intermediate=False)

@@ -46,7 +46,8 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
                                **{k: v for k, v in metrics.items() if k.endswith(f"__autoencoder__{LATER}")}}
         else:
             scorer = load_model(rt, f"models:/{name}/{model.version}").unwrap_python_model()
-            metrics, table = compare_models(data.frames, scorer.network, scorer.preprocessor, seed=config.seed,
+            metrics, table = compare_models(data.frames, scorer.error_score.score_function(scorer.network),
+                                            scorer.preprocessor, seed=config.seed,
                                             train_on=config.train_on, plots_dir=plots)
             kind = "comparison"
             operating_point = model_operating_point(scorer, data.frames["test"])
@@ -67,6 +68,8 @@ def model_operating_point(scorer: Any, test_frame) -> dict[str, Any]:
     FPR reached (overall and per data source), and the TPR of its score at 1/5/10% FPR."""
     from dfp_core.ml.metrics import evaluate
 
-    errors = scorer.predict(None, test_frame)["reconstruction_error"].to_numpy()
-    figures = evaluate(errors, test_frame["label"].to_numpy(), test_frame["data_source"].to_numpy(), scorer.threshold)
-    return {"target_fpr": scorer.target_fpr, **figures}
+    scored = scorer.predict(None, test_frame)
+    figures = evaluate(scored["anomaly_score"].to_numpy(), test_frame["label"].to_numpy(),
+                       test_frame["data_source"].to_numpy(), scorer.threshold,
+                       reconstruction_errors=scored["reconstruction_error"].to_numpy())
+    return {"score": scorer.error_score.kind, "target_fpr": scorer.target_fpr, **figures}

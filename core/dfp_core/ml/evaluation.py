@@ -24,7 +24,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -53,16 +53,16 @@ def _labels(frame: pd.DataFrame, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def method_scores(ae_model: Any, preprocessor: Any, train_frame: pd.DataFrame, eval_frame: pd.DataFrame,
-                  seed: int = 0, train_on: str = "benign") -> dict[str, np.ndarray]:
+def method_scores(autoencoder_score: Callable[[np.ndarray], np.ndarray], preprocessor: Any, train_frame: pd.DataFrame,
+                  eval_frame: pd.DataFrame, seed: int = 0, train_on: str = "benign") -> dict[str, np.ndarray]:
     """Malware scores of ``eval_frame`` per method (higher = more malware-like).
+    ``autoencoder_score`` maps preprocessed rows to the autoencoder's anomaly score
+    (``ErrorScore.score_function``).
 
     PCA and IsolationForest are fit on the training rows the autoencoder used
     (benign ones for ``train_on="benign"``), the RandomForest on every train
     row; it is left out when the train rows have a single class.
     """
-    import torch
-
     if train_on not in ("benign", "all"):
         raise ConfigError(f"train_on must be 'benign' or 'all', got {train_on!r}")
     train_x, train_y = preprocessor.transform(train_frame), _labels(train_frame, "train")
@@ -71,7 +71,7 @@ def method_scores(ae_model: Any, preprocessor: Any, train_frame: pd.DataFrame, e
     if len(fit_x) == 0:
         raise DatasetError("no benign train rows to fit the unsupervised baselines on")
     scores = {
-        "autoencoder": ae_model.reconstruction_error(torch.from_numpy(np.ascontiguousarray(eval_x))).numpy().astype(np.float64),
+        "autoencoder": np.asarray(autoencoder_score(eval_x), dtype=np.float64),
         "pca": baselines.pca_errors(fit_x, eval_x, seed=seed),
         "isolation_forest": baselines.isolation_forest_scores(fit_x, eval_x, seed=seed),
     }
@@ -108,7 +108,8 @@ def _metrics(table: pd.DataFrame, prefix: str, group_column: str, overall: Any =
     return out
 
 
-def compare_models(frames: Mapping[str, pd.DataFrame], ae_model: Any, preprocessor: Any, seed: int = 0,
+def compare_models(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callable[[np.ndarray], np.ndarray],
+                   preprocessor: Any, seed: int = 0,
                    train_on: str = "benign", plots_dir: Path | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """Autoencoder vs PCA, IsolationForest and RandomForest on ``frames["test"]``,
     with the baselines fit on ``frames["train"]`` (``preprocessor`` must be the
@@ -122,7 +123,7 @@ def compare_models(frames: Mapping[str, pd.DataFrame], ae_model: Any, preprocess
             raise DatasetError(f"compare_models needs a non-empty {split!r} frame")
     test = frames["test"]
     y = _labels(test, "test")
-    scores = method_scores(ae_model, preprocessor, frames["train"], test, seed=seed, train_on=train_on)
+    scores = method_scores(autoencoder_score, preprocessor, frames["train"], test, seed=seed, train_on=train_on)
     groups = [(ALL, np.ones(len(test), dtype=bool))]
     if "data_source" in test.columns:
         src = test["data_source"].astype(str).to_numpy()
@@ -248,7 +249,8 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
 
     eval_frame = pd.concat([val_frame, later], ignore_index=True)
     y = _labels(eval_frame, "evaluation")
-    scores = method_scores(result["model"], result["preprocessor"], fit_frame, eval_frame, seed=cfg.seed,
+    scores = method_scores(result["error_score"].score_function(result["model"]), result["preprocessor"],
+                           fit_frame, eval_frame, seed=cfg.seed,
                            train_on=cfg.train_on)
     in_period = np.r_[np.ones(len(val_frame), dtype=bool), np.zeros(len(later), dtype=bool)]
     eval_years = np.r_[np.full(len(val_frame), -1), later_years]

@@ -25,10 +25,19 @@ def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
-def _tensor(x: np.ndarray):
-    import torch
+def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192):
+    """The ``ErrorScore`` of ``kind`` fitted on the preprocessed benign training rows: for
+    ``error_mahalanobis``, the Ledoit-Wolf location and precision of their absolute errors."""
+    from sklearn.covariance import LedoitWolf
 
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    from dfp_core.serving.score import ErrorScore, absolute_errors
+
+    if kind == "mse":
+        return ErrorScore("mse")
+    if len(benign_x) < 2:
+        raise DatasetError(f"the {kind} score needs at least 2 benign training rows, got {len(benign_x)}")
+    fitted = LedoitWolf().fit(np.concatenate(list(absolute_errors(network, benign_x, batch_size))))
+    return ErrorScore(kind, fitted.location_, fitted.precision_)
 
 
 def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> dict[str, Any]:
@@ -70,11 +79,15 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     )
     trainer.fit(model, datamodule=datamodule)
 
-    errors = {split: model.reconstruction_error(_tensor(x)).numpy() for split, (x, _, _) in arrays.items()}
-    threshold = metrics.threshold_for_fpr(errors["val"], val_y, config.target_fpr)
-    results = metrics.evaluate(errors["test"], test_y, test_src, threshold)
+    # The score's reference is the benign training rows, whatever the network was fitted on.
+    error_score = fit_error_score(config.score, model, train_x[train_y == 0])
+    errors, scores = {}, {}
+    for split, (x, _, _) in arrays.items():
+        errors[split], scores[split] = error_score.scores(model, x)
+    threshold = metrics.threshold_for_fpr(scores["val"], val_y, config.target_fpr)
+    results = metrics.evaluate(scores["test"], test_y, test_src, threshold, reconstruction_errors=errors["test"])
     results["target_fpr"] = float(config.target_fpr)
-    results["val_fpr"] = metrics.false_positive_rate(errors["val"], val_y, threshold)
+    results["val_fpr"] = metrics.false_positive_rate(scores["val"], val_y, threshold)
     for split in ("train", "val"):
         results[f"{split}_recon_loss"] = metrics.recon_loss(errors[split])
     results["epochs_trained"] = float(trainer.current_epoch)
@@ -82,9 +95,10 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     plot_dir = workdir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots.plot_loss_curves(history.history, plot_dir / "loss_curves.png")
-    plots.plot_roc_pr(errors["test"], test_y, plot_dir / "roc_curve.png", plot_dir / "pr_curve.png", data_source=test_src)
-    plots.plot_error_histogram(errors["test"], test_y, threshold, plot_dir / "error_histogram.png")
+    plots.plot_roc_pr(scores["test"], test_y, plot_dir / "roc_curve.png", plot_dir / "pr_curve.png", data_source=test_src)
+    plots.plot_error_histogram(scores["test"], test_y, threshold, plot_dir / "error_histogram.png")
     return {
         "model": model, "preprocessor": preprocessor, "threshold": threshold, "metrics": results,
-        "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors,
+        "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors, "scores": scores,
+        "error_score": error_score,
     }

@@ -117,18 +117,24 @@ def evaluate(
     data_source: np.ndarray | None,
     threshold: float,
     prefix: str = PREFIX,
+    reconstruction_errors: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Flat metric dict for a labelled split (see the module docstring for the keys)."""
+    """Flat metric dict for a labelled split (see the module docstring for the keys).
+    ``errors`` are the scores thresholded; the ``recon_loss`` keys are the means of
+    ``reconstruction_errors`` (default: the scores, which they are for the MSE score)."""
     errs = _errors(errors)
     y = _labels(labels, errs.size)
     threshold = float(threshold)
     if not np.isfinite(threshold):
         raise DatasetError("the threshold must be a finite number")
 
-    out: dict[str, float] = {f"{prefix}_recon_loss": float(errs.mean())}
+    recon = errs if reconstruction_errors is None else _errors(reconstruction_errors, "reconstruction errors")
+    if recon.size != errs.size:
+        raise DatasetError(f"{errs.size} scores but {recon.size} reconstruction errors")
+    out: dict[str, float] = {f"{prefix}_recon_loss": float(recon.mean())}
     for cls, name in ((0, "benign"), (1, "malware")):
         if (y == cls).any():
-            out[f"{prefix}_recon_loss_{name}"] = float(errs[y == cls].mean())
+            out[f"{prefix}_recon_loss_{name}"] = float(recon[y == cls].mean())
     out.update({f"{prefix}_{k}": v for k, v in classification_metrics(errs, y, threshold).items()})
     out["threshold"] = threshold
 

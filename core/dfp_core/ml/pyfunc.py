@@ -28,19 +28,20 @@ from dfp_core.serving.scorer import ARTIFACT_FILES, ID_COLUMN
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.ml.model import KronodroidAutoencoder
     from dfp_core.serving.preprocess import Preprocessor
+    from dfp_core.serving.score import ErrorScore
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # core/dfp_core
 # What the registered model runs, relative to the dfp_core package: nothing else is copied.
 INFERENCE_MODULES = ("__init__.py", "errors.py", "serving/__init__.py", "serving/network.py",
-                     "serving/preprocess.py", "serving/scorer.py")
+                     "serving/preprocess.py", "serving/score.py", "serving/scorer.py")
 MODEL_CODE = PACKAGE_ROOT / "serving" / "model_code.py"
 # The scorer's imports; requirements.txt pins these and their dependencies.
 SCORER_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas")
 
 
-def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", threshold: float,
-                          target_fpr: float | None, out_dir: str | Path) -> dict[str, str]:
-    """The scorer's four files in ``out_dir``; the mapping for ``log_model(artifacts=...)``."""
+def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", error_score: "ErrorScore",
+                          threshold: float, target_fpr: float | None, out_dir: str | Path) -> dict[str, str]:
+    """The scorer's five files in ``out_dir``; the mapping for ``log_model(artifacts=...)``."""
     if model.hparams.input_dim != preprocessor.n_features:
         raise DatasetError(
             f"the model expects {model.hparams.input_dim} features, the preprocessor gives {preprocessor.n_features}"
@@ -51,9 +52,11 @@ def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preproc
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, paths["network_state"])
     paths["network_config"].write_text(json.dumps(model.network_config(), indent=1) + "\n")
     preprocessor.save(paths["preprocessor"])
-    paths["threshold"].write_text(
-        json.dumps({"threshold": float(threshold), "target_fpr": None if target_fpr is None else float(target_fpr)}) + "\n"
-    )
+    error_score.save(paths["error_score"])
+    paths["threshold"].write_text(json.dumps({
+        "threshold": float(threshold), "score": error_score.kind,
+        "target_fpr": None if target_fpr is None else float(target_fpr),
+    }) + "\n")
     return {name: str(p) for name, p in paths.items()}
 
 
@@ -114,7 +117,7 @@ def model_signature(features: Sequence[str] | None = None):
     inputs = [ColSpec(DataType.double, name) for name in (features or FEATURE_COLUMNS)]
     inputs.append(ColSpec(DataType.string, ID_COLUMN, required=False))
     outputs = [ColSpec(DataType.string, ID_COLUMN, required=False), ColSpec(DataType.double, "reconstruction_error"),
-               ColSpec(DataType.boolean, "is_anomaly")]
+               ColSpec(DataType.double, "anomaly_score"), ColSpec(DataType.boolean, "is_anomaly")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
@@ -131,13 +134,13 @@ def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -
     return out
 
 
-def log_scorer_model(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", threshold: float,
-                     target_fpr: float | None, example: pd.DataFrame, workdir: str | Path):
+def log_scorer_model(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", error_score: "ErrorScore",
+                     threshold: float, target_fpr: float | None, example: pd.DataFrame, workdir: str | Path):
     """Log the scorer into the active MLflow run as ``model``; returns MLflow's ModelInfo."""
     import mlflow
 
     workdir = Path(workdir)
-    artifacts = build_model_artifacts(model, preprocessor, threshold, target_fpr, workdir / "artifacts")
+    artifacts = build_model_artifacts(model, preprocessor, error_score, threshold, target_fpr, workdir / "artifacts")
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE), artifacts=artifacts,
         code_paths=[stage_inference_code(workdir / "code")], signature=model_signature(), input_example=example,
@@ -149,7 +152,17 @@ def _percent(value: float) -> str:
     return f"{100 * value:.3g}%"
 
 
-def operating_point_lines(threshold: float, target_fpr: float | None, metrics: dict[str, float]) -> list[str]:
+# How the description names each score (dfp_core.serving.score.SCORES).
+SCORE_WORDS = {
+    "mse": "anomaly_score = reconstruction_error, the mean squared error of the app's preprocessed features",
+    "error_mahalanobis": "anomaly_score, the squared Mahalanobis distance of the app's vector of absolute "
+                         "per-feature reconstruction errors from those of the benign training apps (Ledoit-Wolf "
+                         "covariance); reconstruction_error, the mean squared error, is given beside it",
+}
+
+
+def operating_point_lines(threshold: float, target_fpr: float | None, metrics: dict[str, float],
+                          score: str | None = None) -> list[str]:
     """The operating point in words: the FPR target and threshold, what the test split
     shows there (overall and per data source), and the TPR of the score at fixed FPRs."""
     from dfp_core.ml.metrics import REPORTED_FPRS, SOURCE_SEP, fpr_key
@@ -158,7 +171,8 @@ def operating_point_lines(threshold: float, target_fpr: float | None, metrics: d
               f"(reached there: {_percent(metrics['val_fpr'])})" if target_fpr is not None and "val_fpr" in metrics
               else f"set for a benign false-positive rate of {_percent(target_fpr)}" if target_fpr is not None
               else "set by hand")
-    lines = [f"Operating point: is_anomaly = reconstruction_error > {threshold:.6g}, {chosen}."]
+    kind = f" ({score})" if score else ""
+    lines = [f"Operating point: is_anomaly = anomaly_score{kind} > {threshold:.6g}, {chosen}."]
     measured = ", ".join(f"{name} {metrics[f'test_{key}']:.3f}" for key, name in (
         ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("fpr", "benign FPR"))
         if f"test_{key}" in metrics)
@@ -176,7 +190,7 @@ def operating_point_lines(threshold: float, target_fpr: float | None, metrics: d
     return lines
 
 
-def model_description(threshold: float, target_fpr: float | None, metrics: dict[str, float],
+def model_description(score: str, threshold: float, target_fpr: float | None, metrics: dict[str, float],
                       features: Sequence[str] | None = None) -> str:
     """What a registered version says about itself: the score, its operating point (FPR
     target, threshold, test figures there), the input (feature groups; the full list is the
@@ -191,16 +205,16 @@ def model_description(threshold: float, target_fpr: float | None, metrics: dict[
         "KronoDroid Android malware detector: an autoencoder trained on benign apps; an app that it reconstructs "
         "badly is unlike the benign apps it learned.",
         "",
-        "Score: reconstruction_error, the mean squared error of the app's preprocessed features (median imputation, "
-        "log1p, standardisation with train statistics, clipped to +-5): higher is more anomalous.",
-        *operating_point_lines(threshold, target_fpr, metrics),
+        f"Score ({score}): {SCORE_WORDS[score]}. Features are preprocessed with median imputation, log1p, "
+        "standardisation with train statistics, clipped to +-5. Higher is more anomalous.",
+        *operating_point_lines(threshold, target_fpr, metrics, score),
         "",
         f"Input: one row per app with {len(names)} numeric columns (missing values are imputed; a missing column or a "
         f"non-number is refused with HTTP 400 naming it): {len(syscalls)} system-call counts (sc_*, e.g. "
         f"{', '.join(syscalls[:3])}), {len(permissions)} permission flags (perm_*, e.g. {', '.join(permissions[:3])}) "
         f"and {len(metadata_cols)} metadata counts and sizes ({', '.join(metadata_cols)}); optionally sample_id, "
         "passed through. The full list and types are the model's signature (MLmodel).",
-        "Output: sample_id (when given), reconstruction_error, is_anomaly; one row per input row.",
+        "Output: sample_id (when given), reconstruction_error, anomaly_score, is_anomaly; one row per input row.",
         "Serve: `dfp serve --model-uri models:/<name>/<version>` or `mlflow models serve -m models:/<name>/<version>`; "
         "POST /invocations with {\"dataframe_split\": {\"columns\": [...], \"data\": [[...]]}}.",
     ])

@@ -25,8 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
 OUTPUT_FORMATS = (".csv", ".parquet")
 OUTPUT_COLUMNS = (
     "sample_id", "source_file", "source_row", "data_source", "label",
-    "reconstruction_error", "is_anomaly", "status", "reason",
+    "reconstruction_error", "anomaly_score", "is_anomaly", "status", "reason",
 )
+SCORE_COLUMNS = ("reconstruction_error", "anomaly_score", "is_anomaly")
+SCORE_DTYPES = {"reconstruction_error": np.float64, "anomaly_score": np.float64, "is_anomaly": bool}
 # Key columns carried from a typed frame into score_frame's output, when present.
 KEY_COLUMNS = ("sample_id", "source_file", "source_row", "data_source", "label", "sample_year", "dataset_split")
 CHUNK_ROWS = 65536
@@ -62,8 +64,9 @@ def _predict(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
 def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     """Scores for an already-typed frame (every ``schema.FEATURE_COLUMNS`` column):
-    its key columns that exist (``KEY_COLUMNS``) plus ``reconstruction_error``
-    and ``is_anomaly``, one row per input row, same order.
+    its key columns that exist (``KEY_COLUMNS``) plus ``reconstruction_error``,
+    ``anomaly_score`` and ``is_anomaly``, one row per input row, same order. Versions
+    registered before ``anomaly_score`` existed scored the reconstruction error itself.
 
     ``model``: a loaded MLflow pyfunc (``mlflow.pyfunc.load_model``) or an
     ``KronodroidScorer`` (e.g. ``KronodroidScorer.from_artifacts``).
@@ -72,16 +75,18 @@ def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
     keys = frame[[c for c in KEY_COLUMNS if c in frame.columns]].reset_index(drop=True)
     if frame.empty:
-        return keys.assign(reconstruction_error=pd.Series(dtype=np.float64), is_anomaly=pd.Series(dtype=bool))
+        return keys.assign(**{name: pd.Series(dtype=dtype) for name, dtype in SCORE_DTYPES.items()})
     parts = []
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = as_model_input(frame.iloc[start:start + CHUNK_ROWS])
         out = _predict(model, chunk)
         if len(out) != len(chunk):
             raise DatasetError(f"the model returned {len(out)} rows for {len(chunk)} inputs")
-        parts.append(out[["reconstruction_error", "is_anomaly"]].reset_index(drop=True))
+        if "anomaly_score" not in out.columns:
+            out = out.assign(anomaly_score=out["reconstruction_error"])
+        parts.append(out[list(SCORE_COLUMNS)].reset_index(drop=True))
     scores = pd.concat(parts, ignore_index=True)
-    return pd.concat([keys, scores.astype({"reconstruction_error": np.float64, "is_anomaly": bool})], axis=1)
+    return pd.concat([keys, scores.astype(SCORE_DTYPES)], axis=1)
 
 
 def model_threshold(model: Any) -> float | None:
@@ -162,6 +167,7 @@ def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
         "data_source": valid["data_source"].to_numpy(),
         "label": pd.array(valid["label"], dtype="Int64"),
         "reconstruction_error": scores["reconstruction_error"].to_numpy(dtype=np.float64),
+        "anomaly_score": scores["anomaly_score"].to_numpy(dtype=np.float64),
         "is_anomaly": pd.array(scores["is_anomaly"].to_numpy(dtype=bool), dtype="boolean"),
         "status": "scored",
         "reason": pd.Series([None] * len(valid), dtype=object),
@@ -178,6 +184,7 @@ def _rejected_rows(rejected: pd.DataFrame) -> pd.DataFrame:
         "data_source": rejected["data_source"].to_numpy(dtype=object),
         "label": pd.array(rejected["label"], dtype="Int64"),
         "reconstruction_error": np.full(n, np.nan),
+        "anomaly_score": np.full(n, np.nan),
         "is_anomaly": pd.array([None] * n, dtype="boolean"),
         "status": "rejected",
         "reason": rejected["reason"].to_numpy(dtype=object),
@@ -198,7 +205,7 @@ def _output_schema():
     return pa.schema([
         ("sample_id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
         ("data_source", pa.string()), ("label", pa.int64()), ("reconstruction_error", pa.float64()),
-        ("is_anomaly", pa.bool_()), ("status", pa.string()), ("reason", pa.string()),
+        ("anomaly_score", pa.float64()), ("is_anomaly", pa.bool_()), ("status", pa.string()), ("reason", pa.string()),
     ])
 
 

@@ -176,7 +176,8 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
 
                 eval_dir = workdir / "evaluation"
                 eval_dir.mkdir()
-                comparison, table = compare_models(data.frames, result["model"], result["preprocessor"], seed=config.seed,
+                comparison, table = compare_models(data.frames, result["error_score"].score_function(result["model"]),
+                                                   result["preprocessor"], seed=config.seed,
                                                    train_on=config.train_on, plots_dir=eval_dir)
                 table.to_csv(eval_dir / "comparison.csv", index=False)
                 mlflow.log_metrics(comparison)
@@ -192,14 +193,15 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             result["preprocessor"].save(workdir / "preprocessor.json")
             mlflow.log_artifact(str(workdir / "preprocessor.json"), artifact_path="preprocessing")
             example = as_model_input(data.frames["test"].head(5))
-            model_info = log_scorer_model(result["model"], result["preprocessor"], result["threshold"],
+            model_info = log_scorer_model(result["model"], result["preprocessor"], result["error_score"], result["threshold"],
                                           config.target_fpr, example, workdir / "model")
             model_digest = record_model_digest(model_info.model_uri)
             mlflow.set_tag(MODEL_DIGEST_TAG, model_digest)
         version = None
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):
             if config.register:
-                description = model_description(result["threshold"], config.target_fpr, result["metrics"])
+                description = model_description(config.score, result["threshold"], config.target_fpr,
+                                                result["metrics"])
                 version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name,
                                                 {**tags, MODEL_DIGEST_TAG: model_digest}, config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")

@@ -1,12 +1,13 @@
 """The registered model's scorer: preprocessing, the autoencoder network, the threshold.
 
 An MLflow ``PythonModel`` logged "from code" (``model_code.py``): loading it runs this
-file's code from the model's ``code/`` folder and reads four plain files (a torch state
-dict, read with ``weights_only``, and three JSON files). Nothing is unpickled.
+file's code from the model's ``code/`` folder and reads five plain files (two torch files of
+tensors, read with ``weights_only``, and three JSON files). Nothing is unpickled.
 
 Input: one row per app, the model's feature columns (numbers; missing values are imputed
-as in training) and optionally ``sample_id``. Output: ``reconstruction_error`` (float64)
-and ``is_anomaly`` (error above the threshold), with ``sample_id`` when given; one output
+as in training) and optionally ``sample_id``. Output: ``reconstruction_error`` (float64,
+the mean squared error), ``anomaly_score`` (float64, the version's score, see
+``score.py``) and ``is_anomaly`` (score above the threshold), with ``sample_id`` when given; one output
 row per input row, in order. Missing or non-numeric feature columns are refused with an
 ``INVALID_PARAMETER_VALUE`` error naming them (HTTP 400 from MLflow's scoring server).
 """
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
@@ -27,6 +27,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from dfp_core.errors import DatasetError
 from dfp_core.serving.network import AutoencoderNetwork
 from dfp_core.serving.preprocess import Preprocessor
+from dfp_core.serving.score import ErrorScore
 
 # The model's artifacts: name in the MLmodel -> file name.
 ARTIFACT_FILES = {
@@ -34,9 +35,12 @@ ARTIFACT_FILES = {
     "network_config": "network_config.json",
     "preprocessor": "preprocessor.json",
     "threshold": "threshold.json",
+    "error_score": "error_score.pt",
 }
+# Versions registered before the score choice have no error_score: their score is the MSE.
+OPTIONAL_ARTIFACTS = ("error_score",)
 ID_COLUMN = "sample_id"
-OUTPUT_COLUMNS = ("reconstruction_error", "is_anomaly")
+OUTPUT_COLUMNS = ("reconstruction_error", "anomaly_score", "is_anomaly")
 
 
 def load_network(state_path: str | Path, config_path: str | Path) -> AutoencoderNetwork:
@@ -53,17 +57,19 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
         self.network: AutoencoderNetwork | None = None
         self.preprocessor: Preprocessor | None = None
         self.threshold: float | None = None
+        self.error_score: ErrorScore | None = None
         self.target_fpr: float | None = None  # the benign FPR the threshold was set for
 
     def load_context(self, context) -> None:
         artifacts = context.artifacts
-        missing = [name for name in ARTIFACT_FILES if name not in artifacts]
+        missing = [name for name in ARTIFACT_FILES if name not in artifacts and name not in OPTIONAL_ARTIFACTS]
         if missing:
             raise DatasetError(f"the model's artifacts lack {', '.join(missing)}")
         self.network = load_network(artifacts["network_state"], artifacts["network_config"])
         self.preprocessor = Preprocessor.load(artifacts["preprocessor"])
         threshold = json.loads(Path(artifacts["threshold"]).read_text())
         self.threshold = float(threshold["threshold"])
+        self.error_score = ErrorScore.load(threshold.get("score", "mse"), artifacts.get("error_score"))
         if threshold.get("target_fpr") is not None:
             self.target_fpr = float(threshold["target_fpr"])
         elif threshold.get("quantile") is not None:  # versions before the FPR target: the benign quantile
@@ -87,8 +93,8 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
             x = self.preprocessor.transform(frame)
         except DatasetError as exc:  # missing or non-numeric feature columns, named
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        errors = self.network.reconstruction_error(torch.from_numpy(x)).numpy().astype(np.float64)
-        out = pd.DataFrame({"reconstruction_error": errors, "is_anomaly": errors > self.threshold})
+        errors, scores = self.error_score.scores(self.network, x)
+        out = pd.DataFrame({"reconstruction_error": errors, "anomaly_score": scores, "is_anomaly": scores > self.threshold})
         if ID_COLUMN in frame.columns:
             out.insert(0, ID_COLUMN, frame[ID_COLUMN].to_numpy())
         return out

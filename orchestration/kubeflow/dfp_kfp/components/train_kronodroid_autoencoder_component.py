@@ -37,6 +37,7 @@ def train_kronodroid_autoencoder(
     patience: int,
     train_seed: int,
     target_fpr: float,
+    score: str,
     accelerator: str,
     devices: str,
     strategy: str,

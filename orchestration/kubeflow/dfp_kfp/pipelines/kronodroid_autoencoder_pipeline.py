@@ -99,6 +99,7 @@ def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAG
         patience: int = _M.patience,
         train_seed: int = _M.seed,
         target_fpr: float = _M.target_fpr,
+        score: str = _M.score,
         accelerator: str = _M.accelerator,
         devices: str = _M.devices,
         strategy: str = _M.strategy,
@@ -129,7 +130,7 @@ def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAG
             mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name, max_rows_per_split=max_rows_per_split,
             train_on=train_on, latent_dim=latent_dim, hidden_dims=hidden_dims, dropout=dropout, lr=lr,
             weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-            train_seed=train_seed, target_fpr=target_fpr, accelerator=accelerator, devices=devices,
+            train_seed=train_seed, target_fpr=target_fpr, score=score, accelerator=accelerator, devices=devices,
             strategy=strategy, num_nodes=num_nodes, evaluate_baselines=evaluate_baselines,
         )
         # One training task per branch: only the GPU one asks the cluster for a GPU.
