@@ -185,6 +185,13 @@ def _errors(model, x) -> np.ndarray:
         return ((model(t) - t) ** 2).numpy().astype(np.float64)
 
 
+def _reconstruction(model, x) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy().astype(np.float64)
+
+
 def _latent(model, x) -> np.ndarray:
     import torch
 
@@ -253,8 +260,9 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         fit_seconds = time.monotonic() - started
         errs = {s: _errors(model, x[s]) for s in x}
         mse = {s: e.mean(axis=1) for s, e in errs.items()}
-        if "default" in variants:
-            add("ae_default", mse["val"], mse["test"], fit_seconds)
+        if "default" in variants:  # the product's score (TrainConfig.score), and the plain MSE beside it
+            add("ae_default", result["scores"]["val"], result["scores"]["test"], fit_seconds)
+            add("ae_mse", mse["val"], mse["test"], fit_seconds)
         benign_train = errs["train"][y["train"] == 0]
         if "std_error" in variants:  # each feature's error in units of its benign training error
             scale = benign_train.mean(axis=0) + 1e-6
@@ -263,6 +271,19 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
             residual = {s: np.sqrt(e) for s, e in errs.items()}
             ref = residual["train"][y["train"] == 0]
             add("ae_error_mahalanobis", _mahalanobis(ref, residual["val"]), _mahalanobis(ref, residual["test"]),
+                fit_seconds)
+        if "error_mahalanobis" in variants:  # tried beside it: the signed residual, and the sum with MSE
+            signed = {s: _reconstruction(model, x[s]) - x[s] for s in x}
+            ref = signed["train"][y["train"] == 0]
+            add("ae_signed_error_mahalanobis", _mahalanobis(ref, signed["val"]), _mahalanobis(ref, signed["test"]),
+                fit_seconds)
+            residual = {s: np.sqrt(e) for s, e in errs.items()}
+            ref = residual["train"][y["train"] == 0]
+            maha = {s: _mahalanobis(ref, residual[s]) for s in ("val", "test")}
+            benign_val = y["val"] == 0
+            add("ae_mse_plus_error_mahalanobis",
+                _zscore(mse["val"], mse["val"][benign_val]) + _zscore(maha["val"], maha["val"][benign_val]),
+                _zscore(mse["test"], mse["val"][benign_val]) + _zscore(maha["test"], maha["val"][benign_val]),
                 fit_seconds)
         if "latent_mahalanobis" in variants:  # density of the code: a Gaussian fit on benign training codes
             codes = {s: _latent(model, x[s]) for s in x}
@@ -314,7 +335,7 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         from dfp_core.ml.evaluation import method_scores
 
         started = time.monotonic()
-        scored = method_scores(model, pre, frames["train"], pd.concat([frames["val"], frames["test"]], ignore_index=True),
+        scored = method_scores(result["error_score"].score_function(model), pre, frames["train"], pd.concat([frames["val"], frames["test"]], ignore_index=True),
                                seed=seed)
         seconds = time.monotonic() - started
         for method in BASELINES:
@@ -360,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 parser.error(f"unknown split {split!r}")
             out[split]["seconds"] = round(time.monotonic() - started, 1)
-    save("detection.json", out)
+    save("detection", out)
     print(__import__("json").dumps(out))
     return 0
 
