@@ -25,6 +25,11 @@ def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
+# The x axis of the score histogram, per TrainConfig.score.
+SCORE_LABELS = {"mse": "reconstruction error (per-sample MSE)",
+                "error_mahalanobis": "squared Mahalanobis distance of the per-feature error vector"}
+
+
 def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192):
     """The ``ErrorScore`` of ``kind`` fitted on the preprocessed benign training rows: for
     ``error_mahalanobis``, the Ledoit-Wolf location and precision of their absolute errors."""
@@ -96,7 +101,8 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots.plot_loss_curves(history.history, plot_dir / "loss_curves.png")
     plots.plot_roc_pr(scores["test"], test_y, plot_dir / "roc_curve.png", plot_dir / "pr_curve.png", data_source=test_src)
-    plots.plot_error_histogram(scores["test"], test_y, threshold, plot_dir / "error_histogram.png")
+    plots.plot_error_histogram(scores["test"], test_y, threshold, plot_dir / "error_histogram.png",
+                               score_label=SCORE_LABELS[config.score])
     return {
         "model": model, "preprocessor": preprocessor, "threshold": threshold, "metrics": results,
         "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors, "scores": scores,

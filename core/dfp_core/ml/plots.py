@@ -101,9 +101,10 @@ def plot_roc_pr(
     return _save(fig_roc, path_roc), _save(fig_pr, path_pr)
 
 
-def plot_error_histogram(errors, labels, threshold: float, path: str | Path) -> Path:
-    """Histograms of benign vs malware reconstruction errors, with the threshold;
-    log-scale x when the errors span more than two decades."""
+def plot_error_histogram(errors, labels, threshold: float, path: str | Path,
+                         score_label: str = "reconstruction error (per-sample MSE)") -> Path:
+    """Histograms of benign vs malware scores (``score_label`` names them), with the
+    threshold; log-scale x when the scores span more than two decades."""
     errs = np.asarray(errors, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(np.int64)
     fig, ax = _figure((7.0, 4.5))
@@ -129,8 +130,8 @@ def plot_error_histogram(errors, labels, threshold: float, path: str | Path) -> 
         if np.isfinite(threshold) and (not log_x or threshold > 0):
             ax.axvline(threshold, color="black", ls="--", lw=1.2, label=f"threshold={threshold:.4g}")
         ax.legend()
-    ax.set_xlabel("reconstruction error (per-sample MSE)")
+    ax.set_xlabel(score_label)
     ax.set_ylabel("rows")
-    ax.set_title("Reconstruction error by class")
+    ax.set_title("Anomaly score by class")
     ax.grid(alpha=0.3)
     return _save(fig, path)
