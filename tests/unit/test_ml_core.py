@@ -557,3 +557,18 @@ def test_the_configurable_scores_are_the_implemented_ones():
     from dfp_core.ml.pyfunc import SCORE_WORDS
 
     assert set(SCORE_LABELS) == set(SCORE_WORDS) == set(SCORES)  # each score is named in the plot and description
+
+
+def test_a_run_from_before_the_score_choice_is_retrained_with_its_own_score():
+    from dfp_core import lineage
+    from dfp_core.ml.reproduce import ModelLineage, config_from_run
+    from dfp_core.params import TrainConfig
+
+    tags = {lineage.TAG_REPOSITORY: "kronodroid", lineage.TAG_REF: "c0ffee", lineage.TAG_SNAPSHOT: "1"}
+    logged = TrainConfig(latent_dim=8).to_params()
+    assert logged["score"] == "error_mahalanobis"
+    now = ModelLineage("m", "2", "run", tags, tags, logged, {})
+    before = ModelLineage("m", "1", "run", tags, tags, {k: v for k, v in logged.items() if k != "score"}, {})
+    assert config_from_run(now).score == "error_mahalanobis" and config_from_run(now).latent_dim == 8
+    assert config_from_run(before).score == "mse" and config_from_run(before).latent_dim == 8
+    assert config_from_run(before).ref == "c0ffee" and config_from_run(before).register is False

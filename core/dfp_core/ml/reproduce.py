@@ -107,11 +107,13 @@ def compare(model: ModelLineage, data) -> list[str]:
 
 
 def config_from_run(model: ModelLineage) -> TrainConfig:
-    """The TrainConfig a run was trained with, from its logged params, on the CPU."""
+    """The TrainConfig a run was trained with, from its logged params, on the CPU.
+    Runs from before the score choice logged no ``score``: they scored with the MSE."""
+    before_score = {} if "score" in model.params else {"score": "mse"}
     return TrainConfig.from_params(
         model.params, repo=model.tags[lineage.TAG_REPOSITORY], ref=model.tags[lineage.TAG_REF],
         snapshot_id=model.tags[lineage.TAG_SNAPSHOT], accelerator="cpu", devices="1", strategy="auto", num_nodes=1,
-        register=False,
+        register=False, **before_score,
     )
 
 
