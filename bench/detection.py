@@ -20,6 +20,7 @@ reached on test at the threshold. Prints a JSON summary as its last line and wri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import statistics
 import sys
@@ -123,26 +124,7 @@ class _Denoising:
         return loss
 
 
-class _SemiSupervised:
-    """Mixin: benign rows are reconstructed (MSE); labelled malware rows of the training
-    split are pushed to an error of at least ``margin`` (hinge). Reported apart."""
-
-    margin = 2.0
-
-    def training_step(self, batch, batch_idx):
-        import torch
-
-        x, y = batch
-        err = ((self(x) - x) ** 2).mean(dim=1)
-        benign, malware = err[y == 0], err[y == 1]
-        loss = benign.mean() if benign.numel() else err.sum() * 0
-        if malware.numel():
-            loss = loss + torch.relu(self.margin - malware).mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
-        return loss
-
-
-def _fit_network(cfg, train_x, val_x, seed: int, kind: str = "plain", train_y=None):
+def _fit_network(cfg, train_x, val_x, seed: int, kind: str = "plain"):
     """The product's architecture and optimiser, trained with Lightning like a training run
     (early stopping on benign validation loss); ``kind`` picks a training variant."""
     import lightning as L
@@ -152,27 +134,18 @@ def _fit_network(cfg, train_x, val_x, seed: int, kind: str = "plain", train_y=No
     from dfp_core.ml.model import KronodroidAutoencoder
 
     L.seed_everything(seed, workers=True)
-    bases = {"plain": (), "denoise": (_Denoising,), "semi": (_SemiSupervised,)}[kind]
+    bases = {"plain": (), "denoise": (_Denoising,)}[kind]
     cls = type(f"AE_{kind}", (*bases, KronodroidAutoencoder), {})
     model = cls(input_dim=train_x.shape[1], hidden_dims=cfg.hidden_dims, latent_dim=cfg.latent_dim,
                 dropout=cfg.dropout, lr=cfg.lr, weight_decay=cfg.weight_decay)
     val_y = np.zeros(len(val_x), dtype=np.int64)
     dm = KronodroidDataModule(train_x, val_x, None, np.zeros(len(train_x), dtype=np.int64), val_y,
                               train_on="benign", batch_size=cfg.batch_size, seed=seed)
-    loaders = {"datamodule": dm}
-    if kind == "semi":  # batches carry the labels
-        import torch
-        from torch.utils.data import DataLoader, TensorDataset
-
-        labelled = TensorDataset(torch.from_numpy(train_x), torch.from_numpy(np.asarray(train_y, dtype=np.int64)))
-        loaders = {"train_dataloaders": DataLoader(labelled, batch_size=cfg.batch_size, shuffle=True,
-                                                   generator=torch.Generator().manual_seed(seed)),
-                   "val_dataloaders": dm.val_dataloader()}
     trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, deterministic=True,
                         callbacks=[EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    trainer.fit(model, **loaders)
+    trainer.fit(model, datamodule=dm)
     return model.eval()
 
 
@@ -313,11 +286,14 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
                 ref = residual["train"][y["train"] == 0]
                 add("ae_flags_raw_error_mahalanobis", _mahalanobis(ref, residual["val"]),
                     _mahalanobis(ref, residual["test"]), time.monotonic() - started)
-        if "semi_supervised" in variants:
-            started = time.monotonic()
-            net = _fit_network(cfg, x["train"], x["val"][y["val"] == 0], seed, "semi", train_y=y["train"])
-            add("semi_supervised_ae", _errors(net, x["val"]).mean(axis=1), _errors(net, x["test"]).mean(axis=1),
-                time.monotonic() - started)
+        if "semi_supervised" in variants:  # dfp train --train-on semi, both scores (reported apart)
+            for score in ("mse", "error_mahalanobis"):
+                started = time.monotonic()
+                semi_cfg = dataclasses.replace(cfg, train_on="semi", score=score)
+                with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
+                    semi = fit_and_evaluate(semi_cfg, SimpleNamespace(frames=frames), Path(work))
+                add(f"semi_supervised_ae_{score}", semi["scores"]["val"], semi["scores"]["test"],
+                    time.monotonic() - started)
         if "ensemble5" in variants and seed == seeds[0]:  # five seeds, scores z-scored on benign validation
             started = time.monotonic()
             val_sum, test_sum = np.zeros(len(x["val"])), np.zeros(len(x["test"]))

@@ -205,8 +205,9 @@ class TrainConfig:
     snapshot_id: str | None = param(None, "Pin an Iceberg snapshot (default: the ref's current one).")
     max_rows_per_split: int = param(0, "0 = all rows; N = a deterministic subset of N rows per split.", min=0,
                                     pipeline="max_rows_per_split")
-    train_on: str = param("benign", "benign (anomaly detection) or all.", choices=("benign", "all"),
-                          pipeline="train_on")
+    train_on: str = param("benign", "benign (anomaly detection), all, or semi (semi-supervised: benign rows "
+                                    "reconstructed, the train split's labelled malware pushed to a high error).",
+                          choices=("benign", "all", "semi"), pipeline="train_on")
     # model: (512, 128) -> 64 beat (256, 64) -> 16 on the real KronoDroid subset (test ROC-AUC
     # 0.963 vs 0.954, both seeds above PCA's 0.960): bench/training.py --quality-real-subset.
     latent_dim: int = param(64, "Size of the code layer.", min=1, pipeline="latent_dim")

@@ -211,6 +211,37 @@ def test_datamodule_benign_only_and_all(data):
     assert everything.n_train == len(x["train"]) and everything.n_val == len(x["val"])
 
 
+def test_datamodule_semi_supervised_batches_carry_labels(data):
+    x, y = data["x"], data["y"]
+    dm = make_dm(data, train_on="semi")
+    assert dm.n_train == len(x["train"]) and dm.n_val == int((y["val"] == 0).sum())  # validation stays benign
+    batches = list(dm.train_dataloader())
+    assert all(len(b) == 2 for b in batches)
+    seen_x = torch.cat([b[0] for b in batches]).numpy()
+    seen_y = torch.cat([b[1] for b in batches]).numpy()
+    order = {r.tobytes(): int(label) for r, label in zip(x["train"], y["train"])}
+    assert len(seen_x) == len(x["train"]) and [order[r.tobytes()] for r in seen_x] == seen_y.tolist()
+    np.testing.assert_array_equal(_rows(dm.val_dataloader()), x["val"][y["val"] == 0])
+    with pytest.raises(DatasetError, match="train_on='semi' needs labels for the train split"):
+        KronodroidDataModule(x["train"], x["val"], train_on="semi")
+
+
+def test_semi_supervised_training_pushes_labelled_malware_past_the_margin(data):
+    from dfp_core.ml.model import MALWARE_MARGIN
+
+    def fit(train_on: str):
+        L.seed_everything(0, workers=True, verbose=False)
+        model = KronodroidAutoencoder(N_FEAT, **SMALL, lr=3e-3)
+        trainer(max_epochs=8, deterministic=True).fit(model, datamodule=make_dm(data, train_on=train_on))
+        return model.reconstruction_error(torch.from_numpy(data["x"]["test"])).numpy()
+
+    y = data["y"]["test"]
+    plain, semi = fit("benign"), fit("semi")
+    gap = lambda e: np.median(e[y == 1]) - np.median(e[y == 0])  # noqa: E731
+    assert gap(semi) > gap(plain)  # test malware (unseen rows) is pushed further from benign
+    assert np.median(semi[y == 1]) > 0.5 * MALWARE_MARGIN
+
+
 def test_datamodule_errors(data):
     x, y = data["x"], data["y"]
     with pytest.raises(DatasetError, match="val split is empty"):

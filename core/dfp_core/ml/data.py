@@ -2,7 +2,9 @@
 
 ``train_on="benign"`` (default) is the anomaly-detection setting: the train and
 validation losses are computed on benign rows (label 0) only; the test loader
-serves every row. ``train_on="all"`` uses every row everywhere.
+serves every row. ``train_on="all"`` uses every row everywhere. ``train_on="semi"``
+(semi-supervised) trains on every row, its batches carrying the labels ``(x, y)`` so
+the model can push the labelled malware away; validation stays benign-only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dfp_core.errors import DatasetError
 
-TrainOn = Literal["benign", "all"]
+TrainOn = Literal["benign", "all", "semi"]
 
 
 def _as_features(name: str, x, n_features: int | None) -> np.ndarray:
@@ -34,10 +36,11 @@ def _as_features(name: str, x, n_features: int | None) -> np.ndarray:
     return arr
 
 
-def _as_labels(name: str, y, n_rows: int, required: bool) -> np.ndarray | None:
+def _as_labels(name: str, y, n_rows: int, required_by: str | None) -> np.ndarray | None:
+    """The labels as int64 0/1; ``required_by``: the train_on mode that needs them (None: optional)."""
     if y is None:
-        if required:
-            raise DatasetError(f"train_on='benign' needs labels for the {name} split")
+        if required_by:
+            raise DatasetError(f"train_on={required_by!r} needs labels for the {name} split")
         return None
     arr = np.asarray(y).reshape(-1)
     if arr.shape[0] != n_rows:
@@ -65,8 +68,8 @@ class KronodroidDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        if train_on not in ("benign", "all"):
-            raise ValueError(f"train_on must be 'benign' or 'all', got {train_on!r}")
+        if train_on not in ("benign", "all", "semi"):
+            raise ValueError(f"train_on must be 'benign', 'all' or 'semi', got {train_on!r}")
         if int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
         self.train_on = train_on
@@ -74,24 +77,27 @@ class KronodroidDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
 
-        benign_only = train_on == "benign"
+        benign_only, labelled = train_on == "benign", train_on == "semi"
         tx = _as_features("train", train_x, None)
         self.n_features = tx.shape[1]
         vx = _as_features("val", val_x, self.n_features)
-        ty = _as_labels("train", train_y, len(tx), required=benign_only)
-        vy = _as_labels("val", val_y, len(vx), required=benign_only)
+        needs_labels = train_on if benign_only or labelled else None
+        ty = _as_labels("train", train_y, len(tx), needs_labels)
+        vy = _as_labels("val", val_y, len(vx), needs_labels)
         if benign_only:
-            tx, vx = self._benign(tx, ty, "train"), self._benign(vx, vy, "val")
+            tx = self._benign(tx, ty, "train")
+        if benign_only or labelled:
+            vx = self._benign(vx, vy, "val")
         self.train_x, self.val_x = tx, vx
+        self.train_y = ty if labelled else None  # the labels the semi-supervised loss needs
         self.test_x = None if test_x is None else _as_features("test", test_x, self.n_features)
-        self.test_y = None if self.test_x is None else _as_labels("test", test_y, len(self.test_x), required=False)
+        self.test_y = None if self.test_x is None else _as_labels("test", test_y, len(self.test_x), None)
 
-    @staticmethod
-    def _benign(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
+    def _benign(self, x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
         mask = y == 0
         if not mask.any():
             raise DatasetError(
-                f"the {name} split has no benign rows (label 0), and train_on='benign' needs some; "
+                f"the {name} split has no benign rows (label 0), and train_on={self.train_on!r} needs some; "
                 "check the split or use train_on='all'"
             )
         return x[mask]
@@ -104,9 +110,11 @@ class KronodroidDataModule(L.LightningDataModule):
     def n_val(self) -> int:
         return len(self.val_x)
 
-    def _loader(self, x: np.ndarray, shuffle: bool, generator: torch.Generator | None = None) -> DataLoader:
+    def _loader(self, x: np.ndarray, shuffle: bool, generator: torch.Generator | None = None,
+                y: np.ndarray | None = None) -> DataLoader:
+        tensors = (torch.from_numpy(x),) if y is None else (torch.from_numpy(x), torch.from_numpy(y))
         return DataLoader(
-            TensorDataset(torch.from_numpy(x)),
+            TensorDataset(*tensors),
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=generator,
@@ -118,7 +126,7 @@ class KronodroidDataModule(L.LightningDataModule):
         # A fresh generator per call: every fit with the same seed sees the same
         # sequence of epoch permutations.
         generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.train_x, shuffle=True, generator=generator)
+        return self._loader(self.train_x, shuffle=True, generator=generator, y=self.train_y)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_x, shuffle=False)

@@ -60,14 +60,14 @@ def method_scores(autoencoder_score: Callable[[np.ndarray], np.ndarray], preproc
     (``ErrorScore.score_function``).
 
     PCA and IsolationForest are fit on the training rows the autoencoder used
-    (benign ones for ``train_on="benign"``), the RandomForest on every train
+    (benign ones unless ``train_on="all"``), the RandomForest on every train
     row; it is left out when the train rows have a single class.
     """
-    if train_on not in ("benign", "all"):
-        raise ConfigError(f"train_on must be 'benign' or 'all', got {train_on!r}")
+    if train_on not in ("benign", "all", "semi"):
+        raise ConfigError(f"train_on must be 'benign', 'all' or 'semi', got {train_on!r}")
     train_x, train_y = preprocessor.transform(train_frame), _labels(train_frame, "train")
     eval_x = preprocessor.transform(eval_frame)
-    fit_x = train_x[train_y == 0] if train_on == "benign" else train_x
+    fit_x = train_x if train_on == "all" else train_x[train_y == 0]
     if len(fit_x) == 0:
         raise DatasetError("no benign train rows to fit the unsupervised baselines on")
     scores = {

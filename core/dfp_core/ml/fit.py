@@ -59,9 +59,12 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
 
     L.seed_everything(config.seed, workers=True)
     train_frame = data.frames["train"]
-    fit_rows = train_frame[train_frame["label"] == 0] if config.train_on == "benign" else train_frame
+    # The preprocessing is fitted on the rows the network learns to reconstruct (benign ones,
+    # also for semi, where the labelled malware is only pushed away).
+    benign_fit = config.train_on != "all"
+    fit_rows = train_frame[train_frame["label"] == 0] if benign_fit else train_frame
     if fit_rows.empty:
-        raise DatasetError(f"the train split has no {'benign ' if config.train_on == 'benign' else ''}rows to fit on")
+        raise DatasetError(f"the train split has no {'benign ' if benign_fit else ''}rows to fit on")
     preprocessor = Preprocessor(FEATURE_COLUMNS).fit(fit_rows)
     arrays = {split: _split_arrays(frame, preprocessor) for split, frame in data.frames.items()}
     (train_x, train_y, _), (val_x, val_y, _), (test_x, test_y, test_src) = (arrays[s] for s in ("train", "val", "test"))

@@ -2,8 +2,12 @@
 as a LightningModule, trained with MSE.
 
 Trained on benign apps only (see ``data.KronodroidDataModule``), its per-sample
-reconstruction error is the anomaly score: malware reconstructs worse. Its state dict
-has the network's keys, so the registered scorer loads it into the plain network.
+reconstruction error is the anomaly score: malware reconstructs worse. With
+``train_on="semi"`` its training batches carry labels ``(x, y)``: benign rows are
+reconstructed (MSE) and each labelled malware row whose error is under
+``MALWARE_MARGIN`` adds the shortfall (a hinge), so malware is pushed to a high error.
+Its state dict has the network's keys, so the registered scorer loads it into the
+plain network.
 """
 
 from __future__ import annotations
@@ -16,6 +20,18 @@ from torch import Tensor, nn
 
 from dfp_core.params import TrainConfig
 from dfp_core.serving.network import AutoencoderNetwork
+
+
+# The per-sample MSE (in preprocessed, standardised units) the semi-supervised loss asks of
+# labelled malware; benign rows reconstruct to ~0.1-0.5 (bench/detection.py, semi_supervised).
+MALWARE_MARGIN = 2.0
+
+
+def batch_labels(batch: Any) -> Tensor | None:
+    """The labels of a labelled batch ``(x, y)``; None for a features-only batch."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor):
+        return batch[1]
+    return None
 
 
 def batch_features(batch: Any) -> Tensor:
@@ -81,8 +97,15 @@ class KronodroidAutoencoder(L.LightningModule):
         return nn.functional.mse_loss(self(x), x)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch_features(batch)
-        loss = nn.functional.mse_loss(self(x), x)
+        x, y = batch_features(batch), batch_labels(batch)
+        if y is None:
+            loss = nn.functional.mse_loss(self(x), x)
+        else:  # semi-supervised: benign reconstructed, labelled malware pushed past the margin
+            errors = ((self(x) - x) ** 2).mean(dim=1)
+            benign, malware = errors[y == 0], errors[y == 1]
+            loss = benign.mean() if benign.numel() else errors.sum() * 0.0
+            if malware.numel():
+                loss = loss + torch.relu(MALWARE_MARGIN - malware).mean()
         # A self.log call per step costs ~10% of a step of this small model:
         # keep a running, sample-weighted sum and log the epoch mean once.
         previous_sum, previous_count = (self._train_sum, self._train_count) if batch_idx else (0.0, 0)
