@@ -48,9 +48,12 @@ def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tm
 
     trained = _last_json(cli("train", "--repo", repo, "--max-epochs", "1", "--hidden-dims", "32,16", "--latent-dim", "4",
                              "--batch-size", "64", "--accelerator", "cpu", "--devices", "1", "--model-name", model,
-                             "--no-baselines", "--target-fpr", "0.1"))
+                             "--no-baselines", "--target-fpr", "0.1", "--train-on", "semi", "--score", "mse"))
     version = rt.mlflow.get_model_version(model, trained["model_version"])  # in this stack's registry
     assert version.tags["data.lakefs_ref"] == transformed["merge_commit"]
+    params = rt.mlflow.get_run(trained["run_id"]).data.params
+    assert (params["train_on"], params["score"]) == ("semi", "mse")
+    assert "Score (mse)" in version.description
 
     # The defect this guards against: `dfp score` ignored stack.env, made ./mlflow.db and found no model.
     scored = _last_json(cli("score", "--model-uri", f"models:/{model}/{trained['model_version']}",
@@ -62,6 +65,7 @@ def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tm
     evaluated = _last_json(cli("evaluate", "--model", model, "--version", trained["model_version"], "--no-log"))
     assert "eval_roc_auc__autoencoder" in evaluated["metrics"]
     assert evaluated["operating_point"]["target_fpr"] == pytest.approx(0.1)
+    assert evaluated["operating_point"]["score"] == "mse"
     assert evaluated["operating_point"]["threshold"] == pytest.approx(trained["test_metrics"]["threshold"])
 
     piped = _last_json(cli("pipeline", "run-local", "--no-run-transform", "--repo", repo, "--max-epochs", "1",
