@@ -179,6 +179,14 @@ def _mahalanobis(reference: np.ndarray, points: np.ndarray) -> np.ndarray:
     return fitted.mahalanobis(points)
 
 
+def _product_mahalanobis(model, x: dict, y: dict) -> dict:
+    """The product's error_mahalanobis score (``fit_error_score``: benign training rows) on val and test."""
+    from dfp_core.ml.fit import fit_error_score
+
+    fitted = fit_error_score("error_mahalanobis", model, x["train"][y["train"] == 0])
+    return {s: fitted.scores(model, x[s])[1] for s in ("val", "test")}
+
+
 class _FlagsRawPreprocessor:
     """Binary columns (permission flags: only 0/1 seen in training) kept as 0/1; counts
     and metadata as the product does (log1p, standardise, clip)."""
@@ -240,19 +248,14 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         if "std_error" in variants:  # each feature's error in units of its benign training error
             scale = benign_train.mean(axis=0) + 1e-6
             add("ae_std_error", (errs["val"] / scale).mean(axis=1), (errs["test"] / scale).mean(axis=1), fit_seconds)
-        if "error_mahalanobis" in variants:  # residuals' joint distribution on benign training rows
-            residual = {s: np.sqrt(e) for s, e in errs.items()}
-            ref = residual["train"][y["train"] == 0]
-            add("ae_error_mahalanobis", _mahalanobis(ref, residual["val"]), _mahalanobis(ref, residual["test"]),
-                fit_seconds)
-        if "error_mahalanobis" in variants:  # tried beside it: the signed residual, and the sum with MSE
+        if "error_mahalanobis" in variants:  # residuals' joint distribution on benign training rows: the
+            # product's score (--score error_mahalanobis), and beside it the signed residual and the sum with MSE
+            maha = _product_mahalanobis(model, x, y)
+            add("ae_error_mahalanobis", maha["val"], maha["test"], fit_seconds)
             signed = {s: _reconstruction(model, x[s]) - x[s] for s in x}
             ref = signed["train"][y["train"] == 0]
             add("ae_signed_error_mahalanobis", _mahalanobis(ref, signed["val"]), _mahalanobis(ref, signed["test"]),
                 fit_seconds)
-            residual = {s: np.sqrt(e) for s, e in errs.items()}
-            ref = residual["train"][y["train"] == 0]
-            maha = {s: _mahalanobis(ref, residual[s]) for s in ("val", "test")}
             benign_val = y["val"] == 0
             add("ae_mse_plus_error_mahalanobis",
                 _zscore(mse["val"], mse["val"][benign_val]) + _zscore(maha["val"], maha["val"][benign_val]),
@@ -282,10 +285,8 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
             errs_f = {s: _errors(net, xf[s]) for s in xf}
             add("ae_flags_raw", errs_f["val"].mean(axis=1), errs_f["test"].mean(axis=1), time.monotonic() - started)
             if "error_mahalanobis" in variants:  # the two ideas together
-                residual = {s: np.sqrt(e) for s, e in errs_f.items()}
-                ref = residual["train"][y["train"] == 0]
-                add("ae_flags_raw_error_mahalanobis", _mahalanobis(ref, residual["val"]),
-                    _mahalanobis(ref, residual["test"]), time.monotonic() - started)
+                maha_f = _product_mahalanobis(net, xf, y)
+                add("ae_flags_raw_error_mahalanobis", maha_f["val"], maha_f["test"], time.monotonic() - started)
         if "semi_supervised" in variants:  # dfp train --train-on semi, both scores (reported apart)
             for score in ("mse", "error_mahalanobis"):
                 started = time.monotonic()
