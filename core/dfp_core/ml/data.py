@@ -81,7 +81,7 @@ class KronodroidDataModule(L.LightningDataModule):
         tx = _as_features("train", train_x, None)
         self.n_features = tx.shape[1]
         vx = _as_features("val", val_x, self.n_features)
-        needs_labels = train_on if benign_only or labelled else None
+        needs_labels = None if train_on == "all" else train_on
         ty = _as_labels("train", train_y, len(tx), needs_labels)
         vy = _as_labels("val", val_y, len(vx), needs_labels)
         if benign_only:
