@@ -142,22 +142,15 @@ def spark_jars_mb() -> tuple[float, int]:
 
 
 def go_modules_zip_mb() -> tuple[float, int]:
-    """Sizes of the module zips ``go mod download`` lists for tools/lakefs (existing GOMODCACHE)."""
-    env = {**os.environ, "GONOSUMDB": "github.com/treeverse", "GOFLAGS": "-mod=readonly"}
-    out = subprocess.run(["go", "mod", "download", "-json"], cwd=ROOT / "tools" / "lakefs", env=env,
-                         check=True, capture_output=True, text=True).stdout
-    decoder, pos, total, count = json.JSONDecoder(), 0, 0, 0
-    while pos < len(out):
-        while pos < len(out) and out[pos].isspace():
-            pos += 1
-        if pos >= len(out):
-            break
-        entry, pos = decoder.raw_decode(out, pos)
-        zip_path = entry.get("Zip")
-        if zip_path and os.path.isfile(zip_path):
-            total += os.path.getsize(zip_path)
-            count += 1
-    return total / MB, count
+    """Sizes of the module zips the lakeFS build downloaded (its own module cache; build_go_server.sh
+    keeps the zips after a build and removes the extracted trees)."""
+    from dfp_core.settings import cache_dir
+
+    download = cache_dir(os.environ) / "lakefs" / "go" / "mod" / "cache" / "download"
+    zips = list(download.rglob("*.zip")) if download.is_dir() else []
+    if not zips:
+        raise SystemExit(f"no module zips under {download}: run tools/scripts/build_lakefs.sh (or make setup) first")
+    return sum(p.stat().st_size for p in zips) / MB, len(zips)
 
 
 def setup_download_figures(cold: dict | None) -> dict:
@@ -170,7 +163,7 @@ def setup_download_figures(cold: dict | None) -> dict:
         go_mb, go_source, n_mods = cold["go_modules_download_mb"], "cold build GOMODCACHE/cache/download", None
     else:
         go_mb, n_mods = go_modules_zip_mb()
-        go_source = "go mod download -json (.zip sizes, existing GOMODCACHE)"
+        go_source = "the lakeFS build's module zips (DFP cache)"
     binary = stack.lakefs_binary(StackSettings.from_env(os.environ)).stat().st_size / MB
     total = wheels + jars + go_mb
     return {

@@ -18,6 +18,7 @@ import pytest
 from dfp_core import __version__, lineage
 from dfp_core.errors import DfpError
 from dfp_core.kronodroid.generator import generate
+from tests.images import skip_without_disk
 from tests.inputs import archive_rows, csv_text
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -36,6 +37,7 @@ def images():
         pytest.skip(f"{exc} (tools/scripts/docker_engine.sh installs and starts one, as root)")
     done = subprocess.run([str(REPO_ROOT / "tools/scripts/build_images.sh"), "train", "spark"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=3600)
+    skip_without_disk(done)
     assert done.returncode == 0, done.stderr[-4000:]
     built = json.loads(done.stdout.strip().splitlines()[-1])
     assert {i["image"] for i in built["images"].values()} == {TRAIN_IMAGE, SPARK_IMAGE}
@@ -114,6 +116,7 @@ def test_a_build_that_fails_is_one_line_and_keeps_the_built_images(images):
         done = subprocess.run([str(REPO_ROOT / "tools/scripts/build_images.sh"), "spark"], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=600,
                               env={**os.environ, "DFP_BASE_IMAGE": empty})
+        skip_without_disk(done)
         assert done.returncode != 0
         last = done.stderr.strip().splitlines()[-1]
         assert last == (f"error: building {SPARK_IMAGE} failed (the build log is above); fix the cause and run "

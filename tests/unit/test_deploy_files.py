@@ -796,3 +796,21 @@ def test_spark_jars_script_runs_without_the_project_installed():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top.add(node.module.split(".")[0])
     assert top - sys.stdlib_module_names - {"__future__"} == set()
+
+
+def test_the_image_build_refuses_up_front_without_the_disk_it_needs(tmp_path):
+    """build_images.sh checks free space under Docker's data root before building: a client here
+    that reports a root with no free space (/proc) gets exit 75 and one line naming the need."""
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\ncase "$1 $2" in\n'
+                    '  "info --format") echo /proc ;;\n  "info "*) exit 0 ;;\n'
+                    '  "buildx version") echo fake ;;\n  "version --format") echo fake ;;\n  *) exit 1 ;;\nesac\n')
+    fake.chmod(0o755)
+    done = subprocess.run([str(REPO / "tools" / "scripts" / "build_images.sh"), "train", "spark"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert done.returncode == 75, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: not enough disk to build train spark: about 14000 MB free needed under /proc, 0 MB free; "
+        "free some (docker image prune, docker builder prune) or move Docker's data-root")

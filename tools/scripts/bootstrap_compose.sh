@@ -86,8 +86,11 @@ command -v curl >/dev/null || fail "curl is required"
 compose=(docker compose --env-file "$env_file" ${project[@]+"${project[@]}"} -f docker-compose.yml)
 if $built_images; then
   step "building the stack's images here (tools/scripts/build_images.sh postgres seaweedfs lakefs mlflow)"
-  "$root/tools/scripts/build_images.sh" postgres seaweedfs lakefs mlflow >&2 \
-    || fail "building the stack's images failed (see above)"
+  # 75 (not enough disk, said above) passes through, so callers can tell it from a failed build.
+  status=0
+  "$root/tools/scripts/build_images.sh" postgres seaweedfs lakefs mlflow >&2 || status=$?
+  [ "$status" != 75 ] || exit 75
+  [ "$status" = 0 ] || fail "building the stack's images failed (see above)"
   compose+=(-f docker-compose.built-images.yml)
 fi
 

@@ -43,9 +43,16 @@ if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; t
 fi
 
 cd "$mod"
+# Each binary builds with Go caches of its own under the DFP cache, unless the caller names
+# caches: once the binary is cached they serve only a rebuild after a pin change, so a
+# successful build removes the compile cache and the extracted module trees (several GB in
+# all) and keeps the downloaded module zips, from which a rebuild extracts without network.
+own_caches=true
+if [ -n "${GOMODCACHE:-}" ] || [ -n "${GOCACHE:-}" ]; then own_caches=false; fi
+export GOMODCACHE="${GOMODCACHE:-$cache/$name/go/mod}" GOCACHE="${GOCACHE:-$cache/$name/go/build}"
 # lakeFS depends on treeverse forks that the public checksum database does not list;
-# go.sum (committed) pins their hashes instead.
-export GONOSUMDB="${GONOSUMDB:+$GONOSUMDB,}github.com/treeverse" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
+# go.sum (committed) pins their hashes instead. -modcacherw: the trimmed trees can be deleted.
+export GONOSUMDB="${GONOSUMDB:+$GONOSUMDB,}github.com/treeverse" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -modcacherw"
 ldflags="-s -w"
 # shellcheck disable=SC2059
 [ -z "$ldflags_version" ] || ldflags="$ldflags $(printf -- "$ldflags_version" "${version#v}")"
@@ -62,4 +69,9 @@ then
 fi
 mv "$out.tmp" "$out"
 echo "$name $version: built in $(( $(date +%s) - start ))s -> $out" >&2
+if $own_caches; then
+  go clean -cache
+  find "$GOMODCACHE" -mindepth 1 -maxdepth 1 ! -name cache -exec rm -rf {} +
+  echo "$name $version: build caches removed; module zips kept in $GOMODCACHE/cache/download ($(du -sm "$GOMODCACHE" | cut -f1) MB)" >&2
+fi
 echo "$out"

@@ -15,6 +15,7 @@
 #                  when it exists).
 # DFP_MAVEN_REPO   Maven mirror for the Spark jars.
 # The last stdout line is a JSON summary: per image its tag, build seconds and size.
+# Exit status 75: not enough free disk under Docker's data root for these builds (checked first).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -40,6 +41,36 @@ base=${DFP_BASE_IMAGE:-python:3.11.17-slim-bookworm}
 debian_base="dfp/base:bookworm-py3.11"
 cleanup=()
 trap 'rm -rf ${cleanup[@]+"${cleanup[@]}"}' EXIT
+
+# ------------------------------------------------------------------ disk
+# A first build of the train image peaks near 11 GB (7.7 GB of layers plus pip's downloads);
+# running out midway fails deep inside pip. Check up front, with what a first build needs for
+# images not built yet and about 1 GB (the code layers) for the others. Exit 75: not enough disk.
+image_name() {
+  case "$1" in
+    train) echo dfp/kronodroid-train ;; spark) echo dfp/kronodroid-spark ;; mlflow) echo dfp/mlflow-server ;;
+    *) echo "dfp/$1" ;;
+  esac
+}
+first_build_mb() {
+  case "$1" in train) echo 11000 ;; spark) echo 3000 ;; mlflow) echo 2000 ;; postgres) echo 800 ;; *) echo 400 ;; esac
+}
+docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || true)
+docker_root=${docker_root:-/var/lib/docker}
+need_mb=0
+for image in "${images[@]}"; do
+  if docker image inspect "$(image_name "$image"):latest" >/dev/null 2>&1; then
+    need_mb=$(( need_mb + 1000 ))
+  else
+    need_mb=$(( need_mb + $(first_build_mb "$image") ))
+  fi
+done
+free_mb=$(df -Pm "$docker_root" 2>/dev/null | awk 'NR == 2 {print $4}')
+if [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
+  printf 'error: not enough disk to build %s: about %s MB free needed under %s, %s MB free; free some (docker image prune, docker builder prune) or move Docker'"'"'s data-root\n' \
+    "${images[*]}" "$need_mb" "$docker_root" "$free_mb" >&2
+  exit 75
+fi
 
 # ------------------------------------------------------------------ base image
 if docker image inspect "$base" >/dev/null 2>&1; then
@@ -86,12 +117,13 @@ maven=()
 summary=""
 for image in "${images[@]}"; do
   case "$image" in
-    train) name=dfp/kronodroid-train; dockerfile=tools/docker/Dockerfile.pytorch_train; tag=$version ;;
-    spark) name=dfp/kronodroid-spark; dockerfile=tools/docker/Dockerfile.spark; tag=$version ;;
-    mlflow) name=dfp/mlflow-server; dockerfile=tools/docker/Dockerfile.mlflow; tag=$mlflow_version ;;
-    postgres) name=dfp/postgres; dockerfile=tools/docker/Dockerfile.postgres; tag=15 ;;
-    seaweedfs|lakefs) name=dfp/$image; dockerfile=tools/docker/Dockerfile.$image ;;
+    train) dockerfile=tools/docker/Dockerfile.pytorch_train; tag=$version ;;
+    spark) dockerfile=tools/docker/Dockerfile.spark; tag=$version ;;
+    mlflow) dockerfile=tools/docker/Dockerfile.mlflow; tag=$mlflow_version ;;
+    postgres) dockerfile=tools/docker/Dockerfile.postgres; tag=15 ;;
+    seaweedfs|lakefs) dockerfile=tools/docker/Dockerfile.$image ;;
   esac
+  name=$(image_name "$image")
   context=.
   case "$image" in
     seaweedfs|lakefs)
