@@ -151,6 +151,9 @@ class SparkSettings:
     log_level: str = "WARN"
     java_home: str | None = None
     ui_enabled: bool = False
+    # The Python the executors' workers run (Spark's own PYSPARK_PYTHON); default: this interpreter,
+    # which holds the project, as it does in the images and on a cluster started from this venv.
+    python: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SparkSettings":
@@ -164,6 +167,7 @@ class SparkSettings:
             log_level=env.get("DFP_SPARK_LOG_LEVEL") or cls.log_level,
             java_home=env.get("JAVA_HOME") or None,
             ui_enabled=_flag(env, "DFP_SPARK_UI"),
+            python=env.get("PYSPARK_PYTHON") or None,
         )
 
 

@@ -101,10 +101,10 @@ def spark_session(
     for key, value in {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    if settings.master.startswith("local"):
-        # In-process, PySpark starts its workers with $PYSPARK_PYTHON or a bare python3 on the PATH
-        # (the spark.pyspark.python conf only reaches spark-submit); this interpreter has the project.
-        session.sparkContext.pythonExec = sys.executable
+    # Started from Python, PySpark has its workers (local or on a cluster's executors) run
+    # $PYSPARK_PYTHON or a bare python3 on the PATH, which lacks pyarrow and the project (the
+    # spark.pyspark.python conf only reaches spark-submit): name the interpreter explicitly.
+    session.sparkContext.pythonExec = settings.python or sys.executable
     session.sparkContext.setLogLevel(settings.log_level)
     _quiet_known_noise(session)
     return session
