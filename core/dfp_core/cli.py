@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -189,7 +190,11 @@ def train_cmd(
 
     with runtime("kronodroid-train", mlflow={"tracking_uri": tracking_uri}) as rt:
         try:
-            emit(train(rt, config))
+            summary = train(rt, config)
+            if rt.settings.process.is_rank_zero:
+                emit(summary)
+            else:  # a DDP worker shares rank zero's stdout, whose last line is the run's JSON
+                print(json.dumps(summary, sort_keys=True), file=sys.stderr, flush=True)
         except DfpError as exc:  # the last stdout line stays JSON; stderr ends with the one line
             emit(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
             raise

@@ -222,6 +222,25 @@ class StackSettings:
 
 
 @dataclass(frozen=True)
+class ProcessSettings:
+    """Where this process stands in a distributed training run, as its launcher said: Lightning's
+    DDP launcher (LOCAL_RANK, NODE_RANK), torchrun or a PyTorchJob (RANK, GROUP_RANK)."""
+
+    rank: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "ProcessSettings":
+        if env.get("RANK"):  # the global rank, where the launcher gives it
+            return cls(rank=_int(env, "RANK", 0))
+        # Else any non-zero coordinate is a process other than the global rank zero.
+        return cls(rank=max(_int(env, key, 0) for key in ("GROUP_RANK", "NODE_RANK", "LOCAL_RANK")))
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of one command, read once by its entry point."""
 
@@ -229,6 +248,7 @@ class Settings:
     mlflow: MLflowSettings
     spark: SparkSettings
     stack: StackSettings
+    process: ProcessSettings = ProcessSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -241,6 +261,7 @@ class Settings:
             spark=SparkSettings.from_env(merged),
             # The stack's own location and ports are never taken from the file it writes.
             stack=StackSettings.from_env(env),
+            process=ProcessSettings.from_env(env),
         )
 
     def override(self, *, lakefs: Mapping[str, Any] | None = None, mlflow: Mapping[str, Any] | None = None,
@@ -249,5 +270,6 @@ class Settings:
         return Settings(
             lakefs=_replace(self.lakefs, lakefs or {}), mlflow=_replace(self.mlflow, mlflow or {}),
             spark=_replace(self.spark, spark or {}), stack=_replace(self.stack, stack or {}),
+            process=self.process,
         )
 

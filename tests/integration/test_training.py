@@ -245,3 +245,38 @@ def test_feast_apply_registers_the_views_at_a_commit(transformed, stack, tmp_pat
     source = views["kronodroid_autoencoder_features"].batch_source
     assert source.tags["lakefs_ref"] == summary["merge_commit"]
     assert source.path == source_table(repo, summary["merge_commit"])
+
+
+def test_ddp_on_two_cpu_processes_registers_one_model_with_the_same_lineage(rt, spark, transformed, stack, tmp_path):
+    """`dfp train --strategy ddp --devices 2 --accelerator cpu`: Lightning's launcher starts a second
+    process (gloo), which fits on its shard of the same pinned splits and logs nothing; rank zero
+    owns the one MLflow run and registers a version whose lineage tags are a one-process run's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo, summary = transformed
+    model = "kronodroid_autoencoder_ddp_" + repo
+    done = subprocess.run(
+        [sys.executable, "-m", "dfp_core.cli", "train", "--repo", repo, "--max-epochs", "2", "--hidden-dims", "32,16",
+         "--latent-dim", "4", "--batch-size", "64", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+         "--model-name", model, "--no-baselines"],
+        cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    workers = [json.loads(line) for line in done.stderr.splitlines() if line.startswith('{"')]
+    assert [(w["rank"], w["status"], w["lakefs_commit"]) for w in workers] == [(1, "DDP_WORKER_DONE", summary["merge_commit"])]
+
+    client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["dfp.world_size"] == "2"
+    assert (run.data.params["strategy"], run.data.params["devices"]) == ("ddp", "2")
+    runs = client.search_runs([result["experiment_id"]], f"tags.`data.lakefs_repository` = '{repo}' and params.strategy = 'ddp'")
+    assert [r.info.run_id for r in runs] == [result["run_id"]]  # the worker started no run of its own
+    ddp_version = client.get_model_version(model, result["model_version"])
+
+    single = train(rt, _config(repo, "main", max_epochs=1, model_name=model + "_single"))
+    single_version = client.get_model_version(single["model_name"], single["model_version"])
+    assert {t: ddp_version.tags[t] for t in lineage.LINEAGE_TAGS} == {t: single_version.tags[t] for t in lineage.LINEAGE_TAGS}
+    assert ddp_version.tags["data.lakefs_ref"] == summary["merge_commit"]

@@ -116,3 +116,25 @@ def test_defs_hash_covers_the_feature_definition_files(tmp_path):
     (tmp_path / lineage.FEATURE_DEFINITION_FILES[0]).write_text("x = 2\n")
     assert lineage.defs_sha256(root=tmp_path) != before
     assert len(lineage.LINEAGE_TAGS) == 9 and len(set(lineage.LINEAGE_TAGS)) == 9
+
+
+@pytest.mark.parametrize("env, rank", [
+    ({}, 0),
+    ({"LOCAL_RANK": "0", "NODE_RANK": "0", "WORLD_SIZE": "2"}, 0),  # Lightning's launcher, the parent
+    ({"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2"}, 1),  # ... and the process it started
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, 1),                    # first process of a second node
+    ({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, 0),     # torchrun / PyTorchJob master
+    ({"RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"}, 3),
+])
+def test_the_process_rank_comes_from_what_the_launcher_set(env, rank):
+    from dfp_core.settings import ProcessSettings
+
+    process = ProcessSettings.from_env(env)
+    assert process.rank == rank and process.is_rank_zero == (rank == 0)
+
+
+def test_a_rank_that_is_not_a_number_is_a_config_error():
+    from dfp_core.settings import ProcessSettings
+
+    with pytest.raises(ConfigError, match="LOCAL_RANK must be an integer"):
+        ProcessSettings.from_env({"LOCAL_RANK": "one"})

@@ -47,7 +47,8 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
 
 def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> dict[str, Any]:
     """Preprocess, train, evaluate on the retrieved frames. ``logger``: a
-    Lightning logger for per-epoch metrics (False: none)."""
+    Lightning logger for per-epoch metrics (False: none). In a DDP run every process
+    fits; only the global rank zero evaluates (the others return after the fit)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
@@ -86,6 +87,9 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
         default_root_dir=str(workdir), log_every_n_steps=10, enable_progress_bar=True,
     )
     trainer.fit(model, datamodule=datamodule)
+    if not trainer.is_global_zero:
+        # A DDP worker: the fit is shared (gradients all-reduced); rank zero evaluates and logs.
+        return {"model": model, "trainer": trainer, "epochs_trained": trainer.current_epoch}
 
     # The score's reference is the benign training rows, whatever the network was fitted on.
     error_score = fit_error_score(config.score, model, train_x[train_y == 0])

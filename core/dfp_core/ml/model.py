@@ -117,7 +117,9 @@ class KronodroidAutoencoder(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._loss(batch)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch_features(batch)))
+        # Synced: under DDP each process validates a shard, and early stopping needs the whole set.
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch_features(batch)),
+                 sync_dist=True)
         return loss
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -111,6 +111,8 @@ def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
     import mlflow
 
     config = config.resolved(rt.settings)
+    if not rt.settings.process.is_rank_zero:
+        return _train_worker(rt, config)
     tracking_uri = rt.settings.mlflow.tracking_uri
     EpochMetricsLogger = _epoch_metrics_logger_class()
     started: dict[str, str] = {}
@@ -134,6 +136,20 @@ def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
                 raise TrainingFailed(f"training failed before its MLflow run started: {cause}", summary) from exc
             where = f"run {run_id} marked FAILED" if not unmarked else f"run {run_id} left as it was ({unmarked})"
             raise TrainingFailed(f"training failed, no model version registered ({where}): {cause}", summary) from exc
+
+
+def _train_worker(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
+    """A DDP process other than rank zero (started by Lightning's launcher, torchrun or a
+    PyTorchJob): the same pinned splits and the same fit, and nothing else: rank zero owns
+    the MLflow run, the evaluation and the registration."""
+    rank = rt.settings.process.rank
+    with stage(1, 2, f"rank {rank}: Feast retrieval at lakefs://{config.repo}/{config.ref}"):
+        data = rt.retrieve_splits(config.repo, config.ref, config.snapshot_id, config.max_rows_per_split)
+    with tempfile.TemporaryDirectory(prefix="dfp-train-") as tmp, \
+            stage(2, 2, f"rank {rank}: Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
+        result = fit_and_evaluate(config, data, Path(tmp))
+    return {"rank": rank, "status": "DDP_WORKER_DONE", "epochs_trained": int(result["epochs_trained"]),
+            "lakefs_commit": data.spec.lakefs_commit}
 
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str,
@@ -169,6 +185,7 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
         with stage(3, TRAIN_STAGES, f"Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
             epoch_logger = EpochMetricsLogger(tracking_uri=tracking_uri, run_id=run.info.run_id, log_model=False)
             result = fit_and_evaluate(config, data, workdir, logger=epoch_logger)
+            mlflow.set_tag("dfp.world_size", str(result["trainer"].world_size))  # processes that fitted
         with stage(4, TRAIN_STAGES, "test metrics, baselines, plots, model"):
             mlflow.log_metrics(result["metrics"])
             if config.evaluate_baselines:
