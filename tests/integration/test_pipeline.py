@@ -55,3 +55,19 @@ def test_without_transform_trains_on_the_branch_head(rt, pipeline_run, lakefs, s
     assert version.tags["data.lakefs_ref"] == moved
     assert int(result["model_version"]) == int(first["model_version"]) + 1
     assert lakefs.resolve_commit(repo, "main") == first["lakefs_commit"]  # nothing merged
+
+
+def test_the_train_step_runs_ddp_in_two_processes_and_writes_rank_zeros_outputs(rt, pipeline_run, stack, tmp_path):
+    """strategy=ddp, devices=2: Lightning's launcher runs the step's command again as rank 1, which
+    fits and ends before KFP writes outputs; the step's outputs are rank zero's registered version."""
+    repo, first = pipeline_run
+    result = run_pipeline_locally(
+        rt, pipeline_root=tmp_path, run_transform=False, lakefs_repository=repo, max_epochs=1, batch_size=64,
+        latent_dim=8, model_name=first["model_name"] + "_ddp", accelerator="cpu", devices="2", strategy="ddp",
+        evaluate_baselines=False,
+    )
+    client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version(result["model_name"], result["model_version"])
+    assert result["model_version"] == "1"
+    assert client.get_run(version.run_id).data.tags["dfp.world_size"] == "2"
+    assert version.tags["data.lakefs_ref"] == first["lakefs_commit"]

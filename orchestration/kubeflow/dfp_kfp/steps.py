@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 from dfp_core.errors import ConfigError
@@ -112,5 +113,11 @@ def train_step(lakefs_repository: str, lakefs_endpoint: str, lakefs_ref: str, ml
     with step_runtime("kronodroid-train-step", lakefs_endpoint, mlflow_tracking_uri) as rt:
         config = from_pipeline(TrainConfig, train_params, repo=lakefs_repository, ref=lakefs_ref)
         summary = train(rt, config)
+        rank_zero = rt.settings.process.is_rank_zero
+    if not rank_zero:
+        # A DDP worker, which Lightning's launcher started by running this step's command again:
+        # it ends here, before the KFP executor writes outputs, so the step's are rank zero's.
+        print(json.dumps(summary, sort_keys=True, default=str), file=sys.stderr, flush=True)
+        raise SystemExit(0)
     print(json.dumps(summary, sort_keys=True, default=str), flush=True)
     return summary["model_name"], str(summary["model_version"]), summary["run_id"]
