@@ -59,8 +59,14 @@ def measured(cmd: list[str], env: dict, timeout: float) -> dict:
         stdout, stderr = out.read(), err.read()
     result = {"seconds": round(time.monotonic() - started, 1), "peak_rss_mb": round(memory.peak / 2**20)}
     if error:
-        tail = [line for line in stderr.strip().splitlines() if line.strip()][-3:]
-        result["error"] = f"{error}: {' | '.join(tail)[-600:]}"
+        lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+        # The cause: the first line naming an out-of-memory error, else the first line naming an
+        # error or exception (later ones are mostly consequences), else the last lines.
+        frames = [line for line in lines if not line.startswith("at ")]
+        memory = [line for line in frames if re.search(r"OutOfMemoryError|MemoryError|Killed", line)]
+        named = [line for line in frames if re.search(r"(Error|Exception)\b", line)]
+        cause = (memory or named or [" | ".join(lines[-3:])])[0]
+        result["error"] = f"{error}: {cause[-600:]}"
     lines = stdout.strip().splitlines()
     result["last_line"] = lines[-1] if lines else ""
     result["stderr"] = stderr
@@ -101,8 +107,11 @@ def one_size(rows: int, env: dict, work: Path, timeout: float) -> tuple[dict, di
         result = measured(cmd, env, timeout)
         stderr = result.pop("stderr")
         if "error" in result:
+            log_path = RESULTS / f"scale_{rows}_{stage}.stderr.log"
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            log_path.write_text(stderr)
             return figures, {"rows": rows, "stage": stage, "why": result["error"], "seconds": result["seconds"],
-                             "peak_rss_mb": result["peak_rss_mb"]}
+                             "peak_rss_mb": result["peak_rss_mb"], "log": str(log_path)}
         last = json.loads(result.pop("last_line") or "{}")
         if stage == "load_splits":
             result.update(inner_seconds=last["seconds"], split_rows=last["rows"])
