@@ -189,14 +189,13 @@ def train_cmd(
     from dfp_core.ml.train_kronodroid_autoencoder import train
 
     with runtime("kronodroid-train", mlflow={"tracking_uri": tracking_uri}) as rt:
+        # A DDP worker shares rank zero's stdout, whose last line is the run's JSON: its own goes to stderr.
+        out = emit if rt.settings.process.is_rank_zero else (
+            lambda summary: print(json.dumps(summary, sort_keys=True, default=str), file=sys.stderr, flush=True))
         try:
-            summary = train(rt, config)
-            if rt.settings.process.is_rank_zero:
-                emit(summary)
-            else:  # a DDP worker shares rank zero's stdout, whose last line is the run's JSON
-                print(json.dumps(summary, sort_keys=True), file=sys.stderr, flush=True)
+            out(train(rt, config))
         except DfpError as exc:  # the last stdout line stays JSON; stderr ends with the one line
-            emit(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
+            out(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
             raise
 
 
