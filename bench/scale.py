@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,7 +178,7 @@ def main() -> None:
                 log(f"stopped at {rows:,} rows, {stopped['stage']}: {stopped['why']}")
                 break
             # The generated archives are not needed again; a 10x set is gigabytes.
-            subprocess.run(["rm", "-rf", str(Path(tmp) / f"data-{rows}")], check=False)
+            shutil.rmtree(Path(tmp) / f"data-{rows}", ignore_errors=True)
     results["exponent"] = {stage: exponent([(int(n), f.get(stage, {}).get("seconds")) for n, f in results["sizes"].items()])
                            for stage in STAGES}
     plot(results, args.plot)
