@@ -84,12 +84,12 @@ def _objects():
     ]
 
 
-def _store(tmp_path, offline_type: str) -> FeatureStore:
+def _store(tmp_path, offline_type: str, **options) -> FeatureStore:
     config = RepoConfig(
         project="offline_store_test",
         provider="local",
         registry={"registry_type": "file", "path": str(tmp_path / f"{offline_type}-registry.db")},
-        offline_store={"type": offline_type},
+        offline_store={"type": offline_type, **options},
         online_store={"type": "sqlite", "path": str(tmp_path / f"{offline_type}-online.db")},
         entity_key_serialization_version=3,
         repo_path=tmp_path,
@@ -218,3 +218,27 @@ def test_sql_entity_frames_go_to_feasts_store(spark, source_view, tmp_path):
     feasts = _retrieve(_store(tmp_path, "spark"), sql, SHARED_SCAN)
     pd.testing.assert_frame_equal(_normalised(ours), _normalised(feasts))
     assert len(ours) == len(ENTITY_ROWS) + 3  # driver 2: 2 x 2 tied rows, resolved per view by Feast
+
+
+def test_result_partitions_are_bounded_in_rows_and_the_session_is_left_as_it_was(spark, source_view, tmp_path):
+    """Each partition of the result reaches the driver as one task result: with
+    rows_per_partition=1 the result of 10 entity rows has at least 10 partitions, none coalesced."""
+    store = _store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore", rows_per_partition=1)
+    entity_df = _entity_df()
+    shuffle_before = spark.conf.get("spark.sql.shuffle.partitions")
+    coalesce_before = spark.conf.get("spark.sql.adaptive.coalescePartitions.enabled")
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("dfp-partitions-test", "retrieval with rows_per_partition=1")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = store.get_historical_features(entity_df=entity_df, features=SHARED_SCAN).to_arrow()
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    stages = [tracker.getStageInfo(stage) for job in tracker.getJobIdsForGroup("dfp-partitions-test")
+              for stage in tracker.getJobInfo(job).stageIds]
+    result_tasks = max(stage.numTasks for stage in stages if stage is not None)
+    assert result_tasks >= max(len(entity_df), int(shuffle_before))  # never below the session's setting
+    assert len(table) >= len(entity_df)
+    assert spark.conf.get("spark.sql.shuffle.partitions") == shuffle_before
+    assert spark.conf.get("spark.sql.adaptive.coalescePartitions.enabled") == coalesce_before

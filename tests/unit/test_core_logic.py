@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import PurePosixPath
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from dfp_core import lineage, splits
@@ -106,6 +109,22 @@ def test_content_hash_values_are_stable():
     assert lineage.content_sha256(frame[["sample_id", "x", "label"]]) == subset
     assert lineage.content_sha256(frame, columns=["label", "sample_id", "x"]) == subset
     assert lineage.content_sha256(frame.sort_values("sample_id"), columns=["x", "sample_id", "label"]) == subset
+
+
+def test_content_hash_of_rows_hashed_in_slices_equals_the_whole_frames(monkeypatch):
+    """Large splits are hashed a slice of rows at a time; the digest is that of all rows at once,
+    for frames of one block or of one block per column (how retrieval hands splits over)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"sample_id": [f"s{i:03d}" for i in range(10)], "x": rng.integers(0, 9, 10),
+                          "label": [0, 1] * 5, "y": rng.random(10)})
+    columns = sorted(frame.columns)
+    whole = hashlib.sha256(",".join(columns).encode())
+    whole.update(pd.util.hash_pandas_object(frame[columns], index=False).to_numpy().tobytes())
+    split_blocks = pa.Table.from_pandas(frame).to_pandas(split_blocks=True)
+    for chunk in (3, 10, 50_000):
+        monkeypatch.setattr(lineage, "_HASH_CHUNK_ROWS", chunk)
+        assert lineage.content_sha256(frame) == whole.hexdigest()
+        assert lineage.content_sha256(split_blocks) == whole.hexdigest()
 
 
 def test_defs_hash_covers_the_feature_definition_files(tmp_path):

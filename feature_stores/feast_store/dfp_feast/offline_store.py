@@ -18,7 +18,12 @@ it with Feast's own store) with a leaner plan:
   wide rows;
 * one SQL statement (one analysis of the wide plan, no temporary views left);
 * the job collects Spark's Arrow batches (Feast's goes Spark -> pandas -> Arrow
-  -> pandas), so timestamps come back timezone-aware (UTC).
+  -> pandas), so timestamps come back timezone-aware (UTC);
+* the result has at least one partition per ``rows_per_partition`` entity rows (a
+  store option, default 5,000): each partition reaches the driver as one task
+  result holding all its batches, so the driver's heap bounds the partition, not the
+  whole result (adaptive execution would coalesce partitions by their compressed
+  shuffle bytes, which say little about the Arrow size of ~480 columns).
 
 One difference: where a source has several rows at an entity row's latest
 timestamp (a tie), Feast's store returns every combination of them across the
@@ -34,6 +39,8 @@ other Spark store options work as before.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import KeysView, Optional, Union, cast
@@ -43,7 +50,7 @@ import pandas as pd
 import pyarrow
 import pyspark.sql
 from jinja2 import BaseLoader, Environment
-from pydantic import StrictStr
+from pydantic import PositiveInt, StrictStr
 
 from feast.batch_feature_view import BatchFeatureView
 from feast.feature_view import FeatureView
@@ -72,6 +79,8 @@ ENTITY_ROW_ID = "dfp_entity_row_id"
 
 class SingleScanSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     type: StrictStr = "dfp_feast.offline_store.SingleScanSparkOfflineStore"
+    # Entity rows per partition of a retrieval's result (see the module docstring).
+    rows_per_partition: PositiveInt = 5_000
 
 
 class SingleScanSparkOfflineStore(SparkOfflineStore):
@@ -140,17 +149,46 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
                 max_event_timestamp=timestamp_range[1],
             ),
             config=config,
+            result_partitions=result_partitions(len(entity_df), config.offline_store),
         )
 
 
+def result_partitions(entity_rows: int, store_config: SparkOfflineStoreConfig) -> int:
+    """Partitions of a retrieval's result for ``entity_rows``: enough to keep each under
+    ``rows_per_partition`` rows (``_partitioned`` never goes below the session's setting)."""
+    per_partition = getattr(store_config, "rows_per_partition", None) or SingleScanSparkOfflineStoreConfig().rows_per_partition
+    return max(1, math.ceil(entity_rows / per_partition))
+
+
+@contextmanager
+def _partitioned(spark: pyspark.sql.SparkSession, partitions: int):
+    """Run a query with at least ``partitions`` shuffle partitions, not coalesced; the
+    session's settings are restored afterwards."""
+    keys = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled")
+    before = {key: spark.conf.get(key, None) for key in keys}
+    spark.conf.set(keys[0], str(max(partitions, int(before[keys[0]] or 1))))
+    spark.conf.set(keys[1], "false")
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+
+
 class ArrowSparkRetrievalJob(SparkRetrievalJob):
-    """Feast's Spark retrieval job, collecting Arrow batches straight from Spark: Feast's
-    job goes Spark -> pandas -> Arrow, and ``to_df`` then back to pandas."""
+    """Feast's Spark retrieval job, collecting Arrow batches straight from Spark (Feast's
+    job goes Spark -> pandas -> Arrow, and ``to_df`` then back to pandas), from a result
+    of ``result_partitions`` partitions or more."""
+
+    def __init__(self, *args, result_partitions: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._result_partitions = result_partitions
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pyarrow.Table:
         if self._should_use_staging_for_arrow():
             return super()._to_arrow_internal(timeout=timeout)
-        return self.to_spark_df().toArrow()
+        with _partitioned(self.spark_session, self._result_partitions):
+            return self.to_spark_df().toArrow()
 
 
 def _spark_context(context: offline_utils.FeatureViewQueryContext, view: FeatureView) -> dict:

@@ -25,6 +25,7 @@ from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
 from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
     from feast import FeatureStore
     from pyspark.sql import SparkSession
 
@@ -157,9 +158,7 @@ def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict)
             retrieved = store.get_historical_features(entity_df=entity_df, features=list(FEATURE_REFS)).to_arrow()
     result = RetrievedDataset(spec=spec, frames={})
     for split in splits:
-        # The labels view's dataset_split comes from the same snapshot as the entity keys.
-        part = retrieved.filter(pc.equal(retrieved["dataset_split"], split))
-        frame = part.sort_by("sample_id").to_pandas()
+        frame = _split_frame(retrieved, split)
         if len(frame) != len(chosen[split]):
             raise DatasetError(
                 f"Feast returned {len(frame)} {split} rows for {len(chosen[split])} entity keys from "
@@ -169,6 +168,17 @@ def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict)
         result.dataset_ids[split] = dataset_id(spec, split)
         result.content_sha256[split] = content_sha256(frame, columns=["sample_id", "label", *schema.FEATURE_COLUMNS])
     return result
+
+
+def _split_frame(retrieved: "pa.Table", split: str) -> "pd.DataFrame":
+    """One split's rows sorted by sample_id, as pandas, with one copy of the rows: taken
+    in order from the retrieved table (not filtered, then sorted), converted column by
+    column while the taken copy is released."""
+    # The labels view's dataset_split comes from the same snapshot as the entity keys.
+    rows = pc.indices_nonzero(pc.equal(retrieved["dataset_split"], split))
+    order = pc.sort_indices(retrieved["sample_id"].take(rows))
+    part = retrieved.take(rows.take(order))
+    return part.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def apply_definitions(spark: "SparkSession", repo: str, ref: str, snapshot_id: str | int | None = None,
