@@ -131,6 +131,27 @@ def test_preprocessor_fitted_on_train_only(data):
     np.testing.assert_allclose(pre.medians, train[FEATURES].median().to_numpy())
 
 
+def test_preprocessor_results_do_not_depend_on_its_working_slices(data, monkeypatch):
+    """Fit works a slice of columns at a time and transform a slice of rows: any slice sizes
+    give bit-identical statistics and output (a registered model's preprocessing must not move)."""
+    from dfp_core.serving import preprocess
+
+    train, test = data["frames"]["train"].copy(), data["frames"]["test"]
+    train.loc[train.index[::3], FEATURES[0]] = np.nan  # imputed
+    train.loc[train.index[::5], FEATURES[1]] = np.inf
+    whole = Preprocessor(FEATURE_COLUMNS).fit(train)
+    expected = whole.transform(test)
+    monkeypatch.setattr(preprocess, "FIT_CHUNK_COLUMNS", 7)
+    monkeypatch.setattr(preprocess, "TRANSFORM_CHUNK_ROWS", 13)
+    sliced = Preprocessor(FEATURE_COLUMNS).fit(train)
+    for state in ("medians", "means", "stds"):
+        assert np.array_equal(getattr(sliced, state), getattr(whole, state)), state
+    out = sliced.transform(test)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    assert np.array_equal(out, expected)
+    assert np.array_equal(sliced.transform(test.iloc[:0]), expected[:0])
+
+
 def test_preprocessor_standardises_train(data):
     pre, xt = data["pre"], data["x"]["train"]
     assert xt.dtype == np.float32 and xt.shape == (len(data["frames"]["train"]), N_FEAT)
@@ -546,6 +567,23 @@ def test_error_mahalanobis_is_the_ledoit_wolf_distance_of_the_error_vector(data,
     # malware's error pattern is further from the benign ones than benign test apps'
     y = data["y"]["test"]
     assert np.median(score[y == 1]) > np.median(score[y == 0])
+
+
+def test_error_mahalanobis_is_fitted_on_a_seeded_sample_of_a_large_split(data, trained):
+    """Past ``max_rows`` benign rows the covariance comes from a seeded sample of that many:
+    the same sample for the same seed, the fit of exactly those rows."""
+    from dfp_core.ml.fit import fit_error_score
+
+    model, benign = trained["model"], data["x"]["train"][data["y"]["train"] == 0]
+    rows = len(benign) // 2
+    sampled = fit_error_score("error_mahalanobis", model, benign, max_rows=rows, seed=3)
+    again = fit_error_score("error_mahalanobis", model, benign, max_rows=rows, seed=3)
+    np.testing.assert_array_equal(sampled.precision, again.precision)
+    chosen = benign[np.sort(np.random.default_rng(3).choice(len(benign), rows, replace=False))]
+    direct = fit_error_score("error_mahalanobis", model, chosen, max_rows=rows)
+    np.testing.assert_allclose(sampled.precision, direct.precision, rtol=1e-12)
+    whole = fit_error_score("error_mahalanobis", model, benign)
+    assert not np.allclose(sampled.precision, whole.precision)
 
 
 def test_mse_score_is_the_reconstruction_error(data, trained):

@@ -30,9 +30,16 @@ SCORE_LABELS = {"mse": "reconstruction error (per-sample MSE)",
                 "error_mahalanobis": "squared Mahalanobis distance of the per-feature error vector"}
 
 
-def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192):
+# The error covariance (features x features) is well determined by far fewer rows than a
+# large training split has; a seeded sample bounds the float64 copies Ledoit-Wolf makes.
+SCORE_FIT_MAX_ROWS = 200_000
+
+
+def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192,
+                    max_rows: int = SCORE_FIT_MAX_ROWS, seed: int = 0):
     """The ``ErrorScore`` of ``kind`` fitted on the preprocessed benign training rows: for
-    ``error_mahalanobis``, the Ledoit-Wolf location and precision of their absolute errors."""
+    ``error_mahalanobis``, the Ledoit-Wolf location and precision of their absolute errors
+    (of a ``seed``-ed sample of ``max_rows`` rows where there are more)."""
     from sklearn.covariance import LedoitWolf
 
     from dfp_core.serving.score import ErrorScore, absolute_errors
@@ -41,6 +48,8 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
         return ErrorScore("mse")
     if len(benign_x) < 2:
         raise DatasetError(f"the {kind} score needs at least 2 benign training rows, got {len(benign_x)}")
+    if len(benign_x) > max_rows:
+        benign_x = benign_x[np.sort(np.random.default_rng(seed).choice(len(benign_x), max_rows, replace=False))]
     fitted = LedoitWolf().fit(np.concatenate(list(absolute_errors(network, benign_x, batch_size))))
     return ErrorScore(kind, fitted.location_, fitted.precision_)
 
@@ -67,6 +76,7 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     if fit_rows.empty:
         raise DatasetError(f"the train split has no {'benign ' if benign_fit else ''}rows to fit on")
     preprocessor = Preprocessor(FEATURE_COLUMNS).fit(fit_rows)
+    del fit_rows  # a copy of the benign training rows: not needed again
     arrays = {split: _split_arrays(frame, preprocessor) for split, frame in data.frames.items()}
     (train_x, train_y, _), (val_x, val_y, _), (test_x, test_y, test_src) = (arrays[s] for s in ("train", "val", "test"))
 
@@ -92,7 +102,7 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
         return {"model": model, "trainer": trainer, "epochs_trained": trainer.current_epoch}
 
     # The score's reference is the benign training rows, whatever the network was fitted on.
-    error_score = fit_error_score(config.score, model, train_x[train_y == 0])
+    error_score = fit_error_score(config.score, model, train_x[train_y == 0], seed=config.seed)
     errors, scores = {}, {}
     for split, (x, _, _) in arrays.items():
         errors[split], scores[split] = error_score.scores(model, x)

@@ -9,8 +9,30 @@ from typing import Any, Iterator
 
 import requests
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.pandas_dataset import PandasDataset
 
 from dfp_core.errors import TrackingError
+
+# Rows the logged schema of a split is inferred from: its types are the frame's columns'.
+SCHEMA_ROWS = 1_000
+
+
+class SplitDataset(PandasDataset):
+    """A training split as MLflow's run inputs record it (name, digest, lakeFS source,
+    schema, profile) without a copy of its rows: the frame it holds is the split's first
+    ``SCHEMA_ROWS`` rows with the features typed as doubles, as the model's signature
+    types them, and the profile counts every row of the split."""
+
+    def __init__(self, frame, feature_columns, source: DatasetSource, name: str, digest: str, targets: str = "label"):
+        columns = ["sample_id", targets, *feature_columns]
+        typed = frame[columns].head(SCHEMA_ROWS).astype({c: "float64" for c in feature_columns})
+        super().__init__(df=typed, source=source, targets=targets, name=name, digest=digest)
+        self._rows, self._columns = len(frame), len(columns)
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self._rows, "num_elements": self._rows * self._columns}
+
 
 @contextlib.contextmanager
 def use_tracking_server(tracking_uri: str) -> Iterator[None]:

@@ -156,7 +156,7 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
            started: dict[str, str]) -> dict[str, Any]:
     from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
-    from dfp_core.ml.tracking import LakeFSDatasetSource, register_with_lineage
+    from dfp_core.ml.tracking import LakeFSDatasetSource, SplitDataset, register_with_lineage
 
     with stage(1, TRAIN_STAGES, f"MLflow at {tracking_uri}"):
         experiment = mlflow.set_experiment(config.experiment_name)
@@ -175,12 +175,8 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
                            "resolved_snapshot_id": data.spec.iceberg_snapshot_id})
         source = LakeFSDatasetSource(_lakefs_uri(data.spec))
         for split, frame in data.frames.items():
-            # Features as doubles: the model's signature types them so (nullable).
-            logged = frame[["sample_id", "label", *schema.FEATURE_COLUMNS]].astype({c: "float64" for c in schema.FEATURE_COLUMNS})
-            dataset = mlflow.data.from_pandas(
-                logged, source=source, targets="label",
-                name=f"kronodroid_{split}", digest=data.content_sha256[split][:32],
-            )
+            dataset = SplitDataset(frame, schema.FEATURE_COLUMNS, source, name=f"kronodroid_{split}",
+                                   digest=data.content_sha256[split][:32])
             mlflow.log_input(dataset, context=split, tags={"dataset_id": data.dataset_ids[split]})
         with stage(3, TRAIN_STAGES, f"Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
             epoch_logger = EpochMetricsLogger(tracking_uri=tracking_uri, run_id=run.info.run_id, log_model=False)
