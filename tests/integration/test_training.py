@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 
 import mlflow
@@ -67,6 +68,11 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
         assert tags["dataset_id"] == version.tags[lineage.SPLIT_ID_TAGS[tags["mlflow.data.context"]]]
     assert set(inputs) == {"train", "val", "test"}
     assert all(f"lakefs://{repo}/{summary['merge_commit']}/" in ds.source for ds in inputs.values())
+    for split, ds in inputs.items():  # the profile counts the whole split; features typed as doubles
+        assert json.loads(ds.profile) == {"num_rows": result["dataset_rows"][split],
+                                          "num_elements": result["dataset_rows"][split] * (2 + len(schema.FEATURE_COLUMNS))}
+        types = {spec["name"]: spec["type"] for spec in json.loads(ds.schema)["mlflow_colspec"]}
+        assert {types[c] for c in schema.FEATURE_COLUMNS} == {"double"} and types["sample_id"] == "string"
     assert mlrun.data.params["max_epochs"] == "2"
     history = client.get_metric_history(result["run_id"], "val_loss")
     assert len(history) == result["epochs_trained"]
@@ -122,6 +128,28 @@ def test_max_rows_per_split_is_a_deterministic_subset(spark, lakefs, transformed
     assert full.dataset_ids["train"] != a.dataset_ids["train"]
     assert set(a.frames["train"]["sample_id"]) <= set(full.frames["train"]["sample_id"])
     assert (full.frames["train"]["dataset_split"] == "train").all()
+
+
+def test_entity_keys_from_the_index_give_the_splits_of_the_wide_rows(spark, lakefs, transformed, monkeypatch):
+    """The transform's narrow entity index serves the keys of the snapshot it names; the splits,
+    ids and content hashes are those of the keys read from the fct table's own rows, which still
+    serve any other snapshot."""
+    from dfp_feast import retrieval
+
+    repo, summary = transformed
+    commit, snapshot = summary["merge_commit"], summary["snapshot_ids"][schema.FCT_TABLE_FQN]
+    fct = TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
+    assert retrieval._entity_index(spark, fct, snapshot) is not None
+    assert retrieval._entity_index(spark, fct, int(snapshot) + 1) is None  # another snapshot: not this index
+    used = []
+    real = retrieval._entity_index
+    monkeypatch.setattr(retrieval, "_entity_index", lambda *args: used.append(real(*args)) or used[-1])
+    via_index = retrieval.load_splits(spark, lakefs, repo, commit, max_rows_per_split=40)
+    assert used and used[-1] is not None
+    monkeypatch.setattr(retrieval, "_entity_index", lambda *args: None)
+    via_rows = retrieval.load_splits(spark, lakefs, repo, commit, max_rows_per_split=40)
+    assert via_index.dataset_ids == via_rows.dataset_ids
+    assert via_index.content_sha256 == via_rows.content_sha256 and via_index.rows == via_rows.rows
 
 
 def test_unknown_ref_is_a_clear_error(rt, spark, lakefs, transformed):

@@ -12,7 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from dfp_core import iceberg, splits
-from dfp_core.kronodroid import schema
+from dfp_core.kronodroid import entity_index, schema
 from dfp_core.errors import DatasetError, InputDataError
 from dfp_core.kronodroid.generator import generate
 from dfp_core.iceberg import TableRef
@@ -26,6 +26,7 @@ TABLES = [
     (schema.STG_NAMESPACE, schema.QUARANTINE_TABLE),
     (schema.MART_NAMESPACE, schema.FCT_TABLE),
     (schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE),
+    (schema.MART_NAMESPACE, entity_index.TABLE),
 ]
 
 
@@ -94,6 +95,12 @@ def test_generated_archives_end_to_end(transform, spark, lakefs, repo, archives)
     spec = splits.SplitSpec()
     assert all(r["dataset_split"] == splits.assign_split(r["sample_id"], spec) for r in rows)
     assert dict(Counter(r["dataset_split"] for r in rows)) == summary["split_rows"]
+    # The entity index lists exactly the fct rows' keys and names the fct snapshot it lists.
+    index = TableRef(repo, merge, schema.MART_NAMESPACE, entity_index.TABLE)
+    keys = list(entity_index.COLUMNS)
+    assert spark.table(iceberg.qualified(spark, index)).columns == keys
+    assert sorted(spark.table(iceberg.qualified(spark, index)).collect()) == sorted(facts.select(*keys).collect())
+    assert iceberg.table_properties(spark, index)[entity_index.INDEXED_SNAPSHOT_PROPERTY] == summary["snapshot_ids"][schema.FCT_TABLE_FQN]
 
     staging = {
         src: spark.table(iceberg.qualified(spark, TableRef(repo, merge, schema.STG_NAMESPACE, name)))

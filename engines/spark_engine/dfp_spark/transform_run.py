@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from dfp_core import faults
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
 from dfp_core.iceberg import TableRef, write_table
-from dfp_core.kronodroid import raw_files, schema
+from dfp_core.kronodroid import entity_index, raw_files, schema
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
 from dfp_core.params import TransformConfig
 from dfp_core.progress import note, stage
@@ -136,6 +136,12 @@ def transform_on_branch(
         snapshots[f"{namespace}.{name}"] = write_table(spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props)
         note(f"{namespace}.{name} written")
         faults.reached("spark-write")  # one table written, the others not
+    # After the fct table: the index names the snapshot it lists.
+    index_props = {**props, entity_index.INDEXED_SNAPSHOT_PROPERTY: str(snapshots[schema.FCT_TABLE_FQN])}
+    index = TableRef(repo, run_branch, schema.MART_NAMESPACE, entity_index.TABLE)
+    snapshots[f"{schema.MART_NAMESPACE}.{entity_index.TABLE}"] = write_table(
+        spark, lakefs, frames.fct.select(*entity_index.COLUMNS), index, index_props)
+    note(f"{schema.MART_NAMESPACE}.{entity_index.TABLE} written")
     accounting = transform.row_accounting(frames.decided)
     split_counts = {r["dataset_split"]: r["count"] for r in frames.fct.groupBy("dataset_split").count().collect()}
     summary = {

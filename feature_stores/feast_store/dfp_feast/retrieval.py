@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from dfp_core import iceberg
-from dfp_core.kronodroid import schema
+from dfp_core.kronodroid import entity_index, schema
 from dfp_core.errors import DatasetError
 from dfp_core.iceberg import TableRef
 from dfp_core.lakefs_ops import LakeFS
@@ -112,18 +112,32 @@ def load_splits(
         split_spec=split_spec, max_rows_per_split=int(max_rows_per_split),
     )
     defs = build_definitions(repo, commit, snapshot_id)
-    snapshot_table = spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
-    return _retrieve(snapshot_table, spec, defs, splits, split_spec)
+    keys_table = _entity_index(spark, table, snapshot_id)
+    if keys_table is None:  # no index of this snapshot: the keys from the wide rows themselves
+        keys_table = spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
+    return _retrieve(keys_table, spec, defs, splits, split_spec)
 
 
-def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
-    """(sample_id, event_timestamp, dataset_split, subset_order) of the requested splits, in one
-    narrow pass. A small local frame: the offline store builds its point-in-time join on it
-    and streams the ~480-column feature rows through."""
+def _entity_index(spark: "SparkSession", table: TableRef, snapshot_id: str | int):
+    """The narrow entity index written with ``table`` in the same commit, where it lists the
+    rows of snapshot ``snapshot_id``; None otherwise (a table written before the index
+    existed, or another snapshot pinned)."""
+    index = TableRef(table.repo, table.ref, schema.MART_NAMESPACE, entity_index.TABLE)
+    if not iceberg.table_exists(spark, index):
+        return None
+    if iceberg.table_properties(spark, index).get(entity_index.INDEXED_SNAPSHOT_PROPERTY) != str(snapshot_id):
+        return None
+    return spark.table(iceberg.qualified(spark, index))
+
+
+def _entity_keys(keys_table, splits, seed: int) -> "pd.DataFrame":
+    """(sample_id, event_timestamp, dataset_split, subset_order) of the requested splits, from
+    the entity index or the snapshot itself. A small local frame: the offline store builds its
+    point-in-time join on it and streams the ~480-column feature rows through."""
     from pyspark.sql import functions as F
 
     return (
-        snapshot_table.where(F.col("dataset_split").isin(list(splits)))
+        keys_table.where(F.col("dataset_split").isin(list(splits)))
         .select(
             "sample_id", "event_timestamp", "dataset_split",
             # The max_rows_per_split subset: the same rows for the same spec, spread over sources.
@@ -133,8 +147,8 @@ def _entity_keys(snapshot_table, splits, seed: int) -> "pd.DataFrame":
     )
 
 
-def _retrieve(snapshot_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
-    keys = _entity_keys(snapshot_table, splits, split_spec.get("seed", 0))
+def _retrieve(keys_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
+    keys = _entity_keys(keys_table, splits, split_spec.get("seed", 0))
     chosen = {}
     for split in splits:
         entities = keys[keys["dataset_split"] == split]
