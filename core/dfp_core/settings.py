@@ -141,6 +141,10 @@ class MLflowSettings:
 class SparkSettings:
     master: str = "local[*]"
     driver_memory: str = "4g"
+    # Spark's cap on the total size of a collect's task results (spark.driver.maxResultSize;
+    # "0": none). A retrieval streams its partitions to Python as they arrive, each bounded
+    # in rows, so the driver never holds the total; at 10x KronoDroid it is ~5 GB.
+    max_result_size: str = "0"
     # Iceberg warehouse folder inside every lakeFS ref: s3a://<repo>/<ref>/<prefix>
     warehouse_prefix: str = "iceberg"
     shuffle_partitions: int = 8
@@ -160,6 +164,7 @@ class SparkSettings:
         return cls(
             master=env.get("SPARK_MASTER") or cls.master,
             driver_memory=env.get("DFP_SPARK_DRIVER_MEMORY") or cls.driver_memory,
+            max_result_size=env.get("DFP_SPARK_MAX_RESULT_SIZE") or cls.max_result_size,
             warehouse_prefix=(env.get("DFP_ICEBERG_PREFIX") or cls.warehouse_prefix).strip("/"),
             shuffle_partitions=_int(env, "DFP_SPARK_SHUFFLE_PARTITIONS", cls.shuffle_partitions),
             jars_dir=Path(env["DFP_SPARK_JARS_DIR"]) if env.get("DFP_SPARK_JARS_DIR") else cache_dir(env) / "spark-jars",

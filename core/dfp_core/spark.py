@@ -73,6 +73,7 @@ def base_conf(spark: SparkSettings, lakefs: LakeFSSettings, app_name: str) -> di
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         "spark.driver.memory": spark.driver_memory,
+        "spark.driver.maxResultSize": spark.max_result_size,
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.ansi.enabled": "false",
     }
