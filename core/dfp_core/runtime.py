@@ -33,6 +33,11 @@ class Runtime:
         self.app_name = app_name
         self._spark = spark
         self._own_spark = False
+        if settings.mlflow.username and settings.mlflow.password:
+            from dfp_core.ml import tracking_auth
+
+            # MLflow's client takes credentials from os.environ only; ours come from the settings.
+            tracking_auth.activate(self, settings.mlflow.username, settings.mlflow.password)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, app_name: str = "dfp", **overrides) -> "Runtime":
@@ -81,7 +86,10 @@ class Runtime:
         return load_splits(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split)
 
     def close(self) -> None:
-        """Stop the Spark session if this runtime started it."""
+        """Stop the Spark session if this runtime started it; stop sending its MLflow credentials."""
+        from dfp_core.ml import tracking_auth
+
+        tracking_auth.deactivate(self)
         if self._own_spark and self._spark is not None:
             self._spark.stop()
             self._spark, self._own_spark = None, False

@@ -126,6 +126,9 @@ class MLflowSettings:
     experiment_name: str = "kronodroid_autoencoder"
     model_name: str = "kronodroid_autoencoder"
     model_alias: str = "candidate"
+    # A tracking server with MLflow's basic-auth app: MLflow's own variable names.
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "MLflowSettings":
@@ -134,7 +137,15 @@ class MLflowSettings:
             experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or cls.experiment_name,
             model_name=env.get("DFP_MODEL_NAME") or cls.model_name,
             model_alias=env.get("DFP_MODEL_ALIAS") or cls.model_alias,
+            username=env.get("MLFLOW_TRACKING_USERNAME") or None,
+            password=env.get("MLFLOW_TRACKING_PASSWORD") or None,
         )
+
+    def credential_env(self) -> dict[str, str]:
+        """The credentials as a child process's environment (MLflow's client reads them there)."""
+        if not (self.username and self.password):
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
 
 
 @dataclass(frozen=True)
@@ -191,6 +202,8 @@ class StackSettings:
     s3_port: int = 8333
     seaweedfs_bin: Path | None = None  # an existing weed binary instead of the cached build
     postgres_bin_dir: Path | None = None  # where initdb/postgres/psql are, instead of Debian's
+    # MLflow's basic-auth app (DFP_MLFLOW_AUTH=1/0); None: on in the s3 profile, off in local.
+    mlflow_auth: bool | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "StackSettings":
@@ -211,7 +224,12 @@ class StackSettings:
             s3_port=_int(env, "DFP_S3_PORT", cls.s3_port),
             seaweedfs_bin=path("SEAWEEDFS_BIN"),
             postgres_bin_dir=path("DFP_POSTGRES_BIN_DIR"),
+            mlflow_auth=_flag(env, "DFP_MLFLOW_AUTH") if env.get("DFP_MLFLOW_AUTH") else None,
         )
+
+    def mlflow_auth_for(self, profile: str) -> bool:
+        """Whether MLflow runs its basic-auth app in ``profile``."""
+        return self.mlflow_auth if self.mlflow_auth is not None else profile == "s3"
 
     @property
     def lakefs_endpoint(self) -> str:

@@ -209,6 +209,13 @@ def ensure_credentials(settings: StackSettings, profile: str = "local") -> dict[
             values.setdefault(key, make())
         # New repositories get s3:// storage namespaces in the stack's bucket.
         values["LAKEFS_STORAGE_NAMESPACE"] = f"s3://{seaweedfs_server.BUCKETS[0]}/{{repo}}"
+    if settings.mlflow_auth_for(profile):
+        # The auth app's admin user (created on its first start) is the stack's MLflow user;
+        # MLflow's clients read the pair under these names. Kept if auth is turned off and on.
+        for key, make in (("MLFLOW_TRACKING_USERNAME", lambda: MLFLOW_ADMIN),
+                          ("MLFLOW_TRACKING_PASSWORD", lambda: _random(alnum, 32)),
+                          ("DFP_MLFLOW_FLASK_SECRET", lambda: _random(alnum, 48))):
+            values.setdefault(key, make())
     # Endpoints follow the configured ports on every start.
     values["LAKEFS_ENDPOINT"] = settings.lakefs_endpoint
     values["MLFLOW_TRACKING_URI"] = settings.mlflow_endpoint
@@ -357,7 +364,36 @@ def _mlflow_command(settings: StackSettings, creds: dict[str, str], profile: str
         (base / "artifacts").mkdir(parents=True, exist_ok=True)
         cmd += ["--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
                 "--artifacts-destination", str(base / "artifacts")]
+    if settings.mlflow_auth_for(profile):
+        cmd += ["--app-name", "basic-auth"]
+        env.update({
+            "MLFLOW_AUTH_CONFIG_PATH": str(_mlflow_auth_config(base)),
+            # The admin's password and the CSRF secret through the environment, not the file.
+            "MLFLOW_AUTH_ADMIN_USERNAME": creds["MLFLOW_TRACKING_USERNAME"],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": creds["MLFLOW_TRACKING_PASSWORD"],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["DFP_MLFLOW_FLASK_SECRET"],
+        })
     return cmd, env
+
+
+MLFLOW_ADMIN = "admin"
+
+
+def _mlflow_auth_config(base: Path) -> Path:
+    """MLflow's basic-auth configuration: users and permissions in a SQLite file of the stack;
+    a user without a permission on a resource gets none; credential checks are cached a
+    minute (one worker, so no worker can hold a stale entry)."""
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{base / 'basic_auth.db'}\n"
+        f"admin_username = {MLFLOW_ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    return path
 
 
 def _postgres_command(settings: StackSettings, creds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -594,6 +630,8 @@ def status(settings: StackSettings) -> dict:
             "healthy": alive and _service_healthy(service, endpoint, settings, creds),
             "log": rec.log if rec else str(settings.home / "logs" / f"{service.name}.log"),
         }
+        if service is MLFLOW:  # as it runs, else as it would start
+            entry["basic_auth"] = ("basic-auth" in _cmdline(rec.process())) if alive else settings.mlflow_auth_for(profile)
         if rec is not None and not alive:
             left = sorted(p.pid for p in rec.group())
             if left:  # `dfp stack down` or `up` stops them
@@ -611,6 +649,13 @@ def status(settings: StackSettings) -> dict:
         "lakefs_ui": entries["lakefs"]["endpoint"],
         "mlflow_ui": entries["mlflow"]["endpoint"],
     }
+
+
+def _cmdline(process: psutil.Process | None) -> list[str]:
+    try:
+        return process.cmdline() if process else []
+    except psutil.Error:
+        return []
 
 
 def reset(settings: StackSettings, log: Log = note) -> None:

@@ -100,6 +100,26 @@ def test_repository_objects_and_model_artifacts_live_in_the_object_store(lakefs,
     assert any(f"/models/{model_id}/" in key and key.endswith("/MLmodel") for key in artifacts), artifacts[:40]
 
 
+def test_mlflow_refuses_requests_without_the_stacks_credentials(stack, rt):
+    """MLflow runs its basic-auth app in the s3 profile: nothing is read or written without the
+    stack's user, not even the artifact store a tampered model would be PUT into."""
+    import requests
+
+    uri, env = stack["env"]["MLFLOW_TRACKING_URI"], stack["env"]
+    user = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=5"
+    assert stack["status"]["services"]["mlflow"]["basic_auth"] is True
+    assert requests.get(f"{uri}/health", timeout=10).status_code == 200  # the health check stays open
+    assert requests.get(search, timeout=10).status_code == 401
+    assert requests.get(search, auth=(user[0], "not-the-password"), timeout=10).status_code == 401
+    tampered = f"{uri}/api/2.0/mlflow-artifacts/artifacts/1/tampered/artifacts/python_model.pkl"
+    assert requests.put(tampered, data=b"payload", timeout=10).status_code == 401
+    assert requests.get(search, auth=user, timeout=10).status_code == 200
+    # Our clients authenticate through the runtime context: the credentials are in no variable.
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert rt.mlflow.search_experiments() is not None
+
+
 def test_object_store_down_at_the_start_of_a_transform(lakefs, spark, merged_repo, small_input, stack, services_back):
     before = lakefs.resolve_commit(merged_repo, "main")
     stop(stack["settings"], "seaweedfs")

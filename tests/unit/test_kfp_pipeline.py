@@ -100,10 +100,19 @@ def test_no_credentials_in_the_yaml(compiled):
             assert "SECRET" not in env["name"] and "ACCESS_KEY" not in env["name"]
     secrets = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(secrets) == set(executors)  # every step gets lakeFS credentials from the Secret
-    for conf in secrets.values():
-        [ref] = conf["secretAsEnv"]
-        assert ref["secretName"] == "lakefs-credentials"
-        assert {e["envVar"] for e in ref["keyToEnv"]} == {"LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY"}
+    trainers = 0
+    for name, conf in secrets.items():
+        refs = {ref["secretName"]: ref for ref in conf["secretAsEnv"]}
+        assert {e["envVar"] for e in refs["lakefs-credentials"]["keyToEnv"]} == {"LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY"}
+        assert not refs["lakefs-credentials"].get("optional")
+        # Training steps also get MLflow's basic-auth pair, from a Secret that may be absent.
+        assert set(refs) == ({"lakefs-credentials", "mlflow-credentials"} if "train" in name else {"lakefs-credentials"})
+        if "train" in name:
+            trainers += 1
+            assert refs["mlflow-credentials"]["optional"] is True
+            assert {e["envVar"] for e in refs["mlflow-credentials"]["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME",
+                                                                                     "MLFLOW_TRACKING_PASSWORD"}
+    assert trainers == 2  # the CPU and the GPU branch
 
 
 def test_steps_run_versioned_images_and_install_nothing(compiled):

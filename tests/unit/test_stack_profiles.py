@@ -74,6 +74,33 @@ def test_server_secrets_go_only_into_the_servers_environment(tmp_path, monkeypat
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://dfp:")
 
 
+def test_mlflow_runs_its_basic_auth_app_in_the_s3_profile_with_secrets_only_in_its_environment(tmp_path):
+    settings = _settings(tmp_path, profile="s3")
+    creds = stack_mod.ensure_credentials(settings, "s3")
+    assert creds["MLFLOW_TRACKING_USERNAME"] == "admin" and len(creds["MLFLOW_TRACKING_PASSWORD"]) == 32
+    assert stack_mod.ensure_credentials(settings, "s3")["MLFLOW_TRACKING_PASSWORD"] == creds["MLFLOW_TRACKING_PASSWORD"]
+    cmd, env = stack_mod._mlflow_command(settings, creds, "s3")
+    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == creds["MLFLOW_TRACKING_PASSWORD"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == creds["DFP_MLFLOW_FLASK_SECRET"]
+    ini = Path(env["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    assert "default_permission = NO_PERMISSIONS" in ini and f"sqlite:///{settings.home / 'mlflow'}" in ini
+    secrets = (creds["MLFLOW_TRACKING_PASSWORD"], creds["DFP_MLFLOW_FLASK_SECRET"])
+    assert not any(secret in ini or secret in " ".join(cmd) for secret in secrets)
+
+
+def test_mlflow_auth_is_off_in_the_local_profile_unless_asked_for(tmp_path):
+    local = _settings(tmp_path / "a")
+    creds = stack_mod.ensure_credentials(local, "local")
+    assert "MLFLOW_TRACKING_PASSWORD" not in creds
+    assert "--app-name" not in stack_mod._mlflow_command(local, creds, "local")[0]
+    asked = StackSettings.from_env({"DFP_HOME": str(tmp_path / "b"), "DFP_MLFLOW_AUTH": "1"})
+    assert asked.mlflow_auth_for("local") and not StackSettings.from_env({"DFP_MLFLOW_AUTH": "0"}).mlflow_auth_for("s3")
+    creds = stack_mod.ensure_credentials(asked, "local")
+    assert "--app-name" in stack_mod._mlflow_command(asked, creds, "local")[0] and creds["MLFLOW_TRACKING_PASSWORD"]
+
+
 def test_seaweedfs_opens_only_loopback_listeners_it_needs(tmp_path):
     ports = {name: 30000 + i for i, name in enumerate(seaweedfs_server.INTERNAL_PORTS)}
     identities = seaweedfs_server.write_identities(tmp_path, "AK", "SK")

@@ -83,7 +83,7 @@ def _server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: str, po
     # environment's bin/ first, also when dfp was started without activating it.
     path = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     child_env = {**env, "PATH": path, "MLFLOW_TRACKING_URI": rt.settings.mlflow.tracking_uri,
-                 "MLFLOW_DISABLE_TELEMETRY": "true"}
+                 "MLFLOW_DISABLE_TELEMETRY": "true", **rt.settings.mlflow.credential_env()}
     url = f"http://{host}:{port}"
     process = subprocess.Popen(scoring_server_command(model_uri, host, port, env_manager), env=child_env,
                                start_new_session=True)

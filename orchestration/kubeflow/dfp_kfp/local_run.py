@@ -34,7 +34,8 @@ def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None
     lakefs = rt.settings.lakefs.require_credentials()
     args: dict[str, Any] = {
         "network_mode": "host",  # the stack listens on 127.0.0.1
-        "environment": {"LAKEFS_ACCESS_KEY_ID": lakefs.access_key_id, "LAKEFS_SECRET_ACCESS_KEY": lakefs.secret_access_key},
+        "environment": {"LAKEFS_ACCESS_KEY_ID": lakefs.access_key_id, "LAKEFS_SECRET_ACCESS_KEY": lakefs.secret_access_key,
+                        **rt.settings.mlflow.credential_env()},
     }
     if input_dir:
         from docker.types import Mount

@@ -40,6 +40,9 @@ PIPELINE_FILE = "kronodroid_autoencoder_pipeline.yaml"
 # Kubernetes Secret with the lakeFS key pair (see orchestration/kubeflow/manifests/secrets-example.yaml).
 LAKEFS_SECRET = "lakefs-credentials"
 LAKEFS_SECRET_ENV = {"access_key_id": "LAKEFS_ACCESS_KEY_ID", "secret_access_key": "LAKEFS_SECRET_ACCESS_KEY"}
+# Optional Secret for an MLflow server running its basic-auth app (training steps only).
+MLFLOW_SECRET = "mlflow-credentials"
+MLFLOW_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 GPU_RESOURCE = "nvidia.com/gpu"
 # Requests and limits per step: (cpu request, cpu limit, memory request, memory limit).
 RESOURCES = {
@@ -59,7 +62,11 @@ def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTas
     for key, value in {**POD_LABELS, "app.kubernetes.io/component": step}.items():
         kubernetes.add_pod_label(task, key, value)
     # Credentials come from the cluster Secret at run time: never parameters, never in the YAML.
-    return kubernetes.use_secret_as_env(task, secret_name=LAKEFS_SECRET, secret_key_to_env=LAKEFS_SECRET_ENV)
+    kubernetes.use_secret_as_env(task, secret_name=LAKEFS_SECRET, secret_key_to_env=LAKEFS_SECRET_ENV)
+    if step == "train":  # an MLflow server without authentication needs no such Secret
+        kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_ENV,
+                                     optional=True)
+    return task
 
 
 def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAGE):

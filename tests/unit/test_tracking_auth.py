@@ -1,0 +1,41 @@
+"""MLflow basic-auth credentials reach MLflow's client through the runtime context (MLflow's
+request-header plugin), never through os.environ, and only while that runtime is open."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from dfp_core.runtime import Runtime
+
+
+def _authorization() -> str | None:
+    from mlflow.tracking.request_header.registry import resolve_request_headers
+
+    return resolve_request_headers().get("Authorization")
+
+
+def test_a_runtime_with_mlflow_credentials_authenticates_this_process_until_it_closes(tmp_path):
+    env = {"DFP_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cr3t"}
+    assert _authorization() is None
+    environ_before = dict(os.environ)  # after MLflow loaded its plugins (Feast's sets variables on import)
+    with Runtime.from_env(env) as rt:
+        assert _authorization() == "Basic " + base64.b64encode(b"alice:s3cr3t").decode()
+        assert "s3cr3t" not in repr(rt.settings)
+        with Runtime.from_env({**env, "MLFLOW_TRACKING_PASSWORD": "other"}):  # the latest runtime's pair is sent
+            assert _authorization() == "Basic " + base64.b64encode(b"alice:other").decode()
+        assert _authorization() == "Basic " + base64.b64encode(b"alice:s3cr3t").decode()
+    assert _authorization() is None
+    assert dict(os.environ) == environ_before
+
+
+def test_credentials_from_the_stack_env_file_and_for_child_processes(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "stack.env").write_text("MLFLOW_TRACKING_USERNAME=admin\nMLFLOW_TRACKING_PASSWORD=from-file\n")
+    with Runtime.from_env({"DFP_HOME": str(home)}) as rt:
+        assert rt.settings.mlflow.credential_env() == {"MLFLOW_TRACKING_USERNAME": "admin",
+                                                       "MLFLOW_TRACKING_PASSWORD": "from-file"}
+        assert _authorization() == "Basic " + base64.b64encode(b"admin:from-file").decode()
+    with Runtime.from_env({"DFP_HOME": str(tmp_path / "empty")}) as rt:
+        assert rt.settings.mlflow.credential_env() == {} and _authorization() is None
