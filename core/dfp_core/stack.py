@@ -43,6 +43,8 @@ from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, STACK_PROFILES, StackSe
 STATE_FILE = "state.json"
 PROFILE_FILE = "profile"
 SERVICES = {"local": ("lakefs", "mlflow"), "s3": ("postgres", "seaweedfs", "lakefs", "mlflow")}
+# MLflow's basic-auth app: the admin user it creates on its first start is the stack's user.
+MLFLOW_ADMIN = "admin"
 Log = Callable[[str], None]
 
 
@@ -374,9 +376,6 @@ def _mlflow_command(settings: StackSettings, creds: dict[str, str], profile: str
             "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["DFP_MLFLOW_FLASK_SECRET"],
         })
     return cmd, env
-
-
-MLFLOW_ADMIN = "admin"
 
 
 def _mlflow_auth_config(base: Path) -> Path:
