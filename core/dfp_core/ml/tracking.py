@@ -25,7 +25,7 @@ class SplitDataset(PandasDataset):
 
     def __init__(self, frame, feature_columns, source: DatasetSource, name: str, digest: str, targets: str = "label"):
         columns = ["sample_id", targets, *feature_columns]
-        typed = frame[columns].head(SCHEMA_ROWS).astype({c: "float64" for c in feature_columns})
+        typed = frame.head(SCHEMA_ROWS)[columns].astype({c: "float64" for c in feature_columns})  # rows first: no copy of all
         super().__init__(df=typed, source=source, targets=targets, name=name, digest=digest)
         self._rows, self._columns = len(frame), len(columns)
 
