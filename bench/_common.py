@@ -91,27 +91,33 @@ def log(name: str, message: str) -> None:
 
 
 class PeakMemory:
-    """Samples the RSS of a process and all its descendants (the JVM included)."""
+    """Samples the summed RSS of processes and all their descendants (the JVM included):
+    one command's tree, or several (a Spark cluster's workers). Sampling ends when the last
+    of them has exited."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
-        self.pid, self.interval, self.peak = pid, interval, 0
+    def __init__(self, *pids: int, interval: float = 0.2):
+        self.pids, self.interval, self.peak = pids, interval, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                procs = [root, *root.children(recursive=True)]
-                total = 0
+            total, alive = 0, False
+            for pid in self.pids:
+                try:
+                    root = psutil.Process(pid)
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                alive = True
                 for p in procs:
                     try:
                         total += p.memory_info().rss
                     except psutil.Error:
                         pass
-                self.peak = max(self.peak, total)
-            except psutil.Error:
+            if not alive:
                 return
+            self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
     def __enter__(self):

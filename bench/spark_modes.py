@@ -20,14 +20,10 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, private_stack, save  # noqa: E402
+from _common import ROOT, PeakMemory, private_stack, save  # noqa: E402
 from _common import log as _log  # noqa: E402
 from scale import DFP, measured  # noqa: E402
 
@@ -41,36 +37,6 @@ def log(message: str) -> None:
     _log("spark_modes", message)
 
 
-class TreesPeak:
-    """Peak of the summed RSS of several process trees (the workers and their executors)."""
-
-    def __init__(self, pids: list[int], interval: float = 0.2):
-        self.pids, self.interval, self.peak = pids, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for pid in self.pids:
-                try:
-                    root = psutil.Process(pid)
-                    for process in (root, *root.children(recursive=True)):
-                        total += process.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "TreesPeak":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def one_mode(mode: str, data: Path, env: dict, timeout: float, cluster: dict | None) -> dict:
     """The stages in one mode: figures per stage, or the stage that failed and why."""
     repo = f"modes{mode}"
@@ -82,7 +48,7 @@ def one_mode(mode: str, data: Path, env: dict, timeout: float, cluster: dict | N
     figures: dict = {}
     for stage, cmd in steps.items():
         log(f"{mode}: {stage}")
-        with TreesPeak([w["pid"] for w in cluster["workers"]]) if cluster else contextlib.nullcontext() as workers:
+        with PeakMemory(*(w["pid"] for w in cluster["workers"])) if cluster else contextlib.nullcontext() as workers:
             result = measured(cmd, env, timeout)
         result.pop("stderr")
         last = json.loads(result.pop("last_line") or "{}")
@@ -125,9 +91,9 @@ def main() -> None:
             results["modes"]["standalone"] = one_mode("standalone", data, env, args.timeout, cluster)
         shutil.rmtree(data, ignore_errors=True)
     local, standalone = results["modes"]["local"], results["modes"]["standalone"]
+    finished = [stage for stage in STAGES if all(stage in m and "error" not in m[stage] for m in (local, standalone))]
     results["ratio_standalone_to_local"] = {
-        stage: round(standalone[stage]["seconds"] / local[stage]["seconds"], 2)
-        for stage in STAGES if "error" not in local.get(stage, {"error": 1}) and "error" not in standalone.get(stage, {"error": 1})
+        stage: round(standalone[stage]["seconds"] / local[stage]["seconds"], 2) for stage in finished
     }
     path = save("spark_modes", results)
     log(f"wrote {path}")
