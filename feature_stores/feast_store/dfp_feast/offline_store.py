@@ -75,12 +75,13 @@ _SCAN_FIELDS = (
 )
 # A column added to the uploaded entity frame: matches are found and ranked per entity row.
 ENTITY_ROW_ID = "dfp_entity_row_id"
+ROWS_PER_PARTITION = 5_000
 
 
 class SingleScanSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     type: StrictStr = "dfp_feast.offline_store.SingleScanSparkOfflineStore"
     # Entity rows per partition of a retrieval's result (see the module docstring).
-    rows_per_partition: PositiveInt = 5_000
+    rows_per_partition: PositiveInt = ROWS_PER_PARTITION
 
 
 class SingleScanSparkOfflineStore(SparkOfflineStore):
@@ -156,7 +157,7 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
 def result_partitions(entity_rows: int, store_config: SparkOfflineStoreConfig) -> int:
     """Partitions of a retrieval's result for ``entity_rows``: enough to keep each under
     ``rows_per_partition`` rows (``_partitioned`` never goes below the session's setting)."""
-    per_partition = getattr(store_config, "rows_per_partition", None) or SingleScanSparkOfflineStoreConfig().rows_per_partition
+    per_partition = getattr(store_config, "rows_per_partition", ROWS_PER_PARTITION)  # Feast's own config has none
     return max(1, math.ceil(entity_rows / per_partition))
 
 
