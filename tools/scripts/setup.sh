@@ -27,9 +27,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "up to date" >&2
 else
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet -c requirements.lock --upgrade pip setuptools wheel
-  # torch and the CUDA wheels are large on first install; pip caches them.
-  .venv/bin/python -m pip install --progress-bar on -c requirements.lock -e ".[all,dev]"
+  .venv/bin/python -m pip install --quiet -c requirements.lock --upgrade pip setuptools wheel uv
+  # uv keeps one cache of unpacked wheels and hard-links the venv's files to it: torch's CUDA
+  # wheels (several GB) are stored once, not once in pip's cache and again in the venv, and an
+  # environment built from a model's requirements (`mlflow models serve --env-manager uv`)
+  # links the same files. Where the cache is on another filesystem, uv copies instead.
+  .venv/bin/uv pip install --python .venv/bin/python -c requirements.lock -e ".[all,dev]"
   echo "$want" > "$stamp"
 fi
 
