@@ -8,13 +8,14 @@ import warnings
 from datetime import datetime, timedelta
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from feast import Entity, FeatureStore, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.repo_config import RepoConfig
 from feast.types import Float64, Int64, String
 
-from dfp_feast.offline_store import SingleScanSparkOfflineStore, scan_groups
+from dfp_feast.offline_store import SingleScanSparkOfflineStore, each_row_once, scan_groups
 
 T0 = datetime(2024, 1, 10)
 
@@ -242,3 +243,67 @@ def test_result_partitions_are_bounded_in_rows_and_the_session_is_left_as_it_was
     assert len(table) >= len(entity_df)
     assert spark.conf.get("spark.sql.shuffle.partitions") == shuffle_before
     assert spark.conf.get("spark.sql.adaptive.coalescePartitions.enabled") == coalesce_before
+
+
+# Each of these entity rows has exactly one source row it may use in the plain source.
+ONE_CANDIDATE_EACH = [
+    (3, "us", _at(0), "w"),
+    (5, "us", _at(0), "u"),
+    (1, "us", _at(0), "r"),
+    (1, "eu", _at(-2), "y"),
+    (1, "eu", _at(-2), "y"),   # repeated: each copy still has one candidate
+]
+
+
+def _job(store, entity_df, features):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        job = store.get_historical_features(entity_df=entity_df.copy(), features=features)
+        return job, job.to_df()
+
+
+def test_one_candidate_per_entity_row_is_served_by_the_broadcast_join(spark, source_view, tmp_path):
+    entity_df = pd.DataFrame(ONE_CANDIDATE_EACH, columns=["driver_id", "region", "event_timestamp", "tag"])
+    job, ours = _job(_store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore"), entity_df, SHARED_SCAN)
+    assert job.used_broadcast_join is True
+    feasts = _retrieve(_store(tmp_path, "spark"), entity_df, SHARED_SCAN)
+    assert list(ours.columns) == list(feasts.columns)
+    pd.testing.assert_frame_equal(_normalised(ours), _normalised(feasts))
+    assert sorted(ours["speed"].dropna()) == [10.0, 10.0, 30.0, 99.0] and ours["speed"].isna().sum() == 1  # driver 5: null
+
+
+@pytest.mark.parametrize("why", ["history", "no-match"])
+def test_entity_rows_with_history_or_no_match_fall_back_to_the_point_in_time_join(spark, source_view, tmp_path, why):
+    extra = (1, "eu", _at(0), "x") if why == "history" else (6, "us", _at(0), "t")  # two candidates / none
+    entity_df = pd.DataFrame([*ONE_CANDIDATE_EACH, extra], columns=["driver_id", "region", "event_timestamp", "tag"])
+    job, ours = _job(_store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore"), entity_df, SHARED_SCAN)
+    assert job.used_broadcast_join is False
+    feasts = _retrieve(_store(tmp_path, "spark"), entity_df, SHARED_SCAN)
+    pd.testing.assert_frame_equal(_normalised(ours), _normalised(feasts))
+    assert len(ours) == len(entity_df)
+
+
+def test_the_broadcast_join_can_be_turned_off(spark, source_view, tmp_path):
+    entity_df = pd.DataFrame(ONE_CANDIDATE_EACH, columns=["driver_id", "region", "event_timestamp", "tag"])
+    store = _store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore", broadcast_entity_rows=0)
+    job, ours = _job(store, entity_df, SHARED_SCAN)
+    assert job.used_broadcast_join is None  # never tried
+    assert len(ours) == len(entity_df)
+
+
+def test_views_of_several_scans_are_not_tried_with_the_broadcast_join(spark, source_view, tmp_path):
+    entity_df = pd.DataFrame(ONE_CANDIDATE_EACH, columns=["driver_id", "region", "event_timestamp", "tag"])
+    job, ours = _job(_store(tmp_path, "dfp_feast.offline_store.SingleScanSparkOfflineStore"), entity_df,
+                     ["speed_view:speed", "driver_view:city"])
+    assert job.used_broadcast_join is None
+    # Driver 1 alone has two rows at its latest time (regions eu and us): a tie, served twice.
+    feasts = _retrieve(_store(tmp_path, "spark"), entity_df, ["speed_view:speed", "driver_view:city"])
+    pd.testing.assert_frame_equal(_normalised(ours), _normalised(feasts))
+
+
+def test_each_row_once():
+    ids = pa.chunked_array([[2, 0], [1]])
+    assert each_row_once(ids, 3)
+    assert not each_row_once(ids, 4)                                   # a row without a match
+    assert not each_row_once(pa.chunked_array([[0, 1, 1]]), 3)         # a row matched twice, one missing
+    assert not each_row_once(pa.chunked_array([[0, 1, None]], pa.int64()), 3)

@@ -152,6 +152,27 @@ def test_entity_keys_from_the_index_give_the_splits_of_the_wide_rows(spark, lake
     assert via_index.content_sha256 == via_rows.content_sha256 and via_index.rows == via_rows.rows
 
 
+def test_the_splits_come_from_the_broadcast_join_with_the_same_ids_and_hashes(spark, lakefs, transformed, monkeypatch):
+    """Each sample has one row: the offline store's broadcast join serves the retrieval, and
+    its splits are those of the point-in-time join (the store option turned off)."""
+    from dfp_feast import offline_store, retrieval
+
+    repo, summary = transformed
+    jobs = []
+    real = offline_store.ArrowSparkRetrievalJob._to_arrow_internal
+    monkeypatch.setattr(offline_store.ArrowSparkRetrievalJob, "_to_arrow_internal",
+                        lambda job, **kw: jobs.append(job) or real(job, **kw))
+    broadcast = retrieval.load_splits(spark, lakefs, repo, summary["merge_commit"])
+    assert [job.used_broadcast_join for job in jobs] == [True]
+    real_store = retrieval.feature_store
+    monkeypatch.setattr(retrieval, "feature_store",
+                        lambda registry_dir: real_store(registry_dir, offline_options={"broadcast_entity_rows": 0}))
+    general = retrieval.load_splits(spark, lakefs, repo, summary["merge_commit"])
+    assert jobs[-1].used_broadcast_join is None
+    assert broadcast.rows == general.rows
+    assert broadcast.dataset_ids == general.dataset_ids and broadcast.content_sha256 == general.content_sha256
+
+
 def test_unknown_ref_is_a_clear_error(rt, spark, lakefs, transformed):
     repo, _ = transformed
     with pytest.raises(RefNotFoundError, match="no-such-ref"):

@@ -44,6 +44,13 @@ LEASE_PATH = "_dfp/run_lease.json"
 RUN_PREFIX = "run-"
 
 
+# Iceberg's read splits of the fct table. Its Avro rows (~480 small integers) take about 230
+# bytes, 17 times less than as Arrow, so Iceberg's default split (128 MB) makes one task's
+# result ~2 GB of Arrow; a retrieval without a shuffle (Feast's broadcast join) sends the
+# driver one task result per split, and at 10x KronoDroid 8 MB splits (140 MB results) still
+# ran the 4 GB driver out of heap. 2 MB: about 9,000 rows, 35 MB of Arrow, per task.
+FCT_READ_SPLIT_BYTES = 2 * 1024 * 1024
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
@@ -123,7 +130,10 @@ def transform_on_branch(
         "dfp.synthetic": str(manifest.synthetic).lower(),
         "dfp.code_version": code_version(),
     }
-    fct_props = {**props, "dfp.split_spec": json.dumps(split.to_dict(), sort_keys=True)}
+    fct_props = {
+        **props, "dfp.split_spec": json.dumps(split.to_dict(), sort_keys=True),
+        "read.split.target-size": str(FCT_READ_SPLIT_BYTES),
+    }
     # Staging first: a failure after it (the atomicity test injects one) must leave the target untouched.
     outputs = [
         *[(frame, schema.STG_NAMESPACE, schema.STAGING_TABLES[source], props) for source, frame in frames.staging.items()],

@@ -16,6 +16,15 @@ it with Feast's own store) with a leaner plan:
   partitioning (no second shuffle), and a final join on the entity row id
   broadcasts the entity rows, so no join back to the source and no left join of
   wide rows;
+* where all views share one scan and the entity frame has at most
+  ``broadcast_entity_rows`` rows (a store option, default 2,000,000), a broadcast
+  inner join runs first: no shuffle at all, the wide rows stream past the entity
+  rows' hash table as in a plain scan. Its result stands where it holds every
+  entity row exactly once (then that one candidate is the latest); otherwise (an
+  entity key with history, or without a match) the query below runs, and the
+  source is read twice. Its result partitions are the source's read splits (an
+  Iceberg table's ``read.split.target-size``), so that setting bounds what one
+  task sends the driver;
 * one SQL statement (one analysis of the wide plan, no temporary views left);
 * the job collects Spark's Arrow batches (Feast's goes Spark -> pandas -> Arrow
   -> pandas), so timestamps come back timezone-aware (UTC);
@@ -39,6 +48,7 @@ other Spark store options work as before.
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -48,9 +58,10 @@ from typing import KeysView, Optional, Union, cast
 import numpy as np
 import pandas as pd
 import pyarrow
+import pyarrow.compute as pc
 import pyspark.sql
 from jinja2 import BaseLoader, Environment
-from pydantic import PositiveInt, StrictStr
+from pydantic import NonNegativeInt, PositiveInt, StrictStr
 
 from feast.batch_feature_view import BatchFeatureView
 from feast.feature_view import FeatureView
@@ -67,6 +78,8 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 
+logger = logging.getLogger(__name__)
+
 # What must be equal for two feature views to share one scan, besides their source
 # (``source_key``; the table query string differs per view even for one source).
 _SCAN_FIELDS = (
@@ -76,12 +89,15 @@ _SCAN_FIELDS = (
 # A column added to the uploaded entity frame: matches are found and ranked per entity row.
 ENTITY_ROW_ID = "dfp_entity_row_id"
 ROWS_PER_PARTITION = 5_000
+BROADCAST_ENTITY_ROWS = 2_000_000
 
 
 class SingleScanSparkOfflineStoreConfig(SparkOfflineStoreConfig):
     type: StrictStr = "dfp_feast.offline_store.SingleScanSparkOfflineStore"
     # Entity rows per partition of a retrieval's result (see the module docstring).
     rows_per_partition: PositiveInt = ROWS_PER_PARTITION
+    # Largest entity frame tried first with the broadcast join (see the module docstring); 0: never.
+    broadcast_entity_rows: NonNegativeInt = BROADCAST_ENTITY_ROWS
 
 
 class SingleScanSparkOfflineStore(SparkOfflineStore):
@@ -138,6 +154,12 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
             spark_contexts, entity_table, event_timestamp_col, list(entity_columns),
             full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
         )
+        broadcast_query = None
+        if len(entity_df) <= getattr(config.offline_store, "broadcast_entity_rows", 0):
+            broadcast_query = build_broadcast_query(
+                spark_contexts, entity_table, event_timestamp_col, list(entity_columns),
+                full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
+            )
         return ArrowSparkRetrievalJob(
             spark_session=spark,
             query=query,
@@ -151,6 +173,8 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
             ),
             config=config,
             result_partitions=result_partitions(len(entity_df), config.offline_store),
+            broadcast_query=broadcast_query,
+            entity_rows=len(entity_df),
         )
 
 
@@ -179,17 +203,38 @@ def _partitioned(spark: pyspark.sql.SparkSession, partitions: int):
 class ArrowSparkRetrievalJob(SparkRetrievalJob):
     """Feast's Spark retrieval job, collecting Arrow batches straight from Spark (Feast's
     job goes Spark -> pandas -> Arrow, and ``to_df`` then back to pandas), from a result
-    of ``result_partitions`` partitions or more."""
+    of ``result_partitions`` partitions or more. With a ``broadcast_query``, that one runs
+    first, and its result stands where it holds each of the ``entity_rows`` exactly once."""
 
-    def __init__(self, *args, result_partitions: int = 1, **kwargs):
+    def __init__(self, *args, result_partitions: int = 1, broadcast_query: Optional[str] = None,
+                 entity_rows: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self._result_partitions = result_partitions
+        self._broadcast_query = broadcast_query
+        self._entity_rows = entity_rows
+        self.used_broadcast_join: Optional[bool] = None  # known once the rows are collected
 
     def _to_arrow_internal(self, timeout: Optional[int] = None) -> pyarrow.Table:
         if self._should_use_staging_for_arrow():
             return super()._to_arrow_internal(timeout=timeout)
+        if self._broadcast_query is not None:
+            table = self.spark_session.sql(self._broadcast_query).toArrow()
+            self.used_broadcast_join = each_row_once(table[ENTITY_ROW_ID], self._entity_rows)
+            if self.used_broadcast_join:
+                return table.drop_columns([ENTITY_ROW_ID])
+            del table  # some entity row has several candidate rows, or none: the general join decides
+            logger.info("the broadcast join did not give each entity row one row; running the point-in-time join")
         with _partitioned(self.spark_session, self._result_partitions):
             return self.to_spark_df().toArrow()
+
+
+def each_row_once(row_ids: pyarrow.ChunkedArray, entity_rows: int) -> bool:
+    """Whether ``row_ids`` (each a number below ``entity_rows``, from an inner join on the
+    numbered entity rows) names every entity row exactly once."""
+    return (
+        len(row_ids) == entity_rows and row_ids.null_count == 0
+        and pc.count_distinct(row_ids).as_py() == entity_rows
+    )
 
 
 def _spark_context(context: offline_utils.FeatureViewQueryContext, view: FeatureView) -> dict:
@@ -255,24 +300,34 @@ def build_single_scan_query(
     )
 
 
-# One statement (one analysis of the ~480-column plan, no temporary views left behind).
-# Per group: every entity row left-joined to the source rows with its keys at or before
-# its timestamp (and within the TTL) -- a shuffled hash join that builds on the small
-# entity side and streams the wide rows through one shuffle; then, per entity row, the
-# rows with the latest event timestamp and the latest created timestamp (MAX windows on
-# the join's partitioning: no second shuffle). As in Feast's template, ties are kept and,
-# where the source has a created timestamp column, rows without one are ignored (Feast's
-# dedup join drops them); an entity row without a match keeps one row of nulls. The
-# final join on the entity row id broadcasts the entity rows.
-SINGLE_SCAN_POINT_IN_TIME_JOIN = """
-WITH entity_rows AS (
-    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
-    FROM {{ entity_table }}
-),
-{% for group in groups %}
-{% set g = group.name %}
-{% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ g }}__key{{ loop.index }}, {% endfor %}{{ g }}__row_id{% endset %}
-{{ g }}__subquery AS (
+def build_broadcast_query(
+    views: list[dict],
+    entity_table: str,
+    event_timestamp_col: str,
+    entity_columns: list[str],
+    full_feature_names: bool = False,
+    filter_by_created_timestamp: bool = False,
+) -> Optional[str]:
+    """The broadcast statement (entity row id first, then the columns of the point-in-time
+    query), where every view reads one scan; None where they need several."""
+    groups = scan_groups(views, full_feature_names)
+    if len(groups) != 1:
+        return None
+    template = Environment(loader=BaseLoader()).from_string(BROADCAST_POINT_IN_TIME_JOIN)
+    return template.render(
+        entity_table=entity_table,
+        entity_df_event_timestamp_col=event_timestamp_col,
+        groups=groups,
+        entity_columns=list(entity_columns),
+        filter_by_created_timestamp=filter_by_created_timestamp,
+        entity_row_id=ENTITY_ROW_ID,
+    )
+
+
+# The rows of one scan group that a point-in-time join may use: those at or before the latest
+# entity timestamp (and, with a TTL, after the earliest one's window opens).
+_SOURCE_ROWS = """
+{% macro source_rows(group) %}
     SELECT
         {{ group.timestamp_field }} AS event_timestamp,
         {{ group.created_timestamp_column ~ ' AS created_timestamp,' if group.created_timestamp_column else '' }}
@@ -292,7 +347,39 @@ WITH entity_rows AS (
             AND {{ group.date_partition_column }} >= '{{ group.min_date_partition }}'
         {% endif %}
     {% endif %}
+{% endmacro %}
+{% macro matches(group, source) %}
+    {{ source }}.event_timestamp <= entity_rows.dfp_entity_timestamp
+    {% if group.ttl != 0 %}
+    AND {{ source }}.event_timestamp >= entity_rows.dfp_entity_timestamp - {{ group.ttl }} * interval '1' second
+    {% endif %}
+    {% if filter_by_created_timestamp and group.created_timestamp_column %}
+    AND {{ source }}.created_timestamp <= entity_rows.dfp_entity_timestamp
+    {% endif %}
+    {% for entity in group.entities %}
+    AND {{ source }}.{{ entity }} = entity_rows.{{ entity }}
+    {% endfor %}
+{% endmacro %}
+"""
+
+# One statement (one analysis of the ~480-column plan, no temporary views left behind).
+# Per group: every entity row left-joined to the source rows with its keys at or before
+# its timestamp (and within the TTL) -- a shuffled hash join that builds on the small
+# entity side and streams the wide rows through one shuffle; then, per entity row, the
+# rows with the latest event timestamp and the latest created timestamp (MAX windows on
+# the join's partitioning: no second shuffle). As in Feast's template, ties are kept and,
+# where the source has a created timestamp column, rows without one are ignored (Feast's
+# dedup join drops them); an entity row without a match keeps one row of nulls. The
+# final join on the entity row id broadcasts the entity rows.
+SINGLE_SCAN_POINT_IN_TIME_JOIN = _SOURCE_ROWS + """
+WITH entity_rows AS (
+    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
+    FROM {{ entity_table }}
 ),
+{% for group in groups %}
+{% set g = group.name %}
+{% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ g }}__key{{ loop.index }}, {% endfor %}{{ g }}__row_id{% endset %}
+{{ g }}__subquery AS ({{ source_rows(group) }}),
 {{ g }}__matched AS (
     SELECT /*+ SHUFFLE_HASH(entity_rows) */
         {% for entity in group.entities %}entity_rows.{{ entity }} AS {{ g }}__key{{ loop.index }}, {% endfor %}
@@ -302,16 +389,7 @@ WITH entity_rows AS (
         {% for column, output in group.columns %}subquery.{{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
     FROM entity_rows
     LEFT JOIN {{ g }}__subquery AS subquery
-    ON subquery.event_timestamp <= entity_rows.dfp_entity_timestamp
-        {% if group.ttl != 0 %}
-        AND subquery.event_timestamp >= entity_rows.dfp_entity_timestamp - {{ group.ttl }} * interval '1' second
-        {% endif %}
-        {% if filter_by_created_timestamp and group.created_timestamp_column %}
-        AND subquery.created_timestamp <= entity_rows.dfp_entity_timestamp
-        {% endif %}
-        {% for entity in group.entities %}
-        AND subquery.{{ entity }} = entity_rows.{{ entity }}
-        {% endfor %}
+    ON {{ matches(group, "subquery") }}
 ),
 {{ g }}__latest_events AS (
     SELECT * FROM (
@@ -337,4 +415,25 @@ FROM entity_rows
 {% for group in groups %}
 JOIN {{ group.name }}__latest ON entity_rows.{{ entity_row_id }} = {{ group.name }}__latest.{{ group.name }}__row_id
 {% endfor %}
+"""
+
+# The same rows in one pass without a shuffle, where each entity row has exactly one source row
+# it may use (the usual case: one row per entity key): the entity rows are broadcast and every
+# source row streams through an inner hash join. Where that holds, the one candidate is the
+# latest, so no window is needed; the job checks it (each entity row id exactly once) and runs
+# the statement above where it does not (several candidates, or none).
+BROADCAST_POINT_IN_TIME_JOIN = _SOURCE_ROWS + """
+{% set group = groups[0] %}
+WITH entity_rows AS (
+    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
+    FROM {{ entity_table }}
+),
+source_rows AS ({{ source_rows(group) }})
+SELECT /*+ BROADCAST(entity_rows) */
+    entity_rows.{{ entity_row_id }},
+    {% for column in entity_columns %}entity_rows.{{ column }}, {% endfor %}
+    {% for column, output in group.columns %}source_rows.{{ output }}{% if not loop.last %}, {% endif %}{% endfor %}
+FROM source_rows
+JOIN entity_rows
+ON {{ matches(group, "source_rows") }}
 """

@@ -50,15 +50,20 @@ class RetrievedDataset:
         return {split: len(frame) for split, frame in self.frames.items()}
 
 
-def feature_store(registry_dir: Path, offline_store_type: str | None = None) -> "FeatureStore":
+def feature_store(registry_dir: Path, offline_store_type: str | None = None,
+                  offline_options: dict | None = None) -> "FeatureStore":
     """The repo's Feast config with a registry of its own (apply is per retrieval);
-    ``offline_store_type`` swaps the offline store (e.g. Feast's own ``spark``, to compare)."""
+    ``offline_store_type`` swaps the offline store (e.g. Feast's own ``spark``, to compare),
+    ``offline_options`` sets options of it."""
     from feast import FeatureStore
     from feast.repo_config import RegistryConfig, load_repo_config
 
     config = load_repo_config(FEAST_REPO_DIR, FEAST_CONFIG_FILE)
-    if offline_store_type:  # read lazily by Feast: replacing the raw section is enough
-        config.offline_config = {**config.offline_config, "type": offline_store_type}
+    if offline_store_type or offline_options:  # read lazily by Feast: replacing the raw section is enough
+        config.offline_config = {
+            **config.offline_config, **(offline_options or {}),
+            **({"type": offline_store_type} if offline_store_type else {}),
+        }
     config.registry_config = RegistryConfig(registry_type="file", path=str(registry_dir / "registry.db"))
     config.online_store.path = str(registry_dir / "online_store.db")
     return FeatureStore(config=config)
@@ -130,25 +135,22 @@ def _entity_index(spark: "SparkSession", table: TableRef, snapshot_id: str | int
     return spark.table(iceberg.qualified(spark, index))
 
 
-def _entity_keys(keys_table, splits, seed: int) -> "pd.DataFrame":
-    """(sample_id, event_timestamp, dataset_split, subset_order) of the requested splits, from
-    the entity index or the snapshot itself. A small local frame: the offline store builds its
+def _entity_keys(keys_table, splits, subset_seed: int | None = None) -> "pd.DataFrame":
+    """(sample_id, event_timestamp, dataset_split) of the requested splits, from the entity
+    index or the snapshot itself, plus ``subset_order`` where a subset is taken
+    (``subset_seed`` given). A small local frame: the offline store builds its
     point-in-time join on it and streams the ~480-column feature rows through."""
     from pyspark.sql import functions as F
 
-    return (
-        keys_table.where(F.col("dataset_split").isin(list(splits)))
-        .select(
-            "sample_id", "event_timestamp", "dataset_split",
-            # The max_rows_per_split subset: the same rows for the same spec, spread over sources.
-            F.sha2(F.concat(F.lit(f"{int(seed)}:"), F.col("sample_id")), 256).alias("subset_order"),
-        )
-        .toPandas()
-    )
+    columns = [F.col("sample_id"), F.col("event_timestamp"), F.col("dataset_split")]
+    if subset_seed is not None:
+        # The max_rows_per_split subset: the same rows for the same spec, spread over sources.
+        columns.append(F.sha2(F.concat(F.lit(f"{int(subset_seed)}:"), F.col("sample_id")), 256).alias("subset_order"))
+    return keys_table.where(F.col("dataset_split").isin(list(splits))).select(*columns).toPandas()
 
 
 def _retrieve(keys_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
-    keys = _entity_keys(keys_table, splits, split_spec.get("seed", 0))
+    keys = _entity_keys(keys_table, splits, split_spec.get("seed", 0) if spec.max_rows_per_split else None)
     chosen = {}
     for split in splits:
         entities = keys[keys["dataset_split"] == split]
