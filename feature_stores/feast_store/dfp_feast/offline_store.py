@@ -150,16 +150,11 @@ class SingleScanSparkOfflineStore(SparkOfflineStore):
         views = {fv.projection.name_to_use(): fv for fv in feature_views}
         spark_contexts = [_spark_context(context, views[context.name]) for context in contexts]
         entity_columns = cast(KeysView[str], entity_schema.keys())
-        query = build_single_scan_query(
+        query, broadcast_query = build_queries(
             spark_contexts, entity_table, event_timestamp_col, list(entity_columns),
             full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
+            broadcast=len(entity_df) <= getattr(config.offline_store, "broadcast_entity_rows", 0),
         )
-        broadcast_query = None
-        if len(entity_df) <= getattr(config.offline_store, "broadcast_entity_rows", 0):
-            broadcast_query = build_broadcast_query(
-                spark_contexts, entity_table, event_timestamp_col, list(entity_columns),
-                full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
-            )
         return ArrowSparkRetrievalJob(
             spark_session=spark,
             query=query,
@@ -274,53 +269,36 @@ def scan_groups(views: list[dict], full_feature_names: bool) -> list[dict]:
     return list(groups.values())
 
 
-def build_single_scan_query(
+def build_queries(
     views: list[dict],
     entity_table: str,
     event_timestamp_col: str,
     entity_columns: list[str],
     full_feature_names: bool = False,
     filter_by_created_timestamp: bool = False,
-) -> str:
-    """The point-in-time query as one SQL statement (Feast's retrieval job runs it as is)."""
+    broadcast: bool = True,
+) -> tuple[str, Optional[str]]:
+    """The point-in-time query as one SQL statement (Feast's retrieval job runs it as is), and
+    the broadcast statement (entity row id first, then the same columns) where ``broadcast``
+    and every view reads one scan, else None."""
     output_names = list(entity_columns) + [
         _output_name(view, feature, full_feature_names) for view in views for feature in view["features"]
     ]
     groups = scan_groups(views, full_feature_names)
     for index, group in enumerate(groups):
         group["name"] = f"dfp_scan{index}"
-    template = Environment(loader=BaseLoader()).from_string(SINGLE_SCAN_POINT_IN_TIME_JOIN)
-    return template.render(
-        entity_table=entity_table,
-        entity_df_event_timestamp_col=event_timestamp_col,
-        groups=groups,
-        filter_by_created_timestamp=filter_by_created_timestamp,
-        final_output_feature_names=output_names,
-        entity_row_id=ENTITY_ROW_ID,
+    context = {
+        "entity_table": entity_table, "entity_df_event_timestamp_col": event_timestamp_col, "groups": groups,
+        "filter_by_created_timestamp": filter_by_created_timestamp, "entity_row_id": ENTITY_ROW_ID,
+    }
+    environment = Environment(loader=BaseLoader())
+    query = environment.from_string(SINGLE_SCAN_POINT_IN_TIME_JOIN).render(
+        **context, final_output_feature_names=output_names,
     )
-
-
-def build_broadcast_query(
-    views: list[dict],
-    entity_table: str,
-    event_timestamp_col: str,
-    entity_columns: list[str],
-    full_feature_names: bool = False,
-    filter_by_created_timestamp: bool = False,
-) -> Optional[str]:
-    """The broadcast statement (entity row id first, then the columns of the point-in-time
-    query), where every view reads one scan; None where they need several."""
-    groups = scan_groups(views, full_feature_names)
-    if len(groups) != 1:
-        return None
-    template = Environment(loader=BaseLoader()).from_string(BROADCAST_POINT_IN_TIME_JOIN)
-    return template.render(
-        entity_table=entity_table,
-        entity_df_event_timestamp_col=event_timestamp_col,
-        groups=groups,
-        entity_columns=list(entity_columns),
-        filter_by_created_timestamp=filter_by_created_timestamp,
-        entity_row_id=ENTITY_ROW_ID,
+    if not broadcast or len(groups) != 1:
+        return query, None
+    return query, environment.from_string(BROADCAST_POINT_IN_TIME_JOIN).render(
+        **context, entity_columns=list(entity_columns),
     )
 
 
