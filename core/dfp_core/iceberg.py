@@ -19,6 +19,9 @@ from dfp_core.spark import ICEBERG_TABLE_PROPERTIES, register_ref_catalog, sessi
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
+# Iceberg's table property for the size of its read splits (bytes).
+READ_SPLIT_SIZE_PROPERTY = "read.split.target-size"
+
 
 @dataclass(frozen=True)
 class TableRef:

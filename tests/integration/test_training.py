@@ -152,9 +152,10 @@ def test_entity_keys_from_the_index_give_the_splits_of_the_wide_rows(spark, lake
     assert via_index.content_sha256 == via_rows.content_sha256 and via_index.rows == via_rows.rows
 
 
-def test_the_splits_come_from_the_broadcast_join_with_the_same_ids_and_hashes(spark, lakefs, transformed, monkeypatch):
-    """Each sample has one row: the offline store's broadcast join serves the retrieval, and
-    its splits are those of the point-in-time join (the store option turned off)."""
+def test_the_splits_come_from_the_broadcast_join_with_the_same_rows_and_hashes(spark, lakefs, transformed, monkeypatch):
+    """Each sample has one row: the offline store's broadcast join serves the retrieval. A table
+    without the transform's read split size (as tables written before it) gets the point-in-time
+    join only, and the same rows and content hashes."""
     from dfp_feast import offline_store, retrieval
 
     repo, summary = transformed
@@ -164,13 +165,16 @@ def test_the_splits_come_from_the_broadcast_join_with_the_same_ids_and_hashes(sp
                         lambda job, **kw: jobs.append(job) or real(job, **kw))
     broadcast = retrieval.load_splits(spark, lakefs, repo, summary["merge_commit"])
     assert [job.used_broadcast_join for job in jobs] == [True]
-    real_store = retrieval.feature_store
-    monkeypatch.setattr(retrieval, "feature_store",
-                        lambda registry_dir: real_store(registry_dir, offline_options={"broadcast_entity_rows": 0}))
-    general = retrieval.load_splits(spark, lakefs, repo, summary["merge_commit"])
-    assert jobs[-1].used_broadcast_join is None
-    assert broadcast.rows == general.rows
-    assert broadcast.dataset_ids == general.dataset_ids and broadcast.content_sha256 == general.content_sha256
+
+    branch = f"old-splits-{uuid.uuid4().hex[:6]}"
+    lakefs.create_branch(repo, branch, summary["merge_commit"])
+    name = iceberg.qualified(spark, TableRef(repo, branch, schema.MART_NAMESPACE, schema.FCT_TABLE))
+    spark.sql(f"ALTER TABLE {name} UNSET TBLPROPERTIES ('{iceberg.READ_SPLIT_SIZE_PROPERTY}')")
+    lakefs.commit(repo, branch, "the fct table as written before its read split size was set")
+    general = retrieval.load_splits(spark, lakefs, repo, branch)
+    assert jobs[-1].used_broadcast_join is None  # never tried
+    assert general.spec.iceberg_snapshot_id == broadcast.spec.iceberg_snapshot_id  # a property, not a snapshot
+    assert broadcast.rows == general.rows and broadcast.content_sha256 == general.content_sha256
 
 
 def test_unknown_ref_is_a_clear_error(rt, spark, lakefs, transformed):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from dfp_core import faults
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
-from dfp_core.iceberg import TableRef, write_table
+from dfp_core.iceberg import READ_SPLIT_SIZE_PROPERTY, TableRef, write_table
 from dfp_core.kronodroid import entity_index, raw_files, schema
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
 from dfp_core.params import TransformConfig
@@ -50,6 +50,7 @@ RUN_PREFIX = "run-"
 # driver one task result per split, and at 10x KronoDroid 8 MB splits (140 MB results) still
 # ran the 4 GB driver out of heap. 2 MB: about 9,000 rows, 35 MB of Arrow, per task.
 FCT_READ_SPLIT_BYTES = 2 * 1024 * 1024
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -132,7 +133,7 @@ def transform_on_branch(
     }
     fct_props = {
         **props, "dfp.split_spec": json.dumps(split.to_dict(), sort_keys=True),
-        "read.split.target-size": str(FCT_READ_SPLIT_BYTES),
+        READ_SPLIT_SIZE_PROPERTY: str(FCT_READ_SPLIT_BYTES),
     }
     # Staging first: a failure after it (the atomicity test injects one) must leave the target untouched.
     outputs = [

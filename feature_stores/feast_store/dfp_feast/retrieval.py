@@ -120,7 +120,10 @@ def load_splits(
     keys_table = _entity_index(spark, table, snapshot_id)
     if keys_table is None:  # no index of this snapshot: the keys from the wide rows themselves
         keys_table = spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
-    return _retrieve(keys_table, spec, defs, splits, split_spec)
+    # A table written before its read splits were set has Iceberg's 128 MB splits: one task of the
+    # broadcast join would send the driver ~2 GB at 10x, so it gets the point-in-time join only.
+    options = None if iceberg.READ_SPLIT_SIZE_PROPERTY in properties else {"broadcast_entity_rows": 0}
+    return _retrieve(keys_table, spec, defs, splits, split_spec, options)
 
 
 def _entity_index(spark: "SparkSession", table: TableRef, snapshot_id: str | int):
@@ -149,7 +152,8 @@ def _entity_keys(keys_table, splits, subset_seed: int | None = None) -> "pd.Data
     return keys_table.where(F.col("dataset_split").isin(list(splits))).select(*columns).toPandas()
 
 
-def _retrieve(keys_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> RetrievedDataset:
+def _retrieve(keys_table, spec: DatasetSpec, defs, splits, split_spec: dict,
+              offline_options: dict | None = None) -> RetrievedDataset:
     keys = _entity_keys(keys_table, splits, split_spec.get("seed", 0) if spec.max_rows_per_split else None)
     chosen = {}
     for split in splits:
@@ -166,7 +170,7 @@ def _retrieve(keys_table, spec: DatasetSpec, defs, splits, split_spec: dict) -> 
     # One retrieval for all requested splits: Feast's store then reads the snapshot once.
     entity_df = pd.concat(chosen.values())[["sample_id", "event_timestamp"]].reset_index(drop=True)
     with tempfile.TemporaryDirectory(prefix="dfp-feast-") as registry_dir:
-        store = feature_store(Path(registry_dir))
+        store = feature_store(Path(registry_dir), offline_options=offline_options)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_FEAST_ALPHA_WARNING, category=RuntimeWarning)
             store.apply(defs.objects())
