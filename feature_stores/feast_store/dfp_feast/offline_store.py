@@ -302,9 +302,14 @@ def build_queries(
     )
 
 
-# The rows of one scan group that a point-in-time join may use: those at or before the latest
-# entity timestamp (and, with a TTL, after the earliest one's window opens).
-_SOURCE_ROWS = """
+# What both statements below share: the entity rows with the timestamp the joins compare; the
+# rows of one scan group that a point-in-time join may use (those at or before the latest entity
+# timestamp and, with a TTL, after the earliest one's window opens); the join condition.
+_MACROS = """
+{% macro entity_rows() %}
+    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
+    FROM {{ entity_table }}
+{% endmacro %}
 {% macro source_rows(group) %}
     SELECT
         {{ group.timestamp_field }} AS event_timestamp,
@@ -349,11 +354,8 @@ _SOURCE_ROWS = """
 # where the source has a created timestamp column, rows without one are ignored (Feast's
 # dedup join drops them); an entity row without a match keeps one row of nulls. The
 # final join on the entity row id broadcasts the entity rows.
-SINGLE_SCAN_POINT_IN_TIME_JOIN = _SOURCE_ROWS + """
-WITH entity_rows AS (
-    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
-    FROM {{ entity_table }}
-),
+SINGLE_SCAN_POINT_IN_TIME_JOIN = _MACROS + """
+WITH entity_rows AS ({{ entity_rows() }}),
 {% for group in groups %}
 {% set g = group.name %}
 {% set per_entity_row %}PARTITION BY {% for entity in group.entities %}{{ g }}__key{{ loop.index }}, {% endfor %}{{ g }}__row_id{% endset %}
@@ -400,12 +402,9 @@ JOIN {{ group.name }}__latest ON entity_rows.{{ entity_row_id }} = {{ group.name
 # source row streams through an inner hash join. Where that holds, the one candidate is the
 # latest, so no window is needed; the job checks it (each entity row id exactly once) and runs
 # the statement above where it does not (several candidates, or none).
-BROADCAST_POINT_IN_TIME_JOIN = _SOURCE_ROWS + """
+BROADCAST_POINT_IN_TIME_JOIN = _MACROS + """
 {% set group = groups[0] %}
-WITH entity_rows AS (
-    SELECT *, {{ entity_df_event_timestamp_col }} AS dfp_entity_timestamp
-    FROM {{ entity_table }}
-),
+WITH entity_rows AS ({{ entity_rows() }}),
 source_rows AS ({{ source_rows(group) }})
 SELECT /*+ BROADCAST(entity_rows) */
     entity_rows.{{ entity_row_id }},
