@@ -28,19 +28,22 @@ def bench_env(extra: dict | None = None) -> dict:
 
 
 @contextmanager
-def private_stack(home: Path, profile: str = "local"):
+def private_stack(home: Path, profile: str = "local", repository: str | None = None):
     """A stack of our own (fresh DFP_HOME, free ports, ``profile``): (settings, seconds to
-    healthy, the environment a command needs to use it)."""
+    healthy, the environment a command needs to use it). Where the profile runs lakeFS's ACL
+    server, the pipeline's key pair (the one commands get) covers ``repository`` only
+    (default: the settings' repository)."""
     import dataclasses
 
     from dfp_core import stack
-    from dfp_core.settings import StackSettings
+    from dfp_core.settings import LakeFSSettings, StackSettings
 
     settings = dataclasses.replace(StackSettings.from_env(os.environ), home=home, profile=profile,
                                    lakefs_port=stack.free_port(), mlflow_port=stack.free_port(),
-                                   postgres_port=stack.free_port(), s3_port=stack.free_port())
+                                   postgres_port=stack.free_port(), s3_port=stack.free_port(),
+                                   lakefs_acl_port=stack.free_port())
     started = time.monotonic()
-    with stack.running(settings, log=lambda m: None) as running:
+    with stack.running(settings, log=lambda m: None, repository=repository or LakeFSSettings.repository) as running:
         yield settings, time.monotonic() - started, bench_env(running["env"])
 
 

@@ -39,7 +39,7 @@ print(json.dumps({"cold_seconds": times[0], "warm_seconds": min(times[1:]), "row
 def measure(profile: str, data: Path, home: Path, repeats: int) -> dict:
     from dfp_core.kronodroid import schema
 
-    with private_stack(home, profile=profile) as (_, up_seconds, env):
+    with private_stack(home, profile=profile, repository="bench") as (_, up_seconds, env):
         log("profiles", f"{profile}: stack healthy in {up_seconds:.1f}s; transform")
         transform = run_measured([str(ROOT / ".venv" / "bin" / "dfp"), "transform", "--input", str(data),
                                   "--repo", "bench", "--run-id", f"bench-{profile}"], env=env)

@@ -50,8 +50,10 @@ def stack_settings(tmp_path_factory):
         except StackError as exc:
             pytest.skip(f"s3 profile unavailable: {exc}")
     home = tmp_path_factory.mktemp("dfp-home")
+    # The suites make a repository per test, so the session's lakeFS keeps one admin key; the
+    # pipeline's repository-scoped user has its own tests (test_lakefs_acl.py).
     return dataclasses.replace(settings, home=home, lakefs_port=free_port(), mlflow_port=free_port(),
-                               postgres_port=free_port(), s3_port=free_port())
+                               postgres_port=free_port(), s3_port=free_port(), lakefs_acl=False)
 
 
 @pytest.fixture(scope="session")

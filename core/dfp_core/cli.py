@@ -112,6 +112,10 @@ def stack_up(
     profile: Optional[str] = typer.Option(
         None, help="local (local KV + blockstore, SQLite) or s3 (PostgreSQL + SeaweedFS S3); env DFP_STACK_PROFILE; "
         "default: the profile DFP_HOME was set up with, else local"),
+    lakefs_acl: Optional[bool] = typer.Option(
+        None, "--lakefs-acl/--no-lakefs-acl",
+        help="Run lakeFS's ACL server, with a pipeline user limited to the repository (env DFP_LAKEFS_ACL); "
+        "fixed when DFP_HOME is first set up; default: on in the s3 profile, off in local"),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Start lakeFS and MLflow (and, for --profile s3, PostgreSQL and SeaweedFS first); idempotent,
@@ -121,8 +125,9 @@ def stack_up(
 
     if profile is not None and profile not in STACK_PROFILES:
         raise DfpError(f"--profile must be one of {', '.join(STACK_PROFILES)}, got {profile!r}")
-    rt = runtime(stack={"lakefs_port": lakefs_port, "mlflow_port": mlflow_port, "profile": profile})
-    _print_status(stack.up(rt.settings.stack), as_json)
+    rt = runtime(stack={"lakefs_port": lakefs_port, "mlflow_port": mlflow_port, "profile": profile,
+                        "lakefs_acl": lakefs_acl})
+    _print_status(stack.up(rt.settings.stack, repository=rt.settings.lakefs.repository), as_json)
 
 
 @stack_app.command("down")
@@ -446,7 +451,9 @@ def _print_status(result: dict, as_json: bool) -> None:
     for name, svc in result["services"].items():
         state = "healthy" if svc["healthy"] else ("running" if svc["running"] else "stopped")
         pid = f" pid {svc['pid']}" if svc["pid"] else ""
-        print(f"{name:9s} {state:8s} {svc['endpoint']}{pid}")
+        print(f"{name:10s} {state:8s} {svc['endpoint']}{pid}")
+        if svc.get("pipeline_user"):
+            print(f"        the pipeline's user: {svc['pipeline_user']} (LAKEFS_* in the credentials file)")
         if svc.get("orphaned_pids"):
             print(f"        its leader is gone but pids {', '.join(map(str, svc['orphaned_pids']))} still run: "
                   "`dfp stack down` stops them")

@@ -89,6 +89,12 @@ class LakeFS:
             what = f"repository {repo!r}" if ref is None else f"ref {ref!r} in repository {repo!r}"
             raise RefNotFoundError(f"{action}: {what} not found in lakeFS ({_reason(exc)})") from None
         except NotAuthorizedException as exc:
+            if "insufficient permissions" in _reason(exc):  # lakeFS answers 401 for both
+                where = f" on repository {repo!r}" if repo else ""
+                raise LakeFSError(
+                    f"{action}: the lakeFS user of LAKEFS_ACCESS_KEY_ID has no permission for this{where} "
+                    f"({_reason(exc)}); its policy does not cover it"
+                ) from None
             raise LakeFSError(
                 f"{action}: lakeFS at {self.settings.endpoint} rejected the credentials "
                 f"({_reason(exc)}); check LAKEFS_ACCESS_KEY_ID / LAKEFS_SECRET_ACCESS_KEY"

@@ -22,7 +22,7 @@ from urllib.parse import quote
 from dfp_core.errors import StackError
 
 USER = "dfp"
-DATABASES = ("lakefs", "mlflow")
+DATABASES = ("lakefs", "mlflow", "lakefs_acl")  # lakefs_acl: lakeFS's ACL server, where it runs
 SERVICE_USER = "postgres"  # who runs the server when we are root
 ROOT_DATA_BASE = Path("/var/lib/dfp/postgres")
 

@@ -16,7 +16,8 @@ STEPS = 4
 def quickstart(env: Mapping[str, str], input_dir: Path | None = None, rows: int = 4000, seed: int = 0,
                max_epochs: int = 10, repo: str | None = None) -> dict:
     with stage(1, STEPS, "local stack (lakeFS + MLflow)"):
-        status = stack.up(Settings.from_env(env).stack)
+        settings = Settings.from_env(env)
+        status = stack.up(settings.stack, repository=repo or settings.lakefs.repository)
     # Read after `up`: the stack's endpoints and keys are in the stack.env it just wrote. The
     # pipeline's steps find them the same way, through DFP_HOME.
     with Runtime.from_env(env, app_name="kfp-local", lakefs={"repository": repo}) as rt:

@@ -204,6 +204,10 @@ class StackSettings:
     postgres_bin_dir: Path | None = None  # where initdb/postgres/psql are, instead of Debian's
     # MLflow's basic-auth app (DFP_MLFLOW_AUTH=1/0); None: on in the s3 profile, off in local.
     mlflow_auth: bool | None = None
+    # lakeFS's ACL auth server, which holds the pipeline's repository-scoped user
+    # (DFP_LAKEFS_ACL=1/0); None: as DFP_HOME was set up, else on in the s3 profile, off in local.
+    lakefs_acl: bool | None = None
+    lakefs_acl_port: int = 8001
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "StackSettings":
@@ -225,6 +229,8 @@ class StackSettings:
             seaweedfs_bin=path("SEAWEEDFS_BIN"),
             postgres_bin_dir=path("DFP_POSTGRES_BIN_DIR"),
             mlflow_auth=_flag(env, "DFP_MLFLOW_AUTH") if env.get("DFP_MLFLOW_AUTH") else None,
+            lakefs_acl=_flag(env, "DFP_LAKEFS_ACL") if env.get("DFP_LAKEFS_ACL") else None,
+            lakefs_acl_port=_int(env, "DFP_LAKEFS_ACL_PORT", cls.lakefs_acl_port),
         )
 
     def mlflow_auth_for(self, profile: str) -> bool:

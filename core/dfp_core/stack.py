@@ -8,6 +8,12 @@ outlive the command. Two profiles:
   S3-compatible object store) holds lakeFS's objects (``s3://`` storage
   namespaces) and MLflow's artifacts, as a deployment runs them.
 
+With ``DFP_LAKEFS_ACL=1`` (the s3 profile's default; fixed when a home's lakeFS is first set
+up) lakeFS asks its ACL auth
+server (``lakefs-acl``) for users and policies: the stack's admin key pair moves to
+``DFP_LAKEFS_ADMIN_*`` and ``LAKEFS_ACCESS_KEY_ID``/``LAKEFS_SECRET_ACCESS_KEY`` are those of
+the pipeline's user, whose policy covers the configured repository only.
+
 ``$DFP_HOME`` holds everything: ``state.json`` (pids and endpoints), ``profile``,
 the generated credentials in ``stack.env`` (mode 0600), data and logs. ``down``
 stops only processes whose pid *and* start time match what ``up`` recorded.
@@ -35,14 +41,22 @@ from urllib.parse import urlsplit
 import psutil
 import requests
 
-from dfp_core import postgres_server, seaweedfs_server
+from dfp_core import lakefs_acl, postgres_server, seaweedfs_server
 from dfp_core.errors import StackError
 from dfp_core.progress import note
-from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, STACK_PROFILES, StackSettings, read_env_file
+from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, STACK_PROFILES, LakeFSSettings, StackSettings, read_env_file
 
 STATE_FILE = "state.json"
 PROFILE_FILE = "profile"
 SERVICES = {"local": ("lakefs", "mlflow"), "s3": ("postgres", "seaweedfs", "lakefs", "mlflow")}
+# Every service a home can have, in start order.
+ALL_SERVICES = ("postgres", "seaweedfs", "lakefs-acl", "lakefs", "mlflow")
+ACL_DIR = "lakefs-acl"  # the ACL server's own data
+# Written beside lakeFS's config when lakeFS is set up to use the ACL server.
+ACL_MARKER = Path("lakefs") / "auth-acl"
+LAKEFS_CONFIG = Path("lakefs") / "config.yaml"
+# Where the home has the ACL server, the admin's pair is kept under these names.
+ADMIN_KEY_ENV = ("DFP_LAKEFS_ADMIN_ACCESS_KEY_ID", "DFP_LAKEFS_ADMIN_SECRET_ACCESS_KEY")
 # MLflow's basic-auth app: the admin user it creates on its first start is the stack's user.
 MLFLOW_ADMIN = "admin"
 Log = Callable[[str], None]
@@ -71,6 +85,17 @@ def lakefs_binary(settings: StackSettings) -> Path:
         raise StackError(
             f"the lakeFS server is not built yet (expected {path}); run `make setup` "
             "(it needs Go >= 1.26) or set LAKEFS_BIN to a lakefs binary"
+        )
+    return path
+
+
+def lakefs_acl_binary(settings: StackSettings) -> Path:
+    """lakeFS's ACL auth server, built beside the lakeFS binary (``make setup``)."""
+    path = lakefs_binary(settings).parent / "lakefs-acl"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise StackError(
+            f"lakeFS's ACL server is not built (expected {path}, beside the lakeFS binary); "
+            "run `make setup`, or turn DFP_LAKEFS_ACL off"
         )
     return path
 
@@ -176,6 +201,25 @@ def profile_of(settings: StackSettings) -> str:
     return settings.profile or recorded or "local"
 
 
+def lakefs_acl_of(settings: StackSettings, profile: str | None = None) -> bool:
+    """Whether this home's lakeFS uses the ACL server: fixed when lakeFS is first set up,
+    because its users live in one auth store or the other. A fresh home takes
+    ``DFP_LAKEFS_ACL``, else the profile's default (on in s3, off in local)."""
+    if (settings.home / LAKEFS_CONFIG).is_file():
+        recorded = (settings.home / ACL_MARKER).is_file()
+        if settings.lakefs_acl is not None and settings.lakefs_acl != recorded:
+            state = "with" if recorded else "without"
+            raise StackError(
+                f"DFP_HOME={settings.home} holds a lakeFS set up {state} the ACL server, so "
+                f"DFP_LAKEFS_ACL={int(settings.lakefs_acl)} cannot apply; use another DFP_HOME or "
+                "`dfp stack reset --yes` to start over"
+            )
+        return recorded
+    if settings.lakefs_acl is not None:
+        return settings.lakefs_acl
+    return (profile or profile_of(settings)) == "s3"
+
+
 def _record_profile(settings: StackSettings, profile: str) -> None:
     private_home(settings.home)
     (settings.home / PROFILE_FILE).write_text(profile + "\n")
@@ -188,8 +232,15 @@ def _random(alphabet: str, length: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def ensure_credentials(settings: StackSettings, profile: str = "local") -> dict[str, str]:
-    """Generate the admin key pair and server secrets once; keep them 0600."""
+def admin_keys(creds: dict[str, str]) -> tuple[str, str]:
+    """lakeFS's admin key pair: ``DFP_LAKEFS_ADMIN_*`` in a home with the ACL server, where
+    ``LAKEFS_*`` is the pipeline user's pair; else ``LAKEFS_*``."""
+    names = ADMIN_KEY_ENV if creds.get(ADMIN_KEY_ENV[0]) else ("LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY")
+    return creds[names[0]], creds[names[1]]
+
+
+def ensure_credentials(settings: StackSettings, profile: str = "local", acl: bool = False) -> dict[str, str]:
+    """Generate the key pairs and server secrets once; keep them 0600."""
     path = settings.home / STACK_ENV_FILE
     values = read_env_file(path)
     alnum = string.ascii_letters + string.digits
@@ -204,6 +255,8 @@ def ensure_credentials(settings: StackSettings, profile: str = "local") -> dict[
                 "DFP_LAKEFS_ENCRYPT_SECRET": _random(alnum, 48),
             }
         )
+    if acl and not values.get(ADMIN_KEY_ENV[0]):
+        values.update({ADMIN_KEY_ENV[0]: "AKIADFP" + _random(upper, 13), ADMIN_KEY_ENV[1]: _random(alnum, 40)})
     if profile == "s3":
         for key, make in (("DFP_S3_ACCESS_KEY_ID", lambda: "DFPS3" + _random(upper, 15)),
                           ("DFP_S3_SECRET_ACCESS_KEY", lambda: _random(alnum, 40)),
@@ -268,15 +321,17 @@ class Service:
 
 
 LAKEFS = Service("lakefs", "DFP_LAKEFS_PORT", "lakefs_port", 90)
+LAKEFS_ACL = Service("lakefs-acl", "DFP_LAKEFS_ACL_PORT", "lakefs_acl_port", 60)
 MLFLOW = Service("mlflow", "DFP_MLFLOW_PORT", "mlflow_port", 180)
 POSTGRES = Service("postgres", "DFP_POSTGRES_PORT", "postgres_port", 60)
 SEAWEEDFS = Service("seaweedfs", "DFP_S3_PORT", "s3_port", 90)
-BY_NAME = {svc.name: svc for svc in (POSTGRES, SEAWEEDFS, LAKEFS, MLFLOW)}
-HEALTH_PATHS = {"lakefs": "/api/v1/healthcheck", "mlflow": "/health"}
+BY_NAME = {svc.name: svc for svc in (POSTGRES, SEAWEEDFS, LAKEFS_ACL, LAKEFS, MLFLOW)}
+HEALTH_PATHS = {"lakefs": "/api/v1/healthcheck", "mlflow": "/health", "lakefs-acl": lakefs_acl.HEALTH_PATH}
 
 
-def services(profile: str) -> list[Service]:
-    return [BY_NAME[name] for name in SERVICES[profile]]
+def services(profile: str, acl: bool = False) -> list[Service]:
+    names = [name for name in ALL_SERVICES if name in SERVICES[profile] or (acl and name == LAKEFS_ACL.name)]
+    return [BY_NAME[name] for name in names]
 
 
 def _service_healthy(service: Service, endpoint: str, settings: StackSettings, creds: dict[str, str]) -> bool:
@@ -316,11 +371,17 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str], profile: str
     env = _server_env(("LAKEFS_",))
     env.update(
         {
-            "LAKEFS_INSTALLATION_ACCESS_KEY_ID": creds["LAKEFS_ACCESS_KEY_ID"],
-            "LAKEFS_INSTALLATION_SECRET_ACCESS_KEY": creds["LAKEFS_SECRET_ACCESS_KEY"],
+            "LAKEFS_INSTALLATION_ACCESS_KEY_ID": admin_keys(creds)[0],
+            "LAKEFS_INSTALLATION_SECRET_ACCESS_KEY": admin_keys(creds)[1],
             "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": creds["DFP_LAKEFS_ENCRYPT_SECRET"],
         }
     )
+    acl = lakefs_acl_of(settings, profile)
+    if acl:
+        # Users, credentials and policies come from the ACL server; lakeFS's "simplified"
+        # auth UI is the one that works with it.
+        config["auth"] = {"ui_config": {"rbac": "simplified"},
+                          "api": {"endpoint": LAKEFS_ACL.endpoint(settings) + lakefs_acl.API}}
     if profile == "s3":
         config["database"] = {"type": "postgres", "postgres": {"max_open_connections": 25}}
         config["blockstore"] = {"type": "s3", "s3": {
@@ -333,9 +394,28 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str], profile: str
             "LAKEFS_BLOCKSTORE_S3_CREDENTIALS_ACCESS_KEY_ID": creds["DFP_S3_ACCESS_KEY_ID"],
             "LAKEFS_BLOCKSTORE_S3_CREDENTIALS_SECRET_ACCESS_KEY": creds["DFP_S3_SECRET_ACCESS_KEY"],
         })
-    config_path = base / "config.yaml"
+    config_path = settings.home / LAKEFS_CONFIG
     config_path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    if acl:
+        (settings.home / ACL_MARKER).write_text("lakeFS asks the ACL server for users and policies\n")
     return [str(lakefs_binary(settings)), "run", "--config", str(config_path)], env
+
+
+def _lakefs_acl_command(settings: StackSettings, creds: dict[str, str], profile: str) -> tuple[list[str], dict[str, str]]:
+    base = settings.home / ACL_DIR
+    (base / "metadata").mkdir(parents=True, exist_ok=True)
+    config: dict = {"listen_address": f"{settings.host}:{settings.lakefs_acl_port}",
+                    "database": {"type": "local", "local": {"path": str(base / "metadata")}}}
+    env = _server_env(("ACLSERVER_",))
+    # It encrypts the secret keys it stores with lakeFS's own secret, which lakeFS decrypts.
+    env["ACLSERVER_ENCRYPT_SECRET_KEY"] = creds["DFP_LAKEFS_ENCRYPT_SECRET"]
+    if profile == "s3":
+        config["database"] = {"type": "postgres", "postgres": {"max_open_connections": 5}}
+        env["ACLSERVER_DATABASE_POSTGRES_CONNECTION_STRING"] = postgres_server.url(
+            settings.host, settings.postgres_port, "lakefs_acl", creds["DFP_POSTGRES_PASSWORD"], scheme="postgres")
+    config_path = base / "config.yaml"
+    config_path.write_text(json.dumps(config, indent=2))
+    return [str(lakefs_acl_binary(settings)), "run", "--config", str(config_path)], env
 
 
 def _mlflow_command(settings: StackSettings, creds: dict[str, str], profile: str) -> tuple[list[str], dict[str, str]]:
@@ -441,7 +521,7 @@ def _setup_lakefs(endpoint: str, creds: dict[str, str]) -> None:
             return
         answer = requests.post(f"{endpoint}/api/v1/setup_lakefs", timeout=30, json={
             "username": "admin",
-            "key": {"access_key_id": creds["LAKEFS_ACCESS_KEY_ID"], "secret_access_key": creds["LAKEFS_SECRET_ACCESS_KEY"]},
+            "key": dict(zip(("access_key_id", "secret_access_key"), admin_keys(creds))),
         })
     except (requests.RequestException, ValueError) as exc:
         raise StackError(f"cannot set lakeFS's admin user up at {endpoint}: {exc.__class__.__name__}") from None
@@ -502,6 +582,8 @@ def _start(service: Service, settings: StackSettings, creds: dict[str, str], pro
         )
     if service is LAKEFS:
         cmd, env = _lakefs_command(settings, creds, profile)
+    elif service is LAKEFS_ACL:
+        cmd, env = _lakefs_acl_command(settings, creds, profile)
     elif service is MLFLOW:
         cmd, env = _mlflow_command(settings, creds, profile)
     elif service is POSTGRES:
@@ -566,14 +648,16 @@ def _terminate(record: ProcessRecord, timeout: float = 20) -> bool:
 # --------------------------------------------------------------------------- commands
 
 
-def up(settings: StackSettings, log: Log = note) -> dict:
-    """Start what is not running yet, in order; wait until each service is healthy."""
+def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSettings.repository) -> dict:
+    """Start what is not running yet, in order; wait until each service is healthy. With the
+    ACL server, (re)write the pipeline's user and its policy over ``repository``."""
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
         profile = profile_of(settings)
-        creds = ensure_credentials(settings, profile)
-        for service in services(profile):
+        acl = lakefs_acl_of(settings, profile)
+        creds = ensure_credentials(settings, profile, acl)
+        for service in services(profile, acl):
             rec = records.get(service.name)
             if rec and rec.process() is not None:
                 if rec.endpoint != service.endpoint(settings):
@@ -593,7 +677,19 @@ def up(settings: StackSettings, log: Log = note) -> dict:
             records[service.name] = _start(service, settings, creds, profile, log)
             state.save(records)
             _record_profile(settings, profile)  # from its first server on, the home is this profile's
+        if acl:
+            _ensure_pipeline_user(settings, creds, repository)
+            log(f"lakefs: user {lakefs_acl.PIPELINE_USER} may use repository {repository} only "
+                f"(its key pair: LAKEFS_* in {settings.env_file})")
     return status(settings)
+
+
+def _ensure_pipeline_user(settings: StackSettings, creds: dict[str, str], repository: str) -> None:
+    lakefs_settings = LakeFSSettings(storage_namespace=creds.get("LAKEFS_STORAGE_NAMESPACE") or None)
+    lakefs_acl.ensure_pipeline_user(
+        LAKEFS_ACL.endpoint(settings), repository, lakefs_settings.namespace_for(repository),
+        creds["LAKEFS_ACCESS_KEY_ID"], creds["LAKEFS_SECRET_ACCESS_KEY"],
+    )
 
 
 def down(settings: StackSettings, log: Log = note) -> dict:
@@ -601,7 +697,7 @@ def down(settings: StackSettings, log: Log = note) -> dict:
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
-        for name in reversed(SERVICES["s3"]):  # every service a home can have, in reverse start order
+        for name in reversed(ALL_SERVICES):
             rec = records.pop(name, None)
             if rec is None:
                 continue
@@ -616,9 +712,10 @@ def down(settings: StackSettings, log: Log = note) -> dict:
 def status(settings: StackSettings) -> dict:
     records = StackState(settings.home).load()
     profile = profile_of(settings)
+    acl = lakefs_acl_of(settings, profile)
     creds = read_env_file(settings.home / STACK_ENV_FILE)
     entries = {}
-    for service in services(profile):
+    for service in services(profile, acl):
         rec = records.get(service.name)
         alive = rec is not None and rec.process() is not None
         endpoint = rec.endpoint if rec else service.endpoint(settings)
@@ -629,6 +726,8 @@ def status(settings: StackSettings) -> dict:
             "healthy": alive and _service_healthy(service, endpoint, settings, creds),
             "log": rec.log if rec else str(settings.home / "logs" / f"{service.name}.log"),
         }
+        if service is LAKEFS and acl:
+            entry["pipeline_user"] = lakefs_acl.PIPELINE_USER
         if service is MLFLOW:  # as it runs, else as it would start
             entry["basic_auth"] = ("basic-auth" in _cmdline(rec.process())) if alive else settings.mlflow_auth_for(profile)
         if rec is not None and not alive:
@@ -682,11 +781,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def running(settings: StackSettings, log: Log = note) -> Iterator[dict]:
+def running(settings: StackSettings, log: Log = note, repository: str = LakeFSSettings.repository) -> Iterator[dict]:
     """A private stack for a block (tests, benchmarks): started, then stopped.
     Yields ``{"status": up(...), "env": what a process needs to use it}``
     (``DFP_HOME`` and the ports; commands read the rest from ``stack.env``)."""
-    status = up(settings, log=log)
+    status = up(settings, log=log, repository=repository)
     env = {
         "DFP_HOME": str(settings.home),
         "DFP_LAKEFS_PORT": str(settings.lakefs_port),
@@ -694,6 +793,8 @@ def running(settings: StackSettings, log: Log = note) -> Iterator[dict]:
     }
     if profile_of(settings) == "s3":
         env.update({"DFP_POSTGRES_PORT": str(settings.postgres_port), "DFP_S3_PORT": str(settings.s3_port)})
+    if lakefs_acl_of(settings):
+        env["DFP_LAKEFS_ACL_PORT"] = str(settings.lakefs_acl_port)
     try:
         yield {"status": status, "env": env, "credentials": read_env_file(settings.env_file)}
     finally:

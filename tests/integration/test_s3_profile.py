@@ -223,11 +223,15 @@ def test_up_status_down_and_reset_of_an_s3_home(tmp_path):
 
     home = tmp_path / "home"
     env = {"DFP_HOME": str(home), **{key: str(free_port()) for key in
-                                     ("DFP_LAKEFS_PORT", "DFP_MLFLOW_PORT", "DFP_POSTGRES_PORT", "DFP_S3_PORT")}}
+                                     ("DFP_LAKEFS_PORT", "DFP_MLFLOW_PORT", "DFP_POSTGRES_PORT", "DFP_S3_PORT",
+                                      "DFP_LAKEFS_ACL_PORT")}}
     up = dfp("stack", "up", "--profile", "s3", "--json", env=env)
     assert up.returncode == 0, up.stderr[-3000:]
     status = json.loads(up.stdout.strip().splitlines()[-1])
-    assert status["profile"] == "s3" and set(status["services"]) == {"postgres", "seaweedfs", "lakefs", "mlflow"}
+    assert status["profile"] == "s3"
+    # By default the s3 profile runs lakeFS's ACL server, holding the pipeline's scoped user.
+    assert set(status["services"]) == {"postgres", "seaweedfs", "lakefs-acl", "lakefs", "mlflow"}
+    assert status["services"]["lakefs"]["pipeline_user"] == "dfp-pipeline"
     assert all(svc["healthy"] for svc in status["services"].values())
     pg_data = postgres_server.data_dir(home)
     assert (pg_data / "PG_VERSION").is_file()

@@ -4,12 +4,16 @@
 # later runs, and other clones, skip the build.
 #   usage: tools/scripts/build_go_server.sh lakefs|seaweedfs|compose     prints the binary's path last
 # Each wrapper's go.mod pins the upstream module; go.sum (committed) pins every hash.
+# lakefs also builds lakeFS's ACL auth server (contrib/auth/acl, the same module) beside it:
+# the stack's repository-scoped users (DFP_LAKEFS_ACL=1) live there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 name=${1:?usage: build_go_server.sh lakefs|seaweedfs|compose}
+also_pkg=''; also_bin=''
 case "$name" in
   lakefs)    upstream=github.com/treeverse/lakefs;     pkg=.;                                  bin=lakefs; env_var=LAKEFS_BIN; probe=--version
-             ldflags_version='-X github.com/treeverse/lakefs/pkg/version.Version=%s' ;;
+             ldflags_version='-X github.com/treeverse/lakefs/pkg/version.Version=%s'
+             also_pkg=github.com/treeverse/lakefs/contrib/auth/acl/cmd/acl; also_bin=lakefs-acl ;;
   seaweedfs) upstream=github.com/seaweedfs/seaweedfs;  pkg=github.com/seaweedfs/seaweedfs/weed; bin=weed;   env_var=SEAWEEDFS_BIN; probe=version
              ldflags_version='' ;;
   compose)   upstream=github.com/docker/compose/v5;    pkg=github.com/docker/compose/v5/cmd;   bin=docker-compose; env_var=DOCKER_COMPOSE_PLUGIN; probe=version
@@ -27,7 +31,8 @@ mkdir -p "$(dirname "$out")"
 # waits here and then finds the cached binary.
 exec 9>"$out.lock"
 flock 9
-if [ -x "$out" ] && "$out" "$probe" >/dev/null 2>&1; then
+also_out="$(dirname "$out")/$also_bin"
+if [ -x "$out" ] && "$out" "$probe" >/dev/null 2>&1 && { [ -z "$also_bin" ] || "$also_out" --version >/dev/null 2>&1; }; then
   echo "$name $version: cached binary $out" >&2
   echo "$out"; exit 0
 fi
@@ -67,6 +72,10 @@ if ! go build -v -trimpath -buildvcs=false -ldflags "$ldflags" -o "$out.tmp" "$p
 then
   echo "error: go build of $name $version failed (output above)" >&2; rm -f "$out.tmp"; exit 1
 fi
+if [ -n "$also_pkg" ] && ! go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$also_out.tmp" "$also_pkg"; then
+  echo "error: go build of $also_pkg ($name $version) failed (output above)" >&2; rm -f "$out.tmp" "$also_out.tmp"; exit 1
+fi
+[ -z "$also_pkg" ] || mv "$also_out.tmp" "$also_out"
 mv "$out.tmp" "$out"
 echo "$name $version: built in $(( $(date +%s) - start ))s -> $out" >&2
 if $own_caches; then
