@@ -37,7 +37,16 @@ from _common import log as _log  # noqa: E402
 
 TEST_MONTHS = (10, 11, 12)
 VARIANTS = ("default", "std_error", "error_mahalanobis", "latent_mahalanobis", "denoise", "flags_raw",
-            "ensemble5", "semi_supervised")
+            "ensemble5", "semi_supervised", "capacity")
+# The "capacity" variant: the product's training (fit_and_evaluate) with these TrainConfig fields
+# changed from the defaults (latent 64, hidden 512,128, dropout 0.1, weight decay 1e-5).
+CAPACITY = {
+    "latent16": {"latent_dim": 16},
+    "latent8_hidden256_64": {"latent_dim": 8, "hidden_dims": (256, 64)},
+    "latent32_hidden256_no_dropout": {"latent_dim": 32, "hidden_dims": (256,), "dropout": 0.0},
+    "latent16_hidden128_no_dropout": {"latent_dim": 16, "hidden_dims": (128,), "dropout": 0.0},
+    "dropout03_weight_decay1e-4": {"dropout": 0.3, "weight_decay": 1e-4},
+}
 BASELINES = ("pca", "isolation_forest", "random_forest")
 TARGETS = {"month": {"roc_auc": 0.90, "tpr_at_fpr_5pct": 0.60}, "random": {"roc_auc": 0.98}}
 
@@ -295,6 +304,17 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
                     semi = fit_and_evaluate(semi_cfg, SimpleNamespace(frames=frames), Path(work))
                 add(f"semi_supervised_ae_{score}", semi["scores"]["val"], semi["scores"]["test"],
                     time.monotonic() - started)
+        if "capacity" in variants:  # smaller and larger codes, shallower nets, more regularisation
+            for label, fields in CAPACITY.items():
+                started = time.monotonic()
+                with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
+                    other = fit_and_evaluate(dataclasses.replace(cfg, **fields), SimpleNamespace(frames=frames),
+                                             Path(work))
+                seconds = time.monotonic() - started
+                add(f"ae_{label}", other["scores"]["val"], other["scores"]["test"], seconds)
+                net, ox = other["model"].eval(), {s: other["preprocessor"].transform(frames[s]) for s in ("val", "test")}
+                add(f"ae_{label}_mse", _errors(net, ox["val"]).mean(axis=1), _errors(net, ox["test"]).mean(axis=1),
+                    seconds)
         if "ensemble5" in variants and seed == seeds[0]:  # five seeds, scores z-scored on benign validation
             started = time.monotonic()
             val_sum, test_sum = np.zeros(len(x["val"])), np.zeros(len(x["test"]))
