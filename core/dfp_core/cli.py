@@ -118,8 +118,8 @@ def stack_up(
         "fixed when DFP_HOME is first set up; default: on in the s3 profile, off in local"),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
-    """Start lakeFS and MLflow (and, for --profile s3, PostgreSQL and SeaweedFS first); idempotent,
-    waits until every service is healthy."""
+    """Start lakeFS and MLflow (and, for --profile s3, PostgreSQL and SeaweedFS first; with the ACL
+    server, it before lakeFS); idempotent, waits until every service is healthy."""
     from dfp_core import stack
     from dfp_core.settings import STACK_PROFILES
 
