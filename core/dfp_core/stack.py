@@ -9,10 +9,9 @@ outlive the command. Two profiles:
   namespaces) and MLflow's artifacts, as a deployment runs them.
 
 With ``DFP_LAKEFS_ACL=1`` (the s3 profile's default; fixed when a home's lakeFS is first set
-up) lakeFS asks its ACL auth
-server (``lakefs-acl``) for users and policies: the stack's admin key pair moves to
-``DFP_LAKEFS_ADMIN_*`` and ``LAKEFS_ACCESS_KEY_ID``/``LAKEFS_SECRET_ACCESS_KEY`` are those of
-the pipeline's user, whose policy covers the configured repository only.
+up) lakeFS asks its ACL auth server (``lakefs-acl``) for users and policies: the stack's admin
+key pair moves to ``DFP_LAKEFS_ADMIN_*`` and ``LAKEFS_ACCESS_KEY_ID``/``LAKEFS_SECRET_ACCESS_KEY``
+are those of the pipeline's user, whose policy covers the configured repository only.
 
 ``$DFP_HOME`` holds everything: ``state.json`` (pids and endpoints), ``profile``,
 the generated credentials in ``stack.env`` (mode 0600), data and logs. ``down``
@@ -369,10 +368,11 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str], profile: str
     # lakeFS reads LAKEFS_* variables as config keys: give it only ours. Secrets go in
     # the environment, never in the config file or the command line.
     env = _server_env(("LAKEFS_",))
+    admin_id, admin_secret = admin_keys(creds)
     env.update(
         {
-            "LAKEFS_INSTALLATION_ACCESS_KEY_ID": admin_keys(creds)[0],
-            "LAKEFS_INSTALLATION_SECRET_ACCESS_KEY": admin_keys(creds)[1],
+            "LAKEFS_INSTALLATION_ACCESS_KEY_ID": admin_id,
+            "LAKEFS_INSTALLATION_SECRET_ACCESS_KEY": admin_secret,
             "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": creds["DFP_LAKEFS_ENCRYPT_SECRET"],
         }
     )
