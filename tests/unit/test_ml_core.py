@@ -586,6 +586,50 @@ def test_error_mahalanobis_is_fitted_on_a_seeded_sample_of_a_large_split(data, t
     assert not np.allclose(sampled.precision, whole.precision)
 
 
+def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained, tmp_path):
+    """Per group (permissions, syscalls, metadata) the mean squared residual, shortfalls only
+    (reconstruction above the input) for permissions and metadata, standardised by the benign
+    training rows' mean and std of that term; the score is their sum."""
+    from dfp_core.kronodroid.schema import FEATURE_GROUPS
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.score import ErrorScore
+
+    model, x = trained["model"], data["x"]
+    benign = x["train"][data["y"]["train"] == 0]
+    fitted = fit_error_score("grouped_error", model, benign, batch_size=7)  # batches join up
+    assert fitted.shortfall_only.tolist() == [True, False, True]
+
+    def residual(v):
+        model.eval()
+        with torch.no_grad():
+            return (model(torch.from_numpy(v)) - torch.from_numpy(v)).numpy().astype(np.float64)
+
+    def terms(v):
+        r, columns = residual(v), []
+        for name in ("permissions", "syscalls", "metadata"):
+            part = r[:, [FEATURES.index(f) for f in FEATURE_GROUPS[name]]]
+            columns.append((np.clip(part, 0, None) if name != "syscalls" else part) ** 2)
+        return np.stack([c.mean(axis=1) for c in columns], axis=1)
+
+    reference = terms(benign)
+    expected = ((terms(x["test"]) - reference.mean(axis=0)) / reference.std(axis=0)).sum(axis=1)
+    mse, score = fitted.scores(model, x["test"], batch_size=5)
+    np.testing.assert_allclose(score, expected, rtol=1e-6, atol=1e-5)  # float32 batches of 5 vs 1
+    np.testing.assert_allclose(mse, trained["errors"]["test"], rtol=1e-5)
+    # on the benign training rows each group's term is standardised: the score has mean 0
+    assert abs(fitted.scores(model, benign)[1].mean()) < 1e-6
+    # both ways for every group is another score (the ablation bench/detection.py measures)
+    both_ways = fit_error_score("grouped_error", model, benign, shortfall_only={"permissions": False, "metadata": False})
+    assert not np.allclose(both_ways.scores(model, x["test"])[1], score)
+    # saved as plain tensors, read back with weights_only: the same scores
+    fitted.save(tmp_path / "error_score.pt")
+    again = ErrorScore.load("grouped_error", tmp_path / "error_score.pt")
+    np.testing.assert_array_equal(again.groups, fitted.groups)
+    np.testing.assert_allclose(again.scores(model, x["test"], batch_size=5)[1], score, rtol=1e-12)
+    y = data["y"]["test"]
+    assert np.median(score[y == 1]) > np.median(score[y == 0])
+
+
 def test_mse_score_is_the_reconstruction_error(data, trained):
     from dfp_core.ml.fit import fit_error_score
     from dfp_core.serving.score import ErrorScore
@@ -602,7 +646,7 @@ def test_score_refuses_what_it_cannot_compute(data, trained, tmp_path):
     from dfp_core.ml.fit import fit_error_score
     from dfp_core.serving.score import ErrorScore
 
-    with pytest.raises(ValueError, match="score must be one of error_mahalanobis, mse, got 'l1'"):
+    with pytest.raises(ValueError, match="score must be one of grouped_error, error_mahalanobis, mse, got 'l1'"):
         ErrorScore("l1")
     with pytest.raises(ValueError, match="needs the location and precision"):
         ErrorScore("error_mahalanobis")
@@ -613,6 +657,20 @@ def test_score_refuses_what_it_cannot_compute(data, trained, tmp_path):
         fitted.scores(trained["model"], data["x"]["val"][:, 1:])
     with pytest.raises(DatasetError, match="no fitted statistics"):
         ErrorScore.load("error_mahalanobis", None)
+    with pytest.raises(ValueError, match="grouped_error needs the scale fitted"):
+        ErrorScore("grouped_error", groups=np.zeros(3), shortfall_only=np.zeros(1), location=np.zeros(1))
+    with pytest.raises(ValueError, match="or a group is empty"):  # group 1 has no feature
+        ErrorScore("grouped_error", groups=np.zeros(3), shortfall_only=np.zeros(2), location=np.zeros(2),
+                   scale=np.ones(2))
+    with pytest.raises(DatasetError, match="476 feature names for 475 columns"):
+        fit_error_score("grouped_error", trained["model"], data["x"]["train"][:, 1:])
+    grouped = fit_error_score("grouped_error", trained["model"], data["x"]["train"])
+    with pytest.raises(DatasetError, match=f"fitted on {N_FEAT} features, got {N_FEAT - 1}"):
+        grouped.scores(trained["model"], data["x"]["val"][:, 1:])
+    # a statistics file of another score (an error_mahalanobis one read as grouped_error)
+    fitted.save(tmp_path / "error_score.pt")
+    with pytest.raises(DatasetError, match="grouped_error statistics \\(error_score.pt\\) lack groups, shortfall_only, scale"):
+        ErrorScore.load("grouped_error", tmp_path / "error_score.pt")
 
 
 def test_the_configurable_scores_are_the_implemented_ones():
@@ -635,9 +693,11 @@ def test_a_run_from_before_the_score_choice_is_retrained_with_its_own_score():
 
     tags = {lineage.TAG_REPOSITORY: "kronodroid", lineage.TAG_REF: "c0ffee", lineage.TAG_SNAPSHOT: "1"}
     logged = TrainConfig(latent_dim=8).to_params()
-    assert logged["score"] == "error_mahalanobis"
-    now = ModelLineage("m", "2", "run", tags, tags, logged, {})
+    assert logged["score"] == "grouped_error"
+    now = ModelLineage("m", "3", "run", tags, tags, logged, {})
+    earlier = ModelLineage("m", "2", "run", tags, tags, {**logged, "score": "error_mahalanobis"}, {})
     before = ModelLineage("m", "1", "run", tags, tags, {k: v for k, v in logged.items() if k != "score"}, {})
-    assert config_from_run(now).score == "error_mahalanobis" and config_from_run(now).latent_dim == 8
+    assert config_from_run(now).score == "grouped_error" and config_from_run(now).latent_dim == 8
+    assert config_from_run(earlier).score == "error_mahalanobis"  # a version from before the grouped default
     assert config_from_run(before).score == "mse" and config_from_run(before).latent_dim == 8
     assert config_from_run(before).ref == "c0ffee" and config_from_run(before).register is False

@@ -337,6 +337,8 @@ def test_description_states_the_operating_point():
     assert "Malware caught (TPR) at a benign FPR of: 20% at 1%, 55% at 5%, 80% at 10%, ROC-AUC 0.930." in text
     assert "set by hand" in model_description("mse", 1.0, None, {})
     assert "Score (mse): anomaly_score = reconstruction_error" in model_description("mse", 1.0, None, {})
+    assert "Score (grouped_error): anomaly_score, the sum over three feature groups" in \
+        model_description("grouped_error", 1.0, 0.05, figures)
 
 
 def test_compare_models(trained, tmp_path):

@@ -82,12 +82,17 @@ FEATURE_COLUMNS: tuple[str, ...] = tuple(canonical_name(c) for c in RAW_FEATURES
 RAW_TO_CANONICAL = {c: canonical_name(c) for c in (*RAW_FEATURES, LABEL, SHA256, PACKAGE, FAMILY, *LABEL_LEAKS, *DATE_COLUMNS, *KNOWN_EXTRAS)}
 PERMISSION_FEATURES = tuple(canonical_name(p) for p in PERMISSIONS)
 SYSCALL_FEATURES = tuple(canonical_name(s) for s in (*SYSCALLS, "nr_syscalls"))
+METADATA_FEATURES = tuple(canonical_name(c) for c in (*STATIC_AGGREGATES, *APK_METADATA))
+# The three kinds of feature (binary permission flags, syscall counts, APK metadata and
+# permission aggregates), in feature order: for scores that weigh each kind apart.
+FEATURE_GROUPS = {"permissions": PERMISSION_FEATURES, "syscalls": SYSCALL_FEATURES, "metadata": METADATA_FEATURES}
 
 # Every input must have these; anything else known is optional.
 REQUIRED_RAW = (LABEL, SHA256, *(c for c in RAW_FEATURES if c not in OPTIONAL_FEATURES))
 KNOWN_RAW = frozenset(RAW_TO_CANONICAL)
 
 assert len(set(FEATURE_COLUMNS)) == len(FEATURE_COLUMNS), "canonical feature names collide"
+assert sorted(sum(FEATURE_GROUPS.values(), ())) == sorted(FEATURE_COLUMNS), "the feature groups partition the features"
 
 # Columns of kronodroid.fct_training_dataset, besides the features.
 FCT_KEY_COLUMNS = (

