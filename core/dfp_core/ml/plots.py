@@ -110,7 +110,8 @@ def plot_error_histogram(errors, labels, threshold: float, path: str | Path,
     fig, ax = _figure((7.0, 4.5))
     finite = errs[np.isfinite(errs)]
     positive = finite[finite > 0]
-    log_x = positive.size > 1 and positive.max() / positive.min() > 100
+    # Log-scale only for scores that cannot be negative (grouped_error's z-score sums can).
+    log_x = positive.size > 1 and finite.min() >= 0 and positive.max() / positive.min() > 100
     if finite.size == 0:
         _note(ax, "no errors")
     else:

@@ -157,7 +157,8 @@ SCORE_WORDS = {
     "grouped_error": "anomaly_score, the sum over three feature groups (permission flags, syscall counts, metadata) "
                      "of each group's mean squared reconstruction error standardised by its mean and std on the "
                      "benign training apps; for permissions and metadata only shortfalls count (the reconstruction "
-                     "above the input); reconstruction_error, the mean squared error, is given beside it",
+                     "above the input); 0 is the benign training apps' mean, and a score can be negative; "
+                     "reconstruction_error, the mean squared error, is given beside it",
     "mse": "anomaly_score = reconstruction_error, the mean squared error of the app's preprocessed features",
     "error_mahalanobis": "anomaly_score, the squared Mahalanobis distance of the app's vector of absolute "
                          "per-feature reconstruction errors from those of the benign training apps (Ledoit-Wolf "

@@ -3,7 +3,8 @@
 - ``grouped_error`` (the default): the features fall into groups (permission flags,
   syscall counts, APK metadata); per group, the mean squared error over its features,
   standardised by the mean and std of that term on the benign training apps; the score
-  is the sum over groups. So the 21 metadata features weigh as much as the 289 syscall
+  is the sum over groups (0 for the benign training apps on average; it can be
+  negative). So the 21 metadata features weigh as much as the 289 syscall
   counts, and a group can count its shortfalls only (the reconstruction above the
   input: a permission or size the app's other features lead the model to expect but
   the app lacks). Benign apps with rare, harmless permissions overshoot their
