@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/detection.py                  # both splits, every variant, seeds 0,1,2
   .venv/bin/python bench/detection.py --seeds 0 --variants default,std_error
+  .venv/bin/python bench/detection.py --variants default,grouped --split-seeds 1,2,3   # other partitions too
 
 Splits (the real 2019 subset, ``../shared/data/kronodroid/``):
 - ``random``: the project's own random split (``dfp_core.splits``, seed 42, 70/15/15);
@@ -36,8 +37,17 @@ from _common import REAL_SUBSET, quiet_lightning, save  # noqa: E402
 from _common import log as _log  # noqa: E402
 
 TEST_MONTHS = (10, 11, 12)
-VARIANTS = ("default", "std_error", "error_mahalanobis", "latent_mahalanobis", "denoise", "flags_raw",
+VARIANTS = ("default", "grouped", "std_error", "error_mahalanobis", "latent_mahalanobis", "denoise", "flags_raw",
             "ensemble5", "semi_supervised", "capacity")
+# The "grouped" variant: the product's grouped_error (shortfalls only for permissions and
+# metadata) against other choices of the groups counting shortfalls only (fit_error_score's
+# shortfall_only), the max over groups instead of the sum, and single groups alone.
+GROUPED = {
+    "both_ways": {"permissions": False, "syscalls": False, "metadata": False},
+    "shortfall_all": {"permissions": True, "syscalls": True, "metadata": True},
+    "shortfall_permissions": {"permissions": True, "syscalls": False, "metadata": False},
+    "shortfall_metadata": {"permissions": False, "syscalls": False, "metadata": True},
+}
 # The "capacity" variant: the product's training (fit_and_evaluate) with these TrainConfig fields
 # changed from the defaults (latent 64, hidden 512,128, dropout 0.1, weight decay 1e-5).
 CAPACITY = {
@@ -79,10 +89,10 @@ def load_subset(path: Path, tmp: Path):
     return frame
 
 
-def random_split(frame):
+def random_split(frame, seed: int = 42):
     from dfp_core.splits import SplitSpec, assign_split
 
-    spec = SplitSpec()  # the project's default random split
+    spec = SplitSpec(seed=seed)  # the project's default random split at seed 42
     split = np.array([assign_split(s, spec) for s in frame["sample_id"]])
     return {name: frame[split == name].reset_index(drop=True) for name in ("train", "val", "test")}
 
@@ -223,6 +233,14 @@ class _FlagsRawPreprocessor:
         return out
 
 
+def _grouped_terms(fitted, model, x) -> np.ndarray:
+    """(rows, groups) of a fitted grouped_error score: each group's standardised term."""
+    from dfp_core.serving.score import group_terms, residuals
+
+    terms = np.concatenate([group_terms(r, fitted.groups, fitted.shortfall_only) for r in residuals(model, x, 8192)])
+    return (terms - fitted.location) / fitted.scale
+
+
 def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], target_fpr: float) -> dict:
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
     from dfp_core.ml.fit import fit_and_evaluate
@@ -254,6 +272,19 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
             add("ae_default", result["scores"]["val"], result["scores"]["test"], fit_seconds)
             add("ae_mse", mse["val"], mse["test"], fit_seconds)
         benign_train = errs["train"][y["train"] == 0]
+        if "grouped" in variants:
+            from dfp_core.ml.fit import feature_groups, fit_error_score
+
+            benign_x = x["train"][y["train"] == 0]
+            for label, shortfall in GROUPED.items():
+                fitted = fit_error_score("grouped_error", model, benign_x, shortfall_only=shortfall)
+                add(f"ae_grouped_{label}", fitted.score_function(model)(x["val"]), fitted.score_function(model)(x["test"]),
+                    fit_seconds)
+            product = fit_error_score("grouped_error", model, benign_x)
+            terms = {s: _grouped_terms(product, model, x[s]) for s in ("val", "test")}
+            add("ae_grouped_max", terms["val"].max(axis=1), terms["test"].max(axis=1), fit_seconds)
+            for index, group in enumerate(feature_groups(FEATURE_COLUMNS)[0]):
+                add(f"ae_grouped_{group}_alone", terms["val"][:, index], terms["test"][:, index], fit_seconds)
         if "std_error" in variants:  # each feature's error in units of its benign training error
             scale = benign_train.mean(axis=0) + 1e-6
             add("ae_std_error", (errs["val"] / scale).mean(axis=1), (errs["test"] / scale).mean(axis=1), fit_seconds)
@@ -297,7 +328,7 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
                 maha_f = _product_mahalanobis(net, xf, y)
                 add("ae_flags_raw_error_mahalanobis", maha_f["val"], maha_f["test"], time.monotonic() - started)
         if "semi_supervised" in variants:  # dfp train --train-on semi, both scores (reported apart)
-            for score in ("mse", "error_mahalanobis"):
+            for score in ("mse", "error_mahalanobis", "grouped_error"):
                 started = time.monotonic()
                 semi_cfg = dataclasses.replace(cfg, train_on="semi", score=score)
                 with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
@@ -354,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--splits", default="random,month")
     parser.add_argument("--target-fpr", type=float, default=0.05)
+    parser.add_argument("--split-seeds", default="",
+                        help="comma-separated: also run each split again per seed (random: SplitSpec.seed; month: "
+                             "the seed of the validation rows), reported as random@K / month@K")
     args = parser.parse_args(argv)
     if not args.input.is_file():
         log(f"the real KronoDroid subset is not at {args.input}: skipped, nothing measured")
@@ -368,16 +402,27 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"input": args.input.name, "seeds": seeds, "target_fpr": args.target_fpr, "targets": TARGETS}
     with tempfile.TemporaryDirectory(prefix="dfp-bench-detection-") as tmp:
         frame = load_subset(args.input, Path(tmp))
+        split_seeds = [None, *(int(k) for k in args.split_seeds.split(",") if k)]
         for split in args.splits.split(","):
-            started = time.monotonic()
-            if split == "random":
-                out["random"] = run_split("random", random_split(frame), seeds, variants, args.target_fpr)
-            elif split == "month":
-                out["month"] = {**run_split("month", month_split(frame, 0), seeds, variants, args.target_fpr),
-                                "train_months": "1-9", "test_months": "10-12"}
-            else:
+            if split not in ("random", "month"):
                 parser.error(f"unknown split {split!r}")
-            out[split]["seconds"] = round(time.monotonic() - started, 1)
+            for split_seed in split_seeds:
+                key = split if split_seed is None else f"{split}@{split_seed}"
+                started = time.monotonic()
+                if split == "random":
+                    out[key] = run_split(key, random_split(frame, 42 if split_seed is None else split_seed), seeds,
+                                         variants, args.target_fpr)
+                else:
+                    out[key] = {**run_split(key, month_split(frame, 0 if split_seed is None else split_seed), seeds,
+                                            variants, args.target_fpr), "train_months": "1-9", "test_months": "10-12"}
+                out[key]["seconds"] = round(time.monotonic() - started, 1)
+        if len(split_seeds) > 1:  # each method's mean over the split seeds (the default split included)
+            for split in args.splits.split(","):
+                runs = [out[k]["methods"] for k in out if k == split or k.startswith(f"{split}@")]
+                out[f"{split}_over_split_seeds"] = {
+                    method: {key: round(statistics.mean(r[method][key] for r in runs), 4)
+                             for key in ("roc_auc", "tpr_at_fpr_5pct")}
+                    for method in runs[0]}
     save("detection", out)
     print(__import__("json").dumps(out))
     return 0
