@@ -226,7 +226,7 @@ class TrainConfig:
     target_fpr: float = param(0.05, "Benign false-positive rate the anomaly threshold is set for, on the "
                                     "validation split.", min=0.0, max=0.5, pipeline="target_fpr")
     # The anomaly score: grouped_error ranks best on the real subset, on random and month splits
-    # (bench/detection.py: random ROC-AUC 0.99 vs 0.96 for the MSE; month TPR at 5% FPR 0.93 vs 0.18).
+    # (bench/detection.py: random ROC-AUC 0.988 vs 0.962 for the MSE; month TPR at 5% FPR 0.93 vs 0.18).
     score: str = param("grouped_error", "Anomaly score: grouped_error (standardised error per feature group: "
                                         "permissions, syscalls, metadata), error_mahalanobis (distance of the "
                                         "per-feature error vector from the benign training apps') or mse.",
