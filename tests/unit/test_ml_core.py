@@ -664,6 +664,10 @@ def test_score_refuses_what_it_cannot_compute(data, trained, tmp_path):
                    scale=np.ones(2))
     with pytest.raises(DatasetError, match="476 feature names for 475 columns"):
         fit_error_score("grouped_error", trained["model"], data["x"]["train"][:, 1:])
+    with pytest.raises(ValueError, match="shortfall_only names no feature group: perms"):
+        fit_error_score("grouped_error", trained["model"], data["x"]["train"], shortfall_only={"perms": True})
+    with pytest.raises(DatasetError, match="score 'l1' is not one this scorer knows"):
+        ErrorScore.load("l1", tmp_path / "absent.pt")
     grouped = fit_error_score("grouped_error", trained["model"], data["x"]["train"])
     with pytest.raises(DatasetError, match=f"fitted on {N_FEAT} features, got {N_FEAT - 1}"):
         grouped.scores(trained["model"], data["x"]["val"][:, 1:])

@@ -147,9 +147,9 @@ class ErrorScore:
             return cls("mse")
         if path is None:
             raise DatasetError(f"the model's {kind} score has no fitted statistics (error_score artifact)")
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
         if kind not in SCORES:
             raise DatasetError(f"the model's score {kind!r} is not one this scorer knows ({', '.join(SCORES)})")
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
         missing = [name for name in STATE[kind] if name not in state]
         if missing:
             raise DatasetError(f"the model's {kind} statistics ({Path(path).name}) lack {', '.join(missing)}")
