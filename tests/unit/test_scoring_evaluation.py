@@ -335,6 +335,10 @@ def test_description_states_the_operating_point():
     assert "Test split at that threshold: precision 0.710, recall 0.600, F1 0.650, benign FPR 0.052." in text
     assert "Benign FPR on test per data source: emulator 4%, real_device 6.1%." in text
     assert "Malware caught (TPR) at a benign FPR of: 20% at 1%, 55% at 5%, 80% at 10%, ROC-AUC 0.930." in text
+    # the input's groups are the score's: nr_syscalls, the total, is a syscall count
+    assert "476 numeric columns" in text and "289 system-call counts (sc_* and nr_syscalls" in text
+    assert "166 permission flags (perm_*" in text and "and 21 metadata counts and sizes (" in text
+    assert "nr_syscalls" not in text.split("metadata counts and sizes (")[1].split(")")[0]
     assert "set by hand" in model_description("mse", 1.0, None, {})
     assert "Score (mse): anomaly_score = reconstruction_error" in model_description("mse", 1.0, None, {})
     assert "Score (grouped_error): anomaly_score, the sum over three feature groups" in \

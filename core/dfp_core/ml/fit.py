@@ -147,7 +147,8 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
         return {"model": model, "trainer": trainer, "epochs_trained": trainer.current_epoch}
 
     # The score's reference is the benign training rows, whatever the network was fitted on.
-    error_score = fit_error_score(config.score, model, train_x[train_y == 0], seed=config.seed)
+    error_score = fit_error_score(config.score, model, train_x[train_y == 0], seed=config.seed,
+                                  features=preprocessor.features)
     errors, scores = {}, {}
     for split, (x, _, _) in arrays.items():
         errors[split], scores[split] = error_score.scores(model, x)

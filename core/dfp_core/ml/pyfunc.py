@@ -200,12 +200,13 @@ def model_description(score: str, threshold: float, target_fpr: float | None, me
     """What a registered version says about itself: the score, its operating point (FPR
     target, threshold, test figures there), the input (feature groups; the full list is the
     model's signature), the output."""
-    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS, FEATURE_GROUPS
 
     names = list(features or FEATURE_COLUMNS)
-    syscalls = [n for n in names if n.startswith("sc_")]
-    permissions = [n for n in names if n.startswith("perm_")]
-    metadata_cols = [n for n in names if not n.startswith(("sc_", "perm_"))]
+    # The groups grouped_error weighs apart (nr_syscalls, the total, counts as a syscall count).
+    syscalls = [n for n in names if n in FEATURE_GROUPS["syscalls"]]
+    permissions = [n for n in names if n in FEATURE_GROUPS["permissions"]]
+    metadata_cols = [n for n in names if n not in FEATURE_GROUPS["syscalls"] and n not in FEATURE_GROUPS["permissions"]]
     return "\n".join([
         "KronoDroid Android malware detector: an autoencoder trained on benign apps; an app that it reconstructs "
         "badly is unlike the benign apps it learned.",
@@ -215,7 +216,7 @@ def model_description(score: str, threshold: float, target_fpr: float | None, me
         *operating_point_lines(threshold, target_fpr, metrics, score),
         "",
         f"Input: one row per app with {len(names)} numeric columns (missing values are imputed; a missing column or a "
-        f"non-number is refused with HTTP 400 naming it): {len(syscalls)} system-call counts (sc_*, e.g. "
+        f"non-number is refused with HTTP 400 naming it): {len(syscalls)} system-call counts (sc_* and nr_syscalls, e.g. "
         f"{', '.join(syscalls[:3])}), {len(permissions)} permission flags (perm_*, e.g. {', '.join(permissions[:3])}) "
         f"and {len(metadata_cols)} metadata counts and sizes ({', '.join(metadata_cols)}); optionally sample_id, "
         "passed through. The full list and types are the model's signature (MLmodel).",
