@@ -3,6 +3,7 @@
   .venv/bin/python bench/detection.py                  # both splits, every variant, seeds 0,1,2
   .venv/bin/python bench/detection.py --seeds 0 --variants default,std_error
   .venv/bin/python bench/detection.py --variants default,grouped --split-seeds 1,2,3   # other partitions too
+  .venv/bin/python bench/detection.py --split-seeds 1,2,3 --jobs 4 --accelerator gpu   # splits in parallel
 
 Splits (the real 2019 subset, ``../shared/data/kronodroid/``):
 - ``random``: the project's own random split (``dfp_core.splits``, seed 42, 70/15/15);
@@ -15,13 +16,18 @@ baselines (PCA, IsolationForest, supervised RandomForest). Each method's thresho
 set for ``--target-fpr`` benign FPR on validation, as ``dfp train`` sets it. Figures:
 ROC-AUC, PR-AUC, TPR at 1/5/10% FPR, and precision, recall, F1 and the benign FPR
 reached on test at the threshold. Prints a JSON summary as its last line and writes
-``results/detection.json``. Needs no stack: it reads the CSV with the project's reader.
+``results/detection.json`` (and ``results/detection_partial.json`` after each split, so
+a run cut short keeps what it finished). Needs no stack: it reads the CSV with the
+project's reader. ``--jobs N`` runs the splits in N processes, each with its share of
+the CPU threads; ``--accelerator gpu`` trains every network on the GPU (figures then
+differ slightly from CPU ones).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import statistics
 import sys
@@ -33,7 +39,7 @@ from types import SimpleNamespace
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REAL_SUBSET, quiet_lightning, save  # noqa: E402
+from _common import REAL_SUBSET, RESULTS, quiet_lightning, save  # noqa: E402
 from _common import log as _log  # noqa: E402
 
 TEST_MONTHS = (10, 11, 12)
@@ -56,6 +62,9 @@ CAPACITY = {
     "latent32_hidden256_no_dropout": {"latent_dim": 32, "hidden_dims": (256,), "dropout": 0.0},
     "latent16_hidden128_no_dropout": {"latent_dim": 16, "hidden_dims": (128,), "dropout": 0.0},
     "dropout03_weight_decay1e-4": {"dropout": 0.3, "weight_decay": 1e-4},
+    "latent128_hidden1024_256": {"latent_dim": 128, "hidden_dims": (1024, 256)},
+    "batch64_epochs200_patience10": {"batch_size": 64, "max_epochs": 200, "patience": 10},
+    "weight_decay1e-3": {"weight_decay": 1e-3},
 }
 BASELINES = ("pca", "isolation_forest", "random_forest")
 TARGETS = {"month": {"roc_auc": 0.90, "tpr_at_fpr_5pct": 0.60}, "random": {"roc_auc": 0.98}}
@@ -160,7 +169,7 @@ def _fit_network(cfg, train_x, val_x, seed: int, kind: str = "plain"):
     val_y = np.zeros(len(val_x), dtype=np.int64)
     dm = KronodroidDataModule(train_x, val_x, None, np.zeros(len(train_x), dtype=np.int64), val_y,
                               train_on="benign", batch_size=cfg.batch_size, seed=seed)
-    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, deterministic=True,
+    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=1, deterministic=True,
                         callbacks=[EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
@@ -241,7 +250,8 @@ def _grouped_terms(fitted, model, x) -> np.ndarray:
     return (terms - fitted.location) / fitted.scale
 
 
-def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], target_fpr: float) -> dict:
+def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], target_fpr: float,
+              accelerator: str = "cpu") -> dict:
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
     from dfp_core.ml.fit import fit_and_evaluate
     from dfp_core.params import TrainConfig
@@ -258,7 +268,7 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
             f"recall {row['recall']}, FPR {row['fpr']} ({seconds:.0f}s)")
 
     for seed in seeds:
-        cfg = TrainConfig(accelerator="cpu", devices="1", seed=seed, target_fpr=target_fpr, register=False,
+        cfg = TrainConfig(accelerator=accelerator, devices="1", seed=seed, target_fpr=target_fpr, register=False,
                           evaluate_baselines=False)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
@@ -313,9 +323,13 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         benign_x = x["train"][y["train"] == 0]
         if "denoise" in variants:
             started = time.monotonic()
-            net = _fit_network(cfg, benign_x, x["val"][y["val"] == 0], seed, "denoise")
+            net = _fit_network(cfg, benign_x, x["val"][y["val"] == 0], seed, "denoise").cpu()
             add("ae_denoise", _errors(net, x["val"]).mean(axis=1), _errors(net, x["test"]).mean(axis=1),
                 time.monotonic() - started)
+            from dfp_core.ml.fit import fit_error_score
+
+            grouped = fit_error_score("grouped_error", net, benign_x).score_function(net)
+            add("ae_denoise_grouped", grouped(x["val"]), grouped(x["test"]), time.monotonic() - started)
         if "flags_raw" in variants:
             started = time.monotonic()
             benign_frame = frames["train"][y["train"] == 0]
@@ -369,13 +383,73 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         for method in BASELINES:
             add(method, scored[method][: len(x["val"])], scored[method][len(x["val"]):], seconds)
 
-    summary = {"rows": {s: int(len(f)) for s, f in frames.items()},
-               "malware": {s: int(y[s].sum()) for s in frames}, "methods": {}}
-    for method, rows in results.items():
+    return {"rows": {s: int(len(f)) for s, f in frames.items()},
+            "malware": {s: int(y[s].sum()) for s in frames}, "runs": results}
+
+
+def summarise(parts: list[dict]) -> dict:
+    """One split's summary from its runs (one part per seed, or one for all): each
+    method's figures averaged over its runs."""
+    runs: dict[str, list[dict]] = {}
+    for part in parts:
+        for method, rows in part["runs"].items():
+            runs.setdefault(method, []).extend(rows)
+    summary = {"rows": parts[0]["rows"], "malware": parts[0]["malware"], "methods": {},
+               "seconds": round(sum(part["seconds"] for part in parts), 1)}
+    for method, rows in runs.items():
         summary["methods"][method] = {key: round(statistics.mean(r[key] for r in rows), 4)
                                       for key in rows[0] if all(key in r for r in rows)}
         summary["methods"][method]["runs"] = len(rows)
     return summary
+
+
+def _timed_split(key: str, frames: dict, seeds: list[int], variants: list[str], target_fpr: float,
+                 accelerator: str) -> dict:
+    started = time.monotonic()
+    part = run_split(key, frames, seeds, variants, target_fpr, accelerator)
+    return {**part, "seeds": seeds, "seconds": time.monotonic() - started}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _quiet()
+
+
+def run_tasks(tasks: dict, seeds: list[int], variants: list[str], args) -> dict:
+    """Each split's summary by key: in this process (``--jobs 1``) or in a pool of
+    ``args.jobs`` processes sharing the CPU threads, one split and seed per task. The
+    seeds finished so far are written to ``results/detection_partial.json`` as they come."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    parts: dict[str, list[dict]] = {key: [] for key in tasks}
+
+    def finished(key: str, part: dict) -> None:
+        parts[key].append(part)
+        log(f"{key}: {sum(len(p['seeds']) for p in parts[key])} of {len(seeds)} seeds done ({part['seconds']:.0f} s)")
+        RESULTS.mkdir(parents=True, exist_ok=True)  # quietly: save() prints, and the last line is the summary
+        partial = {k: summarise(p) for k, p in parts.items() if p}
+        (RESULTS / "detection_partial.json").write_text(json.dumps({"seeds": seeds, **partial}, indent=2))
+
+    if args.jobs == 1:
+        for key, frames in tasks.items():
+            finished(key, _timed_split(key, frames, seeds, variants, args.target_fpr, args.accelerator))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            # Seed by seed, so that a run cut short has every split of the first seeds; ensemble5
+            # runs for the first seed only, as in one process.
+            futures = {pool.submit(_timed_split, key, frames, [seed],
+                                   [v for v in variants if v != "ensemble5" or seed == seeds[0]],
+                                   args.target_fpr, args.accelerator): key
+                       for seed in seeds for key, frames in tasks.items()}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    return {key: summarise(p) for key, p in parts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,10 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seeds", default="",
                         help="comma-separated: also run each split again per seed (random: SplitSpec.seed; month: "
                              "the seed of the validation rows), reported as random@K / month@K")
+    parser.add_argument("--jobs", type=int, default=1, help="splits run in this many processes at once")
+    parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"), help="where the networks train")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if not args.input.is_file():
         log(f"the real KronoDroid subset is not at {args.input}: skipped, nothing measured")
-        print(__import__("json").dumps({"skipped": f"no input at {args.input}"}))
+        print(json.dumps({"skipped": f"no input at {args.input}"}))
         return 0
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -399,32 +477,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variant(s): {', '.join(unknown)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     _quiet()
-    out: dict = {"input": args.input.name, "seeds": seeds, "target_fpr": args.target_fpr, "targets": TARGETS}
+    out: dict = {"input": args.input.name, "seeds": seeds, "target_fpr": args.target_fpr, "targets": TARGETS,
+                 "accelerator": args.accelerator, "jobs": args.jobs}
+    splits = [v for v in args.splits.split(",") if v]
+    unknown = sorted(set(splits) - {"random", "month"})
+    if unknown:
+        parser.error(f"unknown split(s): {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="dfp-bench-detection-") as tmp:
         frame = load_subset(args.input, Path(tmp))
         split_seeds = [None, *(int(k) for k in args.split_seeds.split(",") if k)]
-        for split in args.splits.split(","):
-            if split not in ("random", "month"):
-                parser.error(f"unknown split {split!r}")
+        tasks = {}
+        for split in splits:
             for split_seed in split_seeds:
                 key = split if split_seed is None else f"{split}@{split_seed}"
-                started = time.monotonic()
                 if split == "random":
-                    out[key] = run_split(key, random_split(frame, 42 if split_seed is None else split_seed), seeds,
-                                         variants, args.target_fpr)
+                    tasks[key] = random_split(frame, 42 if split_seed is None else split_seed)
                 else:
-                    out[key] = {**run_split(key, month_split(frame, 0 if split_seed is None else split_seed), seeds,
-                                            variants, args.target_fpr), "train_months": "1-9", "test_months": "10-12"}
-                out[key]["seconds"] = round(time.monotonic() - started, 1)
+                    tasks[key] = month_split(frame, 0 if split_seed is None else split_seed)
+        done = run_tasks(tasks, seeds, variants, args)
+        for key in tasks:  # in task order, whatever order they finished in
+            out[key] = done[key]
+            if key.split("@")[0] == "month":
+                out[key].update(train_months="1-9", test_months="10-12")
         if len(split_seeds) > 1:  # each method's mean over the split seeds (the default split included)
-            for split in args.splits.split(","):
+            for split in splits:
                 runs = [out[k]["methods"] for k in out if k == split or k.startswith(f"{split}@")]
                 out[f"{split}_over_split_seeds"] = {
                     method: {key: round(statistics.mean(r[method][key] for r in runs), 4)
                              for key in ("roc_auc", "tpr_at_fpr_5pct")}
                     for method in runs[0]}
     save("detection", out)
-    print(__import__("json").dumps(out))
+    print(json.dumps(out))
     return 0
 
 
