@@ -55,7 +55,8 @@ GROUPED = {
     "shortfall_metadata": {"permissions": False, "syscalls": False, "metadata": True},
 }
 # The "capacity" variant: the product's training (fit_and_evaluate) with these TrainConfig fields
-# changed from the defaults (latent 64, hidden 512,128, dropout 0.1, weight decay 1e-5).
+# changed from the defaults (latent 64, hidden 512,128, dropout 0.1, weight decay 1e-5, batch 128,
+# at most 50 epochs).
 CAPACITY = {
     "latent16": {"latent_dim": 16},
     "latent8_hidden256_64": {"latent_dim": 8, "hidden_dims": (256, 64)},
@@ -63,7 +64,7 @@ CAPACITY = {
     "latent16_hidden128_no_dropout": {"latent_dim": 16, "hidden_dims": (128,), "dropout": 0.0},
     "dropout03_weight_decay1e-4": {"dropout": 0.3, "weight_decay": 1e-4},
     "latent128_hidden1024_256": {"latent_dim": 128, "hidden_dims": (1024, 256)},
-    "batch64_epochs200_patience10": {"batch_size": 64, "max_epochs": 200, "patience": 10},
+    "batch64_epochs200": {"batch_size": 64, "max_epochs": 200},
     "weight_decay1e-3": {"weight_decay": 1e-3},
 }
 BASELINES = ("pca", "isolation_forest", "random_forest")
