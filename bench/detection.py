@@ -175,7 +175,7 @@ def _fit_network(cfg, train_x, val_x, seed: int, kind: str = "plain"):
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
-    return model.eval()
+    return model.cpu().eval()  # the variants score it with CPU tensors, wherever it trained
 
 
 def _errors(model, x) -> np.ndarray:
@@ -324,7 +324,7 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         benign_x = x["train"][y["train"] == 0]
         if "denoise" in variants:
             started = time.monotonic()
-            net = _fit_network(cfg, benign_x, x["val"][y["val"] == 0], seed, "denoise").cpu()
+            net = _fit_network(cfg, benign_x, x["val"][y["val"] == 0], seed, "denoise")
             add("ae_denoise", _errors(net, x["val"]).mean(axis=1), _errors(net, x["test"]).mean(axis=1),
                 time.monotonic() - started)
             from dfp_core.ml.fit import fit_error_score
