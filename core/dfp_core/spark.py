@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # pragma: no cover
 # The session remembers its warehouse folder, so that every catalog registered on it agrees.
 WAREHOUSE_PREFIX_CONF = "spark.dfp.iceberg.warehousePrefix"
 ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+# The S3A key pair. PySpark hands a new JVM the session's settings as `--conf k=v` arguments
+# of spark-submit, where any local user reads them (ps, /proc/<pid>/cmdline): these go to the
+# JVM over the authenticated Py4J connection once it runs instead.
+SECRET_CONF_KEYS = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key"})
 # Table properties every table we create carries: Avro data files, format v2.
 ICEBERG_TABLE_PROPERTIES = {
     "format-version": "2",
@@ -98,8 +102,10 @@ def spark_session(
     require_java(settings)
     from pyspark.sql import SparkSession
 
+    conf = {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}
+    _launch_jvm_without_secrets(settings.master, conf)
     builder = SparkSession.builder.master(settings.master)
-    for key, value in {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}.items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     # Started from Python, PySpark has its workers (local or on a cluster's executors) run
@@ -109,6 +115,18 @@ def spark_session(
     session.sparkContext.setLogLevel(settings.log_level)
     _quiet_known_noise(session)
     return session
+
+
+def _launch_jvm_without_secrets(master: str, conf: Mapping[str, str]) -> None:
+    """Start this process's Spark JVM (if none runs yet) with every setting but the secrets
+    on its command line; the session built next passes the whole conf through Py4J. The JVM
+    needs the others at launch (driver memory, jars)."""
+    from pyspark import SparkConf, SparkContext
+
+    if SparkContext._gateway is not None:  # a JVM runs already (or spark-submit started this process)
+        return
+    launch = SparkConf().setMaster(master).setAll((k, v) for k, v in conf.items() if k not in SECRET_CONF_KEYS)
+    SparkContext._ensure_initialized(conf=launch)  # pyspark's own launcher, given the conf to put on argv
 
 
 # Loggers that warn about things that are expected here.
