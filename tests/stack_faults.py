@@ -14,6 +14,7 @@ from dfp_core import iceberg
 from dfp_core.iceberg import TableRef
 from dfp_core.kronodroid import schema
 from dfp_spark import transform_run
+from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX
 from dfp_spark.run_refs import list_runs
 
 
@@ -26,8 +27,9 @@ def fct_rows(spark, repo: str, ref: str) -> int:
     return spark.table(iceberg.qualified(spark, TableRef(repo, ref, schema.MART_NAMESPACE, schema.FCT_TABLE))).count()
 
 
-def check_after(lakefs, spark, repo: str, before: str, run_branch: str) -> dict:
-    """The target is unchanged or holds the run's complete merge; what gc then leaves."""
+def check_after(lakefs, spark, repo: str, before: str, run_branch: str, older_than: str = "0s") -> dict:
+    """The target is unchanged or holds the run's complete merge; what gc then leaves (no run
+    ref but merged tags, no lease)."""
     head = lakefs.resolve_commit(repo, "main")
     merged = head != before
     outcome = {"target": "merged completely" if merged else "unchanged", "partial_merge": False}
@@ -35,11 +37,13 @@ def check_after(lakefs, spark, repo: str, before: str, run_branch: str) -> dict:
         summary = json.loads(lakefs.read_bytes(repo, "main", transform_run.SUMMARY_PATH))
         outcome["partial_merge"] = not (summary["reconciled"] and lakefs.tag_exists(repo, run_branch)
                                         and fct_rows(spark, repo, head) == summary["fct_rows"])
-    gc = dfp("runs", "gc", "--repo", repo, "--older-than", "0s")
+    gc = dfp("runs", "gc", "--repo", repo, "--older-than", older_than)
     assert gc.returncode == 0, gc.stderr
     outcome["gc_removed"] = [f"{r['kind']} {r['name']}" for r in json.loads(gc.stdout.splitlines()[-1])["removed"]]
     left = [r for r in list_runs(lakefs, repo, 0) if r.state != "merged"]
     assert not left, f"gc left {[(r.name, r.kind, r.state) for r in left]}"
+    if lakefs.branch_exists(repo, LEASE_BRANCH):
+        assert lakefs.list_paths(repo, LEASE_BRANCH, LEASES_PREFIX) == [], "gc left a lease"
     return outcome
 
 

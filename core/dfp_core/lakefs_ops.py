@@ -127,9 +127,9 @@ class LakeFS:
                 exist_ok=True,
             )
         if not self.branch_exists(repo, default_branch):
-            self.create_branch(repo, default_branch, source_ref=self._default_branch(repo))
+            self.create_branch(repo, default_branch, source_ref=self.default_branch(repo))
 
-    def _default_branch(self, repo: str) -> str:
+    def default_branch(self, repo: str) -> str:
         with self._errors("read repository", repo):
             return self.client.sdk_client.repositories_api.get_repository(repo).default_branch
 

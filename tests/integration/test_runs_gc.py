@@ -64,8 +64,11 @@ def test_gc_removes_what_kills_leave_and_nothing_else(lakefs, repo, tmp_path):
         transform_run.prepare_run(lakefs, repo, "main", "killed-upload", None)
 
     states = {(r.name, r.kind): r for r in list_runs(lakefs, repo, parse_duration("24h"))}
-    assert states[("run-killed-upload", "branch")].state == "active"  # recent: may still be running elsewhere
-    assert states[("run-killed-upload", "branch")].uncommitted_objects > 4  # the four archives and more
+    # Its lease names a process of this host that is gone: abandoned however recent.
+    assert states[("run-killed-upload", "branch")].state == "abandoned"
+    assert "is gone" in states[("run-killed-upload", "branch")].why
+    assert states[("run-killed-upload", "branch")].uncommitted_objects >= 4  # the four archives
+    assert states[("run-killed-after-commit", "branch")].state == "active"  # no lease, recent: may run elsewhere
     assert states[("run-merged", "tag")].state == "merged"
     assert states[(live.run_branch, "branch")].state == "active"
 
@@ -98,3 +101,29 @@ def test_bad_duration_is_one_line(repo):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --older-than 'yesterday': expected a number and a unit, such as 30m, 24h or 7d"]
+
+
+def test_gc_in_a_loop_never_touches_a_live_transform(lakefs, repo, small_input):
+    """`runs gc --older-than 0s` over and over while one `dfp transform` runs from its branch's
+    creation to its merge: gc removes nothing of it, and the run merges."""
+    from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX
+    from dfp_spark.run_refs import gc_runs
+
+    proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(small_input),
+                             "--repo", repo, "--run-id", "gc-race"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ)
+    passes, seen, removed = 0, set(), []
+    while proc.poll() is None:
+        result = gc_runs(lakefs, repo, older_than_s=0)
+        passes += 1
+        removed += result["removed"] + [{"name": n} for n in result["stray_leases_removed"]]
+        seen |= {(k["name"], k["state"]) for k in result["kept"]}
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.splitlines()[-1])
+    assert removed == [], removed
+    assert passes > 20 and ("run-gc-race", "active") in seen  # gc saw the run alive, many times over
+    assert lakefs.is_merged_into(repo, "run-gc-race", "main")
+    assert lakefs.resolve_commit(repo, "main") == summary["merge_commit"]
+    assert lakefs.list_paths(repo, LEASE_BRANCH, LEASES_PREFIX) == []  # released after the merge
+    assert gc_runs(lakefs, repo, older_than_s=0)["removed"] == []

@@ -13,6 +13,7 @@ only changes in the final merge, so any failure leaves it exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -30,6 +31,7 @@ from dfp_core.progress import note, stage
 from dfp_core.splits import SplitSpec
 from dfp_core.version import code_version
 from dfp_spark import raw_store
+from dfp_spark.run_lease import RunLease
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -37,10 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
 SUMMARY_PATH = "_dfp/transform_summary.json"
-# Uncommitted on a run branch while the run works on it (removed before the run commit):
-# who runs it and when it last moved, so `dfp runs gc` can tell a live run from an
-# abandoned one (``run_refs``).
-LEASE_PATH = "_dfp/run_lease.json"
 RUN_PREFIX = "run-"
 
 
@@ -60,16 +58,6 @@ def run_branch_name(run_id: str) -> str:
     return validate_ref_name(RUN_PREFIX + run_id)
 
 
-def touch_lease(lakefs: LakeFS, repo: str, run_branch: str, run_id: str, what: str) -> None:
-    """Record on the run branch that this process is working on it now."""
-    import os
-    import socket
-
-    lease = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "stage": what,
-             "updated_at": time.time()}
-    lakefs.upload_bytes(repo, run_branch, LEASE_PATH, json.dumps(lease, sort_keys=True).encode())
-
-
 @dataclass
 class RunContext:
     repo: str
@@ -77,10 +65,14 @@ class RunContext:
     run_id: str
     run_branch: str
     base_commit: str
+    # Held by this process from before the branch exists; None where a caller holds it.
+    lease: RunLease | None = None
 
 
 def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, input_dir: Path | None) -> RunContext:
-    """Check inputs, create the run branch from the target, version the raw inputs on it."""
+    """Check inputs, take the run's lease, create the run branch from the target, version
+    the raw inputs on it. The lease is this process's until ``finish_run``, ``abort_run``
+    or a hand-over."""
     validate_ref_name(target_branch)
     run_branch = run_branch_name(run_id)
     # Fail on bad input (headers, zero rows, unsafe paths) before touching lakeFS.
@@ -92,11 +84,16 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
         raise LakeFSError(f"target branch {target_branch!r} does not exist in repository {repo!r}")
     if lakefs.branch_exists(repo, run_branch) or lakefs.tag_exists(repo, run_branch):
         raise LakeFSError(f"run {run_id!r} already exists in {repo!r} (ref {run_branch!r}); pick another --run-id")
-    base = lakefs.create_branch(repo, run_branch, target_branch)
-    note(f"run branch {run_branch} from {target_branch}@{base[:12]}")
-    ctx = RunContext(repo, target_branch, run_id, run_branch, base)
+    # Before the branch: from its first moment on, gc finds the run's owner.
+    lease = RunLease(lakefs, repo, run_branch).acquire("raw inputs")
     try:
-        touch_lease(lakefs, repo, run_branch, run_id, "raw inputs")
+        base = lakefs.create_branch(repo, run_branch, target_branch)
+    except BaseException:
+        lease.release()
+        raise
+    note(f"run branch {run_branch} from {target_branch}@{base[:12]}")
+    ctx = RunContext(repo, target_branch, run_id, run_branch, base, lease)
+    try:
         if input_dir is not None:
             raw_store.upload(lakefs, repo, run_branch, scanned)
     except BaseException:
@@ -106,12 +103,29 @@ def prepare_run(lakefs: LakeFS, repo: str, target_branch: str, run_id: str, inpu
 
 
 def abort_run(lakefs: LakeFS, ctx: RunContext) -> None:
-    """Drop the run branch; the target branch was never touched."""
+    """Drop the run branch, then its lease; the target branch was never touched. Where the
+    branch cannot be deleted, the lease stays: it names this process, which is about to end,
+    so `dfp runs gc` removes the branch later."""
     try:
-        lakefs.delete_branch(ctx.repo, ctx.run_branch)
-        note(f"deleted run branch {ctx.run_branch}; {ctx.target_branch} is unchanged")
+        if lakefs.delete_branch(ctx.repo, ctx.run_branch):
+            note(f"deleted run branch {ctx.run_branch}; {ctx.target_branch} is unchanged")
     except DfpError as exc:  # report the original failure, not this one
         note(f"could not delete run branch {ctx.run_branch}: {exc}")
+        return
+    _release(lakefs, ctx)
+
+
+def finish_run(lakefs: LakeFS, ctx: RunContext) -> None:
+    """The run is merged: its tag is in the target's history, nothing is left to judge."""
+    _release(lakefs, ctx)
+
+
+def _release(lakefs: LakeFS, ctx: RunContext) -> None:
+    lease = ctx.lease or RunLease(lakefs, ctx.repo, ctx.run_branch)
+    try:
+        lease.release()
+    except DfpError as exc:  # a stale lease only makes gc wait for --older-than
+        note(f"could not release the lease of {ctx.run_branch}: {exc}")
 
 
 def transform_on_branch(
@@ -121,7 +135,6 @@ def transform_on_branch(
     from dfp_spark import transform
 
     lakefs.require_branch(repo, run_branch)
-    touch_lease(lakefs, repo, run_branch, run_id, "Spark transform")
     manifest = raw_store.load_manifest(lakefs, repo, run_branch)
     raw_store.verify_stored(lakefs, repo, run_branch, manifest)  # the bytes Spark reads are the bytes given
     parts = [(f"s3a://{repo}/{run_branch}/{p.lakefs_path}", p) for p in manifest.parts]
@@ -235,8 +248,6 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
         "dfp.split_spec": json.dumps(summary["split_spec"], sort_keys=True),
     }
     synthetic = " (synthetic data)" if summary["synthetic"] else ""
-    if lakefs.stat(repo, run_branch, LEASE_PATH) is not None:  # bookkeeping, not data
-        lakefs.delete_object(repo, run_branch, LEASE_PATH)
     run_commit = lakefs.commit(repo, run_branch, f"KronoDroid transform run {run_id}{synthetic}", metadata)
     faults.reached("after-commit")
     # Freeze: the branch name baked into Iceberg paths becomes an immutable tag.
@@ -272,7 +283,10 @@ def run_summary_line(summary: dict, published: dict | None, ctx: RunContext | No
 
 def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
     """The whole run (or, with ``config.merge`` false, up to the tables on the run
-    branch); returns the summary (merge commit, snapshot ids, counts)."""
+    branch); returns the summary (merge commit, snapshot ids, counts).
+
+    Given ``config.run_branch`` (the pipeline's Spark job), the run's lease is its caller's;
+    otherwise this process takes it before the branch exists and holds it to the merge."""
     config = config.resolved(rt.settings)
     lakefs, repo = rt.lakefs, config.repo
     total = 3 if config.merge else 2
@@ -287,19 +301,42 @@ def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
         else:
             ctx = prepare_run(lakefs, repo, config.target_branch, config.run_id or new_run_id(), config.input_dir)
     try:
-        with stage(2, total, f"Spark transform on {ctx.run_branch}"):
-            summary = transform_on_branch(rt.spark(), lakefs, repo, ctx.run_branch, ctx.run_id, config.split())
-            note(
-                f"{summary['input_rows']} input rows -> {summary['fct_rows']} samples, "
-                f"{summary['quarantined_rows']} quarantined, {summary['duplicates_dropped']} exact duplicates dropped"
-            )
-        published = None
-        if config.merge:
-            with stage(3, total, f"commit, freeze and merge into {config.target_branch}"):
-                published = publish_run(lakefs, repo, ctx.run_branch, config.target_branch, config.shrink_limit)
-                note(f"merge commit {published['merge_commit']}")
+        with _heartbeat(ctx):
+            with stage(2, total, f"Spark transform on {ctx.run_branch}"):
+                _lease_stage(ctx, "Spark transform")
+                summary = transform_on_branch(rt.spark(), lakefs, repo, ctx.run_branch, ctx.run_id, config.split())
+                note(
+                    f"{summary['input_rows']} input rows -> {summary['fct_rows']} samples, "
+                    f"{summary['quarantined_rows']} quarantined, {summary['duplicates_dropped']} exact duplicates dropped"
+                )
+            published = None
+            if config.merge:
+                with stage(3, total, f"commit, freeze and merge into {config.target_branch}"):
+                    _lease_stage(ctx, "commit, freeze and merge")
+                    published = publish_run(lakefs, repo, ctx.run_branch, config.target_branch, config.shrink_limit)
+                    note(f"merge commit {published['merge_commit']}")
     except BaseException:
-        if not config.keep_failed_branch and lakefs.branch_exists(repo, ctx.run_branch):
+        if not lakefs.branch_exists(repo, ctx.run_branch):  # e.g. a refused merge dropped the tag
+            if ctx.lease is not None:
+                _release(lakefs, ctx)
+        elif config.keep_failed_branch:
+            if ctx.lease is not None:
+                ctx.lease.hand_over("failed; branch kept for inspection")
+        else:
             abort_run(lakefs, ctx)
         raise
+    if ctx.lease is not None:
+        if published:
+            finish_run(lakefs, ctx)
+        else:  # left for someone to merge: judged by the lease's age from now on
+            ctx.lease.hand_over("tables written, not merged")
     return run_summary_line(summary, published, ctx)
+
+
+def _heartbeat(ctx: RunContext):
+    return ctx.lease.heartbeat() if ctx.lease is not None else contextlib.nullcontext()
+
+
+def _lease_stage(ctx: RunContext, what: str) -> None:
+    if ctx.lease is not None:
+        ctx.lease.stage(what)

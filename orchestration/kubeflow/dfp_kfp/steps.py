@@ -18,6 +18,7 @@ from dfp_core.errors import ConfigError
 from dfp_core.params import TrainConfig, TransformConfig, from_pipeline
 from dfp_core.progress import note
 from dfp_core.runtime import Runtime
+from dfp_spark.run_lease import RunLease
 
 SPARK_MODES = ("auto", "kubernetes", "local")
 
@@ -60,18 +61,22 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: 
                                     config.run_id or transform_run.new_run_id(), config.input_dir)
     job = dataclasses.replace(config, run_id=ctx.run_id, run_branch=ctx.run_branch, input_dir=None, merge=False)
     try:
-        if mode == "local":
-            from dfp_spark.submit import run_local
+        with ctx.lease.heartbeat():  # the job may run on other hosts (pods); this step holds the run
+            ctx.lease.stage(f"Spark transform ({mode})")
+            if mode == "local":
+                from dfp_spark.submit import run_local
 
-            run_local(to_arguments(job), rt.settings.spark, rt.settings.lakefs, os.environ)
-        else:
-            from dfp_kfp.spark_application import run_spark_application
+                run_local(to_arguments(job), rt.settings.spark, rt.settings.lakefs, os.environ)
+            else:
+                from dfp_kfp.spark_application import run_spark_application
 
-            run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark_namespace,
-                                  timeout_seconds)
+                run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark_namespace,
+                                      timeout_seconds)
     except BaseException:
         transform_run.abort_run(rt.lakefs, ctx)
         raise
+    # Between the steps no process holds the run: gc judges it by the lease's age.
+    ctx.lease.hand_over("tables written; awaiting the commit-merge step")
     return ctx.run_branch, ctx.run_id
 
 
@@ -91,14 +96,15 @@ def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str
         commit = rt.lakefs.resolve_commit(config.repo, config.target_branch)
         note(f"training on {config.target_branch} at {commit}")
         return commit
+    lease = RunLease(rt.lakefs, config.repo, run_branch).acquire("commit, freeze and merge")
+    ctx = transform_run.RunContext(config.repo, config.target_branch, "", run_branch, "", lease)
     try:
         published = transform_run.publish_run(rt.lakefs, config.repo, run_branch, config.target_branch,
                                               config.shrink_limit)
     except BaseException:
-        if rt.lakefs.branch_exists(config.repo, run_branch):
-            ctx = transform_run.RunContext(config.repo, config.target_branch, "", run_branch, "")
-            transform_run.abort_run(rt.lakefs, ctx)
+        transform_run.abort_run(rt.lakefs, ctx)  # the branch if it is still there, then the lease
         raise
+    transform_run.finish_run(rt.lakefs, ctx)
     note(f"merged {run_branch} into {config.target_branch}: {published['merge_commit']}")
     return published["merge_commit"]
 
