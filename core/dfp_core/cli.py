@@ -21,7 +21,7 @@ import typer
 
 from dfp_core.errors import DfpError
 from dfp_core.params import Field, TrainConfig, TransformConfig, format_value, params_of, parse_value
-from dfp_core.progress import error, note
+from dfp_core.progress import error, note, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 stack_app = typer.Typer(no_args_is_help=True, help="Local lakeFS + MLflow servers.")
@@ -135,7 +135,7 @@ def stack_down() -> None:
     """Stop the processes `up` started; data stays in DFP_HOME."""
     from dfp_core import stack
 
-    stack.down(runtime().settings.stack)
+    emit(stack.down(runtime().settings.stack))
 
 
 @stack_app.command("status")
@@ -153,7 +153,9 @@ def stack_reset(yes: bool = typer.Option(False, "--yes", help="Confirm deleting 
 
     if not yes:
         raise DfpError("reset deletes every lakeFS repository and MLflow run in DFP_HOME; pass --yes to confirm")
-    stack.reset(runtime().settings.stack)
+    settings = runtime().settings.stack
+    stack.reset(settings)
+    emit({"reset": str(settings.home)})
 
 
 # ----------------------------------------------------------------------------- stages
@@ -199,9 +201,13 @@ def train_cmd(
             lambda summary: print(json.dumps(summary, sort_keys=True, default=str), file=sys.stderr, flush=True))
         try:
             out(train(rt, config))
-        except DfpError as exc:  # the last stdout line stays JSON; stderr ends with the one line
-            out(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
-            raise
+        except DfpError as exc:
+            if not rt.settings.process.is_rank_zero:  # rank zero's stdout is not the worker's to end
+                out(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
+                error(str(exc))
+                raise typer.Exit(2) from None
+            exc.summary = getattr(exc, "summary", None) or {"status": "FAILED"}
+            raise  # main() ends stdout with the summary and the error
 
 
 @feast_app.command("apply")
@@ -217,6 +223,7 @@ def feast_apply_cmd(
 
     with runtime("feast-apply", lakefs={"repository": repo, "branch": ref}) as rt:
         lakefs = rt.settings.lakefs
+        rt.lakefs.resolve(lakefs.repository, lakefs.branch)  # a missing repo or ref in one line, before Feast
         emit(apply_definitions(rt.spark(), lakefs.repository, lakefs.branch, snapshot_id, config_file or FEAST_CONFIG_FILE))
 
 
@@ -232,6 +239,9 @@ def pipeline_compile(
     """Compile the pipeline to YAML (for upload to Kubeflow Pipelines)."""
     from dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline
 
+    if output.is_dir():
+        raise DfpError(f"--output {output} is a folder; name the YAML file to write")
+    output.parent.mkdir(parents=True, exist_ok=True)
     emit({"pipeline_yaml": compile_kronodroid_autoencoder_pipeline(output, train_image, spark_image)})
 
 
@@ -347,6 +357,7 @@ def serve_cmd(
     signal.signal(signal.SIGTERM, stop)
     with runtime("kronodroid-serve", mlflow={"tracking_uri": tracking_uri}) as rt:
         code = serve(rt, model_uri, os.environ, host, port, env_manager)
+    emit({"model_uri": model_uri, "url": f"http://{host}:{port}", "exit_code": code})
     raise typer.Exit(code)
 
 
@@ -390,14 +401,13 @@ def runs_list(
     rt = runtime("kronodroid-runs")
     name = repo or rt.settings.lakefs.repository
     runs = list_runs(rt.lakefs, name, parse_duration(older_than))
-    if as_json:
-        emit({"repository": name, "runs": [r.to_dict() for r in runs]})
-        return
-    for r in runs:
-        print(f"{r.name:40s} {r.kind:6s} {r.state:9s} {r.commit_id[:12]} "
-              f"uncommitted={r.uncommitted_objects:<4d} {r.why}")
-    if not runs:
-        print(f"no runs in {name}")
+    if not as_json:  # the table for people on stderr; the JSON line last on stdout either way
+        for r in runs:
+            show(f"{r.name:40s} {r.kind:6s} {r.state:9s} {r.commit_id[:12]} "
+                 f"uncommitted={r.uncommitted_objects:<4d} {r.why}")
+        if not runs:
+            show(f"no runs in {name}")
+    emit({"repository": name, "runs": [r.to_dict() for r in runs]})
 
 
 @runs_app.command("gc")
@@ -445,30 +455,52 @@ def evaluate_cmd(
 
 
 def _print_status(result: dict, as_json: bool) -> None:
-    if as_json:
-        emit(result)
-        return
-    for name, svc in result["services"].items():
-        state = "healthy" if svc["healthy"] else ("running" if svc["running"] else "stopped")
-        pid = f" pid {svc['pid']}" if svc["pid"] else ""
-        print(f"{name:10s} {state:8s} {svc['endpoint']}{pid}")
-        if svc.get("pipeline_user"):
-            print(f"        the pipeline's user: {svc['pipeline_user']} (LAKEFS_* in the credentials file)")
-        if svc.get("orphaned_pids"):
-            print(f"        its leader is gone but pids {', '.join(map(str, svc['orphaned_pids']))} still run: "
-                  "`dfp stack down` stops them")
-        if svc.get("port_taken_by"):
-            holder = svc["port_taken_by"]
-            print(f"        its port is held by another program: pid {holder['pid']} ({holder['cmdline']})")
-    print(f"profile: {result['profile']}, credentials: {result['credentials_file']}")
+    """The table for people on stderr (unless --json); the JSON line last on stdout either way."""
+    if not as_json:
+        for name, svc in result["services"].items():
+            state = "healthy" if svc["healthy"] else ("running" if svc["running"] else "stopped")
+            pid = f" pid {svc['pid']}" if svc["pid"] else ""
+            show(f"{name:10s} {state:8s} {svc['endpoint']}{pid}")
+            if svc.get("pipeline_user"):
+                show(f"        the pipeline's user: {svc['pipeline_user']} (LAKEFS_* in the credentials file)")
+            if svc.get("orphaned_pids"):
+                show(f"        its leader is gone but pids {', '.join(map(str, svc['orphaned_pids']))} still run: "
+                     "`dfp stack down` stops them")
+            if svc.get("port_taken_by"):
+                holder = svc["port_taken_by"]
+                show(f"        its port is held by another program: pid {holder['pid']} ({holder['cmdline']})")
+        show(f"profile: {result['profile']}, credentials: {result['credentials_file']}")
+    emit(result)
+
+
+def _fail(message: str, exit_code: int, summary: dict | None = None) -> None:
+    """The one error line on stderr, and a JSON line naming it last on stdout."""
+    error(message)
+    emit({**(summary or {}), "error": message, "exit_code": exit_code})
+    raise SystemExit(exit_code)
 
 
 def main() -> None:
+    """Every command's last stdout line is JSON, its failures' too: ``{"error", "exit_code"}``
+    (with the command's own summary where it has one, e.g. a failed training's)."""
     try:
-        app()
+        code = typer.main.get_command(app).main(prog_name="dfp", standalone_mode=False)
     except DfpError as exc:
-        error(str(exc))
-        raise SystemExit(2) from None
+        _fail(str(exc), 2, getattr(exc, "summary", None))
+    except typer.TyperException as exc:  # a usage error: typer's message, then the JSON line
+        exc.show()
+        emit({"error": exc.format_message(), "exit_code": exc.exit_code})
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        _fail("aborted", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # a bug, not bad input: the traceback for the report, then the JSON line
+        import traceback
+
+        traceback.print_exc()
+        _fail(f"unexpected {exc.__class__.__name__}: {exc}", 1)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ def note(message: str) -> None:
     console.print(f"    {escape(message)}")
 
 
+def show(message: str) -> None:
+    """A line of a table for people (a status), unindented."""
+    console.print(escape(message))
+
+
 def warn(message: str) -> None:
     console.print(f"    [yellow]warning:[/] {escape(message)}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -65,7 +66,8 @@ def test_status_names_a_foreign_process_on_a_service_port(tmp_path):
     assert mlflow["running"] is False and mlflow["port_taken_by"]["pid"] == os.getpid()
     assert "pytest" in mlflow["port_taken_by"]["cmdline"] or "python" in mlflow["port_taken_by"]["cmdline"]
     assert "port_taken_by" not in status["services"]["lakefs"]
-    assert f"held by another program: pid {os.getpid()}" in shown.stdout, shown.stdout + shown.stderr
+    assert f"held by another program: pid {os.getpid()}" in shown.stderr, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout.strip().splitlines()[-1])["services"]["mlflow"]["port_taken_by"]["pid"] == os.getpid()
 
 
 def test_missing_java_is_explained(monkeypatch):

@@ -1,0 +1,117 @@
+"""Every `dfp` command ends its stdout with one JSON line, in success and in failure
+(``{"error": ..., "exit_code": ...}``), and its stderr with the one error line. The commands
+are read from the CLI itself, so a new command without a case here fails the test.
+
+Success is run here for every command but the long ones; those end with a parsed JSON line
+in their own suites: quickstart (test_pipeline), pipeline run-local (test_pipeline),
+reproduce (test_reproduce), evaluate and feast apply (test_training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import typer
+
+from dfp_core.cli import app
+from dfp_core.ml.serve import wait_until_ready
+from dfp_core.stack import free_port
+
+DFP = [sys.executable, "-m", "dfp_core.cli"]
+LONG = {"quickstart", "pipeline run-local", "reproduce", "evaluate", "feast apply"}
+
+
+def _commands(group: typer.Typer = app, prefix: str = "") -> set[str]:
+    names = {f"{prefix}{c.name or c.callback.__name__}" for c in group.registered_commands}
+    for sub in group.registered_groups:
+        names |= _commands(sub.typer_instance, f"{prefix}{sub.name} ")
+    return names
+
+
+def _dfp(args: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run([*DFP, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=900)
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _failures(tmp: Path) -> dict[str, tuple[list[str], dict]]:
+    corrupt = tmp / "corrupt-home"
+    corrupt.mkdir(exist_ok=True)
+    (corrupt / "state.json").write_text("{not json")
+    bad_home = {"DFP_HOME": str(corrupt)}
+    return {
+        "generate": (["generate", "--out", str(tmp / "g"), "--rows", "1"], {}),
+        "transform": (["transform", "--input", str(tmp / "nowhere")], {}),
+        "train": (["train", "--repo", "no-such-repo", "--ref", "main"], {}),
+        "pipeline compile": (["pipeline", "compile", "--output", str(tmp)], {}),
+        "pipeline run-local": (["pipeline", "run-local", "--runner", "kubernetes"], {}),
+        "feast apply": (["feast", "apply", "--repo", "no-such-repo", "--ref", "main"], {}),
+        "quickstart": (["quickstart", "--rows", "1"], {}),
+        "reproduce": (["reproduce", "--model", "no_such_model", "--version", "1"], {}),
+        "score": (["score", "--model-uri", "models:/no_such_model/1", "--input", str(tmp / "nowhere"),
+                   "--out", str(tmp / "s.csv")], {}),
+        "serve": (["serve", "--model-uri", "models:/no_such_model/1", "--port", str(free_port())], {}),
+        "kserve": (["kserve", "--model", "no_such_model", "--version", "1"], {}),
+        "evaluate": (["evaluate", "--model", "no_such_model", "--version", "1"], {}),
+        "runs list": (["runs", "list", "--older-than", "yesterday"], {}),
+        "runs gc": (["runs", "gc", "--older-than", "yesterday"], {}),
+        "stack up": (["stack", "up", "--profile", "minio"], {}),
+        "stack down": (["stack", "down"], bad_home),
+        "stack status": (["stack", "status"], bad_home),
+        "stack reset": (["stack", "reset"], {}),
+    }
+
+
+def test_every_command_fails_with_a_json_line_last(stack, tmp_path):
+    cases = _failures(tmp_path)
+    assert set(cases) == _commands(), "a command without a failure case here"
+    for command, (args, env) in cases.items():
+        done, last = _dfp(args, env, cwd=tmp_path)
+        assert done.returncode != 0, command
+        assert last["exit_code"] == done.returncode and last["error"], (command, last)
+        assert "Traceback" not in done.stderr, (command, done.stderr[-2000:])
+        assert last["error"].split(":")[0] in done.stderr, (command, done.stderr[-500:])
+
+
+def test_every_command_succeeds_with_a_json_line_last(stack, repo, small_input, tmp_path):
+    covered = set()
+
+    def ok(command: str, args: list[str], env: dict | None = None) -> dict:
+        done, last = _dfp(args, env, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr[-3000:])
+        assert "error" not in last, (command, last)
+        covered.add(command)
+        return last
+
+    ok("generate", ["generate", "--out", str(tmp_path / "g"), "--rows", "40"])
+    ok("pipeline compile", ["pipeline", "compile", "--output", str(tmp_path / "p.yaml")])
+    merged = ok("transform", ["transform", "--input", str(small_input), "--repo", repo])
+    trained = ok("train", ["train", "--repo", repo, "--ref", merged["merge_commit"], "--max-epochs", "1",
+                           "--hidden-dims", "16", "--latent-dim", "4", "--model-name", f"json_{repo}", "--no-baselines"])
+    uri = f"models:/json_{repo}/{trained['model_version']}"
+    ok("score", ["score", "--model-uri", uri, "--input", str(small_input), "--out", str(tmp_path / "s.csv")])
+    ok("kserve", ["kserve", "--model", f"json_{repo}", "--version", str(trained["model_version"]),
+                  "--storage-uri", "s3://bucket/model", "--out", str(tmp_path / "isvc.yaml")])
+    ok("runs list", ["runs", "list", "--repo", repo])
+    ok("runs gc", ["runs", "gc", "--repo", repo])
+    ok("stack up", ["stack", "up"])  # the session's stack: already running
+    ok("stack status", ["stack", "status"])
+    empty = {"DFP_HOME": str(tmp_path / "empty-home")}
+    ok("stack down", ["stack", "down"], empty)
+    ok("stack reset", ["stack", "reset", "--yes"], empty)
+
+    port = free_port()
+    server = subprocess.Popen([*DFP, "serve", "--model-uri", uri, "--port", str(port)], stdout=subprocess.PIPE,
+                              text=True, env=os.environ, cwd=tmp_path, start_new_session=True)
+    wait_until_ready(server, f"http://127.0.0.1:{port}", timeout_s=300)
+    assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=10).status_code == 200
+    server.terminate()
+    out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0 and json.loads(out.strip().splitlines()[-1])["exit_code"] == 0
+    covered.add("serve")
+    assert covered | LONG == _commands()
