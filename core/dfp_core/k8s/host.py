@@ -84,32 +84,41 @@ def check_binaries(settings: NodeSettings) -> None:
                          f"run {BUILD_SCRIPT} (10-15 minutes the first time, needs Go >= 1.26)")
 
 
-def port_holder(port: Port) -> str | None:
-    """Who holds ``port`` (a listener on its address or on every address), or None."""
-    wanted = {port.host(), "0.0.0.0", "::"}
-    kind = "tcp" if port.proto == "tcp" else "udp"
+def port_holders(ports: list[Port] | tuple[Port, ...]) -> dict[Port, str]:
+    """Who holds each of ``ports`` (a listener on its address or on every address), by one
+    scan of the host's sockets (a scan reads every process's descriptors: slow)."""
+    holders: dict[Port, str] = {}
+    for kind in sorted({p.proto for p in ports}):
+        try:
+            connections = psutil.net_connections(kind=kind)
+        except (psutil.Error, PermissionError):
+            continue
+        for conn in connections:
+            listening = conn.status == psutil.CONN_LISTEN if kind == "tcp" else not conn.raddr
+            if not (listening and conn.laddr):
+                continue
+            for port in ports:
+                if (port.proto == kind and port not in holders and conn.laddr.port == port.port
+                        and conn.laddr.ip in {port.host(), "0.0.0.0", "::"}):
+                    holders[port] = _describe(conn.pid)
+    return holders
+
+
+def _describe(pid: int | None) -> str:
+    if not pid:
+        return "another program"
     try:
-        connections = psutil.net_connections(kind=kind)
-    except (psutil.Error, PermissionError):
-        return None
-    for conn in connections:
-        listening = conn.status == psutil.CONN_LISTEN if kind == "tcp" else not conn.raddr
-        if listening and conn.laddr and conn.laddr.port == port.port and conn.laddr.ip in wanted:
-            try:
-                cmdline = " ".join(psutil.Process(conn.pid).cmdline())[:200] if conn.pid else "?"
-            except psutil.Error:
-                cmdline = "?"
-            return f"pid {conn.pid} ({cmdline})" if conn.pid else "another program"
-    return None
+        return f"pid {pid} ({' '.join(psutil.Process(pid).cmdline())[:200]})"
+    except psutil.Error:
+        return f"pid {pid}"
 
 
 def check_ports(components: list[str]) -> None:
-    for port in layout.PORTS:
-        if port.component not in components:
-            continue
-        holder = port_holder(port)
-        if holder:
-            raise StackError(f"port {port.port}/{port.proto} on {port.host()} is taken by {holder}, so "
+    wanted = [port for port in layout.PORTS if port.component in components]
+    holders = port_holders(wanted)
+    for port in wanted:
+        if port in holders:
+            raise StackError(f"port {port.port}/{port.proto} on {port.host()} is taken by {holders[port]}, so "
                              f"{port.component} cannot start; stop that program (or its node: `dfp cluster down` "
                              "with its DFP_HOME)")
 

@@ -108,40 +108,46 @@ def _load_record(path: Path) -> dict[str, str]:
 
 
 def load_images(settings: NodeSettings, images: list[str], log: Log) -> dict[str, dict]:
-    """Import each Docker image into the node unless the same image id is there already.
-    Returns ``{image: {"name": containerd's name, "id": Docker id, "imported": bool, "seconds": s}}``."""
+    """Import the Docker images the node lacks (or holds with another image id), all in one
+    ``docker save`` so the layers they share are read once. Returns ``{image: {"name":
+    containerd's name, "id": Docker id, "imported": bool, "seconds": the import's time}}``."""
     if not settings.paths.containerd_socket.exists():
         raise StackError("the node is not running (no containerd socket); start it with `dfp cluster up`")
     record_path = settings.paths.images_record
     record = _load_record(record_path)
     present = image_names(settings)
-    result = {}
+    result, todo = {}, []
     for image in images:
-        image_id = _docker_id(image)
-        name = normalized(image)
+        image_id, name = _docker_id(image), normalized(image)
+        result[image] = {"name": name, "id": image_id, "imported": False, "seconds": 0.0}
         if record.get(name) == image_id and name in present:
             log(f"{image}: already on the node ({image_id[:19]})")
-            result[image] = {"name": name, "id": image_id, "imported": False, "seconds": 0.0}
-            continue
-        started = time.monotonic()
-        log(f"{image}: importing into the node's containerd ...")
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            imported = ctr(settings, "images", "import", "-", stdin=save.stdout, check=False, timeout=1800)
-        finally:
-            save.stdout.close()
-            save_err = save.stderr.read().decode(errors="replace").strip()
-            save.wait()
-        if save.returncode != 0:
-            raise StackError(f"`docker save {image}` failed: {(save_err.splitlines() or ['?'])[-1]}")
-        if imported.returncode != 0:
-            lines = imported.stderr.decode(errors="replace").strip().splitlines()
-            raise StackError(f"importing {image} into the node failed: {lines[-1] if lines else imported.returncode}")
-        if name not in image_names(settings):
-            raise StackError(f"importing {image} into the node made no image {name}")
-        record[name] = image_id
-        record_path.write_text(json.dumps(record, indent=1, sort_keys=True))
-        seconds = time.monotonic() - started
-        log(f"{image}: imported as {name} in {seconds:.1f}s")
-        result[image] = {"name": name, "id": image_id, "imported": True, "seconds": round(seconds, 1)}
+        else:
+            todo.append(image)
+    if not todo:
+        return result
+    started = time.monotonic()
+    log(f"importing {', '.join(todo)} into the node's containerd ...")
+    save = subprocess.Popen(["docker", "save", *todo], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        imported = ctr(settings, "images", "import", "-", stdin=save.stdout, check=False, timeout=1800)
+    finally:
+        save.stdout.close()
+        save_err = save.stderr.read().decode(errors="replace").strip()
+        save.wait()
+    if save.returncode != 0:
+        raise StackError(f"`docker save {' '.join(todo)}` failed: {(save_err.splitlines() or ['?'])[-1]}")
+    if imported.returncode != 0:
+        lines = imported.stderr.decode(errors="replace").strip().splitlines()
+        raise StackError(f"importing {', '.join(todo)} into the node failed: {lines[-1] if lines else imported.returncode}")
+    seconds = round(time.monotonic() - started, 1)
+    present = image_names(settings)
+    for image in todo:
+        entry = result[image]
+        if entry["name"] not in present:
+            raise StackError(f"importing {image} into the node made no image {entry['name']}")
+        record[entry["name"]] = entry["id"]
+        entry.update(imported=True, seconds=seconds)
+    record_path.write_text(json.dumps(record, indent=1, sort_keys=True))
+    log(f"imported {', '.join(todo)} in {seconds:.1f}s")
     return result

@@ -314,6 +314,8 @@ def down(settings: NodeSettings, log: Log = note) -> dict:
 
 def status(settings: NodeSettings) -> dict:
     records = StackState(settings.home).load() if settings.home.is_dir() else {}
+    stopped = {c.name for c in components(settings) if not _alive(records.get(c.name))}
+    holders = host.port_holders([p for p in layout.PORTS if p.component in stopped]) if stopped else {}
     entries = {}
     for component in components(settings):
         rec = records.get(component.name)
@@ -325,10 +327,9 @@ def status(settings: NodeSettings) -> dict:
             orphans = sorted(p.pid for p in rec.group())
             if orphans:  # `dfp cluster down` or `up` stops them
                 entry["orphaned_pids"] = orphans
-        if not alive:
-            holders = [h for p in layout.PORTS if p.component == component.name for h in [host.port_holder(p)] if h]
-            if holders:
-                entry["port_taken_by"] = holders[0]
+        taken = [holder for port, holder in holders.items() if port.component == component.name]
+        if taken:
+            entry["port_taken_by"] = taken[0]
         entries[component.name] = entry
     api_up = entries["kube-apiserver"]["healthy"]
     return {
