@@ -475,6 +475,8 @@ def _print_cluster(result: dict, as_json: bool) -> None:
 @cluster_app.command("up")
 def cluster_up(
     images: list[str] = typer.Option([], "--image", help="A Docker image to import into the node (repeatable)."),
+    spark_operator: bool = typer.Option(
+        False, "--spark-operator", help="Also install the Spark Operator (its chart, webhook on) watching dfp-pipeline."),
     as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
 ) -> None:
     """Start the node (containerd, etcd, control plane, kubelet, kube-proxy, CoreDNS) and wait
@@ -486,6 +488,10 @@ def cluster_up(
     result = node.up(settings)
     if images:
         result["images"] = node_images.load_images(settings, images, note)
+    if spark_operator:
+        from dfp_core.k8s import spark_operator as operator
+
+        result["spark_operator"] = operator.deploy(settings, note)
     _print_cluster(result, as_json)
 
 
