@@ -199,6 +199,7 @@ def test_down_leaves_nothing_of_ours_then_up_again(k8s_node):
 
     settings = k8s_node.settings
     pids = [c["pid"] for c in node.status(settings)["components"].values() if c["pid"]]
+    created = json.loads((settings.home / node.HOST_NETWORK_MARKER).read_text())["created"]
     result = node.down(settings, log=lambda m: None)
     assert [name for name, c in result["components"].items() if c["running"]] == []
     assert result["bridge"] is None and not host.bridge_exists()
@@ -212,5 +213,7 @@ def test_down_leaves_nothing_of_ours_then_up_again(k8s_node):
             if any(home in arg for arg in proc.info["cmdline"] or []) or "/kubepods" in open(f"/proc/{proc.pid}/cgroup").read():
                 left.append(proc.pid)
     assert left == []
+    assert [d for d in host.HOST_DIRS if d.exists() and str(d) in created] == []  # what the node made for itself
+    assert not host.CNI_CACHE.is_dir() or not list(host.CNI_CACHE.glob("dfp-k8s-*"))
     k8s_node.status = node.up(settings, log=lambda m: None)  # the data was kept: the same cluster again
     assert k8s_node.status["ready"] is True

@@ -214,6 +214,24 @@ def test_mounts_under_the_home_deepest_first(tmp_path):
     assert f"{home}/with space" in points and f"{tmp_path}/k8s-other" not in points
 
 
+def test_only_our_pods_cni_results_are_removed(tmp_path):
+    for name in ("dfp-k8s-aaa-eth0", "cni-loopback-aaa-lo", "cni-loopback-bbb-lo", "other-net-bbb-eth0"):
+        (tmp_path / name).write_text("{}")
+    assert host.remove_cni_cache("dfp-k8s", tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cni-loopback-bbb-lo", "other-net-bbb-eth0"]
+
+
+def test_created_folders_go_with_their_sockets_but_not_with_files(tmp_path):
+    made, kept = tmp_path / "kubelet", tmp_path / "cni"
+    (made / "device-plugins").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(made / "device-plugins" / "kubelet.sock"))
+    (kept / "results").mkdir(parents=True)
+    (kept / "results" / "someone-elses").write_text("{}")
+    host.remove_created_dirs([str(made), str(kept)])
+    assert not made.exists() and (kept / "results" / "someone-elses").is_file()
+
+
 def test_docker_names_become_containerds():
     assert images.normalized("dfp/kronodroid-spark:0.1.0") == "docker.io/dfp/kronodroid-spark:0.1.0"
     assert images.normalized("busybox") == "docker.io/library/busybox:latest"

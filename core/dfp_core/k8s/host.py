@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -313,3 +314,45 @@ def remove_pod_cgroups(root: Path = CGROUP_ROOT) -> int:
                 path.rmdir()
                 removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- host folders
+
+# Where the kubelet, the CNI library and containerd's shims write outside our folder whatever
+# they are told: the device-plugin socket, CNI result caches, shim sockets.
+HOST_DIRS = (Path("/var/lib/kubelet"), Path("/var/lib/cni"), Path("/run/containerd"))
+CNI_CACHE = Path("/var/lib/cni/results")
+
+
+def absent_host_dirs() -> list[str]:
+    """The host folders the node would create: ``down`` removes them again (when empty)."""
+    return [str(d) for d in HOST_DIRS if not d.exists()]
+
+
+def remove_cni_cache(network: str, cache: Path = CNI_CACHE) -> int:
+    """libcni's cached results of our pods (``<network>-<id>-eth0`` and their loopback's
+    ``cni-loopback-<id>-lo``); every pod is gone. The number of files removed."""
+    try:
+        names = os.listdir(cache)
+    except OSError:
+        return 0
+    ids = {n[len(network) + 1:].rsplit("-", 1)[0] for n in names if n.startswith(network + "-")}
+    ours = [n for n in names if n.startswith(network + "-") or
+            (n.startswith("cni-loopback-") and n[len("cni-loopback-"):].rsplit("-", 1)[0] in ids)]
+    for name in ours:
+        with contextlib.suppress(OSError):
+            (cache / name).unlink()
+    return len(ours)
+
+
+def remove_created_dirs(created: list[str]) -> None:
+    """Folders the node created, with the sockets left in them, when nothing else is there."""
+    for root in created:
+        for base, dirs, files in os.walk(root, topdown=False):
+            for name in files:
+                path = Path(base, name)
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
+            with contextlib.suppress(OSError):
+                Path(base).rmdir()

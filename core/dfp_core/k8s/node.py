@@ -13,6 +13,7 @@ previous one is healthy, and waits until the node is Ready. What already runs he
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -183,9 +184,12 @@ def up(settings: NodeSettings, log: Log = note) -> dict:
         if made:
             log(f"certificates made: {', '.join(made)}")
         render.write_configs(settings.paths)
+        marker = settings.home / HOST_NETWORK_MARKER
+        if not marker.exists():  # from the first `up` on: what `down` takes away again
+            marker.write_text(json.dumps({"bridge": layout.BRIDGE, "chain": layout.IPTABLES_CHAIN,
+                                          "created": host.absent_host_dirs()}))
         host.ensure_bridge()
         host.ensure_iptables()
-        (settings.home / HOST_NETWORK_MARKER).write_text(f"{layout.BRIDGE} {layout.IPTABLES_CHAIN}\n")
         log(f"host: cgroup {mode}, bridge {layout.BRIDGE} at {layout.host_address()}, iptables chain "
             f"{layout.IPTABLES_CHAIN}")
         commands = render.commands(settings)
@@ -280,7 +284,13 @@ def _clean_host(settings: NodeSettings, log: Log) -> None:
     if host.delete_bridge():
         log(f"deleted bridge {layout.BRIDGE}")
     shutil.rmtree(settings.paths.cni_ipam, ignore_errors=True)  # every pod is gone: no address is in use
+    host.remove_cni_cache(render.cni_conflist(settings.paths)["name"])
     host.remove_pod_cgroups()
+    try:
+        created = json.loads(marker.read_text()).get("created", [])
+    except ValueError:  # a marker from before it was JSON
+        created = []
+    host.remove_created_dirs(created)
     marker.unlink()
 
 
