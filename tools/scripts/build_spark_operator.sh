@@ -3,8 +3,10 @@
 # operator version in $DFP_CACHE_DIR/spark-operator/<version>/ (default ~/.cache/dfp):
 #   spark-operator  from the vendored release source (../shared/vendor, never copied into this
 #                   repository: unpacked into the cache), CGO off, every dependency from the Go
-#                   module proxy, pinned by the release's own go.sum;
-#   helm            from tools/helm/ (our wrapper module), to install the release's chart;
+#                   module proxy, pinned by the release's own go.mod/go.sum;
+#   helm            the helm the release's own end-to-end tests install its chart with (its go.mod
+#                   requires helm.sh/helm/v3), built in the same `go build`, so the Kubernetes
+#                   libraries they share compile once;
 #   src/            the unpacked release: its chart (CRDs inside), Dockerfile and entrypoint.sh.
 # With --image it also builds the image dfp/spark-operator:<version> FROM the project's Spark
 # image (dfp/kronodroid-spark, `make images`), as the release's Dockerfile does FROM apache/spark.
@@ -22,45 +24,43 @@ want_image=false
 [ "${1:-}" = "--image" ] && want_image=true
 cache="${DFP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dfp}"
 out="$cache/spark-operator/$version"
-operator_stamp=$archive_sha256
-helm_stamp=$(cat "$root/tools/helm/go.mod" "$root/tools/helm/go.sum" | sha256sum | cut -d' ' -f1)
-helm_version=$(awk '$1 == "helm.sh/helm/v3" {print $2} $1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$root/tools/helm/go.mod" | head -n1)
+commit=43afb8bbd32463037d8fb6e414e252c69081882b
 
 mkdir -p "$out"
 exec 9>"$out.lock"
 flock 9
-fresh() { [ -x "$out/$1" ] && [ "$(cat "$out/.$1-built" 2>/dev/null)" = "$2" ]; }
-if fresh spark-operator "$operator_stamp" && [ -d "$out/src" ] && fresh helm "$helm_stamp"; then
+if [ -x "$out/spark-operator" ] && [ -x "$out/helm" ] && [ -d "$out/src" ] && [ "$(cat "$out/.built" 2>/dev/null)" = "$archive_sha256" ]; then
   echo "spark-operator $version: cached binaries in $out" >&2
 else
-  command -v go >/dev/null 2>&1 || fail "Go is not installed; it is needed once to build the Spark Operator $version (Go >= 1.25)"
+  [ -f "$archive" ] || fail "the Spark Operator's release source is not at $archive (../shared/vendor/README.md); set DFP_SPARK_OPERATOR_ARCHIVE to it"
+  echo "$archive_sha256  $archive" | sha256sum --check --status \
+    || fail "$archive is not the vendored $version release (sha256 differs)"
+  command -v go >/dev/null 2>&1 || fail "Go is not installed; it is needed once to build the Spark Operator $version (Go >= 1.24)"
   own_caches=true
   if [ -n "${GOMODCACHE:-}" ] || [ -n "${GOCACHE:-}" ]; then own_caches=false; fi
   export GOMODCACHE="${GOMODCACHE:-$cache/spark-operator/go/mod}" GOCACHE="${GOCACHE:-$cache/spark-operator/go/build}"
   export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly -modcacherw"
   start=$(date +%s)
-  if ! fresh spark-operator "$operator_stamp" || [ ! -d "$out/src" ]; then
-    [ -f "$archive" ] || fail "the Spark Operator's release source is not at $archive (../shared/vendor/README.md); set DFP_SPARK_OPERATOR_ARCHIVE to it"
-    echo "$archive_sha256  $archive" | sha256sum --check --status \
-      || fail "$archive is not the vendored $version release (sha256 differs)"
-    rm -rf "$out/src" "$out/src.tmp" && mkdir -p "$out/src.tmp"
-    tar -xzf "$archive" -C "$out/src.tmp" --strip-components=1
-    echo "spark-operator $version: building the operator from the release source (CGO off)..." >&2
-    ( cd "$out/src.tmp" && go mod download && go build -trimpath -buildvcs=false \
-        -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitCommit=43afb8bbd32463037d8fb6e414e252c69081882b -X k8s.io/component-base/version.gitTreeState=clean" \
-        -o "$out/spark-operator.tmp" ./cmd/operator ) || fail "go build of the Spark Operator $version failed (output above)"
-    mv "$out/spark-operator.tmp" "$out/spark-operator"
-    mv "$out/src.tmp" "$out/src"
-    echo "$operator_stamp" > "$out/.spark-operator-built"
-  fi
-  if ! fresh helm "$helm_stamp"; then
-    echo "spark-operator $version: building helm $helm_version (tools/helm)..." >&2
-    ( cd "$root/tools/helm" && go mod download && go build -trimpath -buildvcs=false \
-        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-        -o "$out/helm.tmp" helm.sh/helm/v3/cmd/helm ) || fail "go build of helm $helm_version failed (output above)"
-    mv "$out/helm.tmp" "$out/helm"
-    echo "$helm_stamp" > "$out/.helm-built"
-  fi
+  rm -rf "$out/src" "$out/src.tmp" "$out/bin.tmp" && mkdir -p "$out/src.tmp" "$out/bin.tmp"
+  tar -xzf "$archive" -C "$out/src.tmp" --strip-components=1
+  helm_version=$(awk '$1 == "helm.sh/helm/v3" {print $2}' "$out/src.tmp/go.mod")
+  [ -n "$helm_version" ] || fail "the Spark Operator $version's go.mod names no helm.sh/helm/v3"
+  echo "spark-operator $version: building the operator and helm $helm_version from the release's module (CGO off)..." >&2
+  ver=k8s.io/component-base/version
+  # The operator builds from the release's go.sum alone (checked first, read-only); helm's command
+  # needs a few modules more (plugin installers, docs) whose go.sum lines the release, which uses
+  # helm's library, does not carry: they come at the versions its module graph names, checked
+  # against the Go checksum database like every download.
+  ( cd "$out/src.tmp" && go mod download && go list -deps ./cmd/operator >/dev/null \
+      && GOFLAGS="${GOFLAGS/-mod=readonly/-mod=mod}" go build -trimpath -buildvcs=false \
+      -ldflags "-s -w -X $ver.gitVersion=$version -X $ver.gitCommit=$commit -X $ver.gitTreeState=clean -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+      -o "$out/bin.tmp/" ./cmd/operator helm.sh/helm/v3/cmd/helm ) \
+    || fail "go build of the Spark Operator $version failed (output above)"
+  mv "$out/bin.tmp/operator" "$out/spark-operator"
+  mv "$out/bin.tmp/helm" "$out/helm"
+  rmdir "$out/bin.tmp"
+  mv "$out/src.tmp" "$out/src"
+  echo "$archive_sha256" > "$out/.built"
   echo "spark-operator $version: built in $(( $(date +%s) - start ))s -> $out" >&2
   if $own_caches; then
     go clean -cache
@@ -72,7 +72,8 @@ if $want_image; then
   docker image inspect "$spark_image" >/dev/null 2>&1 \
     || fail "the Docker engine has no $spark_image, which the operator image is built on; build it first (tools/scripts/build_images.sh spark)"
   spark_id=$(docker image inspect --format '{{.Id}}' "$spark_image")
-  stamp="$operator_stamp-$(sha256sum "$root/tools/docker/Dockerfile.spark-operator" | cut -c1-16)"
+  # The image follows the binary, the release's entrypoint and our Dockerfile.
+  stamp=$(cat "$out/spark-operator" "$out/src/entrypoint.sh" "$root/tools/docker/Dockerfile.spark-operator" | sha256sum | cut -c1-32)
   have=$(docker image inspect --format '{{index .Config.Labels "dfp.spark-operator.base"}},{{index .Config.Labels "dfp.spark-operator.build"}}' "$image" 2>/dev/null || true)
   if [ "$have" = "$spark_id,$stamp" ]; then
     echo "spark-operator $version: image $image is up to date" >&2
