@@ -32,6 +32,8 @@ feast_app = typer.Typer(no_args_is_help=True, help="The Feast feature repository
 app.add_typer(feast_app, name="feast")
 runs_app = typer.Typer(no_args_is_help=True, help="Transform runs on lakeFS: list them, remove abandoned ones.")
 app.add_typer(runs_app, name="runs")
+cluster_app = typer.Typer(no_args_is_help=True, help="A one-node Kubernetes cluster on this machine (root).")
+app.add_typer(cluster_app, name="cluster")
 
 
 def emit(summary: dict) -> None:
@@ -452,6 +454,79 @@ def evaluate_cmd(
         for line in operating_point_lines(point["threshold"], point["target_fpr"], point, point.get("score")):
             note(line)
     emit(result)
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+def _node_settings():
+    from dfp_core.k8s.layout import NodeSettings
+
+    return NodeSettings.from_env(os.environ)
+
+
+def _print_cluster(result: dict, as_json: bool) -> None:
+    """A table for people on stderr (unless --json), the JSON object last on stdout."""
+    if not as_json:
+        for name, entry in result["components"].items():
+            state = "healthy" if entry["healthy"] else ("running" if entry["running"] else "stopped")
+            pid = f" pid {entry['pid']}" if entry["pid"] else ""
+            note(f"{name:24s} {state:8s}{pid}")
+            if entry.get("orphaned_pids"):
+                note(f"  its leader is gone but pids {', '.join(map(str, entry['orphaned_pids']))} still run: "
+                     "`dfp cluster down` stops them")
+            if entry.get("port_taken_by"):
+                note(f"  its port is held by {entry['port_taken_by']}")
+        note(f"node {result['node']}: {'Ready' if result['ready'] else 'not ready'}; pods reach this host at "
+             f"{result['host_address']}; kubeconfig: {result['kubeconfig']}")
+    emit(result)
+
+
+@cluster_app.command("up")
+def cluster_up(
+    images: list[str] = typer.Option([], "--image", help="A Docker image to import into the node (repeatable)."),
+    spark_operator: bool = typer.Option(
+        False, "--spark-operator", help="Also install the Spark Operator (its chart, webhook on) watching dfp-pipeline."),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON."),
+) -> None:
+    """Start the node (containerd, etcd, control plane, kubelet, kube-proxy, CoreDNS) and wait
+    until it is Ready; idempotent."""
+    from dfp_core.k8s import images as node_images
+    from dfp_core.k8s import node
+
+    settings = _node_settings()
+    result = node.up(settings)
+    if images:
+        result["images"] = node_images.load_images(settings, images, note)
+    if spark_operator:
+        from dfp_core.k8s import spark_operator as operator
+
+        result["spark_operator"] = operator.deploy(settings, note)
+    _print_cluster(result, as_json)
+
+
+@cluster_app.command("status")
+def cluster_status(as_json: bool = typer.Option(False, "--json", help="Print only JSON.")) -> None:
+    """Each process of the node and whether the node is Ready."""
+    from dfp_core.k8s import node
+
+    _print_cluster(node.status(_node_settings()), as_json)
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop what `up` started, kill the pods, remove the bridge, iptables chains and mounts (data is kept)."""
+    from dfp_core.k8s import node
+
+    _print_cluster(node.down(_node_settings()), as_json=True)
+
+
+@cluster_app.command("load-images")
+def cluster_load_images(images: list[str] = typer.Argument(..., help="Docker images (e.g. dfp/kronodroid-spark:0.1.0).")) -> None:
+    """Import images from the Docker engine into the node (skipped when the same image id is there)."""
+    from dfp_core.k8s import images as node_images
+
+    emit({"images": node_images.load_images(_node_settings(), images, note)})
 
 
 def _print_status(result: dict, as_json: bool) -> None:

@@ -645,6 +645,10 @@ def _terminate(record: ProcessRecord, timeout: float = 20) -> bool:
     return True
 
 
+# The Kubernetes node (dfp_core.k8s) supervises its processes the same way.
+terminate, port_free, last_error_line = _terminate, _port_free, _last_error_line
+
+
 # --------------------------------------------------------------------------- commands
 
 
