@@ -471,13 +471,13 @@ def _print_cluster(result: dict, as_json: bool) -> None:
         for name, entry in result["components"].items():
             state = "healthy" if entry["healthy"] else ("running" if entry["running"] else "stopped")
             pid = f" pid {entry['pid']}" if entry["pid"] else ""
-            note(f"{name:24s} {state:8s}{pid}")
+            show(f"{name:24s} {state:8s}{pid}")
             if entry.get("orphaned_pids"):
-                note(f"  its leader is gone but pids {', '.join(map(str, entry['orphaned_pids']))} still run: "
+                show(f"  its leader is gone but pids {', '.join(map(str, entry['orphaned_pids']))} still run: "
                      "`dfp cluster down` stops them")
             if entry.get("port_taken_by"):
-                note(f"  its port is held by {entry['port_taken_by']}")
-        note(f"node {result['node']}: {'Ready' if result['ready'] else 'not ready'}; pods reach this host at "
+                show(f"  its port is held by {entry['port_taken_by']}")
+        show(f"node {result['node']}: {'Ready' if result['ready'] else 'not ready'}; pods reach this host at "
              f"{result['host_address']}; kubeconfig: {result['kubeconfig']}")
     emit(result)
 

@@ -4,7 +4,8 @@ are read from the CLI itself, so a new command without a case here fails the tes
 
 Success is run here for every command but the long ones; those end with a parsed JSON line
 in their own suites: quickstart (test_pipeline), pipeline run-local (test_pipeline),
-reproduce (test_reproduce), evaluate and feast apply (test_training)."""
+reproduce (test_reproduce), evaluate and feast apply (test_training), cluster up and load-images
+(test_k8s_node, root only)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from dfp_core.ml.serve import wait_until_ready
 from dfp_core.stack import free_port
 
 DFP = [sys.executable, "-m", "dfp_core.cli"]
-LONG = {"quickstart", "pipeline run-local", "reproduce", "evaluate", "feast apply"}
+LONG = {"quickstart", "pipeline run-local", "reproduce", "evaluate", "feast apply",
+        "cluster up", "cluster load-images"}  # the node's: test_k8s_node
 
 
 def _commands(group: typer.Typer = app, prefix: str = "") -> set[str]:
@@ -44,6 +46,9 @@ def _failures(tmp: Path) -> dict[str, tuple[list[str], dict]]:
     corrupt.mkdir(exist_ok=True)
     (corrupt / "state.json").write_text("{not json")
     bad_home = {"DFP_HOME": str(corrupt)}
+    (corrupt / "k8s").mkdir(exist_ok=True)
+    (corrupt / "k8s" / "state.json").write_text("{not json")
+    no_binaries = {"DFP_HOME": str(tmp / "node-home"), "DFP_K8S_BIN_DIR": str(tmp / "no-binaries")}
     return {
         "generate": (["generate", "--out", str(tmp / "g"), "--rows", "1"], {}),
         "transform": (["transform", "--input", str(tmp / "nowhere")], {}),
@@ -64,6 +69,10 @@ def _failures(tmp: Path) -> dict[str, tuple[list[str], dict]]:
         "stack down": (["stack", "down"], bad_home),
         "stack status": (["stack", "status"], bad_home),
         "stack reset": (["stack", "reset"], {}),
+        "cluster up": (["cluster", "up"], no_binaries),
+        "cluster status": (["cluster", "status"], bad_home),
+        "cluster down": (["cluster", "down"], bad_home),
+        "cluster load-images": (["cluster", "load-images", "dfp/no-such-image:0"], {"DFP_HOME": str(tmp / "node-home")}),
     }
 
 
@@ -104,6 +113,8 @@ def test_every_command_succeeds_with_a_json_line_last(stack, repo, small_input, 
     empty = {"DFP_HOME": str(tmp_path / "empty-home")}
     ok("stack down", ["stack", "down"], empty)
     ok("stack reset", ["stack", "reset", "--yes"], empty)
+    ok("cluster status", ["cluster", "status"], empty)
+    ok("cluster down", ["cluster", "down"], empty)
 
     port = free_port()
     server = subprocess.Popen([*DFP, "serve", "--model-uri", uri, "--port", str(port)], stdout=subprocess.PIPE,
