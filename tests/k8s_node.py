@@ -103,3 +103,17 @@ def ensure_probe_image() -> str:
     if made.returncode != 0:
         pytest.skip(f"cannot make the probe image with the Docker engine: {made.stderr.decode().strip()[-200:]}")
     return PROBE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def spark_operator(k8s_node) -> dict:
+    """The Spark Operator on the session's node (what ``spark_operator.deploy`` returns), with
+    the pipeline images built from this checkout first (the operator's image is built on top
+    of the Spark image)."""
+    from dfp_core.k8s import spark_operator as operator
+    from tests.images import PIPELINE_IMAGES, build_images
+
+    if not operator.VENDORED.is_file():
+        pytest.skip(f"no vendored Spark Operator release at {operator.VENDORED} (../shared/vendor)")
+    build_images(*PIPELINE_IMAGES)
+    return operator.deploy(k8s_node.settings, log=lambda m: None)

@@ -15,8 +15,8 @@ import yaml
 CRD_PATH = "config/crd/full/serving.kserve.io_inferenceservices.yaml"
 
 
-def inference_service_schema(version: str) -> dict | None:
-    """The v1beta1 openAPIV3Schema, or None when Go is not installed."""
+def inference_service_crd(version: str) -> dict | None:
+    """KServe's InferenceService CRD, or None when Go is not installed."""
     go = shutil.which("go")
     if go is None:
         return None
@@ -27,7 +27,14 @@ def inference_service_schema(version: str) -> dict | None:
     if done.returncode != 0 or "Zip" not in info:
         raise RuntimeError(f"go mod download github.com/kserve/kserve@{version} failed: {info.get('Error') or done.stderr[-500:]}")
     with zipfile.ZipFile(info["Zip"]) as archive:
-        crd = yaml.safe_load(archive.read(f"github.com/kserve/kserve@{version}/{CRD_PATH}"))
+        return yaml.safe_load(archive.read(f"github.com/kserve/kserve@{version}/{CRD_PATH}"))
+
+
+def inference_service_schema(version: str) -> dict | None:
+    """The v1beta1 openAPIV3Schema, or None when Go is not installed."""
+    crd = inference_service_crd(version)
+    if crd is None:
+        return None
     [served] = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
     return served["schema"]["openAPIV3Schema"]
 

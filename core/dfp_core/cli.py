@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from dfp_core.errors import DfpError
-from dfp_core.params import Field, TrainConfig, TransformConfig, format_value, params_of, parse_value
+from dfp_core.params import Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of, parse_value
 from dfp_core.progress import error, note, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -249,7 +249,7 @@ def pipeline_compile(
 
 def _pipeline_options() -> list[tuple[Field, str]]:
     """(field, pipeline parameter) of every config field both flagged and in the pipeline."""
-    return [(f, f.param.pipeline) for cls in (TransformConfig, TrainConfig) for f in params_of(cls)
+    return [(f, f.param.pipeline) for cls in (TransformConfig, TrainConfig, SparkJobConfig) for f in params_of(cls)
             if f.param.cli and f.param.pipeline]
 
 
@@ -280,12 +280,16 @@ def pipeline_run_local(
     run_transform: bool = typer.Option(True, "--run-transform/--no-run-transform", help="false: train on target_branch's current head."),
     runner: str = typer.Option("subprocess", "--runner", help="subprocess (this environment) or docker (the built images)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (env MLFLOW_TRACKING_URI)."),
+    kubeconfig: Optional[Path] = typer.Option(
+        None, "--kubeconfig", help="--runner docker with --spark-mode kubernetes: the cluster the transform step "
+        "submits its SparkApplication to, as the account this kubeconfig names (env KUBECONFIG)."),
 ) -> None:
     """Run the pipeline end to end with KFP's local runner against the local stack."""
     from dfp_kfp.local_run import run_pipeline_locally
 
+    kubeconfig = kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     with runtime("kfp-local", mlflow={"tracking_uri": tracking_uri}) as rt:
-        emit(run_pipeline_locally(rt, runner=runner, run_transform=run_transform, **params))
+        emit(run_pipeline_locally(rt, runner=runner, run_transform=run_transform, kubeconfig=kubeconfig, **params))
 
 
 @app.command("quickstart")

@@ -194,6 +194,31 @@ class TransformConfig:
         return dataclasses.replace(self, repo=self.repo or settings.lakefs.repository)
 
 
+SPARK_MODES = ("auto", "kubernetes", "local")
+
+
+@dataclass(frozen=True)
+class SparkJobConfig:
+    """Where the pipeline's transform step runs its Spark job: ``spark-submit`` in local mode
+    inside the step, or a Spark Operator ``SparkApplication`` on the cluster. The job's image
+    is the pipeline's ``spark_image`` (its default is the image it was compiled with)."""
+
+    mode: str = param("auto", "auto (the Spark Operator when the step runs in a pod, else local), kubernetes or "
+                              "local.", choices=SPARK_MODES, flag="--spark-mode", pipeline="spark_mode")
+    namespace: str = param("kubeflow", "Namespace of the SparkApplication; the Spark Operator must watch it.",
+                           flag="--spark-namespace", pipeline="spark_namespace")
+    timeout_seconds: int = param(3600, "Seconds the SparkApplication may take before it is deleted and the step "
+                                       "fails.", min=1, flag="--spark-timeout-seconds", pipeline="spark_timeout_seconds")
+    executor_instances: int = param(2, "Executor pods of the SparkApplication (one core each).", min=1,
+                                    flag="--spark-executor-instances", pipeline="spark_executor_instances")
+    service_account: str = param("spark", "Service account of the SparkApplication's driver (manifests/"
+                                          "spark-rbac.yaml).", flag="--spark-service-account",
+                                 pipeline="spark_service_account")
+
+    def __post_init__(self):
+        check_bounds(SparkJobConfig, dataclasses.asdict(self))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (logged as MLflow params)."""

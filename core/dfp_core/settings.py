@@ -190,6 +190,8 @@ class SparkSettings:
 @dataclass(frozen=True)
 class StackSettings:
     home: Path
+    # Where lakeFS and MLflow listen (DFP_STACK_HOST): loopback, or an address of this machine
+    # that others must reach too, e.g. the Kubernetes node's bridge (`dfp cluster status`).
     host: str = "127.0.0.1"
     lakefs_port: int = 8000
     mlflow_port: int = 5000
@@ -219,6 +221,7 @@ class StackSettings:
             raise ConfigError(f"DFP_STACK_PROFILE must be one of {', '.join(STACK_PROFILES)}, got {profile!r}")
         return cls(
             home=dfp_home(env),
+            host=env.get("DFP_STACK_HOST") or cls.host,
             lakefs_port=_int(env, "DFP_LAKEFS_PORT", cls.lakefs_port),
             mlflow_port=_int(env, "DFP_MLFLOW_PORT", cls.mlflow_port),
             cache=cache_dir(env),

@@ -304,25 +304,35 @@ def _healthy(url: str) -> bool:
         return False
 
 
+LOOPBACK = "127.0.0.1"
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
     port_env: str
     port_setting: str  # the StackSettings field holding its port
     startup_timeout: float
+    # Clients reach it at the stack's address (DFP_STACK_HOST); the others only ever serve
+    # the stack's own servers, so they stay on loopback whatever that address is (the ACL
+    # server authenticates no caller).
+    public: bool = True
 
     def port(self, settings: StackSettings) -> int:
         return getattr(settings, self.port_setting)
 
+    def host(self, settings: StackSettings) -> str:
+        return settings.host if self.public else LOOPBACK
+
     def endpoint(self, settings: StackSettings) -> str:
         scheme = "postgresql" if self.name == "postgres" else "http"
-        return f"{scheme}://{settings.host}:{self.port(settings)}"
+        return f"{scheme}://{self.host(settings)}:{self.port(settings)}"
 
 
 LAKEFS = Service("lakefs", "DFP_LAKEFS_PORT", "lakefs_port", 90)
-LAKEFS_ACL = Service("lakefs-acl", "DFP_LAKEFS_ACL_PORT", "lakefs_acl_port", 60)
+LAKEFS_ACL = Service("lakefs-acl", "DFP_LAKEFS_ACL_PORT", "lakefs_acl_port", 60, public=False)
 MLFLOW = Service("mlflow", "DFP_MLFLOW_PORT", "mlflow_port", 180)
-POSTGRES = Service("postgres", "DFP_POSTGRES_PORT", "postgres_port", 60)
+POSTGRES = Service("postgres", "DFP_POSTGRES_PORT", "postgres_port", 60, public=False)
 SEAWEEDFS = Service("seaweedfs", "DFP_S3_PORT", "s3_port", 90)
 BY_NAME = {svc.name: svc for svc in (POSTGRES, SEAWEEDFS, LAKEFS_ACL, LAKEFS, MLFLOW)}
 HEALTH_PATHS = {"lakefs": "/api/v1/healthcheck", "mlflow": "/health", "lakefs-acl": lakefs_acl.HEALTH_PATH}
@@ -336,7 +346,7 @@ def services(profile: str, acl: bool = False) -> list[Service]:
 def _service_healthy(service: Service, endpoint: str, settings: StackSettings, creds: dict[str, str]) -> bool:
     if service is POSTGRES:
         port = urlsplit(endpoint).port or settings.postgres_port
-        return postgres_server.healthy(postgres_server.bin_dir(settings.postgres_bin_dir), settings.host, port,
+        return postgres_server.healthy(postgres_server.bin_dir(settings.postgres_bin_dir), LOOPBACK, port,
                                        creds.get("DFP_POSTGRES_PASSWORD", ""))
     if service is SEAWEEDFS:
         return seaweedfs_server.healthy(endpoint)
@@ -390,7 +400,7 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str], profile: str
         }}
         env.update({
             "LAKEFS_DATABASE_POSTGRES_CONNECTION_STRING": postgres_server.url(
-                settings.host, settings.postgres_port, "lakefs", creds["DFP_POSTGRES_PASSWORD"], scheme="postgres"),
+                LOOPBACK, settings.postgres_port, "lakefs", creds["DFP_POSTGRES_PASSWORD"], scheme="postgres"),
             "LAKEFS_BLOCKSTORE_S3_CREDENTIALS_ACCESS_KEY_ID": creds["DFP_S3_ACCESS_KEY_ID"],
             "LAKEFS_BLOCKSTORE_S3_CREDENTIALS_SECRET_ACCESS_KEY": creds["DFP_S3_SECRET_ACCESS_KEY"],
         })
@@ -404,7 +414,7 @@ def _lakefs_command(settings: StackSettings, creds: dict[str, str], profile: str
 def _lakefs_acl_command(settings: StackSettings, creds: dict[str, str], profile: str) -> tuple[list[str], dict[str, str]]:
     base = settings.home / ACL_DIR
     (base / "metadata").mkdir(parents=True, exist_ok=True)
-    config: dict = {"listen_address": f"{settings.host}:{settings.lakefs_acl_port}",
+    config: dict = {"listen_address": f"{LOOPBACK}:{settings.lakefs_acl_port}",
                     "database": {"type": "local", "local": {"path": str(base / "metadata")}}}
     env = _server_env(("ACLSERVER_",))
     # It encrypts the secret keys it stores with lakeFS's own secret, which lakeFS decrypts.
@@ -412,7 +422,7 @@ def _lakefs_acl_command(settings: StackSettings, creds: dict[str, str], profile:
     if profile == "s3":
         config["database"] = {"type": "postgres", "postgres": {"max_open_connections": 5}}
         env["ACLSERVER_DATABASE_POSTGRES_CONNECTION_STRING"] = postgres_server.url(
-            settings.host, settings.postgres_port, "lakefs_acl", creds["DFP_POSTGRES_PASSWORD"], scheme="postgres")
+            LOOPBACK, settings.postgres_port, "lakefs_acl", creds["DFP_POSTGRES_PASSWORD"], scheme="postgres")
     config_path = base / "config.yaml"
     config_path.write_text(json.dumps(config, indent=2))
     return [str(lakefs_acl_binary(settings)), "run", "--config", str(config_path)], env
@@ -434,7 +444,7 @@ def _mlflow_command(settings: StackSettings, creds: dict[str, str], profile: str
     if profile == "s3":
         # Through the environment, so the password is in no command line and no log.
         env.update({
-            "MLFLOW_BACKEND_STORE_URI": postgres_server.url(settings.host, settings.postgres_port, "mlflow",
+            "MLFLOW_BACKEND_STORE_URI": postgres_server.url(LOOPBACK, settings.postgres_port, "mlflow",
                                                             creds["DFP_POSTGRES_PASSWORD"], scheme="postgresql+psycopg2"),
             "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{seaweedfs_server.BUCKETS[1]}/artifacts",
             "MLFLOW_S3_ENDPOINT_URL": f"http://{settings.host}:{settings.s3_port}",
@@ -479,7 +489,7 @@ def _postgres_command(settings: StackSettings, creds: dict[str, str]) -> tuple[l
     bindir = postgres_server.bin_dir(settings.postgres_bin_dir)
     data = postgres_server.init_cluster(settings.home, bindir, creds["DFP_POSTGRES_PASSWORD"])
     env = _server_env(("PG",))
-    return postgres_server.server_command(bindir, data, settings.host, settings.postgres_port), env
+    return postgres_server.server_command(bindir, data, LOOPBACK, settings.postgres_port), env
 
 
 def _seaweedfs_command(settings: StackSettings, creds: dict[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -534,7 +544,7 @@ def _after_start(service: Service, settings: StackSettings, creds: dict[str, str
     if service is LAKEFS and profile == "s3":
         _setup_lakefs(service.endpoint(settings), creds)
     elif service is POSTGRES:
-        postgres_server.ensure_databases(postgres_server.bin_dir(settings.postgres_bin_dir), settings.host,
+        postgres_server.ensure_databases(postgres_server.bin_dir(settings.postgres_bin_dir), LOOPBACK,
                                          settings.postgres_port, creds["DFP_POSTGRES_PASSWORD"])
     elif service is SEAWEEDFS:
         seaweedfs_server.ensure_buckets(service.endpoint(settings), creds["DFP_S3_ACCESS_KEY_ID"],
@@ -574,7 +584,7 @@ def _taken_by(port: int) -> str:
 
 
 def _start(service: Service, settings: StackSettings, creds: dict[str, str], profile: str, log: Log) -> ProcessRecord:
-    host, port = settings.host, service.port(settings)
+    host, port = service.host(settings), service.port(settings)
     if not _port_free(host, port):
         raise StackError(
             f"port {port} on {host} is taken by {_taken_by(port)}, so {service.name} cannot start; "
@@ -795,6 +805,8 @@ def running(settings: StackSettings, log: Log = note, repository: str = LakeFSSe
         "DFP_LAKEFS_PORT": str(settings.lakefs_port),
         "DFP_MLFLOW_PORT": str(settings.mlflow_port),
     }
+    if settings.host != LOOPBACK:
+        env["DFP_STACK_HOST"] = settings.host
     if profile_of(settings) == "s3":
         env.update({"DFP_POSTGRES_PORT": str(settings.postgres_port), "DFP_S3_PORT": str(settings.s3_port)})
     if lakefs_acl_of(settings):

@@ -18,7 +18,7 @@ import pytest
 from dfp_core import __version__, lineage
 from dfp_core.errors import DfpError
 from dfp_core.kronodroid.generator import generate
-from tests.images import skip_without_disk
+from tests.images import PIPELINE_IMAGES, build_images, skip_without_disk
 from tests.inputs import archive_rows, csv_text
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -35,11 +35,7 @@ def images():
         client = docker_client()
     except DockerError as exc:
         pytest.skip(f"{exc} (tools/scripts/docker_engine.sh installs and starts one, as root)")
-    done = subprocess.run([str(REPO_ROOT / "tools/scripts/build_images.sh"), "train", "spark"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=3600)
-    skip_without_disk(done)
-    assert done.returncode == 0, done.stderr[-4000:]
-    built = json.loads(done.stdout.strip().splitlines()[-1])
+    built = build_images(*PIPELINE_IMAGES)
     assert {i["image"] for i in built["images"].values()} == {TRAIN_IMAGE, SPARK_IMAGE}
     return client
 

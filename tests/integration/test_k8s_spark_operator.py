@@ -6,13 +6,10 @@ a ConfigMap, which the webhook mounts into the driver and executor pods) reaches
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
 
-from tests.images import skip_without_disk
-from tests.k8s_node import REPO_ROOT
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -27,18 +24,8 @@ spark.stop()
 
 
 @pytest.fixture(scope="module")
-def operator(k8s_node):
-    from dfp_core.k8s import spark_operator
-
-    if not spark_operator.VENDORED.is_file():
-        pytest.skip(f"no vendored Spark Operator release at {spark_operator.VENDORED} (../shared/vendor)")
-    have = subprocess.run(["docker", "image", "inspect", spark_operator.SPARK_IMAGE], capture_output=True)
-    if have.returncode != 0:  # .ci/run pre-builds it; else from the layer cache
-        built = subprocess.run(["bash", str(REPO_ROOT / "tools" / "scripts" / "build_images.sh"), "spark"],
-                               capture_output=True, text=True)
-        skip_without_disk(built)
-        assert built.returncode == 0, built.stderr[-3000:]
-    return spark_operator.deploy(k8s_node.settings, log=lambda m: None)
+def operator(spark_operator):
+    return spark_operator
 
 
 def _get(node, *args: str) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dfp_core.params import (
-    TrainConfig, TransformConfig, from_pipeline, params_of, pipeline_default, pipeline_fields, to_arguments,
+    SparkJobConfig, TrainConfig, TransformConfig, from_pipeline, params_of, pipeline_default, pipeline_fields, to_arguments,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,14 +116,13 @@ def _pipeline_parameters() -> dict:
 
 def test_the_pipeline_exposes_every_config_parameter_with_its_default():
     inputs = _pipeline_parameters()
-    for cls in (TransformConfig, TrainConfig):
+    for cls in (TransformConfig, TrainConfig, SparkJobConfig):
         for name, fld in pipeline_fields(cls).items():
             assert name in inputs, f"{cls.__name__}.{fld.name} is not a pipeline parameter ({name})"
             assert inputs[name].default == pipeline_default(fld), (name, inputs[name].default, fld.default)
     # Every other parameter is the pipeline's own (where to run, on what), named here once.
-    own = {"run_transform", "lakefs_endpoint", "mlflow_tracking_uri", "spark_mode", "spark_image", "spark_namespace",
-           "spark_timeout_seconds"}
-    configured = set(pipeline_fields(TransformConfig)) | set(pipeline_fields(TrainConfig))
+    own = {"run_transform", "lakefs_endpoint", "mlflow_tracking_uri", "spark_image"}
+    configured = set(pipeline_fields(TransformConfig)) | set(pipeline_fields(TrainConfig)) | set(pipeline_fields(SparkJobConfig))
     assert set(inputs) == configured | own
     # The time split and the ratios are there (and a pipeline value makes the config).
     assert from_pipeline(TransformConfig, {"split_mode": "time", "train_end_year": 2015, "val_end_year": 2016,
@@ -136,7 +135,7 @@ def test_each_component_takes_its_configs_parameters():
     from dfp_kfp.components.train_kronodroid_autoencoder_component import train_kronodroid_autoencoder
 
     transform = set(kronodroid_spark_transform.component_spec.inputs)
-    assert set(pipeline_fields(TransformConfig)) <= transform
+    assert set(pipeline_fields(TransformConfig)) | set(pipeline_fields(SparkJobConfig)) <= transform
     train = set(train_kronodroid_autoencoder.component_spec.inputs)
     assert set(pipeline_fields(TrainConfig)) <= train
     merge = set(lakefs_commit_merge.component_spec.inputs)

@@ -10,12 +10,13 @@ so the containers reach the local lakeFS and MLflow; the Spark step runs
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dfp_core.errors import ConfigError
+from dfp_core.errors import ConfigError, DfpError
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -23,8 +24,19 @@ if TYPE_CHECKING:  # pragma: no cover
 RUNNERS = ("subprocess", "docker")
 
 
-def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None):
-    """A DockerRunner for the local stack, after checking the engine and the images."""
+class PipelineStepError(DfpError):
+    """A step of a local pipeline run failed."""
+
+
+# Where a step container finds the kubeconfig it submits SparkApplications with.
+CONTAINER_KUBECONFIG = "/var/run/dfp/kubeconfig"
+
+
+def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None, kubeconfig: Path | None):
+    """A DockerRunner for the local stack, after checking the engine and the images. With
+    ``kubeconfig`` (spark_mode=kubernetes), the steps read it as a pod reads its service
+    account: mounted read-only, named by KUBECONFIG."""
+    from docker.types import Mount
     from kfp import local
 
     from dfp_kfp.docker_engine import docker_client, require_images
@@ -32,24 +44,37 @@ def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None
     client = docker_client()
     require_images(client, images)
     lakefs = rt.settings.lakefs.require_credentials()
-    args: dict[str, Any] = {
-        "network_mode": "host",  # the stack listens on 127.0.0.1
-        "environment": {"LAKEFS_ACCESS_KEY_ID": lakefs.access_key_id, "LAKEFS_SECRET_ACCESS_KEY": lakefs.secret_access_key,
-                        **rt.settings.mlflow.credential_env()},
-    }
+    environment = {"LAKEFS_ACCESS_KEY_ID": lakefs.access_key_id, "LAKEFS_SECRET_ACCESS_KEY": lakefs.secret_access_key,
+                   **rt.settings.mlflow.credential_env()}
+    mounts = []
     if input_dir:
-        from docker.types import Mount
+        mounts.append(Mount(target=input_dir, source=input_dir, type="bind", read_only=True))
+    if kubeconfig is not None:
+        mounts.append(Mount(target=CONTAINER_KUBECONFIG, source=str(kubeconfig), type="bind", read_only=True))
+        environment["KUBECONFIG"] = CONTAINER_KUBECONFIG
+    # The host network: the stack listens on this machine (127.0.0.1, or DFP_STACK_HOST).
+    return local.DockerRunner(network_mode="host", environment=environment, mounts=mounts)
 
-        args["mounts"] = [Mount(target=input_dir, source=input_dir, type="bind", read_only=True)]
-    return local.DockerRunner(**args)
+
+def _readable_copy(kubeconfig: Path, folder: Path) -> Path:
+    """The kubeconfig, readable by the images' user (uid 10001), in a folder only we can enter."""
+    if not kubeconfig.is_file():
+        raise ConfigError(f"kubeconfig {kubeconfig} does not exist; pass --kubeconfig or set KUBECONFIG")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    copy = folder / "kubeconfig"
+    copy.write_bytes(kubeconfig.read_bytes())
+    os.chmod(copy, 0o644)
+    return copy
 
 
 def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runner: str = "subprocess",
-                         **params: Any) -> dict[str, Any]:
+                         kubeconfig: Path | None = None, **params: Any) -> dict[str, Any]:
     """Executes every step with KFP's local runner; returns the pipeline outputs.
 
     Defaults point the steps at the runtime's lakeFS and MLflow and run Spark
-    in local mode; ``params`` are pipeline parameters.
+    in local mode; ``params`` are pipeline parameters. ``kubeconfig``: with the docker
+    runner and ``spark_mode=kubernetes``, the cluster the transform step submits to.
     """
     from kfp import local
 
@@ -75,7 +100,13 @@ def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runne
     if runner == "docker":
         # The steps run as the images' non-root user and write their outputs here.
         os.chmod(root, 0o777)
-        task_runner = _docker_runner(rt, (SPARK_IMAGE, TRAIN_IMAGE), args.get("input_dir"))
+        mounted = None
+        if args["spark_mode"] == "kubernetes":
+            if kubeconfig is None:
+                raise ConfigError("spark_mode=kubernetes with the docker runner needs a kubeconfig for the transform "
+                                  "step: pass --kubeconfig or set KUBECONFIG")
+            mounted = _readable_copy(kubeconfig, settings.stack.home / "kfp-local-kube")
+        task_runner = _docker_runner(rt, (SPARK_IMAGE, TRAIN_IMAGE), args.get("input_dir"), mounted)
     else:
         # use_venv=False: the steps run in this interpreter, which has the project installed.
         task_runner = local.SubprocessRunner(use_venv=False)
@@ -84,7 +115,12 @@ def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runne
     with warnings.catch_warnings():
         # The subprocess runner warns that our images are not Python images; it runs no image.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom", category=RuntimeWarning)
-        task = kronodroid_autoencoder_pipeline(**args)
+        try:
+            task = kronodroid_autoencoder_pipeline(**args)
+        except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
+            failed = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).rsplit("Inner task failed:", 1)[-1].strip(" .")
+            raise PipelineStepError(f"the pipeline's step {failed or '?'} failed (its error line is above); "
+                                    f"its files are under {root}") from None
     outputs = dict(task.outputs)
     return {
         "lakefs_repository": args["lakefs_repository"],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dfp_core.errors import DfpError
+from dfp_core.params import SparkJobConfig
 from dfp_core.progress import note
 from dfp_core.settings import LakeFSSettings
 
@@ -207,9 +208,29 @@ def _message(exc) -> str:
         return str(exc.body or exc.reason)[:300]
 
 
+def _tail_line(log: str, lines: int = 3) -> str:
+    """The last meaningful lines of a driver log, on one line."""
+    kept = [line.strip() for line in log.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def _failure(api: SparkApplications, namespace: str, name: str, status: dict, what: str,
+             log: Callable[[str], None]) -> SparkApplicationError:
+    """One line naming the state and the driver log's tail; the fuller tail goes to ``log`` first."""
+    driver = status.get("driverInfo", {}).get("podName")
+    tail = api.pod_log_tail(namespace, driver) if driver else ""
+    if tail:
+        log(f"driver pod {driver}, last lines of its log:")
+        for line in tail.splitlines()[-20:]:
+            log(f"  {line}")
+    shown = _tail_line(tail) or ("its driver pod left no log" if driver else "no driver pod was started")
+    return SparkApplicationError(f"SparkApplication {name} {what}; driver log tail: {shown}")
+
+
 def wait_for_completion(api: SparkApplications, namespace: str, name: str, timeout_s: float = 3600,
                         poll_s: float = 10, log: Callable[[str], None] = note) -> dict:
-    """Poll until COMPLETED (returns the status) or a failure / timeout (raises)."""
+    """Poll until COMPLETED (returns the status) or a failure / timeout (raises, in one line
+    with the state and the tail of the driver's log)."""
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
@@ -222,23 +243,39 @@ def wait_for_completion(api: SparkApplications, namespace: str, name: str, timeo
         if state in TERMINAL_OK:
             return status
         if state in TERMINAL_FAILED:
-            error = status.get("applicationState", {}).get("errorMessage", "")
-            driver = status.get("driverInfo", {}).get("podName")
-            tail = api.pod_log_tail(namespace, driver) if driver else ""
-            detail = f"; driver log tail:\n{tail}" if tail else ""
-            raise SparkApplicationError(f"SparkApplication {name} ended {state}: {error or 'no error message'}{detail}")
+            error = status.get("applicationState", {}).get("errorMessage", "") or "no error message"
+            raise _failure(api, namespace, name, status, f"ended {state}: {error}", log)
         if time.monotonic() > deadline:
-            raise SparkApplicationError(f"SparkApplication {name} did not finish within {timeout_s:.0f}s (last state {state})")
+            raise _failure(api, namespace, name, status,
+                           f"did not finish within {timeout_s:.0f}s (last state {state})", log)
         time.sleep(poll_s)
 
 
-def run_spark_application(run_id: str, job_args: list[str], lakefs: LakeFSSettings, image: str, namespace: str,
-                          timeout_s: float, api: SparkApplications | None = None) -> dict:
-    """Submit the transform job for ``run_id`` and wait for it to complete."""
+def application_name(run_id: str) -> str:
+    return f"kronodroid-{run_id}".lower().replace("_", "-")[:63].rstrip("-")
+
+
+def run_spark_application(run_id: str, job_args: list[str], lakefs: LakeFSSettings, image: str,
+                          spark: SparkJobConfig, api: SparkApplications | None = None,
+                          poll_s: float = 10) -> dict:
+    """Submit the transform job for ``run_id`` and wait for it to complete. A refusal by the
+    API server (schema, RBAC) fails at once with its message; an application that fails or
+    runs past ``spark.timeout_seconds``, or a step that is stopped meanwhile, deletes it (and
+    with it its pods) before the error goes up."""
     manifest = build_spark_application(SparkAppSpec(
-        name=f"kronodroid-{run_id}".lower().replace("_", "-")[:63].rstrip("-"), namespace=namespace, image=image,
-        arguments=job_args, lakefs_endpoint=lakefs.endpoint, lakefs_repository=lakefs.repository,
+        name=application_name(run_id), namespace=spark.namespace, image=image, arguments=job_args,
+        lakefs_endpoint=lakefs.endpoint, lakefs_repository=lakefs.repository,
+        service_account=spark.service_account, executor_instances=spark.executor_instances,
     ))
+    name = manifest["metadata"]["name"]
     api = api or SparkApplications.from_cluster()
     api.create(manifest)
-    return wait_for_completion(api, namespace, manifest["metadata"]["name"], timeout_s=timeout_s)
+    try:
+        return wait_for_completion(api, spark.namespace, name, timeout_s=spark.timeout_seconds, poll_s=poll_s)
+    except BaseException:
+        try:
+            api.delete(spark.namespace, name)
+            note(f"deleted SparkApplication {name} (and its pods)")
+        except SparkApplicationError as exc:  # the failure above is what matters
+            note(f"could not delete SparkApplication {name}: {exc}")
+        raise

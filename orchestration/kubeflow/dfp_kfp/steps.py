@@ -10,17 +10,31 @@ the pipeline parameters, named as in ``dfp_core.params``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
-from dfp_core.errors import ConfigError
-from dfp_core.params import TrainConfig, TransformConfig, from_pipeline
-from dfp_core.progress import note
+from dfp_core.errors import ConfigError, DfpError
+from dfp_core.params import SPARK_MODES, SparkJobConfig, TrainConfig, TransformConfig, from_pipeline, pipeline_fields
+from dfp_core.progress import error, note
 from dfp_core.runtime import Runtime
 from dfp_spark.run_lease import RunLease
 
-SPARK_MODES = ("auto", "kubernetes", "local")
+
+def ends_in_one_line(step: Callable) -> Callable:
+    """A step that fails on a known cause ends with its one error line (and exit code 2), as
+    a `dfp` command does, not with a traceback in the step's log."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return step(*args, **kwargs)
+        except DfpError as exc:
+            error(str(exc))
+            raise SystemExit(2) from None
+
+    return run
 
 
 def step_runtime(app_name: str, lakefs_endpoint: str = "", mlflow_tracking_uri: str = "") -> Runtime:
@@ -40,13 +54,14 @@ def spark_mode_of(spark_mode: str) -> str:
     return spark_mode
 
 
-def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: str, spark_image: str,
-                         spark_namespace: str, timeout_seconds: int, **transform_params: Any) -> tuple[str, str]:
+@ends_in_one_line
+def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_image: str, **params: Any) -> tuple[str, str]:
     """Raw inputs on a fresh run branch, then the Spark job writes the tables there
     (not merged). Returns (run_branch, run_id); ("", "") without a transform.
 
     ``spark_mode`` "kubernetes" submits a SparkApplication (Spark Operator) and waits;
     "local" runs ``spark-submit`` of the same job file here, with this Spark's jars.
+    ``params``: the ``TransformConfig`` and ``SparkJobConfig`` fields by pipeline name.
     """
     from dfp_core.params import to_arguments
     from dfp_spark import transform_run
@@ -54,9 +69,12 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: 
     if not run_transform:
         note("run_transform=false: training will use the current head of the target branch")
         return "", ""
-    mode = spark_mode_of(spark_mode)
+    spark_names = set(pipeline_fields(SparkJobConfig))
+    spark = from_pipeline(SparkJobConfig, {k: v for k, v in params.items() if k in spark_names})
+    mode = spark_mode_of(spark.mode)
     rt = step_runtime("kronodroid-transform-step", lakefs_endpoint)
-    config = from_pipeline(TransformConfig, transform_params).resolved(rt.settings)
+    config = from_pipeline(TransformConfig, {k: v for k, v in params.items() if k not in spark_names})
+    config = config.resolved(rt.settings)
     ctx = transform_run.prepare_run(rt.lakefs, config.repo, config.target_branch,
                                     config.run_id or transform_run.new_run_id(), config.input_dir)
     job = dataclasses.replace(config, run_id=ctx.run_id, run_branch=ctx.run_branch, input_dir=None, merge=False)
@@ -70,8 +88,7 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: 
             else:
                 from dfp_kfp.spark_application import run_spark_application
 
-                run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark_namespace,
-                                      timeout_seconds)
+                run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark)
     except BaseException:
         transform_run.abort_run(rt.lakefs, ctx)
         raise
@@ -80,6 +97,7 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_mode: 
     return ctx.run_branch, ctx.run_id
 
 
+@ends_in_one_line
 def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str, **transform_params: Any) -> str:
     """Commit + freeze + merge the run branch; returns the commit id training must use.
 
@@ -109,6 +127,7 @@ def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str
     return published["merge_commit"]
 
 
+@ends_in_one_line
 def train_step(lakefs_repository: str, lakefs_endpoint: str, lakefs_ref: str, mlflow_tracking_uri: str,
                **train_params: Any) -> tuple[str, str, str]:
     """Train + register; returns (model_name, model_version, mlflow_run_id)."""

@@ -36,7 +36,9 @@ def kronodroid_spark_transform(
     spark_mode: str,
     spark_image: str,
     spark_namespace: str,
-    timeout_seconds: int,
+    spark_timeout_seconds: int,
+    spark_executor_instances: int,
+    spark_service_account: str,
 ) -> NamedTuple("TransformOutputs", [("run_branch", str), ("run_id", str)]):
     """Raw KronoDroid -> Avro Iceberg tables on ``run-<run_id>`` (no merge)."""
     params = dict(locals())

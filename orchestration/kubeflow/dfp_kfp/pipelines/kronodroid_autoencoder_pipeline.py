@@ -9,8 +9,8 @@
 With ``run_transform=false`` steps 1-2 only resolve ``target_branch``'s head to
 a commit id, and training uses that.
 
-Transform and training parameters are ``TransformConfig`` and ``TrainConfig``
-fields under their pipeline names (``dfp_core.params``); a test checks this
+Transform, training and Spark job parameters are ``TransformConfig``, ``TrainConfig``
+and ``SparkJobConfig`` fields under their pipeline names (``dfp_core.params``); a test checks this
 signature against them. Optional values that are unset are "" or 0 here.
 
 Compile (from the repository root):
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
-from dfp_core.params import TrainConfig, TransformConfig
+from dfp_core.params import SparkJobConfig, TrainConfig, TransformConfig
 from dfp_core.settings import LakeFSSettings, MLflowSettings
 
 from ..components.lakefs_commit_merge_component import lakefs_commit_merge
@@ -51,7 +51,7 @@ RESOURCES = {
     "train": ("2", "4", "8Gi", "16Gi"),
 }
 PipelineOutputs = NamedTuple("PipelineOutputs", [("lakefs_commit", str), ("model_name", str), ("model_version", str)])
-_T, _M = TransformConfig, TrainConfig
+_T, _M, _S = TransformConfig, TrainConfig, SparkJobConfig
 
 
 def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTask:
@@ -112,10 +112,12 @@ def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAG
         strategy: str = _M.strategy,
         num_nodes: int = _M.num_nodes,
         evaluate_baselines: bool = _M.evaluate_baselines,
-        spark_mode: str = "auto",
+        spark_mode: str = _S.mode,
         spark_image: str = step_images["spark"],
-        spark_namespace: str = "kubeflow",
-        spark_timeout_seconds: int = 3600,
+        spark_namespace: str = _S.namespace,
+        spark_timeout_seconds: int = _S.timeout_seconds,
+        spark_executor_instances: int = _S.executor_instances,
+        spark_service_account: str = _S.service_account,
     ) -> PipelineOutputs:
         transform = kronodroid_spark_transform(
             run_transform=run_transform, lakefs_repository=lakefs_repository, lakefs_endpoint=lakefs_endpoint,
@@ -123,7 +125,8 @@ def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAG
             split_seed=split_seed, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio,
             train_end_year=train_end_year, val_end_year=val_end_year, max_shrink=max_shrink,
             allow_shrink=allow_shrink, spark_mode=spark_mode, spark_image=spark_image,
-            spark_namespace=spark_namespace, timeout_seconds=spark_timeout_seconds,
+            spark_namespace=spark_namespace, spark_timeout_seconds=spark_timeout_seconds,
+            spark_executor_instances=spark_executor_instances, spark_service_account=spark_service_account,
         ).set_display_name("spark-transform")
         _configure(transform, "transform", step_images["spark"])
         merge = lakefs_commit_merge(
