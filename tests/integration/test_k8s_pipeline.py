@@ -23,10 +23,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dfp_core import lineage
 from dfp_core.kronodroid import schema
+from dfp_core.k8s import pipeline_access
 from dfp_core.kronodroid.generator import generate
 from dfp_core.lakefs_ops import LakeFS
 from dfp_core.settings import LakeFSSettings, StackSettings
@@ -34,30 +34,11 @@ from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX
 from tests.inputs import archive_rows, csv_text
 
 pytestmark = [pytest.mark.k8s, pytest.mark.docker, pytest.mark.slow]
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = REPO_ROOT / "orchestration" / "kubeflow" / "manifests"
 NAMESPACE = "dfp-pipeline"  # the operator watches it (tests/k8s_node.py: spark_operator)
-PIPELINE_ACCOUNT = "dfp-pipeline-runner"  # manifests/spark-rbac.yaml
 # Small steps for a 2-core node: one executor beside the driver, a short training.
 RUN_OPTIONS = ["--spark-mode", "kubernetes", "--spark-namespace", NAMESPACE, "--spark-executor-instances", "1",
                "--max-epochs", "1", "--batch-size", "64", "--latent-dim", "8", "--hidden-dims", "32,16",
                "--accelerator", "cpu", "--no-baselines"]
-
-
-def in_namespace(docs: list[dict], namespace: str) -> list[dict]:
-    """The manifests with their placeholder namespace replaced (what the README asks users to do)."""
-    out = []
-    for doc in docs:
-        doc = json.loads(json.dumps(doc))
-        doc["metadata"]["namespace"] = namespace
-        for subject in doc.get("subjects", []):
-            subject["namespace"] = namespace
-        out.append(doc)
-    return out
-
-
-def manifests(name: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all((MANIFESTS / name).read_text()) if d]
 
 
 @pytest.fixture(scope="module")
@@ -82,29 +63,12 @@ def node_stack(k8s_node, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(k8s_node, spark_operator, node_stack, tmp_path_factory):
     """The pipeline's namespace set up as the README says: RBAC, NetworkPolicy, the lakeFS
-    Secret (from the stack's pair, through stdin); a kubeconfig of the pipeline's account."""
-    from dfp_core.k8s import api
-
-    settings = k8s_node.settings
-    api.apply(settings, in_namespace(manifests("spark-rbac.yaml") + manifests("pipeline-network-policy.yaml"), NAMESPACE))
+    Secret (the stack's pair); a kubeconfig of the pipeline's account."""
     creds = node_stack["credentials"]
-    api.apply(settings, [{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                          "metadata": {"name": "lakefs-credentials", "namespace": NAMESPACE},
-                          "stringData": {"access_key_id": creds["LAKEFS_ACCESS_KEY_ID"],
-                                         "secret_access_key": creds["LAKEFS_SECRET_ACCESS_KEY"]}}])
-    token = k8s_node.kubectl("-n", NAMESPACE, "create", "token", PIPELINE_ACCOUNT, "--duration=3h")
-    assert token.returncode == 0, token.stderr
-    admin = yaml.safe_load(settings.paths.admin_kubeconfig.read_text())
-    config = {"apiVersion": "v1", "kind": "Config", "current-context": "pipeline",
-              "clusters": admin["clusters"],
-              "users": [{"name": PIPELINE_ACCOUNT, "user": {"token": token.stdout.strip()}}],
-              "contexts": [{"name": "pipeline", "context": {"cluster": admin["clusters"][0]["name"],
-                                                            "user": PIPELINE_ACCOUNT, "namespace": NAMESPACE}}]}
-    path = tmp_path_factory.mktemp("pipeline-account") / "kubeconfig"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(yaml.safe_dump(config))
-    return {"kubeconfig": path}
+    kubeconfig = pipeline_access.set_up(
+        k8s_node.settings, NAMESPACE, (creds["LAKEFS_ACCESS_KEY_ID"], creds["LAKEFS_SECRET_ACCESS_KEY"]),
+        tmp_path_factory.mktemp("pipeline-account") / "kubeconfig")
+    return {"kubeconfig": kubeconfig}
 
 
 def _as_pipeline_account(cluster):
@@ -120,13 +84,16 @@ def test_the_manifests_are_accepted_by_the_api_server(k8s_node, cluster):
     placeholders), each object then read back."""
     from dfp_core.k8s import api
 
-    applied = in_namespace(manifests("spark-rbac.yaml") + manifests("pipeline-network-policy.yaml"), NAMESPACE)
+    applied = pipeline_access.in_namespace(
+        [d for name in pipeline_access.APPLIED for d in pipeline_access.manifests(name)], NAMESPACE)
     for doc in applied:  # applied by the fixture: the server kept them as written
         got = k8s_node.kubectl("-n", NAMESPACE, "get", doc["kind"].lower(), doc["metadata"]["name"], "-o", "json")
         assert got.returncode == 0, got.stderr
         if doc["kind"] == "Role":
             assert json.loads(got.stdout)["rules"] == doc["rules"]
-    examples = in_namespace(manifests("secrets-example.yaml") + manifests("sparkapplication-example.yaml"), NAMESPACE)
+    examples = pipeline_access.in_namespace(
+        pipeline_access.manifests("secrets-example.yaml") + pipeline_access.manifests("sparkapplication-example.yaml"),
+        NAMESPACE)
     for doc in examples:
         done = k8s_node.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={api.FIELD_MANAGER}",
                                 "-f", "-", stdin=json.dumps(doc))
@@ -146,7 +113,7 @@ def test_the_pipeline_account_may_do_what_the_transform_needs_and_nothing_more(k
     from dfp_kfp.spark_application import GROUP, PLURAL, VERSION, SparkApplicationError
 
     apps = _as_pipeline_account(cluster)
-    example = in_namespace(manifests("sparkapplication-example.yaml"), NAMESPACE)[0]
+    example = pipeline_access.in_namespace(pipeline_access.manifests("sparkapplication-example.yaml"), NAMESPACE)[0]
     created = apps.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, example, dry_run="All")
     assert created["metadata"]["name"] == example["metadata"]["name"]
     with pytest.raises(SparkApplicationError, match="answered 404"):  # allowed to look: it is not there
@@ -168,7 +135,7 @@ def test_the_pipeline_account_may_do_what_the_transform_needs_and_nothing_more(k
             GROUP, VERSION, "default", PLURAL, {**example, "metadata": {"name": "x", "namespace": "default"}},
             dry_run="All"),
         "change its own Role": lambda: client.RbacAuthorizationV1Api(apps.core.api_client).delete_namespaced_role(
-            PIPELINE_ACCOUNT, NAMESPACE),
+            pipeline_access.PIPELINE_ACCOUNT, NAMESPACE),
     }
     for what, call in refused.items():
         with pytest.raises(ApiException) as denied:

@@ -191,17 +191,14 @@ def _spec(**overrides) -> SparkAppSpec:
     return SparkAppSpec(**values)
 
 
-def test_spark_application_has_what_the_crd_requires():
+def test_spark_application_runs_our_job_with_credentials_only_as_secret_references():
+    """What the manifest says for us; the API server checks it against the operator's CRD for
+    real in tests/integration/test_k8s_pipeline.py."""
     manifest = build_spark_application(_spec())
-    assert manifest["apiVersion"] == "sparkoperator.k8s.io/v1beta2" and manifest["kind"] == "SparkApplication"
     assert manifest["metadata"]["name"] == "kronodroid-run-1" and manifest["metadata"]["namespace"] == "kubeflow-user"
     spec = manifest["spec"]
-    # Required by the v1beta2 CRD: type, sparkVersion, mode (+ a main file and an image to run).
-    assert spec["type"] == "Python" and spec["mode"] == "cluster" and re.match(r"^4\.0\.\d+$", spec["sparkVersion"])
     assert spec["mainApplicationFile"].startswith("local:///") and spec["mainApplicationFile"].endswith("kronodroid_iceberg_job.py")
-    assert spec["image"] and spec["restartPolicy"]["type"] == "Never"
-    assert spec["driver"]["serviceAccount"] == "spark" and spec["driver"]["cores"] >= 1 and spec["driver"]["memory"]
-    assert spec["executor"]["instances"] >= 1 and spec["executor"]["memory"]
+    assert spec["restartPolicy"]["type"] == "Never" and spec["driver"]["serviceAccount"] == "spark"
     assert spec["hadoopConf"]["fs.s3a.endpoint"] == "http://lakefs:8000"
     assert spec["hadoopConf"]["fs.s3a.path.style.access"] == "true"
     assert spec["arguments"][-1] == "--no-merge"
