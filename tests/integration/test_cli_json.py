@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import requests
 import typer
 
@@ -76,7 +75,7 @@ def _failures(tmp: Path) -> dict[str, tuple[list[str], dict]]:
     }
 
 
-def test_every_command_fails_with_a_json_line_last(stack, tmp_path):
+def test_every_command_fails_with_a_json_line_last(stack, tmp_path, report):
     cases = _failures(tmp_path)
     assert set(cases) == _commands(), "a command without a failure case here"
     for command, (args, env) in cases.items():
@@ -85,6 +84,8 @@ def test_every_command_fails_with_a_json_line_last(stack, tmp_path):
         assert last["exit_code"] == done.returncode and last["error"], (command, last)
         assert "Traceback" not in done.stderr, (command, done.stderr[-2000:])
         assert last["error"].split(":")[0] in done.stderr, (command, done.stderr[-500:])
+    report["faults"].append({"fault": "every `dfp` command run with bad input", "commands": len(cases),
+                             "last_stdout_line_json": len(cases), "tracebacks": 0})
 
 
 def test_every_command_succeeds_with_a_json_line_last(stack, repo, small_input, tmp_path):

@@ -263,3 +263,59 @@ def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stac
     finally:
         assert requests.put(url, data=original.content, timeout=30).status_code == 200
     assert reproduce(rt, registered["name"], version=registered["version"]).matches
+
+
+def test_a_rewritten_manifest_and_tag_do_not_vouch_for_changed_files(registered, rt, stack, tmp_path, report):
+    """The probe of the hardening issue: whoever can write MLflow's artifacts and tags changes
+    a file, rewrites the file list and resets the version's digest tag to match. The digests
+    then agree; the signature, made with a key MLflow never held, does not, and every command
+    that loads the version refuses it before its code runs. A version whose signature is
+    removed is refused too."""
+    from dfp_core.ml.integrity import MANIFEST_ARTIFACT, MODEL_DIGEST_TAG, file_digests, manifest_digest
+    from dfp_core.ml.reproduce import reproduce
+    from dfp_core.ml.signing import SIGNATURE_ARTIFACT
+
+    api = f"{registered['tracking_uri']}/api/2.0/mlflow-artifacts/artifacts/"
+    version = rt.mlflow.get_model_version(registered["name"], registered["version"])
+    model_path = rt.mlflow.get_model_version_download_uri(registered["name"], registered["version"])
+    model_path = model_path.split("mlflow-artifacts:", 1)[1].lstrip("/")
+    run_path = rt.mlflow.get_run(version.run_id).info.artifact_uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
+    scorer, manifest, signature = (api + model_path + "/code/dfp_core/serving/scorer.py",
+                                   api + run_path + "/" + MANIFEST_ARTIFACT, api + run_path + "/" + SIGNATURE_ARTIFACT)
+    originals = {url: requests.get(url, timeout=30) for url in (scorer, manifest, signature)}
+    assert all(r.status_code == 200 for r in originals.values())
+    marker = tmp_path / "payload-ran"
+    payload = originals[scorer].content + f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n".encode()
+    digests = json.loads(originals[manifest].content)
+    local = tmp_path / "scorer.py"
+    local.write_bytes(payload)
+    digests["code/dfp_core/serving/scorer.py"] = file_digests(tmp_path)["scorer.py"]
+    old_tag = version.tags[MODEL_DIGEST_TAG]
+
+    def score() -> str:
+        out = tmp_path / "scores.csv"
+        done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", registered["uri"], "--input",
+                               str(registered["data"]), "--out", str(out)], capture_output=True, text=True)
+        assert done.returncode != 0 and not out.exists()
+        return done.stderr.strip().splitlines()[-1]
+
+    try:
+        assert requests.put(scorer, data=payload, timeout=30).status_code == 200
+        assert requests.put(manifest, data=json.dumps(digests).encode(), timeout=30).status_code == 200
+        rt.mlflow.set_model_version_tag(registered["name"], registered["version"], MODEL_DIGEST_TAG,
+                                        manifest_digest(digests))
+        last = score()
+        assert "its signature does not verify with the public key" in last and "scorer.py" in last, last
+        report = reproduce(rt, registered["name"], version=registered["version"])
+        assert not report.matches and "signature" in report.differences[0]
+        assert requests.delete(signature, timeout=30).status_code in (200, 204)
+        assert "has no signature (integrity/model.sig" in score()
+        assert not marker.exists(), "the tampered code ran"
+    finally:
+        for url, original in originals.items():
+            assert requests.put(url, data=original.content, timeout=30).status_code == 200
+        rt.mlflow.set_model_version_tag(registered["name"], registered["version"], MODEL_DIGEST_TAG, old_tag)
+    assert reproduce(rt, registered["name"], version=registered["version"]).matches
+    report["faults"].append({"fault": "model file changed, its file list rewritten and the digest tag reset in MLflow",
+                             "outcome": "refused by its signature before its code ran; unsigned: refused too",
+                             "tampered_code_ran": False})
