@@ -231,39 +231,33 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_a_transform_bigger_than_the_disk_is_refused_before_it_writes(tmp_path, report):
-    generate(tmp_path / "in", 20000, seed=5)  # ~4 MB of archives: ~50 MB under DFP_HOME
-    with _stack_on_a_small_disk(tmp_path / "disk", 40) as (settings, env):
-        done = dfp("transform", "--input", str(tmp_path / "in"), "--repo", "full", "--run-id", "too-big", env=env)
-        last = done.stderr.strip().splitlines()[-1]
-        assert done.returncode == 2 and last.startswith("error: not enough free disk for this transform: "), last
-        assert "DFP_HOME" in last and "nothing was written" in last
-        listed = dfp("runs", "list", "--repo", "full", "--json", env=env)  # no repository, no run branch
-        assert "not found" in listed.stderr or json.loads(listed.stdout.splitlines()[-1])["runs"] == []
-    report["faults"].append({"fault": "input bigger than the free disk under DFP_HOME", "target": "unchanged",
-                             "partial_merge": False, "rows_lost": 0, "transform": last[:240]})
-
-
-def test_a_disk_that_fills_during_a_transform_leaves_main_and_the_stack_whole(tmp_path, report):
-    """The disk under DFP_HOME fills while the transform writes: the run fails, main is as it
-    was; once space is freed the stack answers again with no manual step (the supervisor
-    restarts a server the full disk killed), and the next transform merges."""
+def test_a_full_disk_under_dfp_home_refuses_early_or_fails_safely(tmp_path, report):
+    """On a stack whose DFP_HOME is a small disk: an input bigger than the free space is
+    refused before anything is written. Then the disk fills while a transform writes: the
+    run fails in one line and main is as it was; once space is freed the stack answers again
+    with no manual step (the supervisor restarts a server the full disk killed), gc clears
+    what the failed run could not, and the next transform merges."""
     import requests
 
     from dfp_core.lakefs_ops import LakeFS
     from dfp_core.settings import LakeFSSettings, read_env_file
 
-    generate(tmp_path / "in", 4000, seed=6)
-    with _stack_on_a_small_disk(tmp_path / "disk", 256) as (settings, env):
+    generate(tmp_path / "big", 12000, seed=5)  # ~2.5 MB of archives: ~30 MB under DFP_HOME
+    generate(tmp_path / "in", 1500, seed=6)
+    with _stack_on_a_small_disk(tmp_path / "disk", 32) as (settings, env):
+        done = dfp("transform", "--input", str(tmp_path / "big"), "--repo", "full", "--run-id", "too-big", env=env)
+        refused = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and refused.startswith("error: not enough free disk for this transform: "), refused
+        assert "DFP_HOME" in refused and "nothing was written" in refused
         creds = read_env_file(settings.env_file)
         lakefs = LakeFS(LakeFSSettings(endpoint=settings.lakefs_endpoint, access_key_id=creds["LAKEFS_ACCESS_KEY_ID"],
                                        secret_access_key=creds["LAKEFS_SECRET_ACCESS_KEY"]))
-        first = dfp("transform", "--input", str(tmp_path / "in"), "--repo", "full", "--run-id", "before", env=env)
-        assert first.returncode == 0, first.stderr[-2000:]
+        assert not lakefs.repository_exists("full")
+        lakefs.ensure_repository("full")
         before = lakefs.resolve_commit("full", "main")
         proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(tmp_path / "in"),
                                  "--repo", "full", "--run-id", "filled"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
         deadline = time.monotonic() + 300
         while not lakefs.branch_exists("full", "run-filled") and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -281,8 +275,7 @@ def test_a_disk_that_fills_during_a_transform_leaves_main_and_the_stack_whole(tm
             except requests.RequestException:
                 time.sleep(1)
         assert healthy, "lakeFS did not answer again after the disk was freed"
-        status = json.loads(dfp("stack", "status", "--json", env=env).stdout.splitlines()[-1])
-        restarts = status["services"]["lakefs"]["restarts"]
+        restarts = json.loads(dfp("stack", "status", "--json", env=env).stdout.splitlines()[-1])["services"]["lakefs"]["restarts"]
         assert lakefs.resolve_commit("full", "main") == before
         gc = dfp("runs", "gc", "--repo", "full", env=env)  # a branch the failed run could not delete: its owner is gone
         assert gc.returncode == 0, gc.stderr[-2000:]
@@ -290,6 +283,8 @@ def test_a_disk_that_fills_during_a_transform_leaves_main_and_the_stack_whole(tm
         again = dfp("transform", "--input", str(tmp_path / "in"), "--repo", "full", "--run-id", "after", env=env)
         assert again.returncode == 0, again.stderr[-2000:]
         assert json.loads(again.stdout.splitlines()[-1])["merge_commit"] == lakefs.resolve_commit("full", "main")
+    report["faults"].append({"fault": "input bigger than the free disk under DFP_HOME", "target": "unchanged",
+                             "partial_merge": False, "rows_lost": 0, "transform": refused[:240]})
     report["faults"].append({"fault": "disk under DFP_HOME filled mid-transform", "target": "unchanged",
                              "partial_merge": False, "rows_lost": 0, "lakefs_restarts_by_supervisor": restarts,
                              "transform": last[:240], "next_transform": "merged"})
