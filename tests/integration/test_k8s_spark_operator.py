@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def operator(spark_operator):
