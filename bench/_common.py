@@ -28,11 +28,12 @@ def bench_env(extra: dict | None = None) -> dict:
 
 
 @contextmanager
-def private_stack(home: Path, profile: str = "local", repository: str | None = None):
+def private_stack(home: Path, profile: str = "local", repository: str | None = None, mlflow_auth: bool | None = None):
     """A stack of our own (fresh DFP_HOME, free ports, ``profile``): (settings, seconds to
     healthy, the environment a command needs to use it). Where the profile runs lakeFS's ACL
     server, the pipeline's key pair (the one commands get) covers ``repository`` only
-    (default: the settings' repository)."""
+    (default: the settings' repository). ``mlflow_auth``: MLflow's basic-auth app on or off
+    (None: the profile's default)."""
     import dataclasses
 
     from dfp_core import stack
@@ -41,7 +42,7 @@ def private_stack(home: Path, profile: str = "local", repository: str | None = N
     settings = dataclasses.replace(StackSettings.from_env(os.environ), home=home, profile=profile,
                                    lakefs_port=stack.free_port(), mlflow_port=stack.free_port(),
                                    postgres_port=stack.free_port(), s3_port=stack.free_port(),
-                                   lakefs_acl_port=stack.free_port())
+                                   lakefs_acl_port=stack.free_port(), mlflow_auth=mlflow_auth)
     started = time.monotonic()
     with stack.running(settings, log=lambda m: None, repository=repository or LakeFSSettings.repository) as running:
         yield settings, time.monotonic() - started, bench_env(running["env"])

@@ -49,22 +49,31 @@ def tree_bytes(path: Path) -> int:
 
 
 def stack_up_figures(repeats: int) -> dict:
+    """Fresh-home start-ups of the local profile, MLflow's basic-auth app off and on in turn
+    (the auth app's cost decides whether the local profile runs it by default)."""
     from dfp_core import stack
     from dfp_core.settings import StackSettings
 
     binary = stack.lakefs_binary(StackSettings.from_env(os.environ))  # fails early with the setup hint when not built
-    ups, agains = [], []
+    ups: dict[bool, list[float]] = {False: [], True: []}
+    agains = []
     for i in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="dfp-bench-stack-") as tmp:
-            with private_stack(Path(tmp) / "home") as (settings, seconds, _):
-                ups.append(seconds)
-                started = time.monotonic()
-                stack.up(settings, log=lambda m: None)
-                agains.append(time.monotonic() - started)
-        log(f"up #{i + 1}: {ups[-1]:.1f}s to healthy, second up {agains[-1]:.2f}s")
+        for auth in (False, True):
+            with tempfile.TemporaryDirectory(prefix="dfp-bench-stack-") as tmp:
+                with private_stack(Path(tmp) / "home", mlflow_auth=auth) as (settings, seconds, _):
+                    ups[auth].append(seconds)
+                    started = time.monotonic()
+                    stack.up(settings, log=lambda m: None)
+                    agains.append(time.monotonic() - started)
+            log(f"up #{i + 1} (MLflow auth {'on' if auth else 'off'}): {seconds:.1f}s to healthy, "
+                f"second up {agains[-1]:.2f}s")
+    off, on = statistics.median(ups[False]), statistics.median(ups[True])
     return {
-        "stack_up_seconds_each": [round(s, 2) for s in ups],
-        "stack_up_seconds": round(statistics.median(ups), 2),
+        "stack_up_seconds_each": [round(s, 2) for s in ups[False]],
+        "stack_up_seconds": round(off, 2),
+        "stack_up_mlflow_auth_seconds_each": [round(s, 2) for s in ups[True]],
+        "stack_up_mlflow_auth_seconds": round(on, 2),
+        "mlflow_auth_cost_seconds": round(on - off, 2),
         "stack_up_again_seconds_each": [round(s, 3) for s in agains],
         "stack_up_again_seconds": round(statistics.median(agains), 3),
         "lakefs_binary_mb": round(binary.stat().st_size / MB, 1),

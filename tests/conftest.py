@@ -129,3 +129,27 @@ def real_subset() -> Path:
     if not REAL_SUBSET.is_file():
         pytest.skip(f"real KronoDroid subset not present at {REAL_SUBSET}")
     return REAL_SUBSET
+
+
+FAULT_REPORT = REPO_ROOT / "build" / "fault_report.json"
+
+
+@pytest.fixture(scope="session")
+def report():
+    """The fault suite's report (``build/fault_report.json``; the table in bench/README.md):
+    tests across modules add what they injected and what came of it. Written at the end of a
+    session that added anything."""
+    import json
+
+    entries = {"faults": [], "bad_inputs": []}
+    yield entries
+    if not entries["faults"] and not entries["bad_inputs"]:
+        return
+    totals = {
+        "faults_injected": len(entries["faults"]),
+        "partial_merges": sum(1 for f in entries["faults"] if f.get("partial_merge")),
+        "rows_lost": sum(f.get("rows_lost", 0) for f in entries["faults"]),
+        "bad_input_kinds": len(entries["bad_inputs"]),
+    }
+    FAULT_REPORT.parent.mkdir(exist_ok=True)
+    FAULT_REPORT.write_text(json.dumps({"totals": totals, **entries}, indent=2, sort_keys=True))

@@ -48,10 +48,11 @@ def check_after(lakefs, spark, repo: str, before: str, run_branch: str, older_th
 
 
 def stop(stack_settings, service_name: str) -> None:
-    """Stop one service of the stack (its whole process group), as a crash would leave it."""
+    """Stop one service of the stack (its whole process group) on purpose: an outage that
+    lasts until ``start``, which the stack's supervisor does not repair meanwhile."""
     from dfp_core import stack as stack_mod
 
-    stack_mod._terminate(stack_mod.StackState(stack_settings.home).load()[service_name])
+    stack_mod.stop_service(stack_settings, service_name, log=lambda m: None)
 
 
 def start(stack_settings) -> None:

@@ -539,7 +539,10 @@ def _print_status(result: dict, as_json: bool) -> None:
         for name, svc in result["services"].items():
             state = "healthy" if svc["healthy"] else ("running" if svc["running"] else "stopped")
             pid = f" pid {svc['pid']}" if svc["pid"] else ""
-            show(f"{name:10s} {state:8s} {svc['endpoint']}{pid}")
+            restarts = f" (restarted {svc['restarts']}x by the supervisor)" if svc.get("restarts") else ""
+            show(f"{name:10s} {state:8s} {svc['endpoint']}{pid}{restarts}")
+            if svc.get("restarting"):
+                show(f"        down; the supervisor retries: {svc['restarting'].get('last_error', 'starting')}")
             if svc.get("pipeline_user"):
                 show(f"        the pipeline's user: {svc['pipeline_user']} (LAKEFS_* in the credentials file)")
             if svc.get("orphaned_pids"):
@@ -548,6 +551,9 @@ def _print_status(result: dict, as_json: bool) -> None:
             if svc.get("port_taken_by"):
                 holder = svc["port_taken_by"]
                 show(f"        its port is held by another program: pid {holder['pid']} ({holder['cmdline']})")
+        watcher = result.get("supervisor", {})
+        show(f"supervisor {'running' if watcher.get('running') else 'stopped':8s} restarts a server that dies "
+             f"(log: {watcher.get('log')})")
         show(f"profile: {result['profile']}, credentials: {result['credentials_file']}")
     emit(result)
 
@@ -578,7 +584,8 @@ def main() -> None:
         import traceback
 
         traceback.print_exc()
-        _fail(f"unexpected {exc.__class__.__name__}: {exc}", 1)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        _fail(f"unexpected {exc.__class__.__name__}: {first}", 1)
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

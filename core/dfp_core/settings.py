@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -129,6 +130,12 @@ class MLflowSettings:
     # A tracking server with MLflow's basic-auth app: MLflow's own variable names.
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    # The key training signs a model's files with (dfp_core.ml.signing): a PEM file
+    # (DFP_MODEL_SIGNING_KEY, stack.env names the stack's) or its text (DFP_MODEL_SIGNING_KEY_PEM,
+    # from a Kubernetes Secret); and the public key that loading verifies them with.
+    signing_key: Path | None = None
+    signing_key_pem: str | None = field(default=None, repr=False)
+    verify_key: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "MLflowSettings":
@@ -139,7 +146,23 @@ class MLflowSettings:
             model_alias=env.get("DFP_MODEL_ALIAS") or cls.model_alias,
             username=env.get("MLFLOW_TRACKING_USERNAME") or None,
             password=env.get("MLFLOW_TRACKING_PASSWORD") or None,
+            signing_key=Path(env["DFP_MODEL_SIGNING_KEY"]) if env.get("DFP_MODEL_SIGNING_KEY") else None,
+            signing_key_pem=env.get("DFP_MODEL_SIGNING_KEY_PEM") or None,
+            verify_key=Path(env["DFP_MODEL_SIGNING_PUBLIC_KEY"]) if env.get("DFP_MODEL_SIGNING_PUBLIC_KEY") else None,
         )
+
+    def signing_key_text(self) -> str | None:
+        """The signing key's PEM, or None where none is configured; a named file that cannot
+        be read is an error (a misconfigured key must not register unsigned models quietly)."""
+        if self.signing_key_pem:
+            return self.signing_key_pem
+        if self.signing_key is None:
+            return None
+        try:
+            return self.signing_key.read_text()
+        except OSError as exc:
+            raise ConfigError(f"DFP_MODEL_SIGNING_KEY names {self.signing_key}, which cannot be read "
+                              f"({exc.strerror}); fix the path, or unset it to register unsigned models") from None
 
     def credential_env(self) -> dict[str, str]:
         """The credentials as a child process's environment (MLflow's client reads them there)."""
@@ -169,6 +192,9 @@ class SparkSettings:
     # The Python the executors' workers run (Spark's own PYSPARK_PYTHON); default: this interpreter,
     # which holds the project, as it does in the images and on a cluster started from this venv.
     python: str | None = None
+    # Where local Spark writes shuffle files and copies of its jars: Spark's own SPARK_LOCAL_DIRS
+    # (its first folder), else the system's temporary folder.
+    scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SparkSettings":
@@ -184,6 +210,8 @@ class SparkSettings:
             java_home=env.get("JAVA_HOME") or None,
             ui_enabled=_flag(env, "DFP_SPARK_UI"),
             python=env.get("PYSPARK_PYTHON") or None,
+            scratch_dir=Path(env["SPARK_LOCAL_DIRS"].split(",")[0]) if env.get("SPARK_LOCAL_DIRS")
+            else Path(tempfile.gettempdir()),
         )
 
 

@@ -150,6 +150,29 @@ def _quiet_known_noise(session: "SparkSession") -> None:
         jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
 
 
+def spark_error_line(exc: BaseException) -> str | None:
+    """One line for a failure inside Spark (its JVM's root cause: class and message, without
+    the Java stack), or None when ``exc`` did not come from Spark."""
+    try:
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
+    except ImportError:  # pragma: no cover - no Spark here, so not Spark's failure
+        return None
+    if isinstance(exc, Py4JJavaError):
+        try:
+            cause = exc.java_exception
+            while cause.getCause() is not None and cause.getCause() != cause:
+                cause = cause.getCause()
+            text = f"{cause.getClass().getName()}: {cause.getMessage()}"
+        except Exception:  # noqa: BLE001 - the JVM is gone: its message's first line will do
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    elif isinstance(exc, PySparkException):
+        text = str(exc)
+    else:
+        return None
+    return " ".join(text.split())[:400]
+
+
 def catalog_name(repo: str, ref: str) -> str:
     """A valid, unique Spark catalog identifier for one repo + ref."""
     digest = hashlib.sha1(f"{repo}\0{ref}".encode()).hexdigest()[:8]

@@ -21,6 +21,7 @@ stops only processes whose pid *and* start time match what ``up`` recorded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -41,6 +42,7 @@ import psutil
 import requests
 
 from dfp_core import lakefs_acl, postgres_server, seaweedfs_server
+from dfp_core.ml import signing
 from dfp_core.errors import StackError
 from dfp_core.progress import note
 from dfp_core.settings import REPO_ROOT, STACK_ENV_FILE, STACK_PROFILES, LakeFSSettings, StackSettings, read_env_file
@@ -270,6 +272,10 @@ def ensure_credentials(settings: StackSettings, profile: str = "local", acl: boo
                           ("MLFLOW_TRACKING_PASSWORD", lambda: _random(alnum, 32)),
                           ("DFP_MLFLOW_FLASK_SECRET", lambda: _random(alnum, 48))):
             values.setdefault(key, make())
+    # The key pair training signs models with and loading verifies them with (files beside
+    # this one; a key MLflow never holds).
+    private, public = signing.ensure_key_pair(settings.home / signing.KEY_DIR)
+    values["DFP_MODEL_SIGNING_KEY"], values["DFP_MODEL_SIGNING_PUBLIC_KEY"] = str(private), str(public)
     # Endpoints follow the configured ports on every start.
     values["LAKEFS_ENDPOINT"] = settings.lakefs_endpoint
     values["MLFLOW_TRACKING_URI"] = settings.mlflow_endpoint
@@ -441,6 +447,10 @@ def _mlflow_command(settings: StackSettings, creds: dict[str, str], profile: str
     # MLflow 3 sends usage telemetry to mlflow-telemetry.io unless told not to; a local
     # stack talks to nothing outside this machine (as lakeFS's stats are off).
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # MLflow 3's server also starts a job runner for its GenAI features (scorers, prompt
+    # optimisation, trace roll-ups): eight more Python processes, ~2 GB and a minute of CPU at
+    # every start, for jobs this project never submits.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     if profile == "s3":
         # Through the environment, so the password is in no command line and no log.
         env.update({
@@ -637,10 +647,11 @@ def _start(service: Service, settings: StackSettings, creds: dict[str, str], pro
 
 
 def _terminate(record: ProcessRecord, timeout: float = 20) -> bool:
-    """Stop the service's whole process group (TERM, then KILL); False if none was left."""
+    """Stop the service's whole process group (TERM, then KILL); False if none was left.
+    The supervisor's group alone: the servers it restarted are its children, not its group."""
     leader = record.process()
     group = record.group()
-    if leader is not None:
+    if leader is not None and record.name != SUPERVISOR:
         group += [c for c in leader.children(recursive=True) if c not in group]
     if not group:
         return False
@@ -660,6 +671,58 @@ terminate, port_free, last_error_line = _terminate, _port_free, _last_error_line
 
 
 # --------------------------------------------------------------------------- commands
+
+
+# --------------------------------------------------------------------------- supervision
+
+SUPERVISOR = "supervisor"  # its record in state.json; dfp_core.stack_supervisor is the process
+SUPERVISED_SETTINGS = "supervisor.json"  # the settings `up` ran with: what a restart needs
+SUPERVISION_REPORT = "supervisor-state.json"  # what it did, by service
+_PATH_FIELDS = {f.name for f in dataclasses.fields(StackSettings) if "Path" in str(f.type)}
+
+
+def save_supervised_settings(settings: StackSettings) -> None:
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
+    (settings.home / SUPERVISED_SETTINGS).write_text(json.dumps(values, indent=2, sort_keys=True))
+
+
+def load_supervised_settings(home: Path) -> StackSettings:
+    values = json.loads((home / SUPERVISED_SETTINGS).read_text())
+    return StackSettings(**{k: (Path(v) if k in _PATH_FIELDS and v is not None else v) for k, v in values.items()})
+
+
+def supervision_report(home: Path) -> dict:
+    """What the supervisor did, by service: restarts, last_restart_at, last_error, retry_at, down_since."""
+    try:
+        return json.loads((home / SUPERVISION_REPORT).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _start_supervisor(settings: StackSettings, log: Log) -> ProcessRecord:
+    """The watchdog that restarts a server that dies (its own process group, like a server)."""
+    save_supervised_settings(settings)
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "supervisor.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dfp_core.stack_supervisor", "--home", str(settings.home)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=settings.home,
+                                start_new_session=True)
+    log(f"supervisor: watching the servers (pid {proc.pid}; log: {logs / 'supervisor.log'})")
+    return ProcessRecord(name=SUPERVISOR, pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
+                         endpoint="", log=str(logs / "supervisor.log"))
+
+
+def stop_service(settings: StackSettings, name: str, log: Log = note) -> None:
+    """Stop one server on purpose: the supervisor leaves it stopped until the next `up`."""
+    state = StackState(settings.home)
+    with state.locked():
+        records = state.load()
+        rec = records.pop(name, None)
+        if rec is not None:
+            _terminate(rec)
+            log(f"{name}: stopped (process group {rec.pid}); `dfp stack up` starts it again")
+        state.save(records)
 
 
 def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSettings.repository) -> dict:
@@ -695,6 +758,10 @@ def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSetting
             _ensure_pipeline_user(settings, creds, repository)
             log(f"lakefs: user {lakefs_acl.PIPELINE_USER} may use repository {repository} only "
                 f"(its key pair: LAKEFS_* in {settings.env_file})")
+        watcher = records.get(SUPERVISOR)
+        if watcher is None or watcher.process() is None:
+            records[SUPERVISOR] = _start_supervisor(settings, log)
+            state.save(records)
     return status(settings)
 
 
@@ -711,7 +778,7 @@ def down(settings: StackSettings, log: Log = note) -> dict:
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
-        for name in reversed(ALL_SERVICES):
+        for name in (SUPERVISOR, *reversed(ALL_SERVICES)):  # the watchdog first: it would restart them
             rec = records.pop(name, None)
             if rec is None:
                 continue
@@ -728,6 +795,7 @@ def status(settings: StackSettings) -> dict:
     profile = profile_of(settings)
     acl = lakefs_acl_of(settings, profile)
     creds = read_env_file(settings.home / STACK_ENV_FILE)
+    report = supervision_report(settings.home)
     entries = {}
     for service in services(profile, acl):
         rec = records.get(service.name)
@@ -752,9 +820,18 @@ def status(settings: StackSettings) -> dict:
             holder = port_holder(urlsplit(endpoint).port or service.port(settings))
             if holder:
                 entry["port_taken_by"] = holder
+        supervised = report.get(service.name, {})
+        entry["restarts"] = supervised.get("restarts", 0)
+        if supervised.get("last_restart_at"):
+            entry["last_restart_at"] = supervised["last_restart_at"]
+        if supervised.get("down_since") and rec is not None and not alive:  # the supervisor is on it
+            entry["restarting"] = {k: supervised[k] for k in ("down_since", "last_error", "retry_at") if k in supervised}
         entries[service.name] = entry
+    watcher = records.get(SUPERVISOR)
     return {
         "home": str(settings.home),
+        "supervisor": {"running": watcher is not None and watcher.process() is not None,
+                       "pid": watcher.pid if watcher else None, "log": str(settings.home / "logs" / "supervisor.log")},
         "profile": profile,
         "credentials_file": str(settings.home / STACK_ENV_FILE),
         "services": entries,

@@ -6,7 +6,6 @@ them by KFP's DockerRunner against the local stack. The Spark step runs
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import tarfile

@@ -9,6 +9,7 @@ The module writes a report (``build/fault_report.json``; figures in bench/README
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,27 +24,11 @@ import pytest
 from dfp_core import faults
 from dfp_core.errors import DfpError
 from dfp_core.kronodroid import schema
+from dfp_core.kronodroid.generator import generate
 from dfp_spark import transform_run
 from dfp_spark.run_refs import list_runs
 from tests.inputs import archive_rows, csv_text
 from tests.stack_faults import check_after, dfp, fct_rows, restart
-
-REPORT = Path(__file__).resolve().parents[2] / "build" / "fault_report.json"
-
-
-@pytest.fixture(scope="module")
-def report():
-    entries = {"faults": [], "bad_inputs": []}
-    yield entries
-    REPORT.parent.mkdir(exist_ok=True)
-    totals = {
-        "faults_injected": len(entries["faults"]),
-        "partial_merges": sum(1 for f in entries["faults"] if f.get("partial_merge")),
-        "rows_lost": sum(f.get("rows_lost", 0) for f in entries["faults"]),
-        "bad_input_kinds": len(entries["bad_inputs"]),
-    }
-    REPORT.write_text(json.dumps({"totals": totals, **entries}, indent=2, sort_keys=True))
-
 
 @pytest.fixture(scope="module")
 def fault_repo(lakefs) -> str:
@@ -179,6 +164,130 @@ def test_mlflow_restarted_under_a_training_run(fault_repo, stack, report):
     report["faults"].append({"fault": "MLflow restarted mid-training", "partial_merge": False, "rows_lost": 0,
                              "training": "finished and registered" if proc.returncode == 0 else "FAILED, no version",
                              "half_registered_versions": 0})
+
+
+def test_a_server_that_dies_is_restarted_by_the_supervisor(stack, lakefs, repo, report):
+    """kill -9 of lakeFS (its whole process group, as the kernel's OOM killer or a SIGBUS
+    leaves it): the stack's supervisor starts it again, `dfp stack status` counts the restart,
+    and the data is all there."""
+    import signal as signals
+
+    from dfp_core import stack as stack_mod
+
+    head = lakefs.resolve_commit(repo, "main")
+    before = json.loads(dfp("stack", "status", "--json").stdout.splitlines()[-1])["services"]["lakefs"]
+    assert json.loads(dfp("stack", "status", "--json").stdout.splitlines()[-1])["supervisor"]["running"]
+    os.killpg(before["pid"], signals.SIGKILL)
+    started, after = time.monotonic(), before
+    while time.monotonic() - started < 120:
+        after = stack_mod.status(stack["settings"])["services"]["lakefs"]
+        if after["healthy"] and after["restarts"] > before["restarts"]:
+            break
+        time.sleep(0.5)
+    back = round(time.monotonic() - started, 1)
+    assert after["healthy"] and after["restarts"] == before["restarts"] + 1 and after["pid"] != before["pid"], after
+    assert lakefs.resolve_commit(repo, "main") == head
+    shown = dfp("stack", "status")
+    assert "restarted 1x by the supervisor" in shown.stderr or f"restarted {after['restarts']}x" in shown.stderr
+    report["faults"].append({"fault": "lakeFS killed (SIGKILL to its process group)", "target": "unchanged",
+                             "partial_merge": False, "rows_lost": 0, "back_after_s": back,
+                             "restarted_by": "the stack's supervisor, no manual step"})
+
+
+# -- a full disk ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stack_on_a_small_disk(where: Path, size_mb: int):
+    """A private stack whose DFP_HOME is a tmpfs of ``size_mb`` (root only)."""
+    from dfp_core import stack as stack_mod
+    from dfp_core.settings import StackSettings
+    from dfp_core.stack import free_port
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(where)], check=True)
+    try:
+        settings = StackSettings(home=where / "home", lakefs_port=free_port(), mlflow_port=free_port(), lakefs_acl=False)
+        with stack_mod.running(settings, log=lambda m: None) as running:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKEFS_", "MLFLOW_", "DFP_"))}
+            yield settings, {**env, **running["env"]}
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros under ``folder`` until its filesystem is full."""
+    filler = folder / "filler"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(chunk)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_under_dfp_home_refuses_early_or_fails_safely(tmp_path, report):
+    """On a stack whose DFP_HOME is a small disk: an input bigger than the free space is
+    refused before anything is written. Then the disk fills while a transform writes: the
+    run fails in one line and main is as it was; once space is freed the stack answers again
+    with no manual step (the supervisor restarts a server the full disk killed), gc clears
+    what the failed run could not, and the next transform merges."""
+    import requests
+
+    from dfp_core.lakefs_ops import LakeFS
+    from dfp_core.settings import LakeFSSettings, read_env_file
+
+    generate(tmp_path / "big", 12000, seed=5)  # ~2.5 MB of archives: ~30 MB under DFP_HOME
+    generate(tmp_path / "in", 1500, seed=6)
+    with _stack_on_a_small_disk(tmp_path / "disk", 32) as (settings, env):
+        done = dfp("transform", "--input", str(tmp_path / "big"), "--repo", "full", "--run-id", "too-big", env=env)
+        refused = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 2 and refused.startswith("error: not enough free disk for this transform: "), refused
+        assert "DFP_HOME" in refused and "nothing was written" in refused
+        creds = read_env_file(settings.env_file)
+        lakefs = LakeFS(LakeFSSettings(endpoint=settings.lakefs_endpoint, access_key_id=creds["LAKEFS_ACCESS_KEY_ID"],
+                                       secret_access_key=creds["LAKEFS_SECRET_ACCESS_KEY"]))
+        assert not lakefs.repository_exists("full")
+        lakefs.ensure_repository("full")
+        before = lakefs.resolve_commit("full", "main")
+        proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(tmp_path / "in"),
+                                 "--repo", "full", "--run-id", "filled"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        deadline = time.monotonic() + 300
+        while not lakefs.branch_exists("full", "run-filled") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        filler = _fill(settings.home)
+        try:
+            out, err = proc.communicate(timeout=900)
+        finally:
+            filler.unlink()
+        last = err.strip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith("error: "), err[-3000:]  # one line, no Java stack
+        deadline, healthy = time.monotonic() + 180, False
+        while time.monotonic() < deadline and not healthy:  # no `dfp stack up`: the supervisor's job
+            try:
+                healthy = requests.get(f"{settings.lakefs_endpoint}/api/v1/healthcheck", timeout=2).status_code == 204
+            except requests.RequestException:
+                time.sleep(1)
+        assert healthy, "lakeFS did not answer again after the disk was freed"
+        restarts = json.loads(dfp("stack", "status", "--json", env=env).stdout.splitlines()[-1])["services"]["lakefs"]["restarts"]
+        assert lakefs.resolve_commit("full", "main") == before
+        gc = dfp("runs", "gc", "--repo", "full", env=env)  # a branch the failed run could not delete: its owner is gone
+        assert gc.returncode == 0, gc.stderr[-2000:]
+        assert not lakefs.branch_exists("full", "run-filled")
+        again = dfp("transform", "--input", str(tmp_path / "in"), "--repo", "full", "--run-id", "after", env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert json.loads(again.stdout.splitlines()[-1])["merge_commit"] == lakefs.resolve_commit("full", "main")
+    report["faults"].append({"fault": "input bigger than the free disk under DFP_HOME", "target": "unchanged",
+                             "partial_merge": False, "rows_lost": 0, "transform": refused[:240]})
+    report["faults"].append({"fault": "disk under DFP_HOME filled mid-transform", "target": "unchanged",
+                             "partial_merge": False, "rows_lost": 0, "lakefs_restarts_by_supervisor": restarts,
+                             "transform": last[:240], "next_transform": "merged"})
 
 
 # -- bad input ------------------------------------------------------------------------

@@ -263,3 +263,107 @@ def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stac
     finally:
         assert requests.put(url, data=original.content, timeout=30).status_code == 200
     assert reproduce(rt, registered["name"], version=registered["version"]).matches
+
+
+def test_a_rewritten_manifest_and_tag_do_not_vouch_for_changed_files(registered, rt, stack, tmp_path, report):
+    """The probe of the hardening issue: whoever can write MLflow's artifacts and tags changes
+    a file, rewrites the file list and resets the version's digest tag to match. The digests
+    then agree; the signature, made with a key MLflow never held, does not, and every command
+    that loads the version refuses it before its code runs. A version whose signature is
+    removed is refused too."""
+    from dfp_core.ml.integrity import MANIFEST_ARTIFACT, MODEL_DIGEST_TAG, file_digests, manifest_digest
+    from dfp_core.ml.reproduce import reproduce
+    from dfp_core.ml.signing import SIGNATURE_ARTIFACT
+
+    api = f"{registered['tracking_uri']}/api/2.0/mlflow-artifacts/artifacts/"
+    version = rt.mlflow.get_model_version(registered["name"], registered["version"])
+    model_path = rt.mlflow.get_model_version_download_uri(registered["name"], registered["version"])
+    model_path = model_path.split("mlflow-artifacts:", 1)[1].lstrip("/")
+    run_path = rt.mlflow.get_run(version.run_id).info.artifact_uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
+    scorer, manifest, signature = (api + model_path + "/code/dfp_core/serving/scorer.py",
+                                   api + run_path + "/" + MANIFEST_ARTIFACT, api + run_path + "/" + SIGNATURE_ARTIFACT)
+    originals = {url: requests.get(url, timeout=30) for url in (scorer, manifest, signature)}
+    assert all(r.status_code == 200 for r in originals.values())
+    marker = tmp_path / "payload-ran"
+    payload = originals[scorer].content + f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n".encode()
+    digests = json.loads(originals[manifest].content)
+    local = tmp_path / "scorer.py"
+    local.write_bytes(payload)
+    digests["code/dfp_core/serving/scorer.py"] = file_digests(tmp_path)["scorer.py"]
+    old_tag = version.tags[MODEL_DIGEST_TAG]
+
+    def score() -> str:
+        out = tmp_path / "scores.csv"
+        done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", registered["uri"], "--input",
+                               str(registered["data"]), "--out", str(out)], capture_output=True, text=True)
+        assert done.returncode != 0 and not out.exists()
+        return done.stderr.strip().splitlines()[-1]
+
+    try:
+        assert requests.put(scorer, data=payload, timeout=30).status_code == 200
+        assert requests.put(manifest, data=json.dumps(digests).encode(), timeout=30).status_code == 200
+        rt.mlflow.set_model_version_tag(registered["name"], registered["version"], MODEL_DIGEST_TAG,
+                                        manifest_digest(digests))
+        last = score()
+        assert "its signature does not verify with the public key" in last and "scorer.py" in last, last
+        report = reproduce(rt, registered["name"], version=registered["version"])
+        assert not report.matches and "signature" in report.differences[0]
+        assert requests.delete(signature, timeout=30).status_code in (200, 204)
+        assert "has no signature (integrity/model.sig" in score()
+        assert not marker.exists(), "the tampered code ran"
+    finally:
+        for url, original in originals.items():
+            assert requests.put(url, data=original.content, timeout=30).status_code == 200
+        rt.mlflow.set_model_version_tag(registered["name"], registered["version"], MODEL_DIGEST_TAG, old_tag)
+    assert reproduce(rt, registered["name"], version=registered["version"]).matches
+    report["faults"].append({"fault": "model file changed, its file list rewritten and the digest tag reset in MLflow",
+                             "outcome": "refused by its signature before its code ran; unsigned: refused too",
+                             "tampered_code_ran": False})
+
+
+def test_dfp_serve_answers_every_client_mistake_with_a_short_4xx(registered, dfp_served, report):
+    """No Content-Type, another one, malformed and deeply nested JSON, a 30 MB body, other
+    payload shapes, missing, unknown and non-numeric columns, Infinity: each a 4xx whose
+    message is one short line (MLflow's server answered 500 to the first two and listed the
+    whole schema). NaN is a missing value, imputed. The server answers normally after all."""
+    url = f"{dfp_served['url']}/invocations"
+    example = _example(registered)["dataframe_split"]
+    columns, rows = example["columns"], example["data"]
+    feature = columns[0]
+
+    def body(cols, data) -> str:
+        return json.dumps({"dataframe_split": {"columns": cols, "data": data}})
+
+    def with_value(value) -> str:  # json writes float("inf") and float("nan") as Infinity and NaN
+        data = [list(r) for r in rows]
+        data[0][0] = value
+        return body(columns, data)
+
+    cases = {
+        "no Content-Type": (requests.post(url, data=body(columns, rows).encode(), timeout=30), 415, "Content-Type"),
+        "text/plain": (requests.post(url, data=body(columns, rows), headers={"Content-Type": "text/plain"}, timeout=30),
+                       415, "application/json"),
+        "malformed JSON": (_post(dfp_served["url"], '{"dataframe_split": {'), 400, "not valid JSON"),
+        "100,000 nested arrays": (_post(dfp_served["url"], "[" * 100_000 + "]" * 100_000), 400, "nested too deeply"),
+        "30 MB body": (_post(dfp_served["url"], " " * (30 << 20)), 413, "over 16 MB"),
+        "a list, not an object": (_post(dfp_served["url"], "[1, 2]"), 400, "dataframe_split or dataframe_records"),
+        "another payload shape": (_post(dfp_served["url"], '{"instances": [[1, 2]]}'), 400, "instances"),
+        "rows of the wrong width": (_post(dfp_served["url"], body(columns, [r[:3] for r in rows])), 400, "list of"),
+        "missing columns": (_post(dfp_served["url"], body(columns[3:], [r[3:] for r in rows])), 400, "missing feature"),
+        "a non-numeric value": (_post(dfp_served["url"], with_value("twelve")), 400, f"column {feature}: 'twelve'"),
+        "Infinity": (_post(dfp_served["url"], with_value(float("inf"))), 400, f"infinite value in column(s): {feature}"),
+        "GET /invocations": (requests.get(url, timeout=30), 405, "POST"),
+    }
+    for what, (response, status, words) in cases.items():
+        assert response.status_code == status, (what, response.status_code, response.text[:300])
+        message = response.json()["message"]
+        assert words in message and len(message) < 300 and "\n" not in message, (what, message)
+    # A missing value (NaN) is imputed; extra columns are ignored.
+    assert _post(dfp_served["url"], with_value(float("nan"))).status_code == 200
+    extra = body([*columns, "not_a_feature"], [[*r, 1] for r in rows])
+    response = _post(dfp_served["url"], extra)
+    assert response.status_code == 200
+    _matches_dfp_score(registered, response.json()["predictions"], [r[columns.index("sample_id")] for r in rows])
+    assert requests.get(f"{dfp_served['url']}/ping", timeout=10).status_code == 200
+    report["faults"].append({"fault": "malformed requests to `dfp serve`", "cases": len(cases) + 2,
+                             "server_errors_5xx": 0, "server_up_after": True})

@@ -105,11 +105,13 @@ def test_no_credentials_in_the_yaml(compiled):
         refs = {ref["secretName"]: ref for ref in conf["secretAsEnv"]}
         assert {e["envVar"] for e in refs["lakefs-credentials"]["keyToEnv"]} == {"LAKEFS_ACCESS_KEY_ID", "LAKEFS_SECRET_ACCESS_KEY"}
         assert not refs["lakefs-credentials"].get("optional")
-        # Training steps also get MLflow's basic-auth pair, from a Secret that may be absent.
-        assert set(refs) == ({"lakefs-credentials", "mlflow-credentials"} if "train" in name else {"lakefs-credentials"})
+        # Training steps also get MLflow's basic-auth pair and the model-signing key, from Secrets that may be absent.
+        assert set(refs) == ({"lakefs-credentials", "mlflow-credentials", "model-signing-key"} if "train" in name
+                             else {"lakefs-credentials"})
         if "train" in name:
             trainers += 1
-            assert refs["mlflow-credentials"]["optional"] is True
+            assert refs["mlflow-credentials"]["optional"] is True and refs["model-signing-key"]["optional"] is True
+            assert [e["envVar"] for e in refs["model-signing-key"]["keyToEnv"]] == ["DFP_MODEL_SIGNING_KEY_PEM"]
             assert {e["envVar"] for e in refs["mlflow-credentials"]["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME",
                                                                                      "MLFLOW_TRACKING_PASSWORD"}
     assert trainers == 2  # the CPU and the GPU branch

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dfp_core.errors import TrackingError
+from dfp_core.progress import warn
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -45,20 +46,32 @@ def manifest_digest(digests: dict[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def record_model_digest(model_uri: str) -> str:
-    """Hash the logged model's files as stored, log the list to the active run; the digest."""
+def record_model_digest(model_uri: str, signing_key_pem: str | None = None) -> str:
+    """Hash the logged model's files as stored, log the list to the active run, and with a
+    key sign the files and log the signature (``signing.SIGNATURE_ARTIFACT``); the digest."""
     import mlflow
 
+    from dfp_core.ml import signing
+
     with tempfile.TemporaryDirectory(prefix="dfp-model-digest-") as tmp:
-        digests = file_digests(Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)))
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(Path(tmp) / "model")))
+        digests = file_digests(local)
+        if signing_key_pem:
+            signature = Path(tmp) / Path(signing.SIGNATURE_ARTIFACT).name
+            signing.sign_model_dir(local, signing_key_pem, signature)
+            mlflow.log_artifact(str(signature), artifact_path=str(Path(signing.SIGNATURE_ARTIFACT).parent))
+        else:
+            warn("no model-signing key (DFP_MODEL_SIGNING_KEY): the model is registered unsigned, and loading "
+                 "it where a public key is set will be refused")
     mlflow.log_dict(digests, MANIFEST_ARTIFACT)
     return manifest_digest(digests)
 
 
-def verified_model_dir(client: "MlflowClient", version, dest: Path) -> Path:
+def verified_model_dir(client: "MlflowClient", version, dest: Path, verify_key: Path | None = None) -> Path:
     """The files of a registered ``version`` (a ModelVersion), downloaded into ``dest`` and
-    checked against the digests its training run recorded; TrackingError otherwise. Call it
-    with MLflow's fluent API pointed at ``client``'s server (``Runtime.tracking``)."""
+    checked against the digests its training run recorded, then, with ``verify_key``,
+    against its signature; TrackingError otherwise. Call it with MLflow's fluent API pointed
+    at ``client``'s server (``Runtime.tracking``)."""
     import mlflow
 
     label = f"models:/{version.name}/{version.version}"
@@ -84,4 +97,25 @@ def verified_model_dir(client: "MlflowClient", version, dest: Path) -> Path:
         parts = [f"{what}: {', '.join(paths[:5])}" for what, paths in (("changed", changed), ("missing", missing),
                                                                         ("added", added)) if paths]
         raise TrackingError(f"{label} does not match the files its training logged ({'; '.join(parts)}); refusing to load it")
+    if verify_key is None:
+        warn(f"{label}: no public key (DFP_MODEL_SIGNING_PUBLIC_KEY) to check its signature with; its files match "
+             "their recorded digests, which whoever can write to MLflow can rewrite")
+        return local
+    _verify_signature(client, version, local, dest, verify_key, label)
     return local
+
+
+def _verify_signature(client: "MlflowClient", version, local: Path, dest: Path, verify_key: Path, label: str) -> None:
+    from dfp_core.ml import signing
+
+    if not verify_key.is_file():
+        raise TrackingError(f"the public key {verify_key} (DFP_MODEL_SIGNING_PUBLIC_KEY) does not exist; "
+                            f"cannot check the signature of {label}")
+    (dest / "signature").mkdir(parents=True, exist_ok=True)
+    try:
+        signature = Path(client.download_artifacts(version.run_id, signing.SIGNATURE_ARTIFACT, str(dest / "signature")))
+    except Exception:  # noqa: BLE001 - no signature to read is a refusal
+        raise TrackingError(f"{label} has no signature ({signing.SIGNATURE_ARTIFACT} of run {version.run_id}): it "
+                            "was registered without a signing key, or its signature was removed; refusing to load "
+                            "it") from None
+    signing.verify_model_dir(local, signature, verify_key, label)

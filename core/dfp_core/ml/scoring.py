@@ -154,7 +154,7 @@ def verified_copy(rt: "Runtime", version) -> Iterator[Path]:
 
     with tempfile.TemporaryDirectory(prefix="dfp-model-") as tmp:
         with rt.tracking():  # models:/ downloads resolve through the fluent API's registry
-            local = verified_model_dir(rt.mlflow, version, Path(tmp))
+            local = verified_model_dir(rt.mlflow, version, Path(tmp), rt.settings.mlflow.verify_key)
         yield local
 
 

@@ -1,8 +1,8 @@
-"""Serving a registered model over REST with MLflow's scoring server (``mlflow models
-serve``): ``GET /ping``, ``POST /invocations`` with MLflow's JSON contract
-(``{"dataframe_split": {"columns": [...], "data": [[...]]}}`` or ``dataframe_records``),
-answered with ``{"predictions": [...]}``. Inputs the model's signature refuses (a
-missing feature column, a value that is not a number) get HTTP 400 naming the column.
+"""Serving a model over REST with MLflow's scoring contract: ``GET /ping``, ``POST
+/invocations`` with ``{"dataframe_split": {"columns": [...], "data": [[...]]}}`` or
+``dataframe_records``, answered with ``{"predictions": [...]}``. From this environment
+(``--env-manager local``) the server is ours (``serve_app``: a client's mistake is a 4xx
+with a short message); from an environment built from the model's requirements, MLflow's.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 from dfp_core.errors import TrackingError
@@ -27,10 +29,14 @@ ENV_MANAGERS = ("local", "virtualenv", "uv")
 
 def scoring_server_command(model_uri: str, host: str, port: int, env_manager: str = "local",
                            workers: int = 1) -> list[str]:
-    """``mlflow models serve`` for ``model_uri``; ``env_manager`` "local" serves from this
-    environment, "virtualenv"/"uv" from one built from the model's own requirements."""
+    """The server for ``model_uri``: with ``env_manager`` "local", our own (``serve_app``) in
+    this environment, from a model folder; with "virtualenv"/"uv", ``mlflow models serve`` in
+    an environment built from the model's own requirements."""
     if env_manager not in ENV_MANAGERS:
         raise TrackingError(f"env manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
+    if env_manager == "local":
+        return [sys.executable, "-m", "dfp_core.ml.serve_app", "--model-dir", model_uri, "--host", host,
+                "--port", str(port)]
     return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "-h", host, "-p", str(port),
             "-w", str(workers), "--env-manager", env_manager]
 
@@ -71,9 +77,22 @@ def scoring_server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: 
         if version is None:
             warn(f"{model_uri} is not a registered version: its files are not checked against recorded digests")
             source = model_uri
+            if env_manager == "local" and not Path(model_uri).is_dir():  # our server loads a folder
+                source = _downloaded(rt, model_uri, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         else:
             source = str(stack.enter_context(verified_copy(rt, version)))
         yield stack.enter_context(_server(rt, source, env, host, port, env_manager, ready_timeout_s))
+
+
+def _downloaded(rt: "Runtime", model_uri: str, dest: Path) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with rt.tracking():
+            return mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dest))
+    except MlflowException as exc:
+        raise TrackingError(f"cannot download {model_uri} from {rt.settings.mlflow.tracking_uri}: {exc.message}") from None
 
 
 @contextlib.contextmanager

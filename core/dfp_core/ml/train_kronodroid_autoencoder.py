@@ -208,7 +208,7 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             example = as_model_input(data.frames["test"].head(5))
             model_info = log_scorer_model(result["model"], result["preprocessor"], result["error_score"], result["threshold"],
                                           config.target_fpr, example, workdir / "model")
-            model_digest = record_model_digest(model_info.model_uri)
+            model_digest = record_model_digest(model_info.model_uri, rt.settings.mlflow.signing_key_text())
             mlflow.set_tag(MODEL_DIGEST_TAG, model_digest)
         version = None
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dfp_core import faults
+from dfp_core import disk_space, faults
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
 from dfp_core.iceberg import READ_SPLIT_SIZE_PROPERTY, TableRef, write_table
 from dfp_core.kronodroid import entity_index, raw_files, schema
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
 from dfp_core.params import TransformConfig
 from dfp_core.progress import note, stage
+from dfp_core.spark import spark_error_line
 from dfp_core.splits import SplitSpec
 from dfp_core.version import code_version
 from dfp_spark import raw_store
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
     from dfp_core.runtime import Runtime
+    from dfp_core.settings import Settings
 
 SUMMARY_PATH = "_dfp/transform_summary.json"
 RUN_PREFIX = "run-"
@@ -281,6 +283,18 @@ def run_summary_line(summary: dict, published: dict | None, ctx: RunContext | No
 
 
 
+def check_disk_space(settings: "Settings", input_dir: Path | None, local_spark: bool) -> None:
+    """Refuse in one line, before anything is written, when the input would not fit where its
+    bytes land on this machine: the local stack's DFP_HOME (when lakeFS is that stack's) and
+    local Spark's scratch folder."""
+    if input_dir is None or not Path(input_dir).is_dir():
+        return  # no upload, or a bad input the scan names
+    own_lakefs = settings.lakefs.endpoint.rstrip("/") == settings.stack.lakefs_endpoint
+    size = disk_space.input_bytes(Path(input_dir))
+    disk_space.require(size, disk_space.needs(size, settings.stack.home if own_lakefs else None,
+                                              settings.spark.scratch_dir if local_spark else None))
+
+
 def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
     """The whole run (or, with ``config.merge`` false, up to the tables on the run
     branch); returns the summary (merge commit, snapshot ids, counts).
@@ -299,6 +313,7 @@ def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
             ctx = RunContext(repo, config.target_branch, run_id, config.run_branch,
                              lakefs.resolve_commit(repo, config.run_branch))
         else:
+            check_disk_space(rt.settings, config.input_dir, rt.settings.spark.master.startswith("local"))
             ctx = prepare_run(lakefs, repo, config.target_branch, config.run_id or new_run_id(), config.input_dir)
     try:
         with _heartbeat(ctx):
@@ -315,15 +330,11 @@ def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
                     _lease_stage(ctx, "commit, freeze and merge")
                     published = publish_run(lakefs, repo, ctx.run_branch, config.target_branch, config.shrink_limit)
                     note(f"merge commit {published['merge_commit']}")
-    except BaseException:
-        if not lakefs.branch_exists(repo, ctx.run_branch):  # e.g. a refused merge dropped the tag
-            if ctx.lease is not None:
-                _release(lakefs, ctx)
-        elif config.keep_failed_branch:
-            if ctx.lease is not None:
-                ctx.lease.hand_over("failed; branch kept for inspection")
-        else:
-            abort_run(lakefs, ctx)
+    except BaseException as exc:
+        _clean_up_failed(lakefs, repo, ctx, config.keep_failed_branch)
+        failure = spark_error_line(exc)
+        if failure:  # the JVM's cause in one line, not a Java stack
+            raise SparkTransformError(f"the Spark transform on {ctx.run_branch} failed: {failure}") from None
         raise
     if ctx.lease is not None:
         if published:
@@ -331,6 +342,26 @@ def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
         else:  # left for someone to merge: judged by the lease's age from now on
             ctx.lease.hand_over("tables written, not merged")
     return run_summary_line(summary, published, ctx)
+
+
+class SparkTransformError(DfpError):
+    """The Spark job of a transform failed (a write lakeFS refused, a full disk, ...)."""
+
+
+def _clean_up_failed(lakefs: LakeFS, repo: str, ctx: RunContext, keep_branch: bool) -> None:
+    try:
+        exists = lakefs.branch_exists(repo, ctx.run_branch)
+    except DfpError as exc:  # lakeFS is away: the lease names this process, gc finishes the job
+        note(f"could not clean up run branch {ctx.run_branch}: {exc}")
+        return
+    if not exists:  # e.g. a refused merge dropped the tag
+        if ctx.lease is not None:
+            _release(lakefs, ctx)
+    elif keep_branch:
+        if ctx.lease is not None:
+            ctx.lease.hand_over("failed; branch kept for inspection")
+    else:
+        abort_run(lakefs, ctx)
 
 
 def _heartbeat(ctx: RunContext):

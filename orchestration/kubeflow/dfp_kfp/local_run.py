@@ -46,6 +46,9 @@ def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None
     lakefs = rt.settings.lakefs.require_credentials()
     environment = {"LAKEFS_ACCESS_KEY_ID": lakefs.access_key_id, "LAKEFS_SECRET_ACCESS_KEY": lakefs.secret_access_key,
                    **rt.settings.mlflow.credential_env()}
+    signing_key = rt.settings.mlflow.signing_key_text()
+    if signing_key:  # as the cluster's model-signing-key Secret gives it to the training step
+        environment["DFP_MODEL_SIGNING_KEY_PEM"] = signing_key
     mounts = []
     if input_dir:
         mounts.append(Mount(target=input_dir, source=input_dir, type="bind", read_only=True))

@@ -75,6 +75,7 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_image:
     rt = step_runtime("kronodroid-transform-step", lakefs_endpoint)
     config = from_pipeline(TransformConfig, {k: v for k, v in params.items() if k not in spark_names})
     config = config.resolved(rt.settings)
+    transform_run.check_disk_space(rt.settings, config.input_dir, mode == "local")
     ctx = transform_run.prepare_run(rt.lakefs, config.repo, config.target_branch,
                                     config.run_id or transform_run.new_run_id(), config.input_dir)
     job = dataclasses.replace(config, run_id=ctx.run_id, run_branch=ctx.run_branch, input_dir=None, merge=False)

@@ -43,6 +43,9 @@ LAKEFS_SECRET_ENV = {"access_key_id": "LAKEFS_ACCESS_KEY_ID", "secret_access_key
 # Optional Secret for an MLflow server running its basic-auth app (training steps only).
 MLFLOW_SECRET = "mlflow-credentials"
 MLFLOW_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+# Optional Secret with the key training signs the model's files with (dfp_core.ml.signing).
+SIGNING_SECRET = "model-signing-key"
+SIGNING_SECRET_ENV = {"private_key": "DFP_MODEL_SIGNING_KEY_PEM"}
 GPU_RESOURCE = "nvidia.com/gpu"
 # Requests and limits per step: (cpu request, cpu limit, memory request, memory limit).
 RESOURCES = {
@@ -65,6 +68,9 @@ def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTas
     kubernetes.use_secret_as_env(task, secret_name=LAKEFS_SECRET, secret_key_to_env=LAKEFS_SECRET_ENV)
     if step == "train":  # an MLflow server without authentication needs no such Secret
         kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_ENV,
+                                     optional=True)
+        # Without it the version is registered unsigned, and loaders with a public key refuse it.
+        kubernetes.use_secret_as_env(task, secret_name=SIGNING_SECRET, secret_key_to_env=SIGNING_SECRET_ENV,
                                      optional=True)
     return task
 

@@ -1,0 +1,220 @@
+"""`dfp serve`'s REST server: MLflow's scoring contract (``GET /ping``, ``POST /invocations``
+with ``dataframe_split`` or ``dataframe_records`` JSON, answered with ``{"predictions":
+[...]}``) for one loaded model, where a client's mistake is always a 4xx with a short message.
+
+MLflow's own scoring server answers some malformed requests with 500 (no Content-Type,
+deeply nested JSON) and its schema errors carry the whole 476-column schema. Here:
+
+- a missing or other Content-Type is 415; a body over ``--max-body-mb`` is 413 (read no
+  further); malformed or too deeply nested JSON, an unknown payload shape, missing feature
+  columns (the first few named), a value that is not a number or not finite (the column
+  named) are 400;
+- the rows go to the model's own scorer as the model's signature types them (float64
+  features, ``sample_id`` as text); a missing value is imputed as in training;
+- anything else is a 500 that says so in one line (its traceback goes to the server's log).
+
+  python -m dfp_core.ml.serve_app --model-dir DIR [--host 127.0.0.1] [--port 5001]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger("dfp.serve")
+MAX_BODY_MB = 16
+JSON_TYPES = ("application/json",)
+SHOWN = 5  # columns named in one message
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _names(columns: list[str]) -> str:
+    more = f" and {len(columns) - SHOWN} more" if len(columns) > SHOWN else ""
+    return ", ".join(columns[:SHOWN]) + more
+
+
+def parse_payload(body: bytes, content_type: str | None) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of an MLflow JSON request; ClientError for a client's mistake."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if not media:
+        raise ClientError(415, "no Content-Type header: send the rows as application/json")
+    if media not in JSON_TYPES:
+        raise ClientError(415, f"Content-Type {media} is not accepted: send the rows as application/json")
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise ClientError(400, "the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientError(400, f"the body is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(payload, dict):
+        raise ClientError(400, "expected a JSON object with dataframe_split or dataframe_records")
+    if "dataframe_split" in payload:
+        split = payload["dataframe_split"]
+        if not isinstance(split, dict) or not isinstance(split.get("columns"), list) or \
+                not isinstance(split.get("data"), list):
+            raise ClientError(400, "dataframe_split needs a list of columns and a list of rows (data)")
+        columns, rows = [str(c) for c in split["columns"]], split["data"]
+        if any(not isinstance(row, list) or len(row) != len(columns) for row in rows):
+            raise ClientError(400, f"every row of dataframe_split.data must be a list of {len(columns)} values")
+        return columns, rows
+    if "dataframe_records" in payload:
+        records = payload["dataframe_records"]
+        if not isinstance(records, list) or any(not isinstance(r, dict) for r in records):
+            raise ClientError(400, "dataframe_records must be a list of objects (one per row)")
+        columns = list(dict.fromkeys(str(k) for r in records for k in r))
+        return columns, [[r.get(c) for c in columns] for r in records]
+    raise ClientError(400, f"expected dataframe_split or dataframe_records, got {_names(sorted(map(str, payload)))}")
+
+
+def typed_frame(columns: list[str], rows: list[list[Any]], features: list[str], id_column: str) -> pd.DataFrame:
+    """The model's input: every feature column as float64 (None -> NaN), ``id_column`` as
+    text when given. ClientError naming missing, non-numeric or non-finite columns."""
+    missing = [c for c in features if c not in columns]
+    if missing:
+        unknown = [c for c in columns if c not in features and c != id_column]
+        also = f"; unknown column(s): {_names(unknown)}" if unknown else ""
+        raise ClientError(400, f"missing feature column(s): {_names(missing)}{also}")
+    index = {c: i for i, c in enumerate(columns)}
+    picked = [[row[index[c]] for c in features] for row in rows] if columns != features else rows
+    try:
+        matrix = np.array(picked, dtype=np.float64).reshape(len(rows), len(features))
+    except (TypeError, ValueError):
+        raise ClientError(400, _first_non_number(picked, features)) from None
+    if not np.isfinite(matrix[~np.isnan(matrix)]).all():
+        bad = sorted({features[j] for j in np.argwhere(np.isinf(matrix))[:, 1]})
+        raise ClientError(400, f"infinite value in column(s): {_names(bad)}")
+    frame = pd.DataFrame(matrix, columns=features)
+    if id_column in index:
+        frame[id_column] = [None if row[index[id_column]] is None else str(row[index[id_column]]) for row in rows]
+    return frame
+
+
+def _first_non_number(rows: list[list[Any]], features: list[str]) -> str:
+    for row in rows:
+        for name, value in zip(features, row):
+            if value is None or isinstance(value, bool):
+                continue
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                return f"column {name}: {str(value)[:40]!r} is not a number"
+    return "a value is not a number"
+
+
+class ScoringApp:
+    """A bare ASGI app (no framework on the request path): ping, health and invocations."""
+
+    def __init__(self, scorer, features: list[str], id_column: str = "sample_id", max_body_bytes: int = MAX_BODY_MB << 20):
+        self.scorer, self.features, self.id_column, self.max_body = scorer, features, id_column, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":  # nothing to set up or tear down
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path, method = scope["path"], scope["method"]
+        if path in ("/ping", "/health") and method == "GET":
+            return await self._send(send, 200, b"\n", "text/plain")
+        if path != "/invocations":
+            return await self._error(send, 404, f"no such path {path}: GET /ping, POST /invocations")
+        if method != "POST":
+            return await self._error(send, 405, "POST the rows to /invocations")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await self._body(receive, headers)
+            columns, rows = parse_payload(body, headers.get("content-type"))
+            frame = typed_frame(columns, rows, self.features, self.id_column)
+            out = await asyncio.get_running_loop().run_in_executor(None, self._predict, frame)
+        except ClientError as exc:
+            return await self._error(send, exc.status, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the server's own failure: one line out, the traceback logged
+            logger.exception("scoring failed")
+            return await self._error(send, 500, f"internal error while scoring: {exc.__class__.__name__}")
+        await self._send(send, 200, json.dumps({"predictions": out}).encode(), "application/json")
+
+    async def _body(self, receive, headers: dict[str, str]) -> bytes:
+        """The body, kept only up to the limit: past it the rest is read and dropped, so the
+        client, still sending, gets its 413 rather than a reset connection."""
+        declared = headers.get("content-length")
+        too_big = bool(declared and declared.isdigit() and int(declared) > self.max_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            too_big = too_big or size > self.max_body
+            if not too_big:
+                chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        if too_big:
+            raise ClientError(413, f"the body is over {self.max_body >> 20} MB; send fewer rows per request")
+        return b"".join(chunks)
+
+    def _predict(self, frame: pd.DataFrame) -> list[dict]:
+        out = self.scorer.predict(None, frame)
+        records = out.to_dict(orient="records")
+        for record in records:  # JSON has no NaN: a score that is not a number is null
+            for key, value in record.items():
+                if isinstance(value, float) and math.isnan(value):
+                    record[key] = None
+                elif isinstance(value, np.bool_):
+                    record[key] = bool(value)
+        return records
+
+    @staticmethod
+    async def _send(send, status: int, body: bytes, content_type: str) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(self, send, status: int, message: str) -> None:
+        code = {400: "BAD_REQUEST", 404: "ENDPOINT_NOT_FOUND", 405: "BAD_REQUEST", 413: "REQUEST_TOO_LARGE",
+                415: "UNSUPPORTED_MEDIA_TYPE"}.get(status, "INTERNAL_ERROR")
+        await self._send(send, status, json.dumps({"error_code": code, "message": message}).encode(), "application/json")
+
+
+def load_app(model_dir: str, max_body_mb: int = MAX_BODY_MB) -> ScoringApp:
+    """The app for a model folder (a verified copy): its scorer and its signature's columns."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(model_dir)
+    names = model.metadata.get_input_schema().input_names()
+    id_column = "sample_id"
+    return ScoringApp(model.unwrap_python_model(), [n for n in names if n != id_column], id_column, max_body_mb << 20)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--max-body-mb", type=int, default=MAX_BODY_MB)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = load_app(args.model_dir, args.max_body_mb)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
