@@ -53,7 +53,7 @@ def test_the_images_run_as_their_non_root_user_and_hold_what_the_steps_run(image
 
 
 def test_the_pipeline_runs_in_the_images(images, rt, stack, lakefs, tmp_path):
-    from dfp_kfp.local_run import run_pipeline_locally
+    from dfp_kfp.local_run import PipelineStepError, run_pipeline_locally
 
     data = tmp_path / "data"
     generate(data, 300, seed=12)
@@ -80,7 +80,9 @@ def test_the_pipeline_runs_in_the_images(images, rt, stack, lakefs, tmp_path):
     empty.mkdir(parents=True)
     _, rows = archive_rows(data / "real_device" / "real_legitimate_v1.zip")
     (empty / "real_extra.csv").write_text(csv_text(rows[:1]))  # a header, no data rows
-    with pytest.raises(Exception):
+    # It fails fast, which is when KFP's DockerRunner can lose the container's exit status
+    # (kubeflow/pipelines#13332): the error must name the step either way.
+    with pytest.raises(PipelineStepError, match="step kronodroid-spark-transform failed"):
         run_pipeline_locally(rt, runner="docker", pipeline_root=tmp_path / "root2", input_dir=str(empty.parent),
                              lakefs_repository=repo, run_id="in-docker-bad", max_epochs=1, accelerator="cpu",
                              model_name=f"kronodroid_autoencoder_{repo}")

@@ -295,7 +295,7 @@ def test_a_failure_on_the_cluster_is_one_line_and_leaves_nothing(k8s_node, clust
     assert expected in line and "driver log tail: " in line, line
     if fault == "failing job":
         assert "no input row passed the checks" in line or "ExitCode: 2" in line, line
-    assert json.loads(out.strip().splitlines()[-1])["exit_code"] == 2
+    assert json.loads(out.strip().splitlines()[-1])["exit_code"] == 2, (out + err)[-6000:]
     # Nothing is left: main as it was, no run branch or tag, no lease, no SparkApplication.
     assert lakefs.resolve_commit(repo, "main") == before
     assert not lakefs.branch_exists(repo, f"run-{run_id}") and not lakefs.tag_exists(repo, f"run-{run_id}")

@@ -124,6 +124,15 @@ def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runne
             failed = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).rsplit("Inner task failed:", 1)[-1].strip(" .")
             raise PipelineStepError(f"the pipeline's step {failed or '?'} failed (its error line is above); "
                                     f"its files are under {root}") from None
+        except ValueError as exc:
+            # KFP's DockerRunner starts step containers with auto_remove and counts one it can no
+            # longer wait() on as a success (kubeflow/pipelines#13332): that step wrote no outputs,
+            # and the next step, or the pipeline's own outputs, ask for them.
+            lost = re.search(r"from task '([^']+)', but task '[^']+' not found", str(exc))
+            if lost is None:
+                raise
+            raise PipelineStepError(f"the pipeline's step {lost.group(1)} failed: it wrote no outputs (its error "
+                                    f"line is above); its files are under {root}") from None
     outputs = dict(task.outputs)
     return {
         "lakefs_repository": args["lakefs_repository"],
