@@ -242,7 +242,7 @@ def test_a_full_disk_under_dfp_home_refuses_early_or_fails_safely(tmp_path, repo
     from dfp_core.lakefs_ops import LakeFS
     from dfp_core.settings import LakeFSSettings, read_env_file
 
-    generate(tmp_path / "big", 12000, seed=5)  # ~2.5 MB of archives: ~30 MB under DFP_HOME
+    generate(tmp_path / "big", 20000, seed=5)  # ~4 MB of archives: ~40 MB under DFP_HOME, 48 MB asked
     generate(tmp_path / "in", 1500, seed=6)
     with _stack_on_a_small_disk(tmp_path / "disk", 32) as (settings, env):
         done = dfp("transform", "--input", str(tmp_path / "big"), "--repo", "full", "--run-id", "too-big", env=env)

@@ -306,8 +306,8 @@ def test_a_rewritten_manifest_and_tag_do_not_vouch_for_changed_files(registered,
                                         manifest_digest(digests))
         last = score()
         assert "its signature does not verify with the public key" in last and "scorer.py" in last, last
-        report = reproduce(rt, registered["name"], version=registered["version"])
-        assert not report.matches and "signature" in report.differences[0]
+        refused = reproduce(rt, registered["name"], version=registered["version"])
+        assert not refused.matches and "signature" in refused.differences[0]
         assert requests.delete(signature, timeout=30).status_code in (200, 204)
         assert "has no signature (integrity/model.sig" in score()
         assert not marker.exists(), "the tampered code ran"
