@@ -46,7 +46,8 @@ def _run(rt: Runtime, input_dir: Path | None, rows: int, seed: int, max_epochs: 
         lakefs_ui = f"{result['lakefs_endpoint']}/repositories/{result['lakefs_repository']}/commits/{result['lakefs_commit']}"
         mlflow_ui = f"{result['mlflow_tracking_uri']}/#/models/{result['model_name']}/versions/{result['model_version']}"
         console.print(f"\n  MLflow UI   {mlflow_ui}\n  lakeFS UI   {lakefs_ui}")
-        console.print(f"  lakeFS login: access key id and secret in {credentials_file}")
+        console.print(f"  logins      lakeFS: access key id and secret; MLflow: MLFLOW_TRACKING_USERNAME and "
+                      f"_PASSWORD; both in {credentials_file}")
         console.print(f"  model       {result['model_name']} version {result['model_version']}")
         for key, value in lineage.items():
             console.print(f"    {key:28s} {value}")

@@ -232,7 +232,9 @@ class StackSettings:
     s3_port: int = 8333
     seaweedfs_bin: Path | None = None  # an existing weed binary instead of the cached build
     postgres_bin_dir: Path | None = None  # where initdb/postgres/psql are, instead of Debian's
-    # MLflow's basic-auth app (DFP_MLFLOW_AUTH=1/0); None: on in the s3 profile, off in local.
+    # MLflow's basic-auth app (DFP_MLFLOW_AUTH=1/0); None: on in every profile (it adds under
+    # a second to a stack start, bench/README.md), so MLflow's artifacts and tags are not open
+    # to whoever reaches the port.
     mlflow_auth: bool | None = None
     # lakeFS's ACL auth server, which holds the pipeline's repository-scoped user
     # (DFP_LAKEFS_ACL=1/0); None: as DFP_HOME was set up, else on in the s3 profile, off in local.
@@ -265,8 +267,8 @@ class StackSettings:
         )
 
     def mlflow_auth_for(self, profile: str) -> bool:
-        """Whether MLflow runs its basic-auth app in ``profile``."""
-        return self.mlflow_auth if self.mlflow_auth is not None else profile == "s3"
+        """Whether MLflow runs its basic-auth app in ``profile``: on unless DFP_MLFLOW_AUTH=0."""
+        return self.mlflow_auth if self.mlflow_auth is not None else True
 
     @property
     def lakefs_endpoint(self) -> str:

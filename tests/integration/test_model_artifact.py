@@ -48,7 +48,11 @@ def registered(rt, transform, tmp_path_factory):
                            f"lakefs://{repo}/{summary['merge_commit']}", "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"name": name, "version": result["model_version"], "uri": f"models:/{name}@candidate", "local": local, "data": data,
-            "scores": pd.read_csv(out).set_index("sample_id"), "tracking_uri": rt.settings.mlflow.tracking_uri}
+            "scores": pd.read_csv(out).set_index("sample_id"), "tracking_uri": rt.settings.mlflow.tracking_uri,
+            # The tampering tests' attacker can write to MLflow: with its basic-auth app on, as a user of it.
+            "mlflow_user": (rt.settings.mlflow.username, rt.settings.mlflow.password) if rt.settings.mlflow.password else None,
+            # What `mlflow` itself reads, as a user gives it (`set -a; . "$DFP_HOME/stack.env"`).
+            "mlflow_env": rt.settings.mlflow.credential_env()}
 
 
 def _example(registered) -> dict:
@@ -91,7 +95,7 @@ def mlflow_served(registered, tmp_path_factory):
     manager = "uv"
     env_root = tmp_path_factory.mktemp("mlflow-envs")
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["tracking_uri"], "MLFLOW_ENV_ROOT": str(env_root),
+    env = {**os.environ, **registered["mlflow_env"], "MLFLOW_TRACKING_URI": registered["tracking_uri"], "MLFLOW_ENV_ROOT": str(env_root),
            "MLFLOW_DISABLE_TELEMETRY": "true", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     process = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", registered["uri"], "-h", "127.0.0.1",
                                 "-p", str(port), "--env-manager", manager], env=env, start_new_session=True)
@@ -135,7 +139,7 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in {{t.split(".")[0] f
 print(json.dumps({{"predictions": out.to_dict(orient="records"), "training_modules": loaded}}))
 """
     done = subprocess.run([str(python), "-c", script], capture_output=True, text=True, cwd=environment,
-                          env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+                          env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **registered["mlflow_env"],
                                "MLFLOW_TRACKING_URI": registered["tracking_uri"], "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -235,18 +239,18 @@ def test_dfp_kserve_writes_an_inference_service_for_the_version(registered, stac
 
 
 def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stack, tmp_path):
-    """The attack of the faults issue: an unauthenticated PUT over the model's files through
-    MLflow's artifact API. Every command that loads the version refuses it, naming the file."""
+    """The attack of the faults issue: a PUT over the model's files through MLflow's artifact
+    API, by anyone who can write to MLflow. Every command that loads the version refuses it, naming the file."""
     from dfp_core.ml.reproduce import reproduce
 
     download = rt.mlflow.get_model_version_download_uri(registered["name"], registered["version"])
     path = download.split("mlflow-artifacts:", 1)[1].lstrip("/") + "/code/dfp_core/serving/scorer.py"
     url = f"{registered['tracking_uri']}/api/2.0/mlflow-artifacts/artifacts/{path}"
-    original = requests.get(url, timeout=30)
+    original = requests.get(url, auth=registered["mlflow_user"], timeout=30)
     assert original.status_code == 200
     marker = tmp_path / "payload-ran"
     payload = original.content + f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n".encode()
-    assert requests.put(url, data=payload, timeout=30).status_code == 200
+    assert requests.put(url, data=payload, auth=registered["mlflow_user"], timeout=30).status_code == 200
     try:
         out = tmp_path / "scores.csv"
         done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", registered["uri"], "--input",
@@ -261,7 +265,7 @@ def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stac
         assert not report.matches and report.differences[0].startswith("model files:")
         assert not marker.exists(), "the tampered code ran"
     finally:
-        assert requests.put(url, data=original.content, timeout=30).status_code == 200
+        assert requests.put(url, data=original.content, auth=registered["mlflow_user"], timeout=30).status_code == 200
     assert reproduce(rt, registered["name"], version=registered["version"]).matches
 
 
@@ -282,7 +286,7 @@ def test_a_rewritten_manifest_and_tag_do_not_vouch_for_changed_files(registered,
     run_path = rt.mlflow.get_run(version.run_id).info.artifact_uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
     scorer, manifest, signature = (api + model_path + "/code/dfp_core/serving/scorer.py",
                                    api + run_path + "/" + MANIFEST_ARTIFACT, api + run_path + "/" + SIGNATURE_ARTIFACT)
-    originals = {url: requests.get(url, timeout=30) for url in (scorer, manifest, signature)}
+    originals = {url: requests.get(url, auth=registered["mlflow_user"], timeout=30) for url in (scorer, manifest, signature)}
     assert all(r.status_code == 200 for r in originals.values())
     marker = tmp_path / "payload-ran"
     payload = originals[scorer].content + f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n".encode()
@@ -300,20 +304,21 @@ def test_a_rewritten_manifest_and_tag_do_not_vouch_for_changed_files(registered,
         return done.stderr.strip().splitlines()[-1]
 
     try:
-        assert requests.put(scorer, data=payload, timeout=30).status_code == 200
-        assert requests.put(manifest, data=json.dumps(digests).encode(), timeout=30).status_code == 200
+        assert requests.put(scorer, data=payload, auth=registered["mlflow_user"], timeout=30).status_code == 200
+        assert requests.put(manifest, data=json.dumps(digests).encode(), auth=registered["mlflow_user"],
+                            timeout=30).status_code == 200
         rt.mlflow.set_model_version_tag(registered["name"], registered["version"], MODEL_DIGEST_TAG,
                                         manifest_digest(digests))
         last = score()
         assert "its signature does not verify with the public key" in last and "scorer.py" in last, last
         refused = reproduce(rt, registered["name"], version=registered["version"])
         assert not refused.matches and "signature" in refused.differences[0]
-        assert requests.delete(signature, timeout=30).status_code in (200, 204)
+        assert requests.delete(signature, auth=registered["mlflow_user"], timeout=30).status_code in (200, 204)
         assert "has no signature (integrity/model.sig" in score()
         assert not marker.exists(), "the tampered code ran"
     finally:
         for url, original in originals.items():
-            assert requests.put(url, data=original.content, timeout=30).status_code == 200
+            assert requests.put(url, data=original.content, auth=registered["mlflow_user"], timeout=30).status_code == 200
         rt.mlflow.set_model_version_tag(registered["name"], registered["version"], MODEL_DIGEST_TAG, old_tag)
     assert reproduce(rt, registered["name"], version=registered["version"]).matches
     report["faults"].append({"fault": "model file changed, its file list rewritten and the digest tag reset in MLflow",

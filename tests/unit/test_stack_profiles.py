@@ -90,15 +90,16 @@ def test_mlflow_runs_its_basic_auth_app_in_the_s3_profile_with_secrets_only_in_i
     assert not any(secret in ini or secret in " ".join(cmd) for secret in secrets)
 
 
-def test_mlflow_auth_is_off_in_the_local_profile_unless_asked_for(tmp_path):
-    local = _settings(tmp_path / "a")
-    creds = stack_mod.ensure_credentials(local, "local")
+def test_mlflow_auth_is_on_in_every_profile_unless_turned_off(tmp_path):
+    default = _settings(tmp_path / "a")
+    assert default.mlflow_auth_for("local") and default.mlflow_auth_for("s3")
+    creds = stack_mod.ensure_credentials(default, "local")
+    assert "--app-name" in stack_mod._mlflow_command(default, creds, "local")[0] and creds["MLFLOW_TRACKING_PASSWORD"]
+    off = StackSettings.from_env({"DFP_HOME": str(tmp_path / "b"), "DFP_MLFLOW_AUTH": "0"})
+    assert not off.mlflow_auth_for("local") and not off.mlflow_auth_for("s3")
+    creds = stack_mod.ensure_credentials(off, "local")
     assert "MLFLOW_TRACKING_PASSWORD" not in creds
-    assert "--app-name" not in stack_mod._mlflow_command(local, creds, "local")[0]
-    asked = StackSettings.from_env({"DFP_HOME": str(tmp_path / "b"), "DFP_MLFLOW_AUTH": "1"})
-    assert asked.mlflow_auth_for("local") and not StackSettings.from_env({"DFP_MLFLOW_AUTH": "0"}).mlflow_auth_for("s3")
-    creds = stack_mod.ensure_credentials(asked, "local")
-    assert "--app-name" in stack_mod._mlflow_command(asked, creds, "local")[0] and creds["MLFLOW_TRACKING_PASSWORD"]
+    assert "--app-name" not in stack_mod._mlflow_command(off, creds, "local")[0]
 
 
 def test_seaweedfs_opens_only_loopback_listeners_it_needs(tmp_path):
