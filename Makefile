@@ -4,15 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DFP := $(VENV)/bin/dfp
 
-.PHONY: setup quickstart test test-unit stack-up stack-down compile images lock-jars bench clean
+.PHONY: setup setup-s3 quickstart test test-unit stack-up stack-down compile images lock-jars bench clean
 
-setup:  ## venv + pinned deps, lakeFS binary, Spark jars (idempotent)
+setup:  ## venv + pinned deps, lakeFS binary, Spark jars (idempotent): the local profile and the quickstart
 	@tools/scripts/setup.sh
+
+setup-s3:  ## the s3 profile's servers: SeaweedFS (built, cached) and PostgreSQL (apt, as root)
+	@tools/scripts/setup_s3.sh
 
 quickstart: setup  ## stack + generated sample + the whole pipeline with KFP's local runner
 	@$(DFP) quickstart
 
 test: setup  ## the whole suite (starts its own stack on free ports), then the data-plane tests on the s3 profile
+	@tools/scripts/setup_s3.sh || echo "warning: the s3 profile's servers are not ready (above); its tests will skip" >&2
 	@$(VENV)/bin/pytest
 	@DFP_TEST_STACK_PROFILE=s3 $(VENV)/bin/pytest -m 'both_profiles or s3_profile'
 

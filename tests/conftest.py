@@ -46,7 +46,7 @@ def stack_settings(tmp_path_factory):
 
     settings = StackSettings.from_env({**os.environ, "DFP_STACK_PROFILE": TEST_PROFILE})
     if TEST_PROFILE == "s3":
-        try:  # what `make setup` provides when it can; without it the s3 run skips
+        try:  # what `make setup-s3` provides when it can; without it the s3 run skips
             postgres_server.bin_dir(settings.postgres_bin_dir)
             seaweedfs_server.binary(REPO_ROOT, settings.cache, settings.seaweedfs_bin)
         except StackError as exc:

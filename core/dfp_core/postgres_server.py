@@ -43,7 +43,7 @@ def bin_dir(override: Path | None = None) -> Path:
     where = f"DFP_POSTGRES_BIN_DIR={override}" if override else "/usr/lib/postgresql/*/bin or PATH"
     raise StackError(
         f"PostgreSQL is not installed (no initdb, postgres and psql in {where}); the s3 profile needs it: "
-        "`apt-get install postgresql` (`make setup` does this when run as root), or set DFP_POSTGRES_BIN_DIR"
+        "`apt-get install postgresql` (`make setup-s3` does this when run as root), or set DFP_POSTGRES_BIN_DIR"
     )
 
 

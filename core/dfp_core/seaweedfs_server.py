@@ -41,7 +41,7 @@ def binary(repo_root: Path, cache: Path, override: Path | None) -> Path:
     path = cache / "seaweedfs" / version(repo_root) / "weed"
     if not path.is_file():
         raise StackError(
-            f"the SeaweedFS server is not built yet (expected {path}); the s3 profile needs it: run `make setup` "
+            f"the SeaweedFS server is not built yet (expected {path}); the s3 profile needs it: run `make setup-s3` "
             "(it needs Go >= 1.26) or set SEAWEEDFS_BIN to a weed binary"
         )
     return path

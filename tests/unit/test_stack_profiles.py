@@ -117,7 +117,7 @@ def test_seaweedfs_opens_only_loopback_listeners_it_needs(tmp_path):
 def test_missing_servers_are_explained(tmp_path):
     with pytest.raises(StackError, match="PostgreSQL is not installed.*apt-get install postgresql"):
         postgres_server.bin_dir(tmp_path / "no-pg")
-    with pytest.raises(StackError, match="SeaweedFS server is not built yet.*make setup"):
+    with pytest.raises(StackError, match="SeaweedFS server is not built yet.*make setup-s3"):
         seaweedfs_server.binary(Path(__file__).resolve().parents[2], tmp_path / "empty-cache", None)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up: .venv with pinned dependencies, the lakeFS server
 # binary (built from the Go module proxy, cached by version) and the Spark jars
-# (Maven Central, checksummed, cached). Re-running skips what is already done.
+# (Maven Central, checksummed, cached): what the local profile and `make quickstart`
+# use. Re-running skips what is already done.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -9,7 +10,7 @@ step() { printf '\n==> [%s] %s\n' "$1" "$2" >&2; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 t0=$(date +%s)
 
-step 1/5 "checking tools"
+step 1/4 "checking tools"
 PYTHON=${PYTHON:-python3}
 command -v "$PYTHON" >/dev/null || fail "Python 3.11 or 3.12 is required (set PYTHON=/path/to/python3.11)"
 "$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)' \
@@ -20,7 +21,7 @@ java_major=$("$java_bin" -version 2>&1 | awk -F'"' '/version/ {split($2, v, ".")
 [ "${java_major:-0}" -ge 17 ] || fail "Java 17 or newer is required by Spark, found Java ${java_major:-unknown} at $java_bin"
 echo "python: $("$PYTHON" --version 2>&1), java: $java_major" >&2
 
-step 2/5 "Python environment (.venv, pinned by requirements.lock)"
+step 2/4 "Python environment (.venv, pinned by requirements.lock)"
 stamp=.venv/.dfp-installed
 want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -36,25 +37,12 @@ else
   echo "$want" > "$stamp"
 fi
 
-step 3/5 "lakeFS server binary"
+step 3/4 "lakeFS server binary"
 tools/scripts/build_lakefs.sh >/dev/null
 
-step 4/5 "Spark jars (Iceberg runtime, S3A)"
+step 4/4 "Spark jars (Iceberg runtime, S3A)"
 .venv/bin/python core/dfp_core/spark_jars.py
 
-step 5/5 "the s3 profile's servers (SeaweedFS, PostgreSQL); optional: the default profile needs neither"
-# A failure here only turns the s3 profile off (its tests then skip with one line).
-if ! tools/scripts/build_go_server.sh seaweedfs >/dev/null; then
-  echo "warning: SeaweedFS could not be built; \`dfp stack up --profile s3\` will not start (see above)" >&2
-fi
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1 && [ -z "${DFP_POSTGRES_BIN_DIR:-}" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing PostgreSQL from Debian packages (apt-get install postgresql)..." >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null) \
-      || echo "warning: apt-get install postgresql failed; the s3 profile will not start" >&2
-  else
-    echo "warning: PostgreSQL is not installed (apt-get install postgresql, or set DFP_POSTGRES_BIN_DIR); the s3 profile will not start" >&2
-  fi
-fi
-
+# The s3 profile's servers (SeaweedFS, PostgreSQL) are not needed here: `make setup-s3` builds
+# and installs them (tools/scripts/setup_s3.sh), and `make test` runs it.
 printf '\nsetup done in %ss\n' "$(( $(date +%s) - t0 ))" >&2
