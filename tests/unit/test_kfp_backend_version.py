@@ -1,4 +1,4 @@
-"""The compiled pipeline needs no newer Kubeflow Pipelines backend than the README says.
+"""The compiled pipeline needs no newer Kubeflow Pipelines backend than docs/kubeflow.md says.
 
 Every feature the YAML uses is looked up in a table of the first KFP backend release
 that runs it (from the KFP changelog and the backend sources at each release tag). A
@@ -104,10 +104,10 @@ def test_the_yaml_needs_exactly_the_documented_backend(compiled):
     assert {"oneof_dag_output", "resource_strings", "accelerator_resource_type", "secretAsEnv.optional"} <= set(needed)
 
 
-def test_the_readme_states_the_minimum_backend():
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert re.search(rf"Kubeflow Pipelines backend {re.escape(MIN_KFP_BACKEND)} or newer", readme), \
-        f"README.md must say: Kubeflow Pipelines backend {MIN_KFP_BACKEND} or newer"
+def test_the_kubeflow_doc_states_the_minimum_backend():
+    doc = (REPO_ROOT / "docs" / "kubeflow.md").read_text()
+    assert re.search(rf"Kubeflow Pipelines backend {re.escape(MIN_KFP_BACKEND)} or newer", doc), \
+        f"docs/kubeflow.md must say: Kubeflow Pipelines backend {MIN_KFP_BACKEND} or newer"
 
 
 def test_field_paths_walk_lists_and_maps():
