@@ -299,11 +299,14 @@ def quickstart_cmd(
     seed: int = typer.Option(0, "--seed"),
     max_epochs: int = typer.Option(10, "--max-epochs", min=1),
     repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default kronodroid)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the servers', Spark's and KFP's output "
+                                 "instead of writing it to DFP_HOME/logs/."),
 ) -> None:
     """Stack up, sample data, the whole pipeline with KFP's local runner, then where to look."""
     from dfp_core.quickstart import quickstart
 
-    emit(quickstart(os.environ, input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo))
+    emit(quickstart(os.environ, input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo,
+                    verbose=verbose))
 
 
 @app.command("reproduce")

@@ -4,7 +4,7 @@ are read from the CLI itself, so a new command without a case here fails the tes
 
 Success is run here for the quick commands; test_no_secret_on_argv runs transform, train,
 score, kserve and serve to success and parses their JSON lines; the long ones end with a parsed
-JSON line in their own suites: quickstart (test_pipeline), pipeline run-local (test_pipeline),
+JSON line in their own suites: quickstart (test_quickstart), pipeline run-local (test_pipeline),
 reproduce (test_reproduce), evaluate and feast apply (test_training), cluster up and load-images
 (test_k8s_node, root only)."""
 

@@ -1,0 +1,60 @@
+"""A quiet stage sends everything its body writes, from Python, the descriptors or a child
+process, to its log, and shows one line; on failure, the log's tail and its path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dfp_core.progress import failure_tail, quiet_stage
+
+
+def _noisy(tag: str) -> None:
+    print(f"{tag} print")
+    sys.stderr.write(f"{tag} stderr\n")
+    os.write(1, f"{tag} fd1\n".encode())
+    subprocess.run([sys.executable, "-c", f"import sys; print('{tag} child'); print('{tag} child err', file=sys.stderr)"],
+                   check=True)
+
+
+def test_the_body_writes_to_the_log_and_the_terminal_gets_one_line(tmp_path, capfd):
+    log = tmp_path / "logs" / "run.log"
+    with quiet_stage(1, 2, "noisy stage", log):
+        _noisy("alpha")
+    print("after")  # the terminal is back
+    out, err = capfd.readouterr()
+    assert "alpha" not in out + err
+    assert out == "after\n"
+    assert [line for line in err.splitlines() if line.strip()] == [err.strip().splitlines()[-1]]
+    assert "[1/2] noisy stage: done in" in err
+    text = log.read_text()
+    for what in ("print", "stderr", "fd1", "child", "child err"):
+        assert f"alpha {what}\n" in text, what
+
+
+def test_a_failure_shows_the_logs_tail_and_path_then_raises(tmp_path, capfd):
+    log = tmp_path / "run.log"
+    with pytest.raises(RuntimeError, match="boom"):
+        with quiet_stage(2, 2, "failing stage", log, retry_hint="rerun with -v"):
+            for i in range(30):
+                print(f"line {i}")
+            print("----")
+            print('    "outputFile": "/tmp/x/run_id"')
+            print("error: the cause")
+            raise RuntimeError("boom")
+    _, err = capfd.readouterr()
+    assert "[2/2] failing stage: failed after" in err
+    assert "error: the cause" in err and "line 29" in err and "line 10" not in err and "outputFile" not in err
+    assert f"full log: {log}; rerun with -v" in err
+    assert failure_tail(log, 3) == ["line 28", "line 29", "error: the cause"]
+
+
+def test_verbose_streams_as_a_plain_stage(tmp_path, capfd):
+    log = tmp_path / "run.log"
+    with quiet_stage(1, 1, "loud stage", log, verbose=True):
+        print("beta print")
+    out, err = capfd.readouterr()
+    assert "beta print" in out and "==> [1/1] loud stage" in err and not log.exists()
