@@ -6,7 +6,17 @@ from __future__ import annotations
 import base64
 import os
 
+import pytest
+
+from dfp_core.ml import tracking_auth
 from dfp_core.runtime import Runtime
+
+
+@pytest.fixture(autouse=True)
+def no_open_runtime(monkeypatch):
+    """As in a fresh process: the test session's own runtime (open while the integration tests
+    run, with the stack's MLflow login) does not count here."""
+    monkeypatch.setattr(tracking_auth, "_active", [])
 
 
 def _authorization() -> str | None:
