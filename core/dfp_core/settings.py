@@ -268,7 +268,7 @@ class StackSettings:
 
     def mlflow_auth_for(self, profile: str) -> bool:
         """Whether MLflow runs its basic-auth app in ``profile``: on unless DFP_MLFLOW_AUTH=0."""
-        return self.mlflow_auth if self.mlflow_auth is not None else True
+        return self.mlflow_auth is not False  # the same in every profile
 
     @property
     def lakefs_endpoint(self) -> str:
