@@ -29,6 +29,7 @@ from dfp_core.kronodroid import schema
 from dfp_core.k8s import pipeline_access
 from dfp_core.kronodroid.generator import generate
 from dfp_core.lakefs_ops import LakeFS
+from dfp_core.runtime import Runtime
 from dfp_core.settings import LakeFSSettings, StackSettings
 from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX
 from tests.inputs import archive_rows, csv_text
@@ -173,8 +174,6 @@ print(json.dumps(hashes))
 
 
 def test_the_pipeline_runs_through_the_spark_operator(k8s_node, cluster, node_stack, tmp_path):
-    import mlflow
-
     data = tmp_path / "data"
     generate(data, 300, seed=29)
     repo = "k8s" + uuid.uuid4().hex[:8]
@@ -204,8 +203,8 @@ def test_the_pipeline_runs_through_the_spark_operator(k8s_node, cluster, node_st
     assert result["lakefs_commit"] == head and lakefs.commit_metadata(repo, head)["dfp.run_id"] == "on-k8s"
     assert lakefs.is_merged_into(repo, "run-on-k8s", "main") and not lakefs.branch_exists(repo, "run-on-k8s")
     assert lakefs.list_paths(repo, LEASE_BRANCH, LEASES_PREFIX) == []
-    tracking = node_stack["settings"].mlflow_endpoint
-    version = mlflow.MlflowClient(tracking).get_model_version(result["model_name"], result["model_version"])
+    with Runtime.from_env(node_stack["env"], app_name="k8s-tests") as rt:  # MLflow asks for the stack's login
+        version = rt.mlflow.get_model_version(result["model_name"], result["model_version"])
     assert set(lineage.LINEAGE_TAGS) <= set(version.tags) and len(lineage.LINEAGE_TAGS) == 9
     assert version.tags["data.lakefs_ref"] == head
 
