@@ -287,14 +287,12 @@ def pipeline_run_local(
                                  "writing it to DFP_HOME/logs/."),
 ) -> None:
     """Run the pipeline end to end with KFP's local runner against the local stack."""
-    import time
-
-    from dfp_core.progress import quiet_stage
+    from dfp_core.progress import command_log, quiet_stage
     from dfp_kfp.local_run import run_pipeline_locally
 
     kubeconfig = kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     with runtime("kfp-local", mlflow={"tracking_uri": tracking_uri}) as rt:
-        log = rt.settings.stack.home / "logs" / f"pipeline-run-local-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log = command_log(rt.settings.stack.home, "pipeline-run-local")
         with quiet_stage(1, 1, f"pipeline with KFP's local runner ({runner})", log, verbose=verbose,
                          retry_hint="`dfp pipeline run-local -v` streams it"):
             result = run_pipeline_locally(rt, runner=runner, run_transform=run_transform, kubeconfig=kubeconfig,

@@ -101,9 +101,19 @@ def quiet_stage(index: int, total: int, title: str, log: Path, verbose: bool = F
         terminal.file.close()
 
 
+def plain(text: str) -> str:
+    """``text`` without terminal colours (KFP colours its log lines and messages)."""
+    return _ANSI.sub("", text)
+
+
+def command_log(home: Path, command: str) -> Path:
+    """Where a quiet command writes its output this time: ``DFP_HOME/logs/<command>-<time>.log``."""
+    return home / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
 def failure_tail(log: Path, lines: int = TAIL_LINES) -> list[str]:
     """The last ``lines`` meaningful lines of a stage's log, without terminal colours."""
-    text = _ANSI.sub("", log.read_text(errors="replace"))
+    text = plain(log.read_text(errors="replace"))
     # KFP's executor input and outputs are JSON dumps: their lines say nothing a person needs.
     kept = [line.rstrip() for line in text.splitlines()
             if _MEANINGFUL.search(line) and not line.lstrip().startswith(('"', "{", "}", "[", "]"))]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Mapping
 
 from dfp_core import stack
-from dfp_core.progress import console, note, quiet_stage, stage
+from dfp_core.progress import command_log, console, note, quiet_stage, stage
 from dfp_core.runtime import Runtime
 from dfp_core.settings import Settings
 
@@ -20,7 +19,7 @@ def quickstart(env: Mapping[str, str], input_dir: Path | None = None, rows: int 
     KFP's executors) to one log under ``DFP_HOME/logs`` and show one line each; ``verbose``
     streams it instead."""
     settings = Settings.from_env(env)
-    log = settings.stack.home / "logs" / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log = command_log(settings.stack.home, "quickstart")
     hint = "`dfp quickstart -v` streams it"
 
     def quiet(index: int, title: str):

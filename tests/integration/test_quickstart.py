@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from dfp_core.progress import plain
 from dfp_core.settings import read_env_file
 from dfp_core.stack import free_port
 from tests.inputs import archive_rows, csv_text
@@ -46,7 +46,7 @@ def test_the_quickstart_is_quiet_and_its_links_show_the_model_and_the_commit(fre
     log = Path(summary["log"])
     assert log.parent == Path(fresh["DFP_HOME"]) / "logs" and str(log) in done.stderr
     # What the terminal did not show is in the log: the servers, Spark and KFP's executors.
-    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text())  # KFP colours its lines
+    text = plain(log.read_text())  # KFP colours its lines
     assert "kronodroid-spark-transform" in text and "finished with status SUCCESS" in text
 
     creds = read_env_file(Path(summary["credentials_file"]))

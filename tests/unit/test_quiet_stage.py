@@ -58,3 +58,12 @@ def test_verbose_streams_as_a_plain_stage(tmp_path, capfd):
         print("beta print")
     out, err = capfd.readouterr()
     assert "beta print" in out and "==> [1/1] loud stage" in err and not log.exists()
+
+
+def test_logs_are_named_by_command_and_colours_come_off(tmp_path):
+    from dfp_core.progress import command_log, plain
+
+    log = command_log(tmp_path, "quickstart")
+    assert log.parent == tmp_path / "logs" and log.name.startswith("quickstart-") and log.suffix == ".log"
+    assert plain("Task \x1b[96m'kronodroid-spark-transform'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m") == \
+        "Task 'kronodroid-spark-transform' finished with status FAILURE"

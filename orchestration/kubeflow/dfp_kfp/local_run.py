@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfp_core.errors import ConfigError, DfpError
+from dfp_core.progress import plain
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -121,7 +122,7 @@ def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runne
         try:
             task = kronodroid_autoencoder_pipeline(**args)
         except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
-            failed = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).rsplit("Inner task failed:", 1)[-1].strip(" .'")
+            failed = plain(str(exc)).rsplit("Inner task failed:", 1)[-1].strip(" .'")
             raise PipelineStepError(f"the pipeline's step {failed or '?'} failed (its error line is above); "
                                     f"its files are under {root}") from None
         except ValueError as exc:
