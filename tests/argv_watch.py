@@ -31,7 +31,7 @@ class ArgvWatch:
         self.secrets = {name: value for name, value in secrets.items() if len(value) >= 8}
         self.interval_s = interval_s
         self.leaks: list[tuple[int, str, str]] = []
-        self.commands_seen: set[str] = set()  # each distinct command line, cut short
+        self.commands_seen: set[str] = set()  # each distinct command line, its secrets masked
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="argv-watch", daemon=True)
 
@@ -48,7 +48,7 @@ class ArgvWatch:
                 if value in text and (int(entry.name), name) not in {(pid, n) for pid, n, _ in self.leaks}:
                     self.leaks.append((int(entry.name), name, text.replace(value, "<" + name + ">")[:300]))
                 text = text.replace(value, "<" + name + ">")
-            self.commands_seen.add(text if len(text) <= 600 else f"{text[:300]} ... {text[-300:]}")
+            self.commands_seen.add(text)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -62,9 +62,11 @@ def test_no_secret_on_any_command_line(stack, repo, small_input, tmp_path, repor
     assert server.returncode == 0 and json.loads(out.strip().splitlines()[-1])["exit_code"] == 0
     assert watch.leaks == [], watch.leaks
     # The watch saw what it was meant to: the Spark JVM (PySpark starts it with the session's
-    # settings), the scoring server and the stack's servers.
+    # settings; bin/spark-submit execs into it, so the JVM is the process that stays), the
+    # scoring server and the stack's servers.
     seen = " ".join(watch.commands_seen)
-    assert any("bin/spark-submit" in c and c.endswith("pyspark-shell") for c in watch.commands_seen)
+    assert any("org.apache.spark.deploy.SparkSubmit" in c and c.endswith("pyspark-shell")
+               for c in watch.commands_seen), "the watch never saw the transform's Spark JVM"
     assert "dfp_core.ml.serve_app" in seen and "lakefs" in seen and "mlflow" in seen
     report["faults"].append({"fault": "the stack's secrets on a process command line (transform, training, "
                                       "score, kserve, serve, lakeFS, MLflow)",
