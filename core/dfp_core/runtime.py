@@ -64,6 +64,9 @@ class Runtime:
     def mlflow(self) -> "MlflowClient":
         from mlflow import MlflowClient
 
+        from dfp_core.ml import tracking_auth
+
+        tracking_auth.load_request_header_plugins()
         uri = self.settings.mlflow.tracking_uri
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -73,9 +76,10 @@ class Runtime:
         runtime's server for the block; the server is checked first."""
         from dfp_core.ml.tracking import check_tracking_server, use_tracking_server
 
+        client = self.mlflow  # before any MLflow request: see tracking_auth.load_request_header_plugins
         check_tracking_server(self.settings.mlflow.tracking_uri)
         with use_tracking_server(self.settings.mlflow.tracking_uri):
-            yield self.mlflow
+            yield client
 
     def retrieve_splits(self, repo: str, ref: str, snapshot_id: str | int | None = None,
                         max_rows_per_split: int = 0) -> "RetrievedDataset":

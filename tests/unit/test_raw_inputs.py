@@ -189,8 +189,26 @@ def test_a_cell_beyond_the_limit_is_named(archives, tmp_path):
     folder.mkdir(parents=True)
     with zipfile.ZipFile(folder / "real_malware_v1.zip", "w", zipfile.ZIP_STORED) as zf:  # no bomb, one huge cell
         zf.writestr(name, csv_text(rows))
-    with pytest.raises(InputDataError, match="has a cell over 8 MiB"):
+    with pytest.raises(InputDataError, match=f"has a cell over {MAX_CELL_CHARS >> 20} MiB"):
         raw_files.scan(folder.parent, measure_parts=True)
+
+
+def test_the_scorers_reader_reads_a_row_with_the_largest_cell_allowed(archives, tmp_path):
+    """The scorer's reader parses in blocks (reader.BLOCK_SIZE) and needs each row inside one:
+    a row holding a cell of MAX_CELL_CHARS is read, between ordinary rows."""
+    from dfp_core.kronodroid.raw_files import MAX_CELL_CHARS
+    from dfp_core.kronodroid.reader import BLOCK_SIZE, read_kronodroid
+
+    name, rows = archive_rows(archives / "real_device" / "real_malware_v1.zip")
+    rows[2][rows[0].index("Package")] = "p" * MAX_CELL_CHARS
+    rows = [rows[0]] + rows[1:] * (BLOCK_SIZE // (MAX_CELL_CHARS // 2))  # the big row in several blocks
+    folder = tmp_path / "in" / "real_device"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "real_malware_v1.zip", "w", zipfile.ZIP_STORED) as zf:  # the p's deflate past the bomb ratio
+        zf.writestr(name, csv_text(rows))
+    valid, rejected = read_kronodroid(folder.parent)
+    assert len(valid) + len(rejected) == len(rows) - 1 and rejected.empty
+    assert (valid["package_name"].str.len() == MAX_CELL_CHARS).sum() == BLOCK_SIZE // (MAX_CELL_CHARS // 2)
 
 
 def test_an_archive_that_expands_too_far_is_refused_before_expanding(archives, tmp_path):

@@ -49,3 +49,30 @@ def test_credentials_from_the_stack_env_file_and_for_child_processes(tmp_path):
         assert _authorization() == "Basic " + base64.b64encode(b"admin:from-file").decode()
     with Runtime.from_env({"DFP_HOME": str(tmp_path / "empty")}) as rt:
         assert rt.settings.mlflow.credential_env() == {} and _authorization() is None
+
+
+def test_mlflow_requests_from_a_runtime_do_not_import_feast(tmp_path):
+    """Feast's request-header plugin is left out when a runtime first talks to MLflow: loading
+    it imports all of Feast (seconds of typeguard instrumentation) in `dfp score` and `dfp
+    serve`. Our own plugin is still loaded, and still sends the credentials."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    plugins = [e.value for e in importlib.metadata.entry_points(group="mlflow.request_header_provider")]
+    assert any(v.startswith("feast.") for v in plugins), plugins  # else this test would prove nothing
+    code = (
+        "import sys, base64\n"
+        "from dfp_core.runtime import Runtime\n"
+        f"rt = Runtime.from_env({{'DFP_HOME': {str(tmp_path)!r}, 'MLFLOW_TRACKING_USERNAME': 'alice', "
+        "'MLFLOW_TRACKING_PASSWORD': 's3cr3t'})\n"
+        "rt.mlflow\n"
+        "from mlflow.tracking.request_header.registry import _request_header_provider_registry, resolve_request_headers\n"
+        "names = sorted(type(p).__name__ for p in _request_header_provider_registry)\n"
+        "print(names, 'feast' in sys.modules, 'typeguard' in sys.modules, resolve_request_headers()['Authorization'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    basic = "Basic " + base64.b64encode(b"alice:s3cr3t").decode()
+    assert done.stdout.split() == ["['BasicAuthHeaderProvider',", "'DatabricksRequestHeaderProvider',",
+                                   "'DefaultRequestHeaderProvider']", "False", "False", *basic.split()]

@@ -85,9 +85,15 @@ def _feature(array: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array | None]:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     else:  # the same bound as the pattern below, whichever path a batch takes
-        too_large = pc.greater_equal(value, COUNT_LIMIT)
-        if not pc.any(too_large).as_py():
-            return value, array, None
+        if value.null_count == 0:  # numpy reads the values in place: one comparison, no Arrow calls
+            too_large = value.to_numpy() >= COUNT_LIMIT
+            if not too_large.any():
+                return value, array, None
+            too_large = pa.array(too_large)
+        else:
+            too_large = pc.greater_equal(value, COUNT_LIMIT)
+            if not pc.any(too_large).as_py():
+                return value, array, None
         return pc.if_else(too_large, pa.scalar(None, pa.int64()), value), array, too_large
     text = _text(array)
     integral = pc.replace_substring_regex(
@@ -145,22 +151,30 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
         col = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
         raw = {c: col[pos[c]] for c in pos}
         features = {}
-        missing = np.zeros((n, len(present)), dtype=bool)
+        # Masks are (column, row): each column's mask is one contiguous row to fill. A clean
+        # column (the common case) costs its cast and one numpy comparison; the Arrow
+        # passes for nulls and non-numbers run only where the null counts say they matter.
+        missing = np.zeros((len(present), n), dtype=bool)
         non_numeric = np.zeros_like(missing)
         negative = np.zeros_like(missing)
         too_large = np.zeros_like(missing)
         for j, c in enumerate(present):
             value, cell, out_of_range = _feature(raw[c])
             features[schema.canonical_name(c)] = value
-            missing[:, j] = _mask(pc.is_null(cell))
+            if cell.null_count:
+                missing[j] = _mask(pc.is_null(cell))
             if out_of_range is not None:
-                too_large[:, j] = _mask(out_of_range)
-            non_numeric[:, j] = _mask(pc.and_(pc.is_valid(cell), pc.is_null(value))) & ~too_large[:, j]
-            negative[:, j] = _mask(pc.less(value, 0))
+                too_large[j] = _mask(out_of_range)
+            if value.null_count > cell.null_count:  # a cell that is there but is no count
+                non_numeric[j] = _mask(pc.and_(pc.is_valid(cell), pc.is_null(value))) & ~too_large[j]
+            if value.null_count:
+                negative[j] = _mask(pc.less(value, 0))
+            else:
+                negative[j] = value.to_numpy() < 0
         # Text cells only: a replaced byte in a count cell already makes it non-numeric.
-        not_utf8 = np.zeros((n, len(text_columns)), dtype=bool)
+        not_utf8 = np.zeros((len(text_columns), n), dtype=bool)
         for j, c in enumerate(text_columns):
-            not_utf8[:, j] = _mask(pc.match_substring(raw[c], REPLACEMENT_CHAR))
+            not_utf8[j] = _mask(pc.match_substring(raw[c], REPLACEMENT_CHAR))
         corrupt = col.get(CORRUPT_RECORD)
         malformed = _mask(pc.is_valid(corrupt)) if corrupt is not None else np.zeros(n, dtype=bool)
         label_text = _text(raw[schema.LABEL])
@@ -168,25 +182,25 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
         sha_text = _text(raw[schema.SHA256])
         sha_ok = _mask(pc.match_substring_regex(sha_text, SHA256_PATTERN))
         dates = {"earliest_mod_date": pa.nulls(n, pa.date32()), "latest_mod_date": pa.nulls(n, pa.date32())}
-        bad_dates = np.zeros((n, len(schema.DATE_COLUMNS)), dtype=bool)
+        bad_dates = np.zeros((len(schema.DATE_COLUMNS), n), dtype=bool)
         for j, (raw_name, canon) in enumerate(schema.DATE_COLUMNS.items()):
             if raw_name in raw:
                 dates[canon], unparsable = _as_date(raw[raw_name])
-                bad_dates[:, j] = _mask(unparsable)
+                bad_dates[j] = _mask(unparsable)
 
         label_np = np.asarray(label.to_numpy(zero_copy_only=False), dtype=float)
         flags = {
             "malformed_row": malformed,
-            "missing_feature_value": missing.any(axis=1),
-            "non_numeric_feature": non_numeric.any(axis=1),
-            "negative_count": negative.any(axis=1),
-            "count_out_of_range": too_large.any(axis=1),
-            "invalid_utf8": not_utf8.any(axis=1),
+            "missing_feature_value": missing.any(axis=0),
+            "non_numeric_feature": non_numeric.any(axis=0),
+            "negative_count": negative.any(axis=0),
+            "count_out_of_range": too_large.any(axis=0),
+            "invalid_utf8": not_utf8.any(axis=0),
             "invalid_label": np.isnan(label_np),
             "label_archive_mismatch": (~np.isnan(label_np) & (label_np != expected_label))
             if expected_label is not None else np.zeros(n, dtype=bool),
             "invalid_sha256": ~sha_ok,
-            "unparsable_date": bad_dates.any(axis=1),
+            "unparsable_date": bad_dates.any(axis=0),
         }
         any_bad = np.zeros(n, dtype=bool)
         for mask in flags.values():
@@ -209,7 +223,7 @@ def make_typer(columns: list[str], data_source: str, expected_label: int | None
                                               ("negative", negative, names), ("out of range", too_large, names),
                                               ("bad date", bad_dates, date_names),
                                               ("not UTF-8 (bytes replaced by U+FFFD)", not_utf8, text_columns)):
-                    hits = np.flatnonzero(matrix[i])
+                    hits = np.flatnonzero(matrix[:, i])
                     if hits.size:
                         parts.append(f"{title}: " + ",".join(labels[h] for h in hits))
                 if flags["invalid_label"][i]:

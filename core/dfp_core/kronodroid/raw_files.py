@@ -35,8 +35,9 @@ MANIFEST_PATH = RAW_PREFIX + "_manifest.json"
 GENERATOR_MARKER = "GENERATED.json"
 IGNORED_NAMES = {GENERATOR_MARKER, "README.md", "README.txt", ".DS_Store"}
 # The largest cell a part may hold. The scorer's reader needs a whole row inside one
-# block (``reader.BLOCK_SIZE``, 16 MiB); Python's csv module stops at 128 KiB by default.
-MAX_CELL_CHARS = 8 << 20
+# block (``reader.BLOCK_SIZE``, 4 MiB); Python's csv module stops at 128 KiB by default.
+# No KronoDroid value is longer than a few hundred characters.
+MAX_CELL_CHARS = 1 << 20
 # Decompression limits, checked on the sizes a zip declares before a byte is expanded
 # (zipfile stops at the declared size and checks the CRC, so they cannot be exceeded).
 # KronoDroid CSVs deflate about 6:1; a ratio beyond 100:1 is a zip bomb, not data.

@@ -267,6 +267,7 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     threshold (None when the model does not expose one), out_path, model_uri.
     """
     from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
+    from dfp_core.read_ahead import read_ahead
 
     out_path = Path(out_path)
     fmt = output_format(out_path)
@@ -276,8 +277,11 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     counts = {"rows_in": 0, "scored": 0, "rejected": 0, "anomalies": 0}
     by_reason: dict[str, int] = {}
     writer = _ChunkWriter(out_path, fmt)
+    # The next block is read and typed while this one is scored (closed on any exit: the
+    # reading thread stops).
+    blocks = read_ahead(iter_kronodroid(Path(input_path), parts), name="dfp-score-reader")
     try:
-        for valid, rejected in iter_kronodroid(Path(input_path), parts):
+        for valid, rejected in blocks:
             scores = score_frame(model, valid)
             frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
             frame = frame.sort_values("input_index", kind="stable").drop(columns="input_index")
@@ -292,6 +296,8 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     except BaseException:
         writer.discard()
         raise
+    finally:
+        blocks.close()
     return {
         **counts,
         "rejected_by_reason": dict(sorted(by_reason.items())),

@@ -37,3 +37,39 @@ class BasicAuthHeaderProvider:
 
     def request_headers(self) -> dict[str, str]:
         return {"Authorization": _active[-1][1]} if _active else {}
+
+
+# Request-header plugins our processes leave out, by the start of their entry point's value.
+SKIPPED_HEADER_PLUGINS = ("feast.",)
+_REGISTRY = "mlflow.tracking.request_header.registry"
+
+
+def load_request_header_plugins() -> None:
+    """Import MLflow's request-header registry, which loads every installed
+    ``mlflow.request_header_provider`` plugin, without those in ``SKIPPED_HEADER_PLUGINS``.
+
+    Feast (0.67) installs one. It adds a bearer token only inside the request scope of Feast's
+    own feature server, which no process of ours runs, and loading it imports all of Feast,
+    whose typeguard-instrumented classes cost about 5 s of a 2-core machine in every process
+    that talks to MLflow: ``dfp score`` and ``dfp serve`` included (bench/README.md). MLflow
+    has no switch for its plugins, so the entry points are filtered while the registry
+    imports (once; MLflow imports it on its first REST call)."""
+    import sys
+
+    if _REGISTRY in sys.modules:
+        return
+    from mlflow.utils import plugins
+
+    listed = plugins._get_entry_points
+
+    def without_skipped(group: str):
+        found = listed(group)
+        if group != "mlflow.request_header_provider":
+            return found
+        return [entry for entry in found if not entry.value.startswith(SKIPPED_HEADER_PLUGINS)]
+
+    plugins._get_entry_points = without_skipped
+    try:
+        __import__(_REGISTRY)
+    finally:
+        plugins._get_entry_points = listed

@@ -132,9 +132,15 @@ class Preprocessor:
         out = np.empty((len(df), self.n_features), dtype=np.float32)
         constant = self.constant_mask
         # A slice of rows at a time: the float64 working copies are of the slice, not the split.
+        # The same float64 operations as fit's (_finite_or_nan, _impute_log), in place on the
+        # slice's one working copy: a non-finite value (NaN, +-inf) takes the median.
         for start in range(0, len(df), TRANSFORM_CHUNK_ROWS):
-            raw = _finite_or_nan(feature_matrix(df.iloc[start:start + TRANSFORM_CHUNK_ROWS], self.features))
-            chunk = (_impute_log(raw, self.medians) - self.means) / self.stds
+            chunk = feature_matrix(df.iloc[start:start + TRANSFORM_CHUNK_ROWS], self.features)
+            np.copyto(chunk, np.broadcast_to(self.medians, chunk.shape), where=~np.isfinite(chunk))
+            np.clip(chunk, 0.0, None, out=chunk)
+            np.log1p(chunk, out=chunk)
+            chunk -= self.means
+            chunk /= self.stds
             if self.z_clip is not None:
                 np.clip(chunk, -self.z_clip, self.z_clip, out=chunk)
             chunk[:, constant] = 0.0
