@@ -1,12 +1,13 @@
-"""Serving benchmark: the registered model over REST (`dfp serve`, MLflow's scoring server,
+"""Serving benchmark: the registered model over REST (`dfp serve`, its own ASGI server,
 one worker, this environment) against scoring in-process (what `dfp score` does per chunk:
 the pyfunc loaded with `mlflow.pyfunc.load_model`, schema enforcement included).
 
-  .venv/bin/python bench/serving.py [--rows 4000] [--requests 300] [--batches 20]
+  .venv/bin/python bench/serving.py [--rows 4000] [--requests 300] [--batches 20] [--clients 4]
 
 Private stack, generated rows, transform, a one-epoch training run with the default model,
 registered; then, on rows of the table: one-row requests (latency p50/p99, after 20 warm-up
-requests), 1,000-row requests (rows/s), and the same two in-process.
+requests), 1,000-row requests (rows/s), ``--clients`` clients sending one-row requests at once
+(p50/p99, failures), and the first two in-process.
 """
 
 from __future__ import annotations
@@ -36,11 +37,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def _concurrent_one_row(url: str, bodies: list[str], clients: int, requests_each: int) -> dict:
+    """``clients`` threads, each with its own connection, sending ``requests_each`` one-row
+    requests at once: latency p50/p99 over all of them, and how many failed."""
+    import threading
+
+    import requests
+
+    latencies: list[float] = []
+    failures = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+
+    def client(k: int) -> None:
+        session = requests.Session()
+        headers = {"Content-Type": "application/json"}
+        start.wait()
+        for i in range(requests_each):
+            began = time.perf_counter()
+            try:
+                response = session.post(url, data=bodies[(k * 7919 + i) % len(bodies)], headers=headers, timeout=60)
+                ok = response.status_code == 200
+            except requests.RequestException:
+                ok = False
+            elapsed = time.perf_counter() - began
+            with lock:
+                latencies.append(elapsed) if ok else failures.append(elapsed)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    return {"concurrent_clients": clients, "concurrent_requests": clients * requests_each,
+            "concurrent_failed": len(failures), "concurrent_one_row_p50_ms": 1000 * statistics.median(latencies),
+            "concurrent_one_row_p99_ms": 1000 * percentile(latencies, 0.99),
+            "concurrent_requests_per_s": len(latencies) / wall}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=4, help="clients sending one-row requests at once")
     args = parser.parse_args()
 
     import warnings
@@ -87,6 +129,8 @@ def main() -> None:
                 latencies = [post(one[i % len(one)]) for i in range(args.requests)]
                 post(batch)
                 batch_seconds = [post(batch) for _ in range(args.batches)]
+                together = _concurrent_one_row(f"{server.url}/invocations", one, args.clients, args.requests)
+            figures.update(together)
             figures.update({
                 "rest_one_row_p50_ms": 1000 * statistics.median(latencies),
                 "rest_one_row_p99_ms": 1000 * percentile(latencies, 0.99),

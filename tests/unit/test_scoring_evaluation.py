@@ -442,3 +442,53 @@ def test_time_split_evaluation(tmp_path):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="unknown training option"):
         time_split_evaluation(frame, 2013, max_epoch=2)
+
+
+def test_the_scoring_servers_matrix_path_answers_what_predict_answers(logged, trained):
+    """`dfp serve` scores a request's matrix without DataFrames (KronodroidScorer.score_matrix);
+    its answer is the very one of the pyfunc's predict, sample ids, NaN imputation and all."""
+    import mlflow
+
+    from dfp_core.ml.serve_app import ScoringApp, typed_rows
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(logged["uri"])
+    try:
+        scorer = mlflow.pyfunc.load_model(logged["registered"]).unwrap_python_model()
+    finally:
+        mlflow.set_tracking_uri(previous)
+    features = list(scorer.preprocessor.features)
+    test = trained["frames"]["test"].head(40)
+    rows = [[sid, *values] for sid, values in zip(test["sample_id"], test[features].astype(float).values.tolist())]
+    rows[3][5] = None  # a missing value, imputed
+    fast, plain = ScoringApp(scorer, features), ScoringApp(scorer, features)
+    plain.by_matrix = False
+    assert fast.by_matrix
+    answers = [app._predict(*typed_rows(["sample_id", *features], rows, features, "sample_id")) for app in (fast, plain)]
+    assert answers[0] == answers[1] and len(answers[0]) == 40
+    assert list(answers[0][0]) == ["sample_id", "reconstruction_error", "anomaly_score", "is_anomaly"]
+    assert answers[0][0]["sample_id"] == test["sample_id"].iloc[0]
+    assert ScoringApp(object(), features).by_matrix is False  # a model without the matrix path
+
+
+def test_score_calls_the_scorer_itself_only_under_the_signature_it_builds(logged):
+    """`dfp score` skips MLflow's per-column schema pass only where it would change nothing: the
+    model's signature is model_signature()'s, which as_model_input's frames meet by construction."""
+    import mlflow
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, DataType, Schema
+
+    from dfp_core.ml.scoring import frame_scorer
+    from dfp_core.serving.scorer import KronodroidScorer
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(logged["uri"])
+    try:
+        model = mlflow.pyfunc.load_model(logged["registered"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert isinstance(frame_scorer(model), KronodroidScorer)
+    model.metadata.signature = ModelSignature(inputs=Schema([ColSpec(DataType.long, c) for c in schema.FEATURE_COLUMNS]))
+    assert frame_scorer(model) is model
+    other = object()
+    assert frame_scorer(other) is other

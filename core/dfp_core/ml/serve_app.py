@@ -82,6 +82,17 @@ def parse_payload(body: bytes, content_type: str | None) -> tuple[list[str], lis
 def typed_frame(columns: list[str], rows: list[list[Any]], features: list[str], id_column: str) -> pd.DataFrame:
     """The model's input: every feature column as float64 (None -> NaN), ``id_column`` as
     text when given. ClientError naming missing, non-numeric or non-finite columns."""
+    matrix, ids = typed_rows(columns, rows, features, id_column)
+    frame = pd.DataFrame(matrix, columns=features)
+    if ids is not None:
+        frame[id_column] = ids
+    return frame
+
+
+def typed_rows(columns: list[str], rows: list[list[Any]], features: list[str], id_column: str
+               ) -> tuple[np.ndarray, list[str | None] | None]:
+    """``typed_frame`` as (a float64 matrix of the ``features`` in order, the ids as text or
+    None when the request has no ``id_column``), with the same checks."""
     missing = [c for c in features if c not in columns]
     if missing:
         unknown = [c for c in columns if c not in features and c != id_column]
@@ -96,10 +107,10 @@ def typed_frame(columns: list[str], rows: list[list[Any]], features: list[str], 
     if not np.isfinite(matrix[~np.isnan(matrix)]).all():
         bad = sorted({features[j] for j in np.argwhere(np.isinf(matrix))[:, 1]})
         raise ClientError(400, f"infinite value in column(s): {_names(bad)}")
-    frame = pd.DataFrame(matrix, columns=features)
+    ids = None
     if id_column in index:
-        frame[id_column] = [None if row[index[id_column]] is None else str(row[index[id_column]]) for row in rows]
-    return frame
+        ids = [None if row[index[id_column]] is None else str(row[index[id_column]]) for row in rows]
+    return matrix, ids
 
 
 def _first_non_number(rows: list[list[Any]], features: list[str]) -> str:
@@ -119,6 +130,11 @@ class ScoringApp:
 
     def __init__(self, scorer, features: list[str], id_column: str = "sample_id", max_body_bytes: int = MAX_BODY_MB << 20):
         self.scorer, self.features, self.id_column, self.max_body = scorer, features, id_column, max_body_bytes
+        # The scorer's matrix path skips two 476-column DataFrames a request; a model whose
+        # code predates it, or whose signature orders the features otherwise, goes through predict.
+        preprocessor = getattr(scorer, "preprocessor", None)
+        self.by_matrix = callable(getattr(scorer, "score_matrix", None)) and \
+            list(getattr(preprocessor, "features", ())) == list(features)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":  # nothing to set up or tear down
@@ -140,8 +156,8 @@ class ScoringApp:
         try:
             body = await self._body(receive, headers)
             columns, rows = parse_payload(body, headers.get("content-type"))
-            frame = typed_frame(columns, rows, self.features, self.id_column)
-            out = await asyncio.get_running_loop().run_in_executor(None, self._predict, frame)
+            matrix, ids = typed_rows(columns, rows, self.features, self.id_column)
+            out = await asyncio.get_running_loop().run_in_executor(None, self._predict, matrix, ids)
         except ClientError as exc:
             return await self._error(send, exc.status, str(exc))
         except Exception as exc:  # noqa: BLE001 - the server's own failure: one line out, the traceback logged
@@ -168,9 +184,18 @@ class ScoringApp:
             raise ClientError(413, f"the body is over {self.max_body >> 20} MB; send fewer rows per request")
         return b"".join(chunks)
 
-    def _predict(self, frame: pd.DataFrame) -> list[dict]:
-        out = self.scorer.predict(None, frame)
-        records = out.to_dict(orient="records")
+    def _predict(self, matrix: np.ndarray, ids: list[str | None] | None) -> list[dict]:
+        if self.by_matrix:
+            errors, scores, flags = self.scorer.score_matrix(matrix)
+            records = [{"reconstruction_error": e, "anomaly_score": s, "is_anomaly": f}
+                       for e, s, f in zip(errors.tolist(), scores.tolist(), flags.tolist())]
+            if ids is not None:
+                records = [{self.id_column: i, **record} for i, record in zip(ids, records)]
+        else:
+            frame = pd.DataFrame(matrix, columns=self.features)
+            if ids is not None:
+                frame[self.id_column] = ids
+            records = self.scorer.predict(None, frame).to_dict(orient="records")
         for record in records:  # JSON has no NaN: a score that is not a number is null
             for key, value in record.items():
                 if isinstance(value, float) and math.isnan(value):

@@ -130,22 +130,40 @@ class Preprocessor:
         check_feature_columns(df, self.features)
         # Row-major: a DataLoader batches rows, and strided rows make every batch a gather.
         out = np.empty((len(df), self.n_features), dtype=np.float32)
-        constant = self.constant_mask
-        # A slice of rows at a time: the float64 working copies are of the slice, not the split.
-        # The same float64 operations as fit's (_finite_or_nan, _impute_log), in place on the
-        # slice's one working copy: a non-finite value (NaN, +-inf) takes the median.
+        # A slice of rows at a time: the float64 working copy is of the slice, not the split.
         for start in range(0, len(df), TRANSFORM_CHUNK_ROWS):
             chunk = feature_matrix(df.iloc[start:start + TRANSFORM_CHUNK_ROWS], self.features)
-            np.copyto(chunk, np.broadcast_to(self.medians, chunk.shape), where=~np.isfinite(chunk))
-            np.clip(chunk, 0.0, None, out=chunk)
-            np.log1p(chunk, out=chunk)
-            chunk -= self.means
-            chunk /= self.stds
-            if self.z_clip is not None:
-                np.clip(chunk, -self.z_clip, self.z_clip, out=chunk)
-            chunk[:, constant] = 0.0
-            out[start:start + len(chunk)] = chunk
+            out[start:start + len(chunk)] = self._standardise(chunk)
         return out
+
+    def transform_matrix(self, raw: np.ndarray) -> np.ndarray:
+        """``transform`` of a float64 ``(n_rows, n_features)`` matrix whose columns are
+        ``features`` in order, without a DataFrame (the scoring server's path). ``raw`` is
+        overwritten."""
+        self._check_fitted()
+        if not isinstance(raw, np.ndarray) or raw.dtype != np.float64 or raw.ndim != 2 \
+                or raw.shape[1] != self.n_features:
+            raise DatasetError(f"expected a float64 matrix of {self.n_features} feature columns, got "
+                               f"{getattr(raw, 'dtype', type(raw).__name__)} {getattr(raw, 'shape', '')}")
+        out = np.empty(raw.shape, dtype=np.float32)
+        for start in range(0, len(raw), TRANSFORM_CHUNK_ROWS):
+            chunk = raw[start:start + TRANSFORM_CHUNK_ROWS]
+            out[start:start + len(chunk)] = self._standardise(chunk)
+        return out
+
+    def _standardise(self, chunk: np.ndarray) -> np.ndarray:
+        """The fitted steps on a float64 slice, in place (and returned): the same float64
+        operations as fit's (``_finite_or_nan``, ``_impute_log``), so a non-finite value
+        (NaN, +-inf) takes the median."""
+        np.copyto(chunk, np.broadcast_to(self.medians, chunk.shape), where=~np.isfinite(chunk))
+        np.clip(chunk, 0.0, None, out=chunk)
+        np.log1p(chunk, out=chunk)
+        chunk -= self.means
+        chunk /= self.stds
+        if self.z_clip is not None:
+            np.clip(chunk, -self.z_clip, self.z_clip, out=chunk)
+        chunk[:, self.constant_mask] = 0.0
+        return chunk
 
     def fit_transform(self, df: pd.DataFrame) -> np.ndarray:
         return self.fit(df).transform(df)
