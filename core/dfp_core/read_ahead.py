@@ -1,63 +1,90 @@
 """Produce the next items of an iterator in a thread while the consumer works on this one.
 
-``dfp score`` reads and types the next input block while the model scores the current one:
-pyarrow, numpy and torch release the GIL, so on two cores the two overlap.
+``dfp score`` reads and types input blocks while its model loads and while the model scores
+the block before: pyarrow, numpy and torch release the GIL, so on two cores the two overlap.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
 
 
-def read_ahead(items: Iterator[T], depth: int = 1, name: str = "read-ahead") -> Iterator[T]:
-    """The items of ``items``, in order, produced by a background thread at most ``depth``
-    items ahead of the consumer (so memory holds ``depth + 2`` items at most).
+class ReadAhead(Generic[T]):
+    """The items of ``items``, in order, produced by a background thread that starts at once
+    and runs at most ``depth`` items ahead of the consumer (memory holds ``depth + 2`` items).
 
-    An exception in ``items`` is raised here, after the items before it. Closing this
-    iterator early (a ``break``, an exception in the consumer) stops the producer once its
-    current item is done, and closes ``items`` in its own thread."""
-    if depth < 1:
-        raise ValueError(f"depth must be at least 1, got {depth}")
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    An exception in ``items`` is raised by ``next()``, after the items before it. ``close()``
+    (or leaving a ``with`` block) stops the producer once its current item is done and closes
+    ``items`` in its own thread; call it whether or not the items were consumed.
+    """
 
-    def put(entry) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterator[T], depth: int = 1, name: str = "read-ahead"):
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self._items = items
+        self._ready: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
             try:
-                ready.put(entry, timeout=0.1)
+                self._ready.put(entry, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for item in items:
-                if not put((item, None)):
+            for item in self._items:
+                if not self._put((item, None)):
                     return
-            put((_END, None))
+            self._put((_END, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            put((_END, exc))
+            self._put((_END, exc))
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if callable(close):
                 close()
 
-    thread = threading.Thread(target=produce, name=name, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = ready.get()
-            if item is _END:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    def __iter__(self) -> "ReadAhead[T]":
+        return self
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        item, error = self._ready.get()
+        if item is _END:
+            self._done = True
+            self.close()
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._done = True
+        self._stop.set()
+        self._thread.join()
+
+    def __del__(self) -> None:  # an abandoned iterator's producer stops polling
+        self._stop.set()
+
+    def __enter__(self) -> "ReadAhead[T]":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_ahead(items: Iterator[T], depth: int = 1, name: str = "read-ahead") -> ReadAhead[T]:
+    """``ReadAhead(items, depth, name)``: its producer starts now."""
+    return ReadAhead(items, depth, name)

@@ -1,5 +1,6 @@
-"""read_ahead: the items in order, the producer's error where it happened, a bounded lead,
-and a producer that stops (and closes its source) when the consumer leaves early."""
+"""read_ahead: the items in order, the producer's error where it happened, a bounded lead
+from the start, and a producer that stops (and closes its source) when the consumer closes
+it, early or before the first item."""
 
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ def test_the_producer_runs_at_most_depth_items_ahead():
             produced.append(i)
             yield i
 
-    items = read_ahead(counted(), depth=2)
-    assert next(items) == 0
-    time.sleep(0.3)
-    # 0 consumed, 2 waiting in the queue, 1 made and waiting for room.
-    assert len(produced) == 4
-    items.close()
+    with read_ahead(counted(), depth=2) as items:
+        time.sleep(0.3)
+        # Started before the first next(): 2 waiting in the queue, 1 made and waiting for room.
+        assert len(produced) == 3
+        assert next(items) == 0
+        time.sleep(0.3)
+        assert len(produced) == 4
 
 
 def test_leaving_early_stops_the_producer_and_closes_its_source():
@@ -64,11 +66,27 @@ def test_leaving_early_stops_the_producer_and_closes_its_source():
         finally:
             closed.set()
 
-    for item in read_ahead(endless()):
-        if item == 3:
-            break
-    assert closed.wait(5)
+    with read_ahead(endless()) as items:
+        for item in items:
+            if item == 3:
+                break
+    assert closed.is_set()
     assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+def test_closing_before_the_first_item_stops_the_producer():
+    closed = threading.Event()
+
+    def slow():
+        try:
+            for i in range(1000):
+                time.sleep(0.01)
+                yield i
+        finally:
+            closed.set()
+
+    read_ahead(slow(), name="never-read").close()
+    assert closed.is_set() and not any(t.name == "never-read" for t in threading.enumerate())
 
 
 def test_a_depth_below_one_is_refused():

@@ -299,15 +299,16 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     fmt = output_format(out_path)
     check_output_apart(Path(input_path), out_path)
     parts = input_parts(Path(input_path))  # input errors before the (slow) model load
-    model = load_model(rt, model_uri)
-    scorer = frame_scorer(model)
-    counts = {"rows_in": 0, "scored": 0, "rejected": 0, "anomalies": 0}
-    by_reason: dict[str, int] = {}
-    writer = _ChunkWriter(out_path, fmt)
-    # The next block is read and typed while this one is scored (closed on any exit: the
-    # reading thread stops).
+    # Blocks are read and typed in a thread from now on: the first while the model loads,
+    # each next one while the one before is scored. Closed on every exit (the thread stops).
     blocks = read_ahead(iter_kronodroid(Path(input_path), parts), name="dfp-score-reader")
+    writer = None
     try:
+        model = load_model(rt, model_uri)
+        scorer = frame_scorer(model)
+        counts = {"rows_in": 0, "scored": 0, "rejected": 0, "anomalies": 0}
+        by_reason: dict[str, int] = {}
+        writer = _ChunkWriter(out_path, fmt)
         for valid, rejected in blocks:
             scores = score_frame(scorer, valid)
             frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
@@ -321,7 +322,8 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
                 by_reason[str(reason)] = by_reason.get(str(reason), 0) + int(n)
         writer.commit()
     except BaseException:
-        writer.discard()
+        if writer is not None:
+            writer.discard()
         raise
     finally:
         blocks.close()
