@@ -39,6 +39,15 @@ def test_both_json_shapes_give_the_same_typed_rows():
         assert frame["sample_id"].tolist() == ["x", "7"]
 
 
+def test_features_first_then_the_id_are_typed_like_any_order():
+    rows = [[1, None, "3", "x"], [4.5, 5, 6, None]]
+    first = typed_frame([*FEATURES, "sample_id"], rows, FEATURES, "sample_id")
+    mixed = typed_frame(["c", "sample_id", "a", "b"], [[r[2], r[3], r[0], r[1]] for r in rows], FEATURES, "sample_id")
+    assert first.equals(mixed) and first["sample_id"].tolist() == ["x", None]
+    _refused(400, "column b: 'five' is not a number", {"dataframe_split": {"columns": [*FEATURES, "sample_id"],
+                                                                          "data": [[1, "five", 3, "x"]]}})
+
+
 def test_client_mistakes_are_4xx_in_one_line():
     ok = {"dataframe_split": {"columns": FEATURES, "data": [[1, 2, 3]]}}
     _refused(415, "no Content-Type", ok, None)

@@ -99,7 +99,13 @@ def typed_rows(columns: list[str], rows: list[list[Any]], features: list[str], i
         also = f"; unknown column(s): {_names(unknown)}" if unknown else ""
         raise ClientError(400, f"missing feature column(s): {_names(missing)}{also}")
     index = {c: i for i, c in enumerate(columns)}
-    picked = [[row[index[c]] for c in features] for row in rows] if columns != features else rows
+    n = len(features)
+    if columns == features:
+        picked = rows
+    elif columns[:n] == features:  # the features first, in order (as_model_input's frames): a slice a row
+        picked = [row[:n] for row in rows]
+    else:
+        picked = [[row[index[c]] for c in features] for row in rows]
     try:
         matrix = np.array(picked, dtype=np.float64).reshape(len(rows), len(features))
     except (TypeError, ValueError):
