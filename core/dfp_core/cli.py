@@ -8,6 +8,7 @@ from ``TransformConfig`` and ``TrainConfig`` (``dfp_core.params``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -15,7 +16,7 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -104,6 +105,24 @@ def with_config(cls) -> Callable:
     return decorate
 
 
+def verbose_option(streamed: str) -> Any:
+    """``-v/--verbose`` of a quiet command: ``streamed`` names the output it streams to the
+    terminal instead of writing it to ``DFP_HOME/logs/``."""
+    return typer.Option(False, "--verbose", "-v", help=f"Stream {streamed} instead of writing it to DFP_HOME/logs/.")
+
+
+@contextlib.contextmanager
+def quiet_command(rt, command: str, title: str, verbose: bool) -> Iterator[dict]:
+    """The command's work as one quiet stage: its output (Spark's, Lightning's, the steps')
+    goes to ``DFP_HOME/logs/<command>-<time>.log``, the terminal gets one line, and on failure
+    the log's last lines. Yields the keys the command adds to its JSON (``log``)."""
+    from dfp_core.progress import command_log, quiet_stage
+
+    log = command_log(rt.settings.stack.home, command.replace(" ", "-"))
+    with quiet_stage(1, 1, title, log, verbose=verbose, retry_hint=f"`dfp {command} -v` streams it"):
+        yield {} if verbose else {"log": str(log)}
+
+
 # ----------------------------------------------------------------------------- stack
 
 
@@ -180,12 +199,15 @@ def generate_cmd(
 
 @app.command("transform")
 @with_config(TransformConfig)
-def transform_cmd(config: TransformConfig) -> None:
+def transform_cmd(config: TransformConfig, verbose: bool = verbose_option("the transform's and Spark's output")) -> None:
     """Raw archives -> Avro Iceberg tables on a run branch, committed and merged."""
     from dfp_spark.transform_run import run_transform
 
     with runtime("kronodroid-transform") as rt:
-        emit(run_transform(rt, config))
+        source = config.input_dir or "the raw files already in lakeFS"
+        with quiet_command(rt, "transform", f"transform {source} into lakeFS", verbose) as extra:
+            result = run_transform(rt, config)
+        emit({**result, **extra})
 
 
 @app.command("train")
@@ -193,16 +215,21 @@ def transform_cmd(config: TransformConfig) -> None:
 def train_cmd(
     config: TrainConfig,
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (env MLFLOW_TRACKING_URI)."),
+    verbose: bool = verbose_option("the training's, Spark's and Lightning's output"),
 ) -> None:
     """Train on Feast-served splits at a lakeFS ref; log and register in MLflow."""
     from dfp_core.ml.train_kronodroid_autoencoder import train
 
     with runtime("kronodroid-train", mlflow={"tracking_uri": tracking_uri}) as rt:
-        # A DDP worker shares rank zero's stdout, whose last line is the run's JSON: its own goes to stderr.
-        out = emit if rt.settings.process.is_rank_zero else (
+        rank_zero = rt.settings.process.is_rank_zero
+        # A DDP worker shares rank zero's stdout, whose last line is the run's JSON: its own goes to stderr
+        # (rank zero's log, when rank zero is quiet: the workers it starts write where it does).
+        out = emit if rank_zero else (
             lambda summary: print(json.dumps(summary, sort_keys=True, default=str), file=sys.stderr, flush=True))
         try:
-            out(train(rt, config))
+            with quiet_command(rt, "train", "train and register the model", verbose or not rank_zero) as extra:
+                result = train(rt, config)
+            out({**result, **extra})
         except DfpError as exc:
             if not rt.settings.process.is_rank_zero:  # rank zero's stdout is not the worker's to end
                 out(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
@@ -283,21 +310,17 @@ def pipeline_run_local(
     kubeconfig: Optional[Path] = typer.Option(
         None, "--kubeconfig", help="--runner docker with --spark-mode kubernetes: the cluster the transform step "
         "submits its SparkApplication to, as the account this kubeconfig names (env KUBECONFIG)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream KFP's and the steps' output instead of "
-                                 "writing it to DFP_HOME/logs/."),
+    verbose: bool = verbose_option("KFP's and the steps' output"),
 ) -> None:
     """Run the pipeline end to end with KFP's local runner against the local stack."""
-    from dfp_core.progress import command_log, quiet_stage
     from dfp_kfp.local_run import run_pipeline_locally
 
     kubeconfig = kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     with runtime("kfp-local", mlflow={"tracking_uri": tracking_uri}) as rt:
-        log = command_log(rt.settings.stack.home, "pipeline-run-local")
-        with quiet_stage(1, 1, f"pipeline with KFP's local runner ({runner})", log, verbose=verbose,
-                         retry_hint="`dfp pipeline run-local -v` streams it"):
+        with quiet_command(rt, "pipeline run-local", f"pipeline with KFP's local runner ({runner})", verbose) as extra:
             result = run_pipeline_locally(rt, runner=runner, run_transform=run_transform, kubeconfig=kubeconfig,
                                           **params)
-        emit({**result, **({} if verbose else {"log": str(log)})})
+        emit({**result, **extra})
 
 
 @app.command("quickstart")
@@ -307,8 +330,7 @@ def quickstart_cmd(
     seed: int = typer.Option(0, "--seed"),
     max_epochs: int = typer.Option(10, "--max-epochs", min=1),
     repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default kronodroid)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream the servers', Spark's and KFP's output "
-                                 "instead of writing it to DFP_HOME/logs/."),
+    verbose: bool = verbose_option("the servers', Spark's and KFP's output"),
 ) -> None:
     """Stack up, sample data, the whole pipeline with KFP's local runner, then where to look."""
     from dfp_core.quickstart import quickstart

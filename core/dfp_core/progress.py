@@ -4,6 +4,7 @@ stderr, so that stdout stays free for each command's JSON summary."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -54,6 +55,29 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TAIL_LINES = 20
 
 
+class _LogSink(io.TextIOBase):
+    """A stage's log as Python's stdout and stderr: a full disk costs log lines, never the stage
+    (a transform on a filled DFP_HOME must fail for its own reason, in one line)."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError):
+            self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.flush()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+
 @contextlib.contextmanager
 def quiet_stage(index: int, total: int, title: str, log: Path, verbose: bool = False,
                 retry_hint: str = "") -> Iterator[None]:
@@ -73,29 +97,32 @@ def quiet_stage(index: int, total: int, title: str, log: Path, verbose: bool = F
     terminal = Console(file=os.fdopen(os.dup(saved[2]), "w"), highlight=False, soft_wrap=True)
     label = f"[bold cyan][{index}/{total}][/] {escape(title)}"
     started = time.monotonic()
+    file = open(log, "a", buffering=1)
     try:
-        with open(log, "a", buffering=1) as sink:
-            sink.write(f"\n==> [{index}/{total}] {title}\n")
-            try:
-                with terminal.status(label, spinner="dots"):
-                    for fd in (1, 2):  # children and the JVM write to the descriptors
-                        os.dup2(sink.fileno(), fd)
-                    try:  # and Python's own streams may not be the descriptors (a notebook, pytest)
-                        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-                            yield
-                    finally:
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                        for fd, copy in saved.items():
-                            os.dup2(copy, fd)
-            except BaseException:
-                terminal.print(f"{label}: [red]failed[/] after {time.monotonic() - started:.1f}s")
-                for line in failure_tail(log):
-                    terminal.print(f"    {escape(line)}")
-                terminal.print(f"    full log: {escape(str(log))}" + (f"; {escape(retry_hint)}" if retry_hint else ""))
-                raise
+        sink = _LogSink(file)
+        sink.write(f"\n==> [{index}/{total}] {title}\n")
+        try:
+            with terminal.status(label, spinner="dots"):
+                for fd in (1, 2):  # children and the JVM write to the descriptors
+                    os.dup2(sink.fileno(), fd)
+                try:  # and Python's own streams may not be the descriptors (a notebook, pytest)
+                    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                        yield
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    for fd, copy in saved.items():
+                        os.dup2(copy, fd)
+        except BaseException:
+            terminal.print(f"{label}: [red]failed[/] after {time.monotonic() - started:.1f}s")
+            for line in failure_tail(log):
+                terminal.print(f"    {escape(line)}")
+            terminal.print(f"    full log: {escape(str(log))}" + (f"; {escape(retry_hint)}" if retry_hint else ""))
+            raise
         terminal.print(f"{label}: done in {time.monotonic() - started:.1f}s")
     finally:
+        with contextlib.suppress(OSError):  # a full disk: the stage's own error is the one to see
+            file.close()
         for copy in saved.values():
             os.close(copy)
         terminal.file.close()

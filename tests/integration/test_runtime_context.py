@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +35,17 @@ def _last_json(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _quiet(done: subprocess.CompletedProcess, stack, logged: str) -> dict:
+    """The command's JSON, after checking it was quiet: one stage line on the terminal, its
+    output (``logged`` among it) in the log under DFP_HOME/logs its JSON names."""
+    summary = _last_json(done)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) <= 3 and " done in " in lines[-1], done.stderr[-3000:]
+    log = Path(summary["log"])
+    assert log.parent == Path(stack["env"]["DFP_HOME"]) / "logs" and logged in log.read_text()
+    return summary
+
+
 def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tmp_path):
     repo = "ctx" + uuid.uuid4().hex[:8]
     model = f"kronodroid_autoencoder_{repo}"
@@ -43,12 +55,14 @@ def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tm
 
     data = tmp_path / "data"
     cli("generate", "--out", str(data), "--rows", "400", "--seed", "5")
-    transformed = _last_json(cli("transform", "--input", str(data), "--repo", repo, "--run-id", "ctx"))
+    transformed = _quiet(cli("transform", "--input", str(data), "--repo", repo, "--run-id", "ctx"), stack,
+                         "Spark transform on run-ctx")
     assert rt.lakefs.resolve_commit(repo, "main") == transformed["merge_commit"]  # in this stack's lakeFS
 
-    trained = _last_json(cli("train", "--repo", repo, "--max-epochs", "1", "--hidden-dims", "32,16", "--latent-dim", "4",
-                             "--batch-size", "64", "--accelerator", "cpu", "--devices", "1", "--model-name", model,
-                             "--no-baselines", "--target-fpr", "0.1", "--train-on", "semi", "--score", "mse"))
+    trained = _quiet(cli("train", "--repo", repo, "--max-epochs", "1", "--hidden-dims", "32,16", "--latent-dim", "4",
+                         "--batch-size", "64", "--accelerator", "cpu", "--devices", "1", "--model-name", model,
+                         "--no-baselines", "--target-fpr", "0.1", "--train-on", "semi", "--score", "mse"), stack,
+                     "Model Registry")
     version = rt.mlflow.get_model_version(model, trained["model_version"])  # in this stack's registry
     assert version.tags["data.lakefs_ref"] == transformed["merge_commit"]
     params = rt.mlflow.get_run(trained["run_id"]).data.params

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,34 @@ def test_logs_are_named_by_command_and_colours_come_off(tmp_path):
     assert log.parent == tmp_path / "logs" and log.name.startswith("quickstart-") and log.suffix == ".log"
     assert plain("Task \x1b[96m'kronodroid-spark-transform'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m") == \
         "Task 'kronodroid-spark-transform' finished with status FAILURE"
+
+
+FULL_LOG = """
+import resource, signal, sys
+from pathlib import Path
+from dfp_core.progress import quiet_stage
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as ENOSPC on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+log = Path(sys.argv[1])
+with quiet_stage(1, 1, "writes past the room", log):
+    for _ in range(100):
+        print("x" * 1000)
+    print("more", file=sys.stderr)
+try:
+    with quiet_stage(1, 1, "fails past the room", log):
+        print("y" * 10_000)
+        raise ValueError("the stage's own error")
+except ValueError as exc:
+    print(f"raised: {exc}")
+"""
+
+
+def test_a_log_without_room_loses_lines_not_the_stage(tmp_path):
+    """A log that cannot grow (a full disk under DFP_HOME; here a file-size limit, which fails
+    writes the same way): the stage still ends as it would, with its own error if any."""
+    done = subprocess.run([sys.executable, "-c", FULL_LOG, str(tmp_path / "stage.log")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "raised: the stage's own error"
+    assert "writes past the room: done in" in done.stderr and "fails past the room: failed after" in done.stderr
+    assert (tmp_path / "stage.log").stat().st_size <= 4096
