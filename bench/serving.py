@@ -2,7 +2,7 @@
 one worker, this environment) against scoring in-process (what `dfp score` does per chunk:
 the pyfunc loaded with `mlflow.pyfunc.load_model`, schema enforcement included).
 
-  .venv/bin/python bench/serving.py [--rows 4000] [--requests 300] [--batches 20] [--clients 4]
+  .venv/bin/python bench/serving.py [--rows 4000] [--requests 300] [--batches 20] [--clients 4] [--mlserver]
 
 Private stack, generated rows, transform, a one-epoch training run with the default model,
 registered; then, on rows of the table: one-row requests (latency p50/p99, after 20 warm-up
@@ -77,12 +77,71 @@ def _concurrent_one_row(url: str, bodies: list[str], clients: int, requests_each
             "concurrent_requests_per_s": len(latencies) / wall}
 
 
+def _mlserver_figures(rt, model_uri: str, frame, tmp: Path, requests_n: int, batches: int) -> dict:
+    """The model in MLServer with its MLflow runtime, as KServe's kserve-mlserver runtime runs
+    it (``kserve.mlserver_environment``), in a virtualenv of ``kserve.mlserver_requirements``:
+    one-row V2 requests (p50/p99 after 20 warm-ups) and ``BATCH``-row ones (rows/s)."""
+    import subprocess
+
+    import mlflow
+    import requests
+
+    from dfp_core.ml.kserve import mlserver_environment, mlserver_requirements, v2_request
+    from dfp_core.stack import free_port
+
+    with rt.tracking():
+        model_dir = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp / "mlserver-model")))
+    venv, uv = tmp / "mlserver-venv", str(Path(sys.executable).parent / "uv")
+    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    *mlserver_requirements((model_dir / "requirements.txt").read_text())], check=True)
+    port = free_port()
+    env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"),
+           **mlserver_environment(str(model_dir), "kronodroid", port, free_port(), free_port())}
+    server = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(model_dir)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v2/models/kronodroid"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        session = requests.Session()
+        headers = {"Content-Type": "application/json"}
+        rows = frame.fillna(0.0)  # V2 JSON carries no NaN
+        one = [json.dumps(v2_request(rows.iloc[[i]])) for i in range(min(len(rows), 200))]
+        batch = json.dumps(v2_request(rows.iloc[:BATCH]))
+
+        def post(body: str) -> float:
+            started = time.perf_counter()
+            response = session.post(f"{url}/infer", data=body, headers=headers, timeout=120)
+            assert response.status_code == 200, response.text[:500]
+            return time.perf_counter() - started
+
+        for i in range(20):
+            post(one[i % len(one)])
+        latencies = [post(one[i % len(one)]) for i in range(requests_n)]
+        post(batch)
+        batch_seconds = [post(batch) for _ in range(batches)]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {"mlserver_one_row_p50_ms": 1000 * statistics.median(latencies),
+            "mlserver_one_row_p99_ms": 1000 * percentile(latencies, 0.99),
+            "mlserver_batch_rows_per_s": BATCH / statistics.median(batch_seconds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--clients", type=int, default=4, help="clients sending one-row requests at once")
+    parser.add_argument("--mlserver", action="store_true",
+                        help="also KServe's MLServer runtime (a virtualenv built with uv): the same figures over V2")
     args = parser.parse_args()
 
     import warnings
@@ -131,6 +190,9 @@ def main() -> None:
                 batch_seconds = [post(batch) for _ in range(args.batches)]
                 together = _concurrent_one_row(f"{server.url}/invocations", one, args.clients, args.requests)
             figures.update(together)
+            if args.mlserver:
+                log("KServe's MLServer runtime (V2 protocol)")
+                figures.update(_mlserver_figures(rt, uri, frame, tmp, args.requests, args.batches))
             figures.update({
                 "rest_one_row_p50_ms": 1000 * statistics.median(latencies),
                 "rest_one_row_p99_ms": 1000 * percentile(latencies, 0.99),

@@ -172,6 +172,68 @@ def test_dfp_serve_answers_ping_and_invocations(registered, dfp_served):
     _matches_dfp_score(registered, response.json()["predictions"], frame["sample_id"].tolist())
 
 
+def _wait_for(process: subprocess.Popen, url: str, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with code {process.returncode} before it answered"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def mlserver_served(registered, tmp_path_factory):
+    """KServe's MLflow runtime as `dfp kserve`'s InferenceService gets it (runtime
+    kserve-mlserver, protocol v2): MLServer with its MLflow runtime, started as KServe starts it
+    (`mlserver start` of the model's files, configured by environment), in a virtualenv of
+    MLServer's pinned releases and the scorer's own pins from the model's requirements.txt."""
+    from dfp_core.ml.kserve import mlserver_environment, mlserver_requirements, service_name
+
+    requirements = mlserver_requirements((registered["local"] / "requirements.txt").read_text())
+    venv = tmp_path_factory.mktemp("mlserver") / "venv"
+    for command in ([str(VENV_BIN / "uv"), "venv", "-q", "-p", sys.executable, str(venv)],
+                    [str(VENV_BIN / "uv"), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                     *requirements]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+    name = service_name(registered["name"], str(registered["version"]))
+    port = free_port()
+    env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", "/root"),
+           **mlserver_environment(str(registered["local"]), name, port, free_port(), free_port())}
+    process = subprocess.Popen([str(venv / "bin" / "mlserver"), "start", str(registered["local"])], env=env,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v2/models/{name}"
+    try:
+        _wait_for(process, f"{url}/ready", timeout_s=600)
+        yield {"url": url, "process": process}
+    finally:
+        _stop(process)
+
+
+def test_kserves_mlserver_runtime_answers_the_v2_protocol_like_dfp_score(registered, mlserver_served):
+    """The model served by KServe's own runtime for it answers Open Inference Protocol requests
+    with `dfp score`'s scores for the same apps, and describes its inputs by the signature."""
+    from dfp_core.kronodroid.reader import read_kronodroid
+    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+    from dfp_core.ml.kserve import v2_outputs, v2_request
+    from dfp_core.ml.pyfunc import as_model_input
+
+    valid, _ = read_kronodroid(registered["data"])
+    rows = valid[valid["sample_id"].isin(registered["scores"].index)].drop_duplicates("sample_id").head(50)
+    response = requests.post(f"{mlserver_served['url']}/infer", data=json.dumps(v2_request(as_model_input(rows))),
+                             headers={"Content-Type": "application/json"}, timeout=120)
+    assert response.status_code == 200, response.text[:2000]
+    _matches_dfp_score(registered, v2_outputs(response.json()), rows["sample_id"].tolist())
+    metadata = requests.get(mlserver_served["url"], timeout=30).json()
+    assert {i["name"] for i in metadata["inputs"]} == {*FEATURE_COLUMNS, "sample_id"}
+
+
 @pytest.mark.parametrize("server", ["dfp_served", "mlflow_served"])
 def test_bad_input_is_a_400_naming_the_columns(registered, server, request):
     url = request.getfixturevalue(server)["url"]

@@ -61,3 +61,35 @@ def test_storage_uris():
         storage_uri_of("mlflow-artifacts:/1/models/m-9/artifacts", None)
     with pytest.raises(ConfigError, match=r"KServe cannot read file:///srv/mlflow/1: .*--artifacts-destination s3://"):
         storage_uri_of("mlflow-artifacts:/1", "file:///srv/mlflow")
+
+
+def test_v2_requests_carry_model_input_columns_and_answers_come_back_as_rows():
+    import json
+
+    import pandas as pd
+
+    from dfp_core.ml.kserve import v2_outputs, v2_request
+
+    frame = pd.DataFrame({"sc_read": [1.0, 2.5], "perm_x": [0.0, 1.0], "sample_id": ["a", "b"]})
+    body = json.loads(json.dumps(v2_request(frame)))  # what goes on the wire
+    assert body["parameters"] == {"content_type": "pd"}
+    assert body["inputs"][0] == {"name": "sc_read", "shape": [2, 1], "datatype": "FP64", "data": [1.0, 2.5]}
+    assert body["inputs"][2]["datatype"] == "BYTES" and body["inputs"][2]["data"] == ["a", "b"]
+    with pytest.raises(ConfigError, match="column sc_read has missing values"):
+        v2_request(frame.assign(sc_read=[1.0, float("nan")]))
+    answer = {"outputs": [{"name": "sample_id", "data": ["a", "b"]}, {"name": "anomaly_score", "data": [0.5, 2.0]},
+                          {"name": "is_anomaly", "data": [False, True]}]}
+    assert v2_outputs(answer) == [{"sample_id": "a", "anomaly_score": 0.5, "is_anomaly": False},
+                                  {"sample_id": "b", "anomaly_score": 2.0, "is_anomaly": True}]
+
+
+def test_an_mlserver_environment_takes_the_scorers_pins_not_mlflows_closure():
+    from dfp_core.ml.kserve import MLSERVER_REQUIREMENTS, mlserver_environment, mlserver_requirements
+
+    text = "mlflow==3.17.2\nfastapi==0.165.0\nnumpy==2.4.6\npandas==2.3.3\ntorch==2.15.0\n"
+    assert mlserver_requirements(text) == [*MLSERVER_REQUIREMENTS, "mlflow==3.17.2", "torch==2.15.0",
+                                           "numpy==2.4.6", "pandas==2.3.3"]
+    with pytest.raises(ConfigError, match="pins no torch"):
+        mlserver_requirements("mlflow==3.17.2\nnumpy==2.4.6\npandas==2.3.3\n")
+    env = mlserver_environment("/mnt/models", "kd-v3", 8080, 8081, 8082)
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "mlserver_mlflow.MLflowRuntime" and env["MLSERVER_MODEL_NAME"] == "kd-v3"

@@ -27,6 +27,15 @@ RUNTIME = "kserve-mlserver"
 STORAGE_SCHEMES = ("s3", "gs", "https", "http", "pvc", "hdfs", "webhdfs", "oci", "hf")
 # MLServer's image user (seldonio/mlserver runs as 1000).
 SERVING_USER = 1000
+# What KServe's kserve-mlserver runtime runs for ``modelFormat: mlflow``: MLServer with its MLflow
+# runtime, configured by environment, serving the files KServe put in /mnt/models. These are the
+# releases checked against the model here (test_model_artifact.py); MLServer 1.7.1 is the first
+# whose MLflow runtime installs beside MLflow 3.17. uvloop 0.22 and later kill MLServer's
+# inference workers at start (SeldonIO/MLServer#2286, still open; MLflow's own MLServer extra
+# pins it below 0.22 too). Its image needs the scorer's own pins as well
+# (``pyfunc.SCORER_DISTRIBUTIONS``: mlflow, torch, numpy, pandas, from the model's requirements.txt).
+MLSERVER_REQUIREMENTS = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1", "uvloop==0.21.0")
+MLSERVER_IMPLEMENTATION = "mlserver_mlflow.MLflowRuntime"
 
 
 @dataclass(frozen=True)
@@ -130,3 +139,52 @@ def inference_service_for_version(rt: "Runtime", model_name: str, version: str |
         model_name=model_name, model_version=str(found.version), service_account=service_account, image=image,
         annotations=annotations,
     ))
+
+
+def mlserver_requirements(model_requirements: str) -> list[str]:
+    """What an MLServer environment for the model installs: ``MLSERVER_REQUIREMENTS`` and the
+    scorer's own pins from the model's ``requirements.txt`` text (not all of it: it pins MLflow's
+    whole closure, whose FastAPI MLServer cannot run with). ConfigError if a pin is missing."""
+    from dfp_core.ml.pyfunc import SCORER_DISTRIBUTIONS
+
+    pins = {line.split("==")[0].strip().lower(): line.strip() for line in model_requirements.splitlines()
+            if "==" in line and not line.lstrip().startswith("#")}
+    missing = [name for name in SCORER_DISTRIBUTIONS if name not in pins]
+    if missing:
+        raise ConfigError(f"the model's requirements.txt pins no {', '.join(missing)}")
+    return [*MLSERVER_REQUIREMENTS, *(pins[name] for name in SCORER_DISTRIBUTIONS)]
+
+
+def mlserver_environment(model_dir: str, name: str, http_port: int = 8080, grpc_port: int = 8081,
+                         metrics_port: int = 8082) -> dict[str, str]:
+    """The environment KServe's MLServer runtime gives ``mlserver start <model_dir>`` for this
+    model (``name``: the InferenceService's name, the one its V2 paths use)."""
+    return {"MLSERVER_MODEL_NAME": name, "MLSERVER_MODEL_URI": model_dir, "MLSERVER_MODEL_IMPLEMENTATION":
+            MLSERVER_IMPLEMENTATION, "MLSERVER_HTTP_PORT": str(http_port), "MLSERVER_GRPC_PORT": str(grpc_port),
+            "MLSERVER_METRICS_PORT": str(metrics_port), "MLSERVER_LOAD_MODELS_AT_STARTUP": "true"}
+
+
+def v2_request(frame) -> dict[str, Any]:
+    """An Open Inference Protocol (V2) request for model-input rows (``pyfunc.as_model_input``:
+    float64 features, ``sample_id`` as text): one input per column, decoded back into a
+    DataFrame by MLServer (``content_type`` "pd"). JSON has no NaN: a missing value is refused
+    here, naming the column, rather than sent as something else."""
+    inputs = []
+    for column in frame.columns:
+        values = frame[column]
+        if column == "sample_id":
+            inputs.append({"name": column, "shape": [len(values), 1], "datatype": "BYTES",
+                           "parameters": {"content_type": "str"}, "data": [str(v) for v in values]})
+            continue
+        if values.isna().any():
+            raise ConfigError(f"column {column} has missing values, which a V2 JSON request cannot carry")
+        inputs.append({"name": column, "shape": [len(values), 1], "datatype": "FP64",
+                       "data": values.astype(float).tolist()})
+    return {"inputs": inputs, "parameters": {"content_type": "pd"}}
+
+
+def v2_outputs(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a V2 response (one output per column), as ``dfp serve`` answers them."""
+    columns = {output["name"]: output["data"] for output in response["outputs"]}
+    rows = len(next(iter(columns.values()))) if columns else 0
+    return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
