@@ -76,7 +76,9 @@ class ReadAhead(Generic[T]):
         self._thread.join()
 
     def __del__(self) -> None:  # an abandoned iterator's producer stops polling
-        self._stop.set()
+        stop = getattr(self, "_stop", None)  # None: __init__ refused its arguments
+        if stop is not None:
+            stop.set()
 
     def __enter__(self) -> "ReadAhead[T]":
         return self
