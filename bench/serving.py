@@ -87,6 +87,7 @@ def _mlserver_figures(rt, model_uri: str, frame, tmp: Path, requests_n: int, bat
     import requests
 
     from dfp_core.ml.kserve import mlserver_environment, mlserver_requirements, v2_request
+    from dfp_core.ml.serve import wait_until_ready
     from dfp_core.stack import free_port
 
     with rt.tracking():
@@ -102,13 +103,7 @@ def _mlserver_figures(rt, model_uri: str, frame, tmp: Path, requests_n: int, bat
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v2/models/kronodroid"
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
+        wait_until_ready(server, url, timeout_s=600, ready_path="/ready")
         session = requests.Session()
         headers = {"Content-Type": "application/json"}
         rows = frame.fillna(0.0)  # V2 JSON carries no NaN

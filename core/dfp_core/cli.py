@@ -231,7 +231,7 @@ def train_cmd(
                 result = train(rt, config)
             out({**result, **extra})
         except DfpError as exc:
-            if not rt.settings.process.is_rank_zero:  # rank zero's stdout is not the worker's to end
+            if not rank_zero:  # rank zero's stdout is not the worker's to end
                 out(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
                 error(str(exc))
                 raise typer.Exit(2) from None

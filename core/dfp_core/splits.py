@@ -25,6 +25,13 @@ def spark_sample_id_sql(sha256_col: str = "sha256", source_col: str = "data_sour
     return f"concat({source_col}, ':', lower(trim({sha256_col})))"
 
 
+def arrow_sample_id(sha256, data_source):
+    """``sample_id`` over pyarrow string arrays (the scorer's reader builds its frames in Arrow)."""
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(data_source, pc.utf8_lower(pc.utf8_trim_whitespace(sha256)), ":")
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     """How rows are assigned to splits; part of every dataset id."""

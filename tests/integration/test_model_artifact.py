@@ -172,21 +172,6 @@ def test_dfp_serve_answers_ping_and_invocations(registered, dfp_served):
     _matches_dfp_score(registered, response.json()["predictions"], frame["sample_id"].tolist())
 
 
-def _wait_for(process: subprocess.Popen, url: str, timeout_s: float) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited with code {process.returncode} before it answered"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{url} did not answer 200 within {timeout_s:.0f}s")
-
-
 @pytest.fixture(scope="module")
 def mlserver_served(registered, tmp_path_factory):
     """KServe's MLflow runtime as `dfp kserve`'s InferenceService gets it (runtime
@@ -210,7 +195,7 @@ def mlserver_served(registered, tmp_path_factory):
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/v2/models/{name}"
     try:
-        _wait_for(process, f"{url}/ready", timeout_s=600)
+        wait_until_ready(process, url, timeout_s=600, ready_path="/ready")
         yield {"url": url, "process": process}
     finally:
         _stop(process)

@@ -56,6 +56,14 @@ def test_sample_id_is_source_qualified_and_normalised():
     assert splits.sample_id("abc", "emulator") != splits.sample_id("abc", "real_device")
 
 
+def test_the_arrow_sample_id_is_the_same_definition():
+    import pyarrow as pa
+
+    shas, sources = [" ABC ", "def", "0A\t"], ["emulator", "real_device", "emulator"]
+    got = splits.arrow_sample_id(pa.array(shas), pa.array(sources)).to_pylist()
+    assert got == [splits.sample_id(h, s) for h, s in zip(shas, sources)]
+
+
 def test_random_split_is_deterministic_and_follows_ratios():
     spec = splits.SplitSpec(seed=7, train_ratio=0.6, val_ratio=0.2, test_ratio=0.2)
     ids = [f"real_device:{i:064x}" for i in range(20000)]

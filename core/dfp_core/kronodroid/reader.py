@@ -30,7 +30,7 @@ from dfp_core.errors import InputDataError
 from dfp_core.kronodroid import schema
 from dfp_core.kronodroid.arrow_typing import SHA256_PATTERN, make_typer, output_fields, raw_column
 from dfp_core.kronodroid.raw_files import CsvPart, open_part, scan
-from dfp_core.splits import sample_id
+from dfp_core.splits import arrow_sample_id, sample_id
 
 BLOCK_SIZE = 4 << 20  # ~4,000 KronoDroid rows: a block in flight, typed and scored, is ~150 MB
 MALFORMED = "malformed_row"
@@ -218,9 +218,8 @@ def read_kronodroid(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _valid_frame(table: pa.Table) -> pd.DataFrame:
     # Built in Arrow in its final column order, so pandas copies the ~480 columns once.
-    # sample_id as splits.sample_id makes it (the sha256 is already trimmed and lowercased).
     keys = {
-        "sample_id": pc.binary_join_element_wise(table.column("data_source"), table.column("sha256"), ":"),
+        "sample_id": arrow_sample_id(table.column("sha256"), table.column("data_source")),
         "sample_date": pc.coalesce(table.column("latest_mod_date"), table.column("earliest_mod_date")),
         "label": pc.cast(table.column("label"), pa.int64()),
     }

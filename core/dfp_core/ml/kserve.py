@@ -169,10 +169,12 @@ def v2_request(frame) -> dict[str, Any]:
     float64 features, ``sample_id`` as text): one input per column, decoded back into a
     DataFrame by MLServer (``content_type`` "pd"). JSON has no NaN: a missing value is refused
     here, naming the column, rather than sent as something else."""
+    from dfp_core.serving.scorer import ID_COLUMN
+
     inputs = []
     for column in frame.columns:
         values = frame[column]
-        if column == "sample_id":
+        if column == ID_COLUMN:
             inputs.append({"name": column, "shape": [len(values), 1], "datatype": "BYTES",
                            "parameters": {"content_type": "str"}, "data": [str(v) for v in values]})
             continue

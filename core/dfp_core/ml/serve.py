@@ -41,8 +41,9 @@ def scoring_server_command(model_uri: str, host: str, port: int, env_manager: st
             "-w", str(workers), "--env-manager", env_manager]
 
 
-def wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float) -> None:
-    """Until ``url``/ping answers 200; TrackingError if the server exits first or the time runs out."""
+def wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float, ready_path: str = "/ping") -> None:
+    """Until ``url`` + ``ready_path`` answers 200 (MLflow's contract: /ping; MLServer's V2:
+    /v2/models/<name>/ready); TrackingError if the server exits first or the time runs out."""
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -50,12 +51,12 @@ def wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float) -> No
         if server.poll() is not None:
             raise TrackingError(f"the scoring server exited with code {server.returncode} before it answered (its log is above)")
         try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+            if requests.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(1)
-    raise TrackingError(f"the scoring server did not answer {url}/ping within {timeout_s:.0f}s")
+    raise TrackingError(f"the scoring server did not answer {url}{ready_path} within {timeout_s:.0f}s")
 
 
 @dataclass
