@@ -74,19 +74,30 @@ def _escape(value: str) -> str:
 
 def current_snapshot_id(spark: "SparkSession", table: TableRef) -> int:
     """The snapshot the table's current metadata points at (Iceberg's ``main`` ref)."""
-    name = qualified(spark, table)
-    rows = spark.sql(f"SELECT snapshot_id FROM {name}.refs WHERE name = 'main'").collect()
-    if not rows:
+    snapshot = iceberg_table(spark, table).snapshot("main")
+    if snapshot is None:
         raise DatasetError(f"table {table.short} at {table.ref} has no snapshot")
-    return int(rows[0][0])
+    return int(snapshot.snapshotId())
+
+
+def has_snapshot(spark: "SparkSession", table: TableRef, snapshot_id: int) -> bool:
+    return iceberg_table(spark, table).snapshot(int(snapshot_id)) is not None
+
+
+def iceberg_table(spark: "SparkSession", table: TableRef):
+    """Iceberg's own table object (through Py4J), re-read from storage. Its refs and
+    snapshots answer without a Spark job; a query on a metadata table (``.refs``,
+    ``.snapshots``) plans and runs one, about half a second each."""
+    jtable = spark._jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, qualified(spark, table))
+    jtable.refresh()
+    return jtable
 
 
 def table_exists(spark: "SparkSession", table: TableRef) -> bool:
-    name = qualified(spark, table)
-    catalog = name.split(".", 1)[0]
+    """Whether the catalog has the table (a catalog lookup, no Spark job)."""
     try:
-        return spark.sql(f"SHOW TABLES IN {catalog}.{table.namespace}").filter(f"tableName = '{table.name}'").count() > 0
-    except Exception:  # namespace missing at that ref
+        return bool(spark.catalog.tableExists(qualified(spark, table)))
+    except Exception:  # noqa: BLE001 - a ref whose namespace or warehouse is missing has no table
         return False
 
 

@@ -199,6 +199,18 @@ def test_missing_table_is_a_clear_error(rt, spark, lakefs, repo):
         train(rt, _config(repo, "main"))
 
 
+def test_a_pinned_snapshot_the_table_lacks_is_a_clear_error(spark, lakefs, transformed):
+    from dfp_feast.retrieval import load_splits
+
+    repo, summary = transformed
+    merge_commit = summary["merge_commit"]
+    table = TableRef(repo, merge_commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
+    current = iceberg.current_snapshot_id(spark, table)
+    assert iceberg.has_snapshot(spark, table, current) and not iceberg.has_snapshot(spark, table, current + 1)
+    with pytest.raises(DatasetError, match=f"Iceberg snapshot {current + 1} of .* is not in the table"):
+        load_splits(spark, lakefs, repo, merge_commit, snapshot_id=current + 1)
+
+
 def test_empty_split_is_a_clear_error(rt, transform, tmp_path):
     repo = "empty" + uuid.uuid4().hex[:8]
     generate(tmp_path, 120, seed=3)

@@ -85,9 +85,7 @@ def _check_table(spark: "SparkSession", table: TableRef) -> dict[str, str]:
 
 
 def _check_snapshot(spark: "SparkSession", table: TableRef, snapshot_id: str) -> None:
-    name = iceberg.qualified(spark, table)
-    found = spark.sql(f"SELECT 1 FROM {name}.snapshots WHERE snapshot_id = {int(snapshot_id)}").count()
-    if not found:
+    if not iceberg.has_snapshot(spark, table, int(snapshot_id)):
         raise DatasetError(f"Iceberg snapshot {snapshot_id} of {schema.FCT_TABLE_FQN} is not in the table at {table.ref[:12]}")
 
 
