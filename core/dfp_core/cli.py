@@ -22,6 +22,7 @@ import typer
 
 from dfp_core.errors import DfpError
 from dfp_core.params import Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of, parse_value
+from dfp_core.process_exit import leave_heap_to_the_os
 from dfp_core.progress import error, note, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -601,6 +602,13 @@ def _fail(message: str, exit_code: int, summary: dict | None = None) -> None:
 def main() -> None:
     """Every command's last stdout line is JSON, its failures' too: ``{"error", "exit_code"}``
     (with the command's own summary where it has one, e.g. a failed training's)."""
+    try:
+        _run_and_exit()
+    finally:
+        leave_heap_to_the_os()
+
+
+def _run_and_exit() -> None:
     try:
         code = typer.main.get_command(app).main(prog_name="dfp", standalone_mode=False)
     except DfpError as exc:

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # spark-submit runs this file as a script
 
 from dfp_core.errors import DfpError  # noqa: E402
 from dfp_core.params import TransformConfig, add_arguments, from_namespace  # noqa: E402
+from dfp_core.process_exit import leave_heap_to_the_os  # noqa: E402
 from dfp_core.progress import error  # noqa: E402
 
 
@@ -51,4 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        leave_heap_to_the_os()

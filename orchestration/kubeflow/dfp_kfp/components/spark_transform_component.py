@@ -44,8 +44,10 @@ def kronodroid_spark_transform(
     params = dict(locals())
     from collections import namedtuple
 
+    from dfp_core.process_exit import leave_heap_to_the_os
     from dfp_kfp.steps import spark_transform_step
 
     branch, rid = spark_transform_step(**params)
+    leave_heap_to_the_os()  # the step's process ends once KFP has written the outputs
     return namedtuple("TransformOutputs", ["run_branch", "run_id"])(branch, rid)
 
