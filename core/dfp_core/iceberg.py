@@ -40,6 +40,12 @@ def qualified(spark: "SparkSession", table: TableRef) -> str:
     return f"{catalog}.{table.namespace}.{table.name}"
 
 
+def create_namespace(spark: "SparkSession", repo: str, ref: str, namespace: str) -> None:
+    """``namespace`` in the catalog of ``repo``@``ref``, if it is not there yet."""
+    catalog = register_ref_catalog(spark, repo, ref)
+    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog}.{namespace}")
+
+
 def write_table(
     spark: "SparkSession",
     lakefs: LakeFS,
@@ -54,8 +60,7 @@ def write_table(
     """
     lakefs.require_branch(table.repo, table.ref)
     name = qualified(spark, table)
-    catalog = name.split(".", 1)[0]
-    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {catalog}.{table.namespace}")
+    create_namespace(spark, table.repo, table.ref, table.namespace)
     data_path = f"{warehouse_uri(table.repo, table.ref, session_warehouse_prefix(spark))}/{table.namespace}/{table.name}/data"
     props = {**ICEBERG_TABLE_PROPERTIES, **(properties or {}), "write.data.path": data_path}
     view = f"dfp_src_{table.namespace}_{table.name}"

@@ -202,15 +202,17 @@ def test_failure_before_merge_leaves_target_unchanged(transform, spark, lakefs, 
     real_write = runs.write_table
 
     def failing_write(spark_, lakefs_, df, table, *args, **kwargs):
-        if table.name == schema.QUARANTINE_TABLE:  # staging tables are already written
-            raise RuntimeError("injected failure after staging")
+        if table.name == schema.QUARANTINE_TABLE:  # the other tables are written beside it
+            raise RuntimeError("injected failure in one table's write")
+        snapshot = real_write(spark_, lakefs_, df, table, *args, **kwargs)
         written.append(table.name)
-        return real_write(spark_, lakefs_, df, table, *args, **kwargs)
+        return snapshot
 
     monkeypatch.setattr(runs, "write_table", failing_write)
     with pytest.raises(RuntimeError, match="injected failure"):
         transform(input_dir=archives, repo=repo, run_id="boom")
-    assert set(written) == set(schema.STAGING_TABLES.values())
+    # Every other write ended before the failure was raised: none is left running on a deleted branch.
+    assert set(written) == {*schema.STAGING_TABLES.values(), schema.DIM_FAMILIES_TABLE, schema.FCT_TABLE, entity_index.TABLE}
     assert lakefs.resolve_commit(repo, "main") == head
     assert not lakefs.branch_exists(repo, "run-boom") and not lakefs.tag_exists(repo, "run-boom")
     assert not iceberg.table_exists(spark, TableRef(repo, "main", schema.STG_NAMESPACE, "emulator_samples"))

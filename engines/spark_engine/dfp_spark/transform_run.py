@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from dfp_core import disk_space, faults
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
-from dfp_core.iceberg import READ_SPLIT_SIZE_PROPERTY, TableRef, write_table
+from dfp_core.iceberg import READ_SPLIT_SIZE_PROPERTY, TableRef, create_namespace, write_table
 from dfp_core.kronodroid import entity_index, raw_files, schema
 from dfp_core.lakefs_ops import LakeFS, validate_ref_name
 from dfp_core.params import TransformConfig
@@ -150,24 +150,12 @@ def transform_on_branch(
         **props, "dfp.split_spec": json.dumps(split.to_dict(), sort_keys=True),
         READ_SPLIT_SIZE_PROPERTY: str(FCT_READ_SPLIT_BYTES),
     }
-    # Staging first: a failure after it (the atomicity test injects one) must leave the target untouched.
-    outputs = [
+    tables = [
         *[(frame, schema.STG_NAMESPACE, schema.STAGING_TABLES[source], props) for source, frame in frames.staging.items()],
         (frames.quarantine, schema.STG_NAMESPACE, schema.QUARANTINE_TABLE, props),
-        (frames.fct, schema.MART_NAMESPACE, schema.FCT_TABLE, fct_props),
         (frames.families, schema.MART_NAMESPACE, schema.DIM_FAMILIES_TABLE, props),
     ]
-    snapshots: dict[str, int] = {}
-    for frame, namespace, name, table_props in outputs:
-        snapshots[f"{namespace}.{name}"] = write_table(spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props)
-        note(f"{namespace}.{name} written")
-        faults.reached("spark-write")  # one table written, the others not
-    # After the fct table: the index names the snapshot it lists.
-    index_props = {**props, entity_index.INDEXED_SNAPSHOT_PROPERTY: str(snapshots[schema.FCT_TABLE_FQN])}
-    index = TableRef(repo, run_branch, schema.MART_NAMESPACE, entity_index.TABLE)
-    snapshots[f"{schema.MART_NAMESPACE}.{entity_index.TABLE}"] = write_table(
-        spark, lakefs, frames.fct.select(*entity_index.COLUMNS), index, index_props)
-    note(f"{schema.MART_NAMESPACE}.{entity_index.TABLE} written")
+    snapshots = _write_tables(spark, lakefs, repo, run_branch, tables, (frames.fct, fct_props), props)
     accounting = transform.row_accounting(frames.decided)
     split_counts = {r["dataset_split"]: r["count"] for r in frames.fct.groupBy("dataset_split").count().collect()}
     summary = {
@@ -192,6 +180,38 @@ def transform_on_branch(
         )
     lakefs.upload_bytes(repo, run_branch, SUMMARY_PATH, json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
+
+
+def _write_tables(spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str,
+                  tables: list[tuple], fct: tuple, props: dict[str, str]) -> dict[str, int]:
+    """Every table on the run branch, side by side; the entity index after the fct table,
+    since it names the snapshot it lists. Each write is a short Spark job over the
+    checkpointed rows and an Iceberg commit that mostly waits on lakeFS, so they overlap
+    well. All writes end (or fail) before this returns; the first failure is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(frame, namespace: str, name: str, table_props: dict[str, str]) -> int:
+        snapshot = write_table(spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props)
+        note(f"{namespace}.{name} written")
+        faults.reached("spark-write")  # one table written, the others not (or not all)
+        return snapshot
+
+    def fct_then_index() -> dict[str, int]:
+        fct_frame, fct_props = fct
+        fct_snapshot = write(fct_frame, schema.MART_NAMESPACE, schema.FCT_TABLE, fct_props)
+        index_props = {**props, entity_index.INDEXED_SNAPSHOT_PROPERTY: str(fct_snapshot)}
+        index = write(fct_frame.select(*entity_index.COLUMNS), schema.MART_NAMESPACE, entity_index.TABLE, index_props)
+        return {schema.FCT_TABLE_FQN: fct_snapshot, f"{schema.MART_NAMESPACE}.{entity_index.TABLE}": index}
+
+    # The catalog and its namespaces first, once: concurrent first uses would race to create them.
+    for namespace in (schema.STG_NAMESPACE, schema.MART_NAMESPACE):
+        create_namespace(spark, repo, run_branch, namespace)
+    with ThreadPoolExecutor(max_workers=len(tables) + 1, thread_name_prefix="dfp-write") as pool:
+        futures = {f"{namespace}.{name}": pool.submit(write, frame, namespace, name, table_props)
+                   for frame, namespace, name, table_props in tables}
+        index_and_fct = pool.submit(fct_then_index)
+    snapshots = {table: future.result() for table, future in futures.items()}
+    return {**snapshots, **index_and_fct.result()}
 
 
 def reconcile(manifest: raw_files.RawManifest, accounting: dict) -> dict:
