@@ -134,7 +134,7 @@ class PeakMemory:
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> dict:
-    """Run a command; wall seconds, peak RSS of its process tree, last stdout line."""
+    """Run a command; wall seconds, peak RSS of its process tree, last stdout line, its stderr."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env(env))
     with PeakMemory(proc.pid) as mem:
@@ -143,7 +143,7 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
         sys.stderr.write(err[-4000:])
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
     last = out.strip().splitlines()[-1] if out.strip() else ""
-    return {"seconds": time.monotonic() - started, "peak_rss_mb": mem.peak / 2**20, "last_line": last}
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": mem.peak / 2**20, "last_line": last, "stderr": err}
 
 
 def save(name: str, figures: dict) -> Path:
