@@ -122,7 +122,7 @@ def typed_rows(columns: list[str], rows: list[list[Any]], features: list[str], i
         matrix = np.array(picked, dtype=np.float64).reshape(len(rows), len(features))
     except (TypeError, ValueError):
         raise ClientError(400, _first_non_number(picked, features)) from None
-    if not np.isfinite(matrix[~np.isnan(matrix)]).all():
+    if np.isinf(matrix).any():  # NaN is a missing value (imputed); only infinities are refused
         bad = sorted({features[j] for j in np.argwhere(np.isinf(matrix))[:, 1]})
         raise ClientError(400, f"infinite value in column(s): {_names(bad)}")
     ids = None
