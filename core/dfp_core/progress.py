@@ -45,8 +45,11 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    """The one line a failed command ends with."""
-    console.print(f"[red]error:[/] {escape(message)}")
+    """The one line a failed command ends with. A message of several lines (a server's own,
+    such as lakeFS's "write ...: no space left on device" then "failed to write to storage")
+    is joined into it."""
+    one_line = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    console.print(f"[red]error:[/] {escape(one_line)}")
 
 
 # A line worth showing from a failed stage's log: not blank, not only rules.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dfp_core.progress import failure_tail, quiet_stage
+from dfp_core.progress import error, failure_tail, quiet_stage
 
 
 def _noisy(tag: str) -> None:
@@ -99,3 +99,10 @@ def test_a_log_without_room_loses_lines_not_the_stage(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "raised: the stage's own error"
     assert "writes past the room: done in" in done.stderr and "fails past the room: failed after" in done.stderr
     assert (tmp_path / "stage.log").stat().st_size <= 4096
+
+
+def test_an_error_of_several_lines_ends_the_command_as_one(capfd):
+    error("upload 'leases/run-x.json': write /home/lakefs/data/x: no space left on device\nfailed to write to storage\n")
+    _, err = capfd.readouterr()
+    assert err == "error: upload 'leases/run-x.json': write /home/lakefs/data/x: no space left on device; " \
+                  "failed to write to storage\n"
