@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import sys
 from typing import Any
 
@@ -214,12 +213,7 @@ class ScoringApp:
             if ids is not None:
                 frame[self.id_column] = ids
             records = self.scorer.predict(None, frame).to_dict(orient="records")
-        for record in records:  # JSON has no NaN: a score that is not a number is null
-            for key, value in record.items():
-                if isinstance(value, float) and math.isnan(value):
-                    record[key] = None
-                elif isinstance(value, np.bool_):
-                    record[key] = bool(value)
+        # orjson writes a score that is not a number as null (JSON has no NaN), numpy's bools as booleans.
         return records
 
     @staticmethod
