@@ -6,7 +6,7 @@ the pyfunc loaded with `mlflow.pyfunc.load_model`, schema enforcement included).
 
 Private stack, generated rows, transform, a one-epoch training run with the default model,
 registered; then, on rows of the table: one-row requests (latency p50/p99, after 20 warm-up
-requests), 1,000-row requests (rows/s), ``--clients`` clients sending one-row requests at once
+requests), 1,000-row requests (rows/s) as JSON, CSV and Parquet, ``--clients`` clients sending one-row requests at once
 (p50/p99, failures), and the first two in-process.
 """
 
@@ -164,16 +164,18 @@ def main() -> None:
             one = [json.dumps({"dataframe_split": {"columns": rows["columns"], "data": [row]}})
                    for row in rows["data"]]
             batch = json.dumps({"dataframe_split": {"columns": rows["columns"], "data": rows["data"][:BATCH]}})
+            columnar = {"csv": ("text/csv", frame.iloc[:BATCH].to_csv(index=False).encode()),
+                        "parquet": ("application/vnd.apache.parquet", frame.iloc[:BATCH].to_parquet(index=False))}
 
             figures: dict = {"rows_in_table": args.rows, "batch_rows": BATCH, "requests": args.requests,
                              "batches": args.batches}
             with scoring_server(rt, uri, os.environ, port=free_port()) as server:
                 session = requests.Session()
-                headers = {"Content-Type": "application/json"}
 
-                def post(body: str) -> float:
+                def post(body: str | bytes, content_type: str = "application/json") -> float:
                     started = time.perf_counter()
-                    response = session.post(f"{server.url}/invocations", data=body, headers=headers, timeout=120)
+                    response = session.post(f"{server.url}/invocations", data=body,
+                                            headers={"Content-Type": content_type}, timeout=120)
                     elapsed = time.perf_counter() - started
                     assert response.status_code == 200, response.text[:500]
                     return elapsed
@@ -183,6 +185,10 @@ def main() -> None:
                 latencies = [post(one[i % len(one)]) for i in range(args.requests)]
                 post(batch)
                 batch_seconds = [post(batch) for _ in range(args.batches)]
+                for kind, (content_type, body) in columnar.items():
+                    post(body, content_type)
+                    seconds = statistics.median(post(body, content_type) for _ in range(args.batches))
+                    figures[f"rest_batch_{kind}_rows_per_s"] = BATCH / seconds
                 together = _concurrent_one_row(f"{server.url}/invocations", one, args.clients, args.requests)
             figures.update(together)
             if args.mlserver:
@@ -215,8 +221,9 @@ def main() -> None:
                 "in_process_one_row_p99_ms": 1000 * percentile(local, 0.99),
                 "in_process_batch_rows_per_s": BATCH / statistics.median(local_batches),
             })
-            figures["rest_over_in_process_batch_time"] = (figures["in_process_batch_rows_per_s"]
-                                                          / figures["rest_batch_rows_per_s"])
+            for kind in ("", "_csv", "_parquet"):
+                figures[f"rest{kind}_over_in_process_batch_time"] = (figures["in_process_batch_rows_per_s"]
+                                                                     / figures[f"rest_batch{kind}_rows_per_s"])
     save("serving", figures)
 
 

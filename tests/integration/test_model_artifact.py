@@ -170,6 +170,13 @@ def test_dfp_serve_answers_ping_and_invocations(registered, dfp_served):
     response = _post(dfp_served["url"], {"dataframe_records": frame.to_dict(orient="records")})
     assert response.status_code == 200, response.text
     _matches_dfp_score(registered, response.json()["predictions"], frame["sample_id"].tolist())
+    # CSV and Parquet, as MLflow's scoring server takes them too, give the same answer.
+    for content_type, body in (("text/csv", frame.to_csv(index=False).encode()),
+                               ("application/vnd.apache.parquet", frame.to_parquet(index=False))):
+        columnar = requests.post(f"{dfp_served['url']}/invocations", data=body, headers={"Content-Type": content_type},
+                                 timeout=60)
+        assert columnar.status_code == 200, (content_type, columnar.text)
+        assert columnar.json() == response.json(), content_type
 
 
 @pytest.fixture(scope="module")
