@@ -1,13 +1,14 @@
 """Batch scoring benchmark: `dfp score` of a large generated input, as a user runs it
 (a separate process, the registered model, the input streamed one CSV block at a time).
 
-  .venv/bin/python bench/scoring.py [--rows 200000] [--train-rows 4000] [--profile]
+  .venv/bin/python bench/scoring.py [--rows 200000] [--train-rows 4000] [--explain K] [--profile]
 
 Private stack, a small transform and a one-epoch training run (registered), then
 `dfp score` of ``--rows`` generated rows (the four archives) to parquet and to CSV: wall
 seconds, rows/s and the peak RSS of the command's process tree; and the floor, pyarrow's
 read of the same CSVs plus the network alone, with each run's ratio to it. Targets (issues
-17, 30): 15,000 rows/s or more and at most 1.5 GB RSS for 200k rows. ``--profile``: the same command under cProfile; the functions
+17, 30): 15,000 rows/s or more and at most 1.5 GB RSS for 200k rows. ``--explain K``: also
+`dfp score --explain K` to parquet (issue 32: what the explanations cost). ``--profile``: the same command under cProfile; the functions
 with the most cumulative and own time are printed and saved (``scoring_profile.txt``).
 """
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--train-rows", type=int, default=4000)
+    parser.add_argument("--explain", type=int, default=0, metavar="K", help="also time dfp score --explain K to parquet")
     parser.add_argument("--profile", action="store_true", help="run dfp score under cProfile and print where the time goes")
     args = parser.parse_args()
 
@@ -50,12 +52,15 @@ def main() -> None:
             if args.profile:
                 command = [sys.executable, "-m", "cProfile", "-o", str(tmp / "score.prof"), "-m", "dfp_core.cli"]
             figures = {"rows": args.rows, "target_rows_per_s": 15_000, "target_peak_rss_mb": 1536}
-            for fmt in ("parquet",) if args.profile else ("parquet", "csv"):
-                log(f"scoring to {fmt}")
+            runs = {"parquet": ("parquet", [])} if args.profile else {"parquet": ("parquet", []), "csv": ("csv", [])}
+            if args.explain:
+                runs[f"parquet_explain_{args.explain}"] = ("parquet", ["--explain", str(args.explain)])
+            for run, (fmt, options) in runs.items():
+                log(f"scoring to {fmt} {' '.join(options)}")
                 measured = run_measured([*command, "score", "--model-uri", f"models:/{name}@candidate", "--input",
-                                         str(tmp / "score-input"), "--out", str(tmp / f"scores.{fmt}")], env)
+                                         str(tmp / "score-input"), "--out", str(tmp / f"scores.{fmt}"), *options], env)
                 result = json.loads(measured["last_line"])
-                figures[fmt] = {"rows_in": result["rows_in"], "scored": result["scored"],
+                figures[run] = {"rows_in": result["rows_in"], "scored": result["scored"],
                                 "seconds": measured["seconds"], "rows_per_s": result["rows_in"] / measured["seconds"],
                                 "peak_rss_mb": measured["peak_rss_mb"]}
             if args.profile:
@@ -63,8 +68,8 @@ def main() -> None:
             else:
                 log("the floor: Arrow's read of the input and the network alone")
                 figures["floor"] = _floor(tmp / "score-input", rt, f"models:/{name}@candidate")
-                for fmt in ("parquet", "csv"):
-                    figures[fmt]["over_floor"] = figures[fmt]["seconds"] / figures["floor"]["seconds"]
+                for run in runs:
+                    figures[run]["over_floor"] = figures[run]["seconds"] / figures["floor"]["seconds"]
     save("scoring", figures)
 
 

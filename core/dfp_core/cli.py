@@ -365,6 +365,8 @@ def score_cmd(
     model_uri: str = typer.Option(..., "--model-uri", help="models:/name/version, models:/name@alias, runs:/..."),
     input_path: str = typer.Option(..., "--input", help="KronoDroid archives/CSV (file or folder), or lakefs://repo/ref"),
     out: Path = typer.Option(..., "--out", help="Output .csv or .parquet (one row per input row)."),
+    explain: int = typer.Option(0, "--explain", min=0, metavar="K",
+                                help="Also name the K features and each feature group that added most to each app's score."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
 ) -> None:
     """Score apps: reconstruction error and anomaly flag per sample; unscorable rows listed with the reason."""
@@ -372,9 +374,9 @@ def score_cmd(
 
     with runtime("kronodroid-score", mlflow={"tracking_uri": tracking_uri}) as rt:
         if input_path.startswith("lakefs://"):
-            emit(score_lakefs_ref(rt, model_uri, input_path, out))
+            emit(score_lakefs_ref(rt, model_uri, input_path, out, explain))
         else:
-            emit(score(rt, model_uri, Path(input_path), out))
+            emit(score(rt, model_uri, Path(input_path), out, explain))
 
 
 @app.command("serve")

@@ -278,6 +278,8 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
         check_bounds(TrainConfig, dataclasses.asdict(self))
+        if not 0.0 < self.target_fpr < 0.5:  # 0 flags no benign app at all: the threshold is the top outlier
+            raise ConfigError(f"--target-fpr must be above 0 and below 0.5, got {self.target_fpr}")
 
     def resolved(self, settings: Settings) -> "TrainConfig":
         """Unset repository, ref and MLflow names taken from the settings."""

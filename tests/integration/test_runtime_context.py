@@ -73,6 +73,12 @@ def test_every_command_with_only_dfp_home_talks_to_that_stack(cli, stack, rt, tm
     scored = _last_json(cli("score", "--model-uri", f"models:/{model}/{trained['model_version']}",
                             "--input", str(data), "--out", str(tmp_path / "scores.csv")))
     assert scored["scored"] > 0
+    # An mse version has no per-feature terms: `--explain` is refused by version, before any output.
+    refused = cli("score", "--model-uri", f"models:/{model}@candidate", "--input", str(data), "--out",
+                  str(tmp_path / "explained.csv"), "--explain", "3", ok=False)
+    assert refused.returncode != 0 and not (tmp_path / "explained.csv").exists()
+    assert (f"cannot explain the scores of version {trained['model_version']} of {model}: it scores with mse"
+            in refused.stderr), refused.stderr[-2000:]
 
     report = _last_json(cli("reproduce", "--model", model, "--version", trained["model_version"]))
     assert report["matches"] is True

@@ -165,3 +165,13 @@ def test_a_rank_that_is_not_a_number_is_a_config_error():
 
     with pytest.raises(ConfigError, match="LOCAL_RANK must be an integer"):
         ProcessSettings.from_env({"LOCAL_RANK": "one"})
+
+
+@pytest.mark.parametrize("target_fpr, words", [(0.0, "above 0 and below 0.5, got 0.0"), (0.5, "above 0 and below 0.5"),
+                                               (-0.01, ">= 0.0, got -0.01"), (0.7, "<= 0.5, got 0.7")])
+def test_a_target_fpr_outside_0_to_half_is_refused(target_fpr, words):
+    from dfp_core.params import TrainConfig
+
+    with pytest.raises(ConfigError, match=f"--target-fpr must be {words}"):
+        TrainConfig(target_fpr=target_fpr)
+    assert TrainConfig(target_fpr=0.01).target_fpr == 0.01

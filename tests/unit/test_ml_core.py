@@ -630,6 +630,40 @@ def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained
     assert np.median(score[y == 1]) > np.median(score[y == 0])
 
 
+def test_grouped_error_contributions_add_up_and_name_a_planted_syscall_first(data, trained):
+    """Each feature's signed share of the grouped score: a group's shares add up to its
+    standardised term, all of them to the score; one extreme syscall count in an otherwise
+    ordinary app is the feature that added most."""
+    from dfp_core.kronodroid.schema import FEATURE_GROUPS
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.scorer import KronodroidScorer
+
+    model, x = trained["model"], data["x"]
+    fitted = fit_error_score("grouped_error", model, x["train"][data["y"]["train"] == 0])
+    explained = fitted.explained(model, x["test"], top=5, batch_size=7)
+    _, score = fitted.scores(model, x["test"], batch_size=7)
+    np.testing.assert_array_equal(explained.scores, score)  # the same bits as without the explanation
+    np.testing.assert_allclose(explained.group_contributions.sum(axis=1), score, rtol=1e-9, atol=1e-9)
+    assert (np.diff(explained.top_contributions, axis=1) <= 0).all()
+
+    frame = data["frames"]["test"]
+    benign = frame[frame["label"] == 0].head(20).reset_index(drop=True)
+    train = data["frames"]["train"]
+    syscall = max(FEATURE_GROUPS["syscalls"], key=lambda f: train[f].std())  # one that varies in training
+    scorer = KronodroidScorer()
+    scorer.network, scorer.preprocessor, scorer.threshold, scorer.error_score = model, data["pre"], 0.0, fitted
+    before = scorer.explain_frame(benign, 3)
+    app = int(np.argmin(before.scores))  # the most ordinary of them
+    planted = benign.copy()
+    planted.loc[app, syscall] = train[syscall].max() * 50
+    after = scorer.explain_frame(planted, 3)
+    assert FEATURES[after.top_features[app, 0]] == syscall and FEATURES[before.top_features[app, 0]] != syscall
+    assert after.scores[app] > before.scores[app]
+    np.testing.assert_array_equal(np.delete(after.scores, app), np.delete(before.scores, app))  # the others unchanged
+    with pytest.raises(ValueError, match="top must be between 1 and 476"):
+        fitted.explained(model, x["test"], top=0)
+
+
 def test_mse_score_is_the_reconstruction_error(data, trained):
     from dfp_core.ml.fit import fit_error_score
     from dfp_core.serving.score import ErrorScore

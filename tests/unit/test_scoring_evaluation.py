@@ -219,6 +219,7 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     assert good["reason"].isna().all() and good["reconstruction_error"].notna().all()
     np.testing.assert_array_equal(good["is_anomaly"].astype(bool), good["anomaly_score"] > summary["threshold"])
     assert summary["anomalies"] == int(good["is_anomaly"].astype(bool).sum())
+    assert summary["target_fpr"] == pytest.approx(0.05) and summary["flagged_share"] == summary["anomalies"] / 298
     # same scores as the model in memory, input order kept
     valid, _ = read_kronodroid(bad_archives)
     x = trained["preprocessor"].transform(valid)
@@ -238,6 +239,42 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     with pytest.raises(ConfigError, match=r"\.csv or \.parquet"):
         score(rt, logged["model_uri"], bad_archives, tmp_path / "out.txt")
     assert not (tmp_path / "out.txt").exists()
+
+
+def test_score_explains_each_app_with_terms_that_add_up_to_its_score(logged, trained, bad_archives, tmp_path):
+    rt = Runtime(Settings.from_env({}).override(mlflow={"tracking_uri": logged["uri"]}))
+    score(rt, logged["model_uri"], bad_archives, tmp_path / "plain.parquet")
+    summary = score(rt, logged["model_uri"], bad_archives, tmp_path / "explained.parquet", explain=3)
+    plain, explained = pd.read_parquet(tmp_path / "plain.parquet"), pd.read_parquet(tmp_path / "explained.parquet")
+    groups = ["permissions", "syscalls", "metadata"]
+    extra = [f"top{i}_{what}" for i in (1, 2, 3) for what in ("feature", "group", "contribution")]
+    assert list(explained.columns) == [*OUTPUT_COLUMNS, *extra, *(f"{g}_contribution" for g in groups)]
+    pd.testing.assert_frame_equal(explained[list(OUTPUT_COLUMNS)], plain)  # the same scores, bit for bit
+    assert summary["scored"] == 298
+    good = explained[explained["status"] == "scored"]
+    total = good[[f"{g}_contribution" for g in groups]].sum(axis=1)
+    np.testing.assert_allclose(total, good["anomaly_score"], rtol=1e-9, atol=1e-9)
+    tops = good[["top1_contribution", "top2_contribution", "top3_contribution"]].to_numpy()
+    assert (np.diff(tops, axis=1) <= 0).all() and (tops[:, 0] > 0).all()
+    for i in (1, 2, 3):
+        assert all(f in schema.FEATURE_GROUPS[g] for f, g in zip(good[f"top{i}_feature"], good[f"top{i}_group"]))
+    assert explained.loc[explained["status"] == "rejected", extra].isna().all().all()
+    with pytest.raises(ConfigError, match="--explain takes a number of features from 1 to 476, got 477"):
+        score(rt, logged["model_uri"], bad_archives, tmp_path / "too_many.parquet", explain=477)
+    assert not (tmp_path / "too_many.parquet").exists()
+
+
+def test_an_explanation_of_a_score_without_feature_terms_is_refused(trained):
+    from dfp_core.ml.scoring import explainer_for
+    from dfp_core.serving.score import ErrorScore
+    from dfp_core.serving.scorer import KronodroidScorer
+
+    scorer = KronodroidScorer()
+    scorer.network, scorer.preprocessor, scorer.threshold = trained["model"], trained["preprocessor"], 1.0
+    scorer.error_score = ErrorScore("mse")
+    with pytest.raises(ConfigError, match="cannot explain the scores of runs:/abc/model: it scores with mse, "
+                                          "registered before the grouped_error score"):
+        explainer_for(None, scorer, "runs:/abc/model", 3)
 
 
 def _plain_scores(trained, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -305,11 +342,11 @@ def test_a_failed_score_leaves_no_partial_output(logged, bad_archives, tmp_path,
     out = tmp_path / "scores.parquet"
     calls = []
 
-    def failing(model, frame):  # the second piece fails, after the first was written
+    def failing(model, frame, explainer=None):  # the second piece fails, after the first was written
         calls.append(len(frame))
         if len(calls) == 2:
             raise RuntimeError("model crashed")
-        return real(model, frame)
+        return real(model, frame, explainer)
 
     real = scoring.score_frame
     monkeypatch.setattr(scoring, "score_frame", failing)

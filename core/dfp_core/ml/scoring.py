@@ -88,35 +88,92 @@ def frame_scorer(model: Any) -> Any:
     return model
 
 
-def score_frame(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+def score_frame(model: Any, frame: pd.DataFrame, explainer: "Explainer | None" = None) -> pd.DataFrame:
     """Scores for an already-typed frame (every ``schema.FEATURE_COLUMNS`` column):
     its key columns that exist (``KEY_COLUMNS``) plus ``reconstruction_error``,
     ``anomaly_score`` and ``is_anomaly``, one row per input row, same order. Versions
     registered before ``anomaly_score`` existed scored the reconstruction error itself.
+    With an ``explainer``, its columns too (the scores are the same).
 
     ``model``: a loaded MLflow pyfunc (``mlflow.pyfunc.load_model``) or an
     ``KronodroidScorer`` (e.g. ``KronodroidScorer.from_artifacts``).
     """
     from dfp_core.ml.pyfunc import as_model_input
 
+    columns = list(SCORE_COLUMNS) + (list(explainer.columns) if explainer else [])
     keys = frame[[c for c in KEY_COLUMNS if c in frame.columns]].reset_index(drop=True)
     if frame.empty:
-        return keys.assign(**{name: pd.Series(dtype=dtype) for name, dtype in SCORE_DTYPES.items()})
+        empty = pd.DataFrame({name: pd.Series(dtype=SCORE_DTYPES.get(name, object)) for name in columns})
+        return pd.concat([keys, empty], axis=1)
     parts = []
     for start in range(0, len(frame), CHUNK_ROWS):
         chunk = as_model_input(frame.iloc[start:start + CHUNK_ROWS])
-        out = _predict(model, chunk)
+        out = explainer.explain(chunk) if explainer else _predict(model, chunk)
         if len(out) != len(chunk):
             raise DatasetError(f"the model returned {len(out)} rows for {len(chunk)} inputs")
         if "anomaly_score" not in out.columns:
             out = out.assign(anomaly_score=out["reconstruction_error"])
-        parts.append(out[list(SCORE_COLUMNS)].reset_index(drop=True))
+        parts.append(out[columns].reset_index(drop=True))
     scores = pd.concat(parts, ignore_index=True)
     return pd.concat([keys, scores.astype(SCORE_DTYPES)], axis=1)
 
 
+class Explainer:
+    """``dfp score --explain K``: per app, the K features that added most to its
+    ``grouped_error`` score and each feature group's contribution, signed and in the score's
+    units (the groups' add up to the score; ``ErrorScore.contributions``)."""
+
+    def __init__(self, scorer: Any, top: int):
+        from dfp_core.ml.fit import feature_groups
+
+        self.scorer, self.top = scorer, top
+        self.features = list(scorer.preprocessor.features)
+        self.group_names, groups = feature_groups(self.features)
+        self.group_of = [self.group_names[g] for g in groups]
+        self.columns = tuple(f"top{i}_{what}" for i in range(1, top + 1) for what in ("feature", "group", "contribution")) \
+            + tuple(f"{name}_contribution" for name in self.group_names)
+
+    def explain(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        done = self.scorer.explain_frame(chunk, self.top)
+        out = {"reconstruction_error": done.errors, "anomaly_score": done.scores,
+               "is_anomaly": done.scores > self.scorer.threshold}
+        names, groups = np.asarray(self.features, dtype=object), np.asarray(self.group_of, dtype=object)
+        for i in range(self.top):
+            out[f"top{i + 1}_feature"] = names[done.top_features[:, i]]
+            out[f"top{i + 1}_group"] = groups[done.top_features[:, i]]
+            out[f"top{i + 1}_contribution"] = done.top_contributions[:, i]
+        for g, name in enumerate(self.group_names):
+            out[f"{name}_contribution"] = done.group_contributions[:, g]
+        return pd.DataFrame(out)
+
+
+def explainer_for(rt: "Runtime", model: Any, model_uri: str, top: int) -> Explainer:
+    """The ``Explainer`` of a loaded model, or ConfigError naming the version and why not:
+    only ``grouped_error`` versions have per-feature terms."""
+    from dfp_core.serving.scorer import KronodroidScorer
+
+    unwrap = getattr(model, "unwrap_python_model", None)
+    scorer = unwrap() if callable(unwrap) else model
+    if not isinstance(scorer, KronodroidScorer):
+        raise ConfigError(f"cannot explain the scores of {model_uri}: it is not this project's autoencoder")
+    n_features = len(scorer.preprocessor.features)
+    if not 1 <= top <= n_features:
+        raise ConfigError(f"--explain takes a number of features from 1 to {n_features}, got {top}")
+    kind = scorer.error_score.kind
+    if kind != "grouped_error":
+        version = resolve_model_uri(rt, model_uri)
+        which = f"version {version.version} of {version.name}" if version is not None else model_uri
+        raise ConfigError(f"cannot explain the scores of {which}: it scores with {kind}, registered before the "
+                          "grouped_error score, which has no per-feature terms; explain a version trained since")
+    return Explainer(scorer, top)
+
+
 def model_threshold(model: Any) -> float | None:
     """The anomaly threshold inside a loaded autoencoder pyfunc, when it has one."""
+    return _scorer_number(model, "threshold")
+
+
+def _scorer_number(model: Any, name: str) -> float | None:
     inner = model
     unwrap = getattr(model, "unwrap_python_model", None)
     if callable(unwrap):
@@ -124,8 +181,16 @@ def model_threshold(model: Any) -> float | None:
             inner = unwrap()
         except Exception:  # noqa: BLE001 - not a python_model flavor
             return None
-    threshold = getattr(inner, "threshold", None)
-    return None if threshold is None else float(threshold)
+    value = getattr(inner, name, None)
+    return None if value is None else float(value)
+
+
+def operating_point(model: Any, anomalies: int, scored: int) -> dict:
+    """The threshold, the benign FPR it was set for on validation, and the share of this
+    input it flagged: well above the target on a mostly benign feed says the operating point
+    has moved (new apps score higher than the validation apps did)."""
+    return {"threshold": model_threshold(model), "target_fpr": _scorer_number(model, "target_fpr"),
+            "flagged_share": anomalies / scored if scored else None}
 
 
 def resolve_model_uri(rt: "Runtime", model_uri: str):
@@ -184,7 +249,7 @@ def verified_copy(rt: "Runtime", version) -> Iterator[Path]:
         yield local
 
 
-def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     return pd.DataFrame({
         "input_index": valid["input_index"].to_numpy(),
         "sample_id": valid["sample_id"].to_numpy(),
@@ -197,10 +262,11 @@ def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
         "is_anomaly": pd.array(scores["is_anomaly"].to_numpy(dtype=bool), dtype="boolean"),
         "status": "scored",
         "reason": pd.Series([None] * len(valid), dtype=object),
+        **{name: scores[name].to_numpy() for name in extra},
     })
 
 
-def _rejected_rows(rejected: pd.DataFrame) -> pd.DataFrame:
+def _rejected_rows(rejected: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     n = len(rejected)
     return pd.DataFrame({
         "input_index": rejected["input_index"].to_numpy(),
@@ -214,6 +280,8 @@ def _rejected_rows(rejected: pd.DataFrame) -> pd.DataFrame:
         "is_anomaly": pd.array([None] * n, dtype="boolean"),
         "status": "rejected",
         "reason": rejected["reason"].to_numpy(dtype=object),
+        **{name: np.full(n, np.nan) if name.endswith("contribution") else np.full(n, None, dtype=object)
+           for name in extra},
     })
 
 
@@ -225,13 +293,14 @@ def _write(frame: pd.DataFrame, out_path: Path, fmt: str) -> None:
         frame.to_parquet(out_path, index=False, engine="pyarrow")
 
 
-def _output_schema():
+def _output_schema(extra: tuple[str, ...] = ()):
     import pyarrow as pa
 
     return pa.schema([
         ("sample_id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
         ("data_source", pa.string()), ("label", pa.int64()), ("reconstruction_error", pa.float64()),
         ("anomaly_score", pa.float64()), ("is_anomaly", pa.bool_()), ("status", pa.string()), ("reason", pa.string()),
+        *((name, pa.float64() if name.endswith("contribution") else pa.string()) for name in extra),
     ])
 
 
@@ -239,9 +308,9 @@ class _ChunkWriter:
     """Output written piece by piece into a temporary file beside ``out_path``, renamed
     over it only when every row is written: a failed run leaves no partial file."""
 
-    def __init__(self, out_path: Path, fmt: str):
+    def __init__(self, out_path: Path, fmt: str, extra: tuple[str, ...] = ()):
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        self.out_path, self.fmt = out_path, fmt
+        self.out_path, self.fmt, self.extra = out_path, fmt, extra
         # Created like any output file (the umask decides its mode), under a name of its own.
         self.tmp = out_path.parent / f".{out_path.name}.{secrets.token_hex(6)}.partial"
         self.tmp.open("x").close()
@@ -255,7 +324,7 @@ class _ChunkWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(frame, schema=_output_schema(), preserve_index=False)
+            table = pa.Table.from_pandas(frame, schema=_output_schema(self.extra), preserve_index=False)
             if self.parquet is None:
                 self.parquet = pq.ParquetWriter(self.tmp, table.schema)
             self.parquet.write_table(table)
@@ -263,12 +332,12 @@ class _ChunkWriter:
 
     def commit(self) -> None:
         if self.fmt == "csv" and self.rows == 0:
-            pd.DataFrame(columns=list(OUTPUT_COLUMNS)).to_csv(self.tmp, index=False)
+            pd.DataFrame(columns=[*OUTPUT_COLUMNS, *self.extra]).to_csv(self.tmp, index=False)
         if self.fmt == "parquet":
             if self.parquet is None:
                 import pyarrow.parquet as pq
 
-                pq.write_table(_output_schema().empty_table(), self.tmp)
+                pq.write_table(_output_schema(self.extra).empty_table(), self.tmp)
             else:
                 self.parquet.close()
         self.tmp.replace(self.out_path)
@@ -296,15 +365,17 @@ def _one_core_for_the_model() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _score_blocks(blocks, scorer, writer: "_ChunkWriter") -> tuple[dict, dict[str, int]]:
+def _score_blocks(blocks, scorer, writer: "_ChunkWriter", explainer: Explainer | None = None
+                  ) -> tuple[dict, dict[str, int]]:
     """Scores every (valid, rejected) block into ``writer``, in input order; the counts."""
     counts = {"rows_in": 0, "scored": 0, "rejected": 0, "anomalies": 0}
     by_reason: dict[str, int] = {}
+    extra = explainer.columns if explainer else ()
     for valid, rejected in blocks:
-        scores = score_frame(scorer, valid)
-        frame = pd.concat([_scored_rows(valid, scores), _rejected_rows(rejected)], ignore_index=True)
+        scores = score_frame(scorer, valid, explainer)
+        frame = pd.concat([_scored_rows(valid, scores, extra), _rejected_rows(rejected, extra)], ignore_index=True)
         frame = frame.sort_values("input_index", kind="stable").drop(columns="input_index")
-        writer.write(frame[list(OUTPUT_COLUMNS)].reset_index(drop=True))
+        writer.write(frame[[*OUTPUT_COLUMNS, *extra]].reset_index(drop=True))
         counts["rows_in"] += len(valid) + len(rejected)
         counts["scored"] += len(valid)
         counts["rejected"] += len(rejected)
@@ -314,7 +385,7 @@ def _score_blocks(blocks, scorer, writer: "_ChunkWriter") -> tuple[dict, dict[st
     return counts, by_reason
 
 
-def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> dict:
+def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, explain: int = 0) -> dict:
     """Score every row of KronoDroid-format input (a directory, archive or CSV)
     with the model at ``model_uri`` (``models:/name/version``, ``models:/name@alias``,
     ``runs:/...``, a local path ...) and write one output row per input row
@@ -323,8 +394,12 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     The input is streamed one CSV block at a time (``reader.iter_kronodroid``), so memory
     does not grow with its size; the output appears only once it is complete.
 
+    ``explain``: with K > 0, each scored row also names the K features that added most to its
+    score and each feature group's contribution (``Explainer``).
+
     Returns a summary: rows_in, scored, rejected, anomalies, rejected_by_reason,
-    threshold (None when the model does not expose one), out_path, model_uri.
+    threshold and target_fpr (None when the model does not expose them), flagged_share
+    (anomalies over scored apps), out_path, model_uri.
     """
     from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
     from dfp_core.read_ahead import read_ahead
@@ -340,9 +415,10 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     try:
         model = load_model(rt, model_uri)
         scorer = frame_scorer(model)
-        writer = _ChunkWriter(out_path, fmt)
+        explainer = explainer_for(rt, model, model_uri, explain) if explain else None
+        writer = _ChunkWriter(out_path, fmt, explainer.columns if explainer else ())
         with _one_core_for_the_model():
-            counts, by_reason = _score_blocks(blocks, scorer, writer)
+            counts, by_reason = _score_blocks(blocks, scorer, writer, explainer)
         writer.commit()
     except BaseException:
         if writer is not None:
@@ -353,13 +429,13 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path) -> di
     return {
         **counts,
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        "threshold": model_threshold(model),
+        **operating_point(model, counts["anomalies"], counts["scored"]),
         "out_path": str(out_path),
         "model_uri": model_uri,
     }
 
 
-def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path) -> dict:
+def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path, explain: int = 0) -> dict:
     """Score every sample of ``kronodroid.fct_training_dataset`` at
     ``lakefs://<repo>/<ref>`` as Feast serves it (all three splits)."""
     out_path = Path(out_path)
@@ -370,12 +446,14 @@ def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path) ->
     repo, ref = parts
     data = rt.retrieve_splits(repo, ref)
     model = load_model(rt, model_uri)
+    explainer = explainer_for(rt, model, model_uri, explain) if explain else None
     frame = pd.concat(data.frames.values(), ignore_index=True)
-    scored = score_frame(frame_scorer(model), frame)
+    scored = score_frame(frame_scorer(model), frame, explainer)
     _write(scored, out_path, fmt)
     return {
         "rows_in": int(len(frame)), "scored": int(len(scored)), "rejected": 0,
-        "anomalies": int(scored["is_anomaly"].sum()), "threshold": model_threshold(model),
+        "anomalies": int(scored["is_anomaly"].sum()),
+        **operating_point(model, int(scored["is_anomaly"].sum()), len(scored)),
         "lakefs_commit": data.spec.lakefs_commit, "iceberg_snapshot_id": data.spec.iceberg_snapshot_id,
         "out_path": str(out_path), "model_uri": model_uri,
     }

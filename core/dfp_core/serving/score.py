@@ -24,6 +24,7 @@ is returned beside the score either way.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +69,16 @@ def group_terms(residual: np.ndarray, groups: np.ndarray, shortfall_only: np.nda
             part = np.clip(part, 0.0, None)
         terms[:, group] = (part ** 2).mean(axis=1)
     return terms
+
+
+class Explained(NamedTuple):
+    """``ErrorScore.explained``'s arrays, one row per app."""
+
+    errors: np.ndarray  # the reconstruction error (mean squared)
+    scores: np.ndarray  # the anomaly score
+    top_features: np.ndarray  # (rows, top): feature indices, largest contribution first
+    top_contributions: np.ndarray  # (rows, top): their contributions, in the score's units
+    group_contributions: np.ndarray  # (rows, groups): each group's contribution; they add up to the score
 
 
 class ErrorScore:
@@ -120,15 +131,55 @@ class ErrorScore:
             raise DatasetError(f"the score was fitted on {self.n_features} features, got {x.shape[1]}")
         errors, scores = [np.empty(0)], [np.empty(0)]
         for residual in residuals(network, x, batch_size):
-            errors.append((residual ** 2).mean(axis=1))
-            if self.kind == "error_mahalanobis":
-                centred = np.abs(residual) - self.location
-                scores.append(np.einsum("ij,ij->i", centred @ self.precision, centred))
-            elif self.kind == "grouped_error":
-                terms = group_terms(residual, self.groups, self.shortfall_only)
-                scores.append(((terms - self.location) / self.scale).sum(axis=1))
-        mse = np.concatenate(errors)
-        return mse, (mse if self.kind == "mse" else np.concatenate(scores))
+            mse, score = self._chunk_scores(residual)
+            errors.append(mse)
+            scores.append(score)
+        return np.concatenate(errors), np.concatenate(scores)
+
+    def _chunk_scores(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mse = (residual ** 2).mean(axis=1)
+        if self.kind == "error_mahalanobis":
+            centred = np.abs(residual) - self.location
+            return mse, np.einsum("ij,ij->i", centred @ self.precision, centred)
+        if self.kind == "grouped_error":
+            terms = group_terms(residual, self.groups, self.shortfall_only)
+            return mse, ((terms - self.location) / self.scale).sum(axis=1)
+        return mse, mse
+
+    def contributions(self, residual: np.ndarray) -> np.ndarray:
+        """(rows, features): each feature's signed share of the ``grouped_error`` score, in the
+        score's units: its squared residual (shortfalls only where its group says so) over its
+        group's size and scale, less an equal share of its group's benign location. A group's
+        shares add up to its standardised term, and all of them to the score."""
+        if self.kind != "grouped_error":
+            raise DatasetError(f"a {self.kind} score has no per-feature terms to explain it by")
+        part = np.where(self.shortfall_only[self.groups], np.clip(residual, 0.0, None), residual)
+        size = np.bincount(self.groups, minlength=self.shortfall_only.size)[self.groups]
+        return (part ** 2 - self.location[self.groups]) / (size * self.scale[self.groups])
+
+    def explained(self, network: torch.nn.Module, x: np.ndarray, top: int, batch_size: int = 8192) -> Explained:
+        """``scores`` (the same bits) with, per row, the ``top`` features that added most to
+        the score (indices and contributions, largest first) and each group's contribution
+        (they add up to the score); memory bounded by ``batch_size`` rows of terms."""
+        if self.kind != "grouped_error":
+            raise DatasetError(f"a {self.kind} score has no per-feature terms to explain it by")
+        if not 1 <= top <= self.n_features:
+            raise ValueError(f"top must be between 1 and {self.n_features}, got {top}")
+        parts = []
+        for residual in residuals(network, np.asarray(x), batch_size):
+            mse, score = self._chunk_scores(residual)
+            terms = self.contributions(residual)
+            index = np.argpartition(-terms, top - 1, axis=1)[:, :top]
+            values = np.take_along_axis(terms, index, axis=1)
+            order = np.argsort(-values, axis=1, kind="stable")
+            groups = np.stack([terms[:, self.groups == g].sum(axis=1) for g in range(self.shortfall_only.size)], axis=1)
+            parts.append((mse, score, np.take_along_axis(index, order, axis=1),
+                          np.take_along_axis(values, order, axis=1), groups))
+        if not parts:
+            n_groups = self.shortfall_only.size
+            return Explained(np.empty(0), np.empty(0), np.empty((0, top), np.int64), np.empty((0, top)),
+                             np.empty((0, n_groups)))
+        return Explained(*(np.concatenate(column) for column in zip(*parts)))
 
     def score_function(self, network: torch.nn.Module):
         """``x -> score`` for this network (what ``dfp_core.ml.evaluation`` compares)."""

@@ -28,7 +28,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from dfp_core.errors import DatasetError
 from dfp_core.serving.network import AutoencoderNetwork
 from dfp_core.serving.preprocess import Preprocessor
-from dfp_core.serving.score import ErrorScore
+from dfp_core.serving.score import ErrorScore, Explained
 
 # The model's artifacts: name in the MLmodel -> file name.
 ARTIFACT_FILES = {
@@ -107,6 +107,17 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
         if self.network is None:
             raise DatasetError("the scorer is not loaded")
         return self._scores(self.preprocessor.transform_matrix(raw))
+
+    def explain_frame(self, frame: pd.DataFrame, top: int) -> Explained:
+        """Why each row scores as it does: the ``grouped_error`` score's top ``top`` features
+        and each group's contribution (``ErrorScore.explained``); the scores are ``predict``'s.
+        DatasetError for a version whose score has no per-feature terms (``mse``, ``error_mahalanobis``)."""
+        if self.network is None:
+            raise DatasetError("the scorer is not loaded")
+        if self.error_score.kind != "grouped_error":
+            raise DatasetError(f"its score is {self.error_score.kind}, which has no per-feature terms: explanations "
+                               "need a version trained with the grouped_error score")
+        return self.error_score.explained(self.network, self.preprocessor.transform(frame), top)
 
     def _scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         errors, scores = self.error_score.scores(self.network, x)
