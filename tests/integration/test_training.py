@@ -81,6 +81,7 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     # The operating point: the threshold set for 5% benign FPR on validation, and what test shows there.
     logged = mlrun.data.metrics
     assert logged["target_fpr"] == 0.05 and logged["val_fpr"] <= 0.05
+    assert logged["val_benign"] > 0 and logged["fpr_95_low"] < 0.05 < logged["fpr_95_high"]
     assert {"test_fpr", "test_precision", "test_recall", "test_tpr_at_fpr_1pct", "test_tpr_at_fpr_5pct",
             "test_tpr_at_fpr_10pct"} <= set(logged)
     assert any(k.startswith("test_fpr__") for k in logged)  # per data source

@@ -391,6 +391,25 @@ def test_threshold_for_fpr_flags_at_most_the_target_share_of_benign():
         M.threshold_for_fpr(errors, labels, 1.0)
 
 
+def test_the_threshold_fpr_interval_covers_the_fpr_on_new_benign_apps():
+    """Thresholds set on 222 benign validation scores for 1%: over many draws, the FPR the
+    threshold has on the whole benign population lies in the 95% interval about 95% of the
+    time; the interval is wide at 222 apps and narrows with more."""
+    low, high = M.threshold_fpr_interval(222, 0.01)
+    assert 0.002 < low < 0.004 and 0.03 < high < 0.035
+    rng = np.random.default_rng(0)
+    inside = 0
+    for _ in range(2000):
+        benign = rng.random(222)  # uniform scores: the true FPR of a threshold t is 1 - t
+        threshold = M.threshold_for_fpr(benign, np.zeros(222, int), 0.01)
+        inside += low <= 1.0 - threshold <= high
+    assert 0.93 < inside / 2000 < 0.97
+    wide, narrow = np.subtract(*M.threshold_fpr_interval(222, 0.05)[::-1]), np.subtract(*M.threshold_fpr_interval(5000, 0.05)[::-1])
+    assert narrow < wide / 4
+    with pytest.raises(ValueError, match="at least one benign"):
+        M.threshold_fpr_interval(0, 0.05)
+
+
 def test_tpr_at_fpr_reads_the_roc_curve():
     # 100 benign 0..99, 10 malware: 5 above every benign, 5 in the benign range (at 96..100 ranks).
     errors = np.r_[np.arange(100.0), [200.0] * 5, [97.5, 96.5, 95.5, 94.5, 93.5]]

@@ -394,6 +394,8 @@ def test_threshold_meets_the_target_fpr_on_validation(trained):
     val = trained["frames"]["val"]
     y = val["label"].to_numpy()
     assert false_positive_rate(trained["scores"]["val"], y, trained["threshold"]) == figures["val_fpr"]
+    # where it lies on new benign apps, from how many it was set on
+    assert figures["val_benign"] == (y == 0).sum() and figures["fpr_95_low"] < 0.05 < figures["fpr_95_high"]
     # the lowest such threshold: one step lower would flag one more benign validation app
     benign = np.sort(trained["scores"]["val"][y == 0])
     below = benign[benign < trained["threshold"]]
@@ -415,6 +417,10 @@ def test_description_states_the_operating_point():
     assert "Test split at that threshold: precision 0.710, recall 0.600, F1 0.650, benign FPR 0.052." in text
     assert "Benign FPR on test per data source: emulator 4%, real_device 6.1%." in text
     assert "Malware caught (TPR) at a benign FPR of: 20% at 1%, 55% at 5%, 80% at 10%, ROC-AUC 0.930." in text
+    assert "its FPR lies between" not in text  # a version trained before the interval was recorded
+    figures.update(val_benign=222.0, fpr_95_low=0.0246, fpr_95_high=0.0854)
+    assert "On new benign apps like the 222 it was set on, its FPR lies between 2.46% and 8.54% (95%)" in \
+        model_description("error_mahalanobis", 0.123456789, 0.05, figures)
     # the input's groups are the score's: nr_syscalls, the total, is a syscall count
     assert "476 numeric columns" in text and "289 system-call counts (sc_* and nr_syscalls" in text
     assert "166 permission flags (perm_*" in text and "and 21 metadata counts and sizes (" in text

@@ -156,6 +156,9 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     results = metrics.evaluate(scores["test"], test_y, test_src, threshold, reconstruction_errors=errors["test"])
     results["target_fpr"] = float(config.target_fpr)
     results["val_fpr"] = metrics.false_positive_rate(scores["val"], val_y, threshold)
+    results["val_benign"] = float((val_y == 0).sum())
+    results["fpr_95_low"], results["fpr_95_high"] = metrics.threshold_fpr_interval(
+        int(results["val_benign"]), config.target_fpr)
     for split in ("train", "val"):
         results[f"{split}_recon_loss"] = metrics.recon_loss(errors[split])
     results["epochs_trained"] = float(trainer.current_epoch)

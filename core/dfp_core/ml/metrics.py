@@ -57,7 +57,7 @@ def recon_loss(errors) -> float:
 
 
 # What a result says about its operating point, beside the test_* figures.
-OPERATING_POINT_KEYS = ("threshold", "target_fpr", "val_fpr")
+OPERATING_POINT_KEYS = ("threshold", "target_fpr", "val_fpr", "val_benign", "fpr_95_low", "fpr_95_high")
 # The false-positive rates at which every evaluation reports the TPR of the score.
 REPORTED_FPRS = (0.01, 0.05, 0.10)
 
@@ -78,6 +78,22 @@ def threshold_for_fpr(val_errors, val_labels, target_fpr: float) -> float:
         raise DatasetError("the validation split has no benign rows to set the threshold from")
     allowed = int(np.floor(float(target_fpr) * benign.size + 1e-9))  # benign rows that may be flagged
     return float(np.sort(benign)[::-1][allowed])
+
+
+def threshold_fpr_interval(benign_count: int, target_fpr: float, level: float = 0.95) -> tuple[float, float]:
+    """Where the benign FPR of ``threshold_for_fpr``'s threshold lies on new benign apps like
+    the validation ones: the threshold is the (k+1)-th highest of ``benign_count`` benign
+    scores (k = the apps allowed above it), and the share of new benign apps above that order
+    statistic follows Beta(k + 1, n - k) whatever the scores' distribution. Its central
+    ``level`` interval: 222 benign apps and a 1% target give about 0.3% to 3.2%."""
+    from scipy.stats import beta
+
+    n = int(benign_count)
+    if n < 1:
+        raise ValueError(f"need at least one benign validation app, got {benign_count}")
+    k = int(np.floor(float(target_fpr) * n + 1e-9))
+    tail = (1.0 - level) / 2.0
+    return float(beta.ppf(tail, k + 1, n - k)), float(beta.ppf(1.0 - tail, k + 1, n - k))
 
 
 def false_positive_rate(errors: np.ndarray, labels: np.ndarray, threshold: float) -> float | None:

@@ -178,6 +178,10 @@ def operating_point_lines(threshold: float, target_fpr: float | None, metrics: d
               else "set by hand")
     kind = f" ({score})" if score else ""
     lines = [f"Operating point: is_anomaly = anomaly_score{kind} > {threshold:.6g}, {chosen}."]
+    if {"fpr_95_low", "fpr_95_high", "val_benign"} <= set(metrics):
+        lines.append(f"On new benign apps like the {int(metrics['val_benign'])} it was set on, its FPR lies between "
+                     f"{_percent(metrics['fpr_95_low'])} and {_percent(metrics['fpr_95_high'])} (95%); "
+                     "on later apps it drifts (check the share `dfp score` flags).")
     measured = ", ".join(f"{name} {metrics[f'test_{key}']:.3f}" for key, name in (
         ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("fpr", "benign FPR"))
         if f"test_{key}" in metrics)
