@@ -117,6 +117,14 @@ def test_mlflow_models_serve_answers_the_serving_example_like_dfp_score(register
     columns = example["dataframe_split"]["columns"]
     ids = [row[columns.index("sample_id")] for row in example["dataframe_split"]["data"]]
     _matches_dfp_score(registered, predictions, ids)
+    # MLflow's server hands the signature's params to the model: each app's explanation.
+    explained = _post(mlflow_served["url"], {**example, "params": {"explain": 2}})
+    assert explained.status_code == 200, explained.text
+    for plain, why in zip(predictions, explained.json()["predictions"]):
+        assert why["anomaly_score"] == pytest.approx(plain["anomaly_score"], rel=1e-9)
+        assert why["top1_feature"] in columns and why["top2_contribution"] <= why["top1_contribution"]
+        shares = sum(why[f"{group}_contribution"] for group in ("permissions", "syscalls", "metadata"))
+        assert shares == pytest.approx(why["anomaly_score"], rel=1e-9, abs=1e-9)
 
 
 def test_the_model_loads_in_an_environment_of_its_own_requirements_only(registered, mlflow_served):
@@ -177,6 +185,18 @@ def test_dfp_serve_answers_ping_and_invocations(registered, dfp_served):
                                  timeout=60)
         assert columnar.status_code == 200, (content_type, columnar.text)
         assert columnar.json() == response.json(), content_type
+    # MLflow's params ask for each app's explanation: the same scores, the groups' shares add up to them.
+    asked = {"dataframe_split": example["dataframe_split"], "params": {"explain": 3}}
+    explained = _post(dfp_served["url"], asked)
+    assert explained.status_code == 200, explained.text
+    for plain, why in zip(response.json()["predictions"], explained.json()["predictions"]):
+        assert {k: why[k] for k in plain} == plain
+        assert why["top1_group"] in ("permissions", "syscalls", "metadata") and why["top1_feature"] in frame.columns
+        shares = why["permissions_contribution"] + why["syscalls_contribution"] + why["metadata_contribution"]
+        assert shares == pytest.approx(why["anomaly_score"], rel=1e-9, abs=1e-9)
+        assert why["top1_contribution"] >= why["top2_contribution"] >= why["top3_contribution"]
+    refused = _post(dfp_served["url"], {**asked, "params": {"explain": -1}})
+    assert refused.status_code == 400 and "explain must be a whole number" in refused.json()["message"]
 
 
 @pytest.fixture(scope="module")

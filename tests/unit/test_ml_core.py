@@ -671,14 +671,29 @@ def test_grouped_error_contributions_add_up_and_name_a_planted_syscall_first(dat
     syscall = max(FEATURE_GROUPS["syscalls"], key=lambda f: train[f].std())  # one that varies in training
     scorer = KronodroidScorer()
     scorer.network, scorer.preprocessor, scorer.threshold, scorer.error_score = model, data["pre"], 0.0, fitted
+    scorer.group_names = ("permissions", "syscalls", "metadata")
     before = scorer.explain_frame(benign, 3)
-    app = int(np.argmin(before.scores))  # the most ordinary of them
+    app = int(before["anomaly_score"].idxmin())  # the most ordinary of them
     planted = benign.copy()
     planted.loc[app, syscall] = train[syscall].max() * 50
     after = scorer.explain_frame(planted, 3)
-    assert FEATURES[after.top_features[app, 0]] == syscall and FEATURES[before.top_features[app, 0]] != syscall
-    assert after.scores[app] > before.scores[app]
-    np.testing.assert_array_equal(np.delete(after.scores, app), np.delete(before.scores, app))  # the others unchanged
+    assert after.loc[app, "top1_feature"] == syscall and after.loc[app, "top1_group"] == "syscalls"
+    assert before.loc[app, "top1_feature"] != syscall
+    assert after.loc[app, "anomaly_score"] > before.loc[app, "anomaly_score"]
+    others = after.drop(index=app)[["anomaly_score", "top1_feature"]]
+    pd.testing.assert_frame_equal(others, before.drop(index=app)[["anomaly_score", "top1_feature"]])  # the others unchanged
+    # predict gives the same, asked with MLflow's params; explain=0 is the plain output
+    asked = scorer.predict(None, planted, params={"explain": 3})
+    pd.testing.assert_frame_equal(asked.drop(columns="sample_id"), after)
+    plain = scorer.predict(None, planted, params={"explain": 0})
+    assert list(plain.columns) == ["sample_id", "reconstruction_error", "anomaly_score", "is_anomaly"]
+    np.testing.assert_array_equal(plain["anomaly_score"], after["anomaly_score"])
+    from mlflow.exceptions import MlflowException
+
+    for bad, words in ((-1, "must be a whole number of features"), (2.5, "must be a whole number"),
+                       (477, "at most 476 features, got 477")):
+        with pytest.raises(MlflowException, match=words):
+            scorer.predict(None, planted, params={"explain": bad})
     with pytest.raises(ValueError, match="top must be between 1 and 476"):
         fitted.explained(model, x["test"], top=0)
 

@@ -263,6 +263,28 @@ def test_score_explains_each_app_with_terms_that_add_up_to_its_score(logged, tra
         score(rt, logged["model_uri"], bad_archives, tmp_path / "too_many.parquet", explain=477)
     assert not (tmp_path / "too_many.parquet").exists()
 
+    # The served model gives the same, asked with MLflow's params (the signature declares explain).
+    import mlflow
+    from dfp_core.ml.pyfunc import as_model_input
+
+    valid, _ = read_kronodroid(bad_archives)
+    rows = as_model_input(valid.head(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.set_tracking_uri(logged["uri"])
+        try:
+            loaded = mlflow.pyfunc.load_model(logged["model_uri"])
+        finally:
+            mlflow.set_tracking_uri(None)
+        served = loaded.predict(rows, params={"explain": 3})
+    assert loaded.metadata.signature.params.to_dict() == [{"name": "explain", "type": "long", "default": 0, "shape": None}]
+    same = explained[explained["sample_id"].isin(rows["sample_id"])].set_index("sample_id").loc[rows["sample_id"]]
+    for column in [*extra, *(f"{g}_contribution" for g in groups), "anomaly_score"]:
+        if column.endswith(("_feature", "_group")):
+            assert served[column].tolist() == same[column].tolist(), column
+        else:  # 4 rows a batch here, the whole block there: float32 sums in another order
+            np.testing.assert_allclose(served[column], same[column], rtol=1e-6, err_msg=column)
+
 
 def test_an_explanation_of_a_score_without_feature_terms_is_refused(trained):
     from dfp_core.ml.scoring import explainer_for
@@ -275,6 +297,13 @@ def test_an_explanation_of_a_score_without_feature_terms_is_refused(trained):
     with pytest.raises(ConfigError, match="cannot explain the scores of runs:/abc/model: it scores with mse, "
                                           "registered before the grouped_error score"):
         explainer_for(None, scorer, "runs:/abc/model", 3)
+    # the served model refuses it too, as a client's mistake (MLflow's 400)
+    from mlflow.exceptions import MlflowException
+
+    frame = trained["frames"]["test"].head(2)
+    with pytest.raises(MlflowException, match="this version scores with mse, which has no per-feature terms"):
+        scorer.predict(None, frame, params={"explain": 3})
+    assert len(scorer.predict(None, frame)) == 2
 
 
 def _plain_scores(trained, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

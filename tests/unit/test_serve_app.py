@@ -109,20 +109,20 @@ def test_csv_and_parquet_give_the_json_values_bit_for_bit():
     as_json = json.dumps({"dataframe_split": {"columns": list(frame.columns), "data": frame.values.tolist()}})
     by_json = read_request(as_json.encode(), JSON, FEATURES, "sample_id")
     for body, content_type in ((frame.to_csv(index=False).encode(), CSV), (_parquet(frame), PARQUET)):
-        matrix, ids = read_request(body, content_type, FEATURES, "sample_id")
+        matrix, ids, _ = read_request(body, content_type, FEATURES, "sample_id")
         assert matrix.tobytes() == by_json[0].tobytes() == values.tobytes(), content_type
         assert ids == by_json[1] == frame["sample_id"].tolist()
         assert matrix.flags.c_contiguous and matrix.flags.writeable  # the scorer overwrites its input
 
 
 def test_columnar_bodies_are_typed_like_json_rows():
-    matrix, ids = read_request(b"sample_id,c,zz,a,b\nx,3,hello,1,\n7, 4 ,0,2.5,NaN\n,1,2,3,null\n", CSV, FEATURES, "sample_id")
+    matrix, ids, _ = read_request(b"sample_id,c,zz,a,b\nx,3,hello,1,\n7, 4 ,0,2.5,NaN\n,1,2,3,null\n", CSV, FEATURES, "sample_id")
     assert np.array_equal(matrix, [[1, np.nan, 3], [2.5, np.nan, 4], [3, np.nan, 1]], equal_nan=True)
     assert ids == ["x", "7", None]  # an empty id is missing, as pandas reads it
     frame = pd.DataFrame({"a": [1, None], "b": [True, False], "c": ["1.5", " 2"], "sample_id": [1, 2]})
-    matrix, ids = read_request(_parquet(frame), PARQUET, FEATURES, "sample_id")
+    matrix, ids, _ = read_request(_parquet(frame), PARQUET, FEATURES, "sample_id")
     assert np.array_equal(matrix, [[1, 1, 1.5], [np.nan, 0, 2]], equal_nan=True) and ids == ["1", "2"]
-    matrix, ids = read_request(b"a,b,c\n", CSV, FEATURES, "sample_id")
+    matrix, ids, _ = read_request(b"a,b,c\n", CSV, FEATURES, "sample_id")
     assert matrix.shape == (0, 3) and ids is None
 
 
@@ -138,3 +138,15 @@ def test_columnar_mistakes_are_4xx_in_one_line():
     _refused(400, "column b: list<element: int64> values are not numbers",
              _parquet(pd.DataFrame({"a": [1], "b": [[1, 2]], "c": [3]})), PARQUET)
     _refused(400, "column c: 'x' is not a number", _parquet(pd.DataFrame({"a": [1], "b": [2], "c": ["x"]})), PARQUET)
+
+
+def test_mlflow_params_ask_for_explanations():
+    rows = {"columns": FEATURES, "data": [[1, 2, 3]]}
+    for payload, explain in (({"dataframe_split": rows}, 0), ({"dataframe_split": rows, "params": {"explain": 3}}, 3),
+                             ({"dataframe_records": [{"a": 1, "b": 2, "c": 3}], "params": {"explain": 0}}, 0)):
+        assert read_request(json.dumps(payload).encode(), JSON, FEATURES, "sample_id").explain == explain
+    _refused(400, "params must be an object", {"dataframe_split": rows, "params": [3]})
+    _refused(400, "unknown parameter(s): top; this model takes explain", {"dataframe_split": rows, "params": {"top": 3}})
+    _refused(400, "explain must be a whole number of features, 0 or more, got -1",
+             {"dataframe_split": rows, "params": {"explain": -1}})
+    _refused(400, "got '3'", {"dataframe_split": rows, "params": {"explain": "3"}})

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from dfp_core.errors import DatasetError
-from dfp_core.serving.scorer import ARTIFACT_FILES, ID_COLUMN
+from dfp_core.serving.scorer import ARTIFACT_FILES, EXPLAIN_PARAM, ID_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.ml.model import KronodroidAutoencoder
@@ -53,10 +53,13 @@ def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preproc
     paths["network_config"].write_text(json.dumps(model.network_config(), indent=1) + "\n")
     preprocessor.save(paths["preprocessor"])
     error_score.save(paths["error_score"])
-    paths["threshold"].write_text(json.dumps({
-        "threshold": float(threshold), "score": error_score.kind,
-        "target_fpr": None if target_fpr is None else float(target_fpr),
-    }) + "\n")
+    from dfp_core.ml.fit import feature_groups
+
+    point = {"threshold": float(threshold), "score": error_score.kind,
+             "target_fpr": None if target_fpr is None else float(target_fpr)}
+    if error_score.kind == "grouped_error":  # the groups' names, for the explanations the scorer gives
+        point["groups"] = list(feature_groups(preprocessor.features)[0])
+    paths["threshold"].write_text(json.dumps(point) + "\n")
     return {name: str(p) for name, p in paths.items()}
 
 
@@ -110,7 +113,7 @@ def model_signature(features: Sequence[str] | None = None):
     outside the signature; ``sample_id`` is in it, so it passes through.
     """
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, DataType, Schema
+    from mlflow.types.schema import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 
@@ -118,7 +121,9 @@ def model_signature(features: Sequence[str] | None = None):
     inputs.append(ColSpec(DataType.string, ID_COLUMN, required=False))
     outputs = [ColSpec(DataType.string, ID_COLUMN, required=False), ColSpec(DataType.double, "reconstruction_error"),
                ColSpec(DataType.double, "anomaly_score"), ColSpec(DataType.boolean, "is_anomaly")]
-    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+    # explain=K: each app's top K features and its groups' shares of the score (KronodroidScorer.predict)
+    params = ParamSchema([ParamSpec(EXPLAIN_PARAM, DataType.long, 0)])
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs), params=params)
 
 
 def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -> pd.DataFrame:

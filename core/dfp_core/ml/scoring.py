@@ -127,24 +127,12 @@ class Explainer:
         from dfp_core.ml.fit import feature_groups
 
         self.scorer, self.top = scorer, top
-        self.features = list(scorer.preprocessor.features)
-        self.group_names, groups = feature_groups(self.features)
-        self.group_of = [self.group_names[g] for g in groups]
-        self.columns = tuple(f"top{i}_{what}" for i in range(1, top + 1) for what in ("feature", "group", "contribution")) \
-            + tuple(f"{name}_contribution" for name in self.group_names)
+        # named as training names them, also for versions that did not keep the names
+        self.group_names = feature_groups(scorer.preprocessor.features)[0]
+        self.columns = scorer.explanation_columns(top, self.group_names)
 
     def explain(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        done = self.scorer.explain_frame(chunk, self.top)
-        out = {"reconstruction_error": done.errors, "anomaly_score": done.scores,
-               "is_anomaly": done.scores > self.scorer.threshold}
-        names, groups = np.asarray(self.features, dtype=object), np.asarray(self.group_of, dtype=object)
-        for i in range(self.top):
-            out[f"top{i + 1}_feature"] = names[done.top_features[:, i]]
-            out[f"top{i + 1}_group"] = groups[done.top_features[:, i]]
-            out[f"top{i + 1}_contribution"] = done.top_contributions[:, i]
-        for g, name in enumerate(self.group_names):
-            out[f"{name}_contribution"] = done.group_contributions[:, g]
-        return pd.DataFrame(out)
+        return self.scorer.explain_frame(chunk, self.top, self.group_names)
 
 
 def explainer_for(rt: "Runtime", model: Any, model_uri: str, top: int) -> Explainer:

@@ -25,11 +25,13 @@ import json
 import logging
 import sys
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 import pandas as pd
+
+from dfp_core.errors import DatasetError
 
 logger = logging.getLogger("dfp.serve")
 MAX_BODY_MB = 16
@@ -61,21 +63,50 @@ def media_type(content_type: str | None) -> str:
     return media
 
 
-def read_request(body: bytes, content_type: str | None, features: list[str], id_column: str
-                 ) -> tuple[np.ndarray, list[str | None] | None]:
-    """A request body as the model's input: (a float64 matrix of the ``features`` in order, the
-    ids as text or None when the request has no ``id_column``); ClientError for a client's
-    mistake. CSV and Parquet are read column by column with Arrow, with no Python object per
-    value: a 1,000-row request is read in about two thirds of the time the same rows take as JSON."""
+class Request(NamedTuple):
+    """A request as the model takes it."""
+
+    matrix: np.ndarray  # float64, the features in order
+    ids: list[str | None] | None  # the id column as text, None when the request has none
+    explain: int  # MLflow's ``params``: how many top features to name per app (0: none)
+
+
+def read_request(body: bytes, content_type: str | None, features: list[str], id_column: str) -> Request:
+    """A request body as the model's input; ClientError for a client's mistake. CSV and
+    Parquet are read column by column with Arrow, with no Python object per value: a 1,000-row
+    request is read in about two thirds of the time the same rows take as JSON (which alone
+    carries ``params``, as in MLflow's contract)."""
     media = media_type(content_type)
     if media in JSON_TYPES:
-        return typed_rows(*parse_payload(body, content_type), features, id_column, reuse_rows=True)
+        columns, rows, params = parse_json(body, content_type)
+        return Request(*typed_rows(columns, rows, features, id_column, reuse_rows=True), _explain(params))
     table = read_csv(body, features, id_column) if media in CSV_TYPES else read_parquet(body)
-    return typed_table(table, features, id_column)
+    return Request(*typed_table(table, features, id_column), 0)
+
+
+def _explain(params: Any) -> int:
+    from dfp_core.serving.scorer import EXPLAIN_PARAM, explain_count
+
+    if params is None:
+        return 0
+    if not isinstance(params, dict):
+        raise ClientError(400, f"params must be an object, such as {{\"{EXPLAIN_PARAM}\": 5}}")
+    unknown = sorted(set(map(str, params)) - {EXPLAIN_PARAM})
+    if unknown:
+        raise ClientError(400, f"unknown parameter(s): {_names(unknown)}; this model takes {EXPLAIN_PARAM}")
+    try:
+        return explain_count(params.get(EXPLAIN_PARAM, 0))
+    except DatasetError as exc:
+        raise ClientError(400, str(exc)) from None
 
 
 def parse_payload(body: bytes, content_type: str | None) -> tuple[list[str], list[list[Any]]]:
     """(columns, rows) of an MLflow JSON request; ClientError for a client's mistake."""
+    return parse_json(body, content_type)[:2]
+
+
+def parse_json(body: bytes, content_type: str | None) -> tuple[list[str], list[list[Any]], Any]:
+    """(columns, rows, params or None) of an MLflow JSON request; ClientError for a client's mistake."""
     media = media_type(content_type)
     if media not in JSON_TYPES:
         raise ClientError(415, f"Content-Type {media} is not JSON")
@@ -95,13 +126,13 @@ def parse_payload(body: bytes, content_type: str | None) -> tuple[list[str], lis
         columns, rows = [str(c) for c in split["columns"]], split["data"]
         if any(not isinstance(row, list) or len(row) != len(columns) for row in rows):
             raise ClientError(400, f"every row of dataframe_split.data must be a list of {len(columns)} values")
-        return columns, rows
+        return columns, rows, payload.get("params")
     if "dataframe_records" in payload:
         records = payload["dataframe_records"]
         if not isinstance(records, list) or any(not isinstance(r, dict) for r in records):
             raise ClientError(400, "dataframe_records must be a list of objects (one per row)")
         columns = list(dict.fromkeys(str(k) for r in records for k in r))
-        return columns, [[r.get(c) for c in columns] for r in records]
+        return columns, [[r.get(c) for c in columns] for r in records], payload.get("params")
     raise ClientError(400, f"expected dataframe_split or dataframe_records, got {_names(sorted(map(str, payload)))}")
 
 
@@ -303,8 +334,8 @@ class ScoringApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             body = await self._body(receive, headers)
-            matrix, ids = read_request(body, headers.get("content-type"), self.features, self.id_column)
-            out = await asyncio.get_running_loop().run_in_executor(None, self._predict, matrix, ids)
+            request = read_request(body, headers.get("content-type"), self.features, self.id_column)
+            out = await asyncio.get_running_loop().run_in_executor(None, self._predict, *request)
         except ClientError as exc:
             return await self._error(send, exc.status, str(exc))
         except Exception as exc:  # noqa: BLE001 - the server's own failure: one line out, the traceback logged
@@ -331,7 +362,9 @@ class ScoringApp:
             raise ClientError(413, f"the body is over {self.max_body >> 20} MB; send fewer rows per request")
         return b"".join(chunks)
 
-    def _predict(self, matrix: np.ndarray, ids: list[str | None] | None) -> list[dict]:
+    def _predict(self, matrix: np.ndarray, ids: list[str | None] | None, explain: int = 0) -> list[dict]:
+        if explain:
+            return self._explained(matrix, ids, explain)
         if self.by_matrix:
             errors, scores, flags = self.scorer.score_matrix(matrix)
             records = [{"reconstruction_error": e, "anomaly_score": s, "is_anomaly": f}
@@ -345,6 +378,23 @@ class ScoringApp:
             records = self.scorer.predict(None, frame).to_dict(orient="records")
         # orjson writes a score that is not a number as null (JSON has no NaN), numpy's bools as booleans.
         return records
+
+    def _explained(self, matrix: np.ndarray, ids: list[str | None] | None, explain: int) -> list[dict]:
+        """The outputs with each app's explanation (``KronodroidScorer.explain_matrix``); a
+        version that cannot explain its score is the client's 400, naming why."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if self.by_matrix:
+                frame = self.scorer.explain_matrix(matrix, explain)
+            else:
+                model_input = pd.DataFrame(matrix, columns=self.features)
+                frame = self.scorer.predict(None, model_input, params={"explain": explain})
+        except (DatasetError, MlflowException) as exc:
+            raise ClientError(400, getattr(exc, "message", None) or str(exc)) from None
+        if ids is not None:
+            frame.insert(0, self.id_column, ids)
+        return frame.to_dict(orient="records")
 
     @staticmethod
     async def _send(send, status: int, body: bytes, content_type: str) -> None:

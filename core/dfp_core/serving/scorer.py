@@ -28,7 +28,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from dfp_core.errors import DatasetError
 from dfp_core.serving.network import AutoencoderNetwork
 from dfp_core.serving.preprocess import Preprocessor
-from dfp_core.serving.score import ErrorScore, Explained
+from dfp_core.serving.score import ErrorScore
 
 # The model's artifacts: name in the MLmodel -> file name.
 ARTIFACT_FILES = {
@@ -42,6 +42,7 @@ ARTIFACT_FILES = {
 OPTIONAL_ARTIFACTS = ("error_score",)
 ID_COLUMN = "sample_id"
 OUTPUT_COLUMNS = ("reconstruction_error", "anomaly_score", "is_anomaly")
+EXPLAIN_PARAM = "explain"  # predict's parameter: how many top features to name per app (0: none)
 
 
 def load_network(state_path: str | Path, config_path: str | Path) -> AutoencoderNetwork:
@@ -60,6 +61,7 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
         self.threshold: float | None = None
         self.error_score: ErrorScore | None = None
         self.target_fpr: float | None = None  # the benign FPR the threshold was set for
+        self.group_names: tuple[str, ...] = ()  # the grouped score's groups, as training named them
 
     def load_context(self, context) -> None:
         artifacts = context.artifacts
@@ -71,6 +73,9 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
         threshold = json.loads(Path(artifacts["threshold"]).read_text())
         self.threshold = float(threshold["threshold"])
         self.error_score = ErrorScore.load(threshold.get("score", "mse"), artifacts.get("error_score"))
+        if self.error_score.kind == "grouped_error":  # versions before the names were kept: numbered
+            count = self.error_score.shortfall_only.size
+            self.group_names = tuple(threshold.get("groups") or (f"group{g + 1}" for g in range(count)))
         if threshold.get("target_fpr") is not None:
             self.target_fpr = float(threshold["target_fpr"])
         elif threshold.get("quantile") is not None:  # versions before the FPR target: the benign quantile
@@ -91,11 +96,15 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
             self.load_context(context)
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         try:
+            top = explain_count((params or {}).get(EXPLAIN_PARAM, 0))
             x = self.preprocessor.transform(frame)
-        except DatasetError as exc:  # missing or non-numeric feature columns, named
+            if top:
+                out = self._explained(x, top)
+            else:
+                errors, scores, flags = self._scores(x)
+                out = pd.DataFrame({"reconstruction_error": errors, "anomaly_score": scores, "is_anomaly": flags})
+        except DatasetError as exc:  # missing or non-numeric feature columns, named; an explanation it cannot give
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        errors, scores, flags = self._scores(x)
-        out = pd.DataFrame({"reconstruction_error": errors, "anomaly_score": scores, "is_anomaly": flags})
         if ID_COLUMN in frame.columns:
             out.insert(0, ID_COLUMN, frame[ID_COLUMN].to_numpy())
         return out
@@ -108,17 +117,51 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
             raise DatasetError("the scorer is not loaded")
         return self._scores(self.preprocessor.transform_matrix(raw))
 
-    def explain_frame(self, frame: pd.DataFrame, top: int) -> Explained:
-        """Why each row scores as it does: the ``grouped_error`` score's top ``top`` features
-        and each group's contribution (``ErrorScore.explained``); the scores are ``predict``'s.
-        DatasetError for a version whose score has no per-feature terms (``mse``, ``error_mahalanobis``)."""
+    def explain_frame(self, frame: pd.DataFrame, top: int, group_names: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """``predict``'s outputs (the same scores) and why each row scores as it does:
+        ``explanation_columns(top)`` (``ErrorScore.explained``). DatasetError for a version whose
+        score has no per-feature terms (``mse``, ``error_mahalanobis``)."""
+        return self._explained(self.preprocessor.transform(frame), top, group_names)
+
+    def explain_matrix(self, raw: np.ndarray, top: int) -> pd.DataFrame:
+        """``explain_frame`` for ``score_matrix``'s input (``raw`` is overwritten)."""
+        return self._explained(self.preprocessor.transform_matrix(raw), top)
+
+    def explanation_columns(self, top: int, group_names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """``top1_feature``, ``top1_group``, ``top1_contribution`` ... then ``<group>_contribution``
+        per group: a share of the score, in its units; the groups' add up to it."""
+        tops = tuple(f"top{i}_{what}" for i in range(1, top + 1) for what in ("feature", "group", "contribution"))
+        return tops + tuple(f"{name}_contribution" for name in (group_names or self.group_names))
+
+    def _explained(self, x: np.ndarray, top: int, group_names: tuple[str, ...] | None = None) -> pd.DataFrame:
         if self.network is None:
             raise DatasetError("the scorer is not loaded")
         if self.error_score.kind != "grouped_error":
-            raise DatasetError(f"its score is {self.error_score.kind}, which has no per-feature terms: explanations "
-                               "need a version trained with the grouped_error score")
-        return self.error_score.explained(self.network, self.preprocessor.transform(frame), top)
+            raise DatasetError(f"this version scores with {self.error_score.kind}, which has no per-feature terms to "
+                               "explain it by: explanations need a version trained with the grouped_error score")
+        if top > len(self.preprocessor.features):
+            raise DatasetError(f"{EXPLAIN_PARAM} takes at most {len(self.preprocessor.features)} features, got {top}")
+        names = group_names or self.group_names
+        done = self.error_score.explained(self.network, x, top)
+        features = np.asarray(self.preprocessor.features, dtype=object)
+        group_of = np.asarray(names, dtype=object)[self.error_score.groups]
+        out = {"reconstruction_error": done.errors, "anomaly_score": done.scores, "is_anomaly": done.scores > self.threshold}
+        for i in range(top):
+            index = done.top_features[:, i]
+            out.update({f"top{i + 1}_feature": features[index], f"top{i + 1}_group": group_of[index],
+                        f"top{i + 1}_contribution": done.top_contributions[:, i]})
+        for g, name in enumerate(names):
+            out[f"{name}_contribution"] = done.group_contributions[:, g]
+        return pd.DataFrame(out)
 
     def _scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         errors, scores = self.error_score.scores(self.network, x)
         return errors, scores, scores > self.threshold
+
+
+def explain_count(value: Any) -> int:
+    """The ``explain`` parameter as a count of features (0: no explanation); DatasetError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise DatasetError(f"{EXPLAIN_PARAM} must be a whole number of features, 0 or more, got {value!r}")
+    return int(value)
+
