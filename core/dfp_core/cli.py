@@ -360,6 +360,26 @@ def reproduce_cmd(
         raise typer.Exit(1)
 
 
+@app.command("retarget")
+def retarget_cmd(
+    model: str = typer.Option(..., "--model", help="Registered model name."),
+    version: Optional[str] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias"),
+    target_fpr: float = typer.Option(..., "--target-fpr", help="Benign false-positive rate to set the threshold for."),
+    set_alias: Optional[str] = typer.Option(None, "--set-alias", help="Point this alias at the new version."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """A new version with its threshold set for another FPR, from the stored validation scores (no training)."""
+    from dfp_core.ml.pyfunc import operating_point_lines
+    from dfp_core.ml.retarget import retarget
+
+    with runtime("kronodroid-retarget", mlflow={"tracking_uri": tracking_uri}) as rt:
+        result = retarget(rt, model, version, alias, target_fpr, set_alias)
+    for line in operating_point_lines(result["threshold"], result["target_fpr"], result, result["score"]):
+        note(line)
+    emit(result)
+
+
 @app.command("score")
 def score_cmd(
     model_uri: str = typer.Option(..., "--model-uri", help="models:/name/version, models:/name@alias, runs:/..."),

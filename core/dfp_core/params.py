@@ -144,6 +144,13 @@ def check_bounds(cls, values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{shown} must be <= {p.max}, got {value}")
 
 
+def check_target_fpr(target_fpr: float) -> None:
+    """A benign FPR to set a threshold for: above 0 (0 would set it at the highest benign
+    validation score, an outlier) and below 0.5."""
+    if not 0.0 < float(target_fpr) < 0.5:
+        raise ConfigError(f"--target-fpr must be above 0 and below 0.5, got {target_fpr}")
+
+
 @dataclass(frozen=True)
 class TransformConfig:
     """A transform run: raw KronoDroid inputs -> Avro Iceberg tables, committed and merged."""
@@ -278,8 +285,7 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
         check_bounds(TrainConfig, dataclasses.asdict(self))
-        if not 0.0 < self.target_fpr < 0.5:  # 0 flags no benign app at all: the threshold is the top outlier
-            raise ConfigError(f"--target-fpr must be above 0 and below 0.5, got {self.target_fpr}")
+        check_target_fpr(self.target_fpr)
 
     def resolved(self, settings: Settings) -> "TrainConfig":
         """Unset repository, ref and MLflow names taken from the settings."""

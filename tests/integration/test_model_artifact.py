@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -310,6 +311,44 @@ def test_dfp_kserve_writes_an_inference_service_for_the_version(registered, stac
     schema = inference_service_schema(KSERVE_VERSION)
     if schema is not None:
         assert validate(manifest, schema) == []
+
+
+def test_dfp_retarget_sets_another_operating_point_as_a_new_version(registered, rt, tmp_path):
+    """A 1% target from the stored benign validation scores, without training: a new version
+    with the same lineage tags and network, its own digests, and a stricter threshold."""
+    from dfp_core import lineage
+    from dfp_core.ml.integrity import MODEL_DIGEST_TAG
+
+    name, version = registered["name"], str(registered["version"])
+    done = subprocess.run([str(VENV_BIN / "dfp"), "retarget", "--model", name, "--version", version, "--target-fpr", "0.01",
+                           "--set-alias", "strict"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["from_version"] == version and result["target_fpr"] == 0.01 and result["val_fpr"] <= 0.01
+    assert result["fpr_95_low"] < 0.01 < result["fpr_95_high"] and "its FPR lies between" in done.stderr
+    old, new = (rt.mlflow.get_model_version(name, v) for v in (version, result["version"]))
+    assert {t: new.tags[t] for t in lineage.LINEAGE_TAGS} == {t: old.tags[t] for t in lineage.LINEAGE_TAGS}
+    assert new.tags["dfp.threshold_from"] == f"{name}/{version}" and new.tags[MODEL_DIGEST_TAG] != old.tags[MODEL_DIGEST_TAG]
+    assert rt.mlflow.get_model_version_by_alias(name, "strict").version == new.version
+    assert rt.mlflow.get_run(new.run_id).data.params["target_fpr"] == "0.01"
+    # Scored through its checked copy: the same scores, flagged against the stricter threshold.
+    out = tmp_path / "strict.csv"
+    scored = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", f"models:/{name}@strict", "--input",
+                             str(registered["data"]), "--out", str(out)], capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    summary = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert summary["threshold"] == result["threshold"] and summary["target_fpr"] == 0.01
+    strict = pd.read_csv(out)
+    strict = strict[(strict["status"] == "scored") & strict["sample_id"].isin(registered["scores"].index)]
+    strict = strict.set_index("sample_id")
+    reference = registered["scores"].loc[strict.index]
+    assert len(strict) > 100
+    np.testing.assert_allclose(strict["anomaly_score"], reference["anomaly_score"], rtol=1e-5, atol=1e-7)
+    assert (strict["is_anomaly"] == (strict["anomaly_score"] > result["threshold"])).all()
+    assert strict["is_anomaly"].sum() <= reference["is_anomaly"].sum()
+    refused = subprocess.run([str(VENV_BIN / "dfp"), "retarget", "--model", name, "--version", version, "--target-fpr",
+                              "0.5"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "--target-fpr must be above 0 and below 0.5, got 0.5" in refused.stderr
 
 
 def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stack, tmp_path):

@@ -172,5 +172,5 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     return {
         "model": model, "preprocessor": preprocessor, "threshold": threshold, "metrics": results,
         "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors, "scores": scores,
-        "error_score": error_score,
+        "error_score": error_score, "benign_val_scores": scores["val"][val_y == 0],
     }

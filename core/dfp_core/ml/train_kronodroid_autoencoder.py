@@ -21,6 +21,7 @@ from dfp_core import lineage
 from dfp_core.kronodroid import schema
 from dfp_core.ml.fit import fit_and_evaluate
 from dfp_core.ml.metrics import OPERATING_POINT_KEYS
+from dfp_core.ml.retarget import BENIGN_VAL_SCORES, benign_val_record
 from dfp_core.errors import DfpError, TrackingError
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
@@ -197,6 +198,8 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
                 mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
                 result["metrics"].update(comparison)
             mlflow.log_artifacts(str(result["plot_dir"]), artifact_path="plots")
+            # What `dfp retarget` sets another operating point from, without training again.
+            mlflow.log_dict(benign_val_record(config.score, result["benign_val_scores"]), BENIGN_VAL_SCORES)
             spec_path = workdir / "dataset_spec.json"
             spec_path.write_text(json.dumps({
                 "spec": asdict(data.spec), "dataset_ids": data.dataset_ids,
