@@ -68,7 +68,7 @@ total=$(go list -deps "$pkg" | wc -l)
 echo "$name $version: compiling $total packages (a cold build takes a few minutes)..." >&2
 if ! go build -v -trimpath -buildvcs=false -ldflags "$ldflags" -o "$out.tmp" "$pkg" 2>&1 | awk -v total="$total" '
     /^#|: / { print > "/dev/stderr"; next }
-    { n++; if (n % 50 == 0 || n == total) { printf "  compiled %d/%d packages\n", n, total > "/dev/stderr"; fflush("/dev/stderr") } }'
+    { n++; if (n % 250 == 0 || n == total) { printf "  compiled %d/%d packages\n", n, total > "/dev/stderr"; fflush("/dev/stderr") } }'
 then
   echo "error: go build of $name $version failed (output above)" >&2; rm -f "$out.tmp"; exit 1
 fi
