@@ -384,6 +384,8 @@ class ScoringApp:
         version that cannot explain its score is the client's 400, naming why."""
         from mlflow.exceptions import MlflowException
 
+        if not callable(getattr(self.scorer, "explain_matrix", None)):
+            raise ClientError(400, "this version's scorer predates explanations (explain); score without params")
         try:
             if self.by_matrix:
                 frame = self.scorer.explain_matrix(matrix, explain)
