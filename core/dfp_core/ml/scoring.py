@@ -151,8 +151,9 @@ def explainer_for(rt: "Runtime", model: Any, model_uri: str, top: int) -> Explai
     if kind != "grouped_error":
         version = resolve_model_uri(rt, model_uri)
         which = f"version {version.version} of {version.name}" if version is not None else model_uri
-        raise ConfigError(f"cannot explain the scores of {which}: it scores with {kind}, registered before the "
-                          "grouped_error score, which has no per-feature terms; explain a version trained since")
+        raise ConfigError(f"cannot explain the scores of {which}: it scores with {kind} (trained with --score {kind}, "
+                          "or before grouped_error was the default), which has no per-feature terms; explain a "
+                          "grouped_error version")
     return Explainer(scorer, top)
 
 
