@@ -410,11 +410,9 @@ def test_the_threshold_fpr_interval_covers_the_fpr_on_new_benign_apps():
         M.threshold_fpr_interval(0, 0.05)
 
 
-def test_retarget_sets_the_threshold_training_sets_from_the_same_scores():
-    from dfp_core.ml.retarget import operating_point
-
+def test_the_operating_point_training_and_retarget_set_from_benign_scores():
     scores = np.random.default_rng(1).normal(size=300)
-    point = operating_point(scores, 0.02)
+    point = M.operating_point(scores, 0.02)
     assert point["threshold"] == M.threshold_for_fpr(scores, np.zeros(300, int), 0.02)
     assert point["val_fpr"] == (scores > point["threshold"]).mean() <= 0.02 and point["val_benign"] == 300
     assert (point["fpr_95_low"], point["fpr_95_high"]) == M.threshold_fpr_interval(300, 0.02)

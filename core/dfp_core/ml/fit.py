@@ -152,13 +152,11 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     errors, scores = {}, {}
     for split, (x, _, _) in arrays.items():
         errors[split], scores[split] = error_score.scores(model, x)
-    threshold = metrics.threshold_for_fpr(scores["val"], val_y, config.target_fpr)
+    benign_val_scores = scores["val"][val_y == 0]
+    point = metrics.operating_point(benign_val_scores, config.target_fpr)
+    threshold = point["threshold"]
     results = metrics.evaluate(scores["test"], test_y, test_src, threshold, reconstruction_errors=errors["test"])
-    results["target_fpr"] = float(config.target_fpr)
-    results["val_fpr"] = metrics.false_positive_rate(scores["val"], val_y, threshold)
-    results["val_benign"] = float((val_y == 0).sum())
-    results["fpr_95_low"], results["fpr_95_high"] = metrics.threshold_fpr_interval(
-        int(results["val_benign"]), config.target_fpr)
+    results.update(point)
     for split in ("train", "val"):
         results[f"{split}_recon_loss"] = metrics.recon_loss(errors[split])
     results["epochs_trained"] = float(trainer.current_epoch)
@@ -172,5 +170,5 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     return {
         "model": model, "preprocessor": preprocessor, "threshold": threshold, "metrics": results,
         "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors, "scores": scores,
-        "error_score": error_score, "benign_val_scores": scores["val"][val_y == 0],
+        "error_score": error_score, "benign_val_scores": benign_val_scores,
     }

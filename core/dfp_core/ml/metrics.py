@@ -96,6 +96,19 @@ def threshold_fpr_interval(benign_count: int, target_fpr: float, level: float = 
     return float(beta.ppf(tail, k + 1, n - k)), float(beta.ppf(1.0 - tail, k + 1, n - k))
 
 
+def operating_point(benign_scores: np.ndarray, target_fpr: float) -> dict[str, float]:
+    """The threshold for ``target_fpr`` on the benign validation scores (``threshold_for_fpr``),
+    the FPR reached there, how many apps it was set on and its 95% interval on new benign apps
+    (``threshold_fpr_interval``): what training logs, and what `dfp retarget` sets again."""
+    benign_scores = np.asarray(benign_scores, dtype=np.float64)
+    benign = np.zeros(benign_scores.size, dtype=np.int64)
+    threshold = threshold_for_fpr(benign_scores, benign, target_fpr)
+    low, high = threshold_fpr_interval(benign_scores.size, target_fpr)
+    return {"threshold": threshold, "target_fpr": float(target_fpr),
+            "val_fpr": false_positive_rate(benign_scores, benign, threshold),
+            "val_benign": float(benign_scores.size), "fpr_95_low": low, "fpr_95_high": high}
+
+
 def false_positive_rate(errors: np.ndarray, labels: np.ndarray, threshold: float) -> float | None:
     """The share of benign rows flagged at ``threshold`` (None without benign rows)."""
     benign = errors[labels == 0]

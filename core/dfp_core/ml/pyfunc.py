@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from dfp_core.errors import DatasetError
+from dfp_core.ml.fit import feature_groups
 from dfp_core.serving.scorer import ARTIFACT_FILES, EXPLAIN_PARAM, ID_COLUMN
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,8 +54,6 @@ def build_model_artifacts(model: "KronodroidAutoencoder", preprocessor: "Preproc
     paths["network_config"].write_text(json.dumps(model.network_config(), indent=1) + "\n")
     preprocessor.save(paths["preprocessor"])
     error_score.save(paths["error_score"])
-    from dfp_core.ml.fit import feature_groups
-
     point = {"threshold": float(threshold), "score": error_score.kind,
              "target_fpr": None if target_fpr is None else float(target_fpr)}
     if error_score.kind == "grouped_error":  # the groups' names, for the explanations the scorer gives

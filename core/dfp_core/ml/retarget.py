@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
 from dfp_core.errors import ConfigError
+from dfp_core.ml.metrics import operating_point
 from dfp_core.params import check_target_fpr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,19 +29,6 @@ TAG_THRESHOLD_FROM = "dfp.threshold_from"  # <name>/<version> whose network and 
 def benign_val_record(score: str, scores: Sequence[float]) -> dict[str, Any]:
     """What training stores: the score's kind and the benign validation apps' scores."""
     return {"score": score, "benign_val_scores": [float(s) for s in scores]}
-
-
-def operating_point(benign_scores: np.ndarray, target_fpr: float) -> dict[str, float]:
-    """The threshold for ``target_fpr`` on the benign validation scores, as training sets it,
-    with the FPR reached there and its 95% interval on new benign apps."""
-    from dfp_core.ml import metrics
-
-    benign = np.zeros(benign_scores.size, dtype=np.int64)
-    threshold = metrics.threshold_for_fpr(benign_scores, benign, target_fpr)
-    low, high = metrics.threshold_fpr_interval(benign_scores.size, target_fpr)
-    return {"threshold": threshold, "target_fpr": float(target_fpr),
-            "val_fpr": metrics.false_positive_rate(benign_scores, benign, threshold),
-            "val_benign": float(benign_scores.size), "fpr_95_low": low, "fpr_95_high": high}
 
 
 def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, target_fpr: float,
@@ -66,7 +52,7 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
             raise ConfigError(f"{label} has no stored benign validation scores ({BENIGN_VAL_SCORES} of run "
                               f"{source.run_id}): it was trained before they were kept; train again to set "
                               "another operating point") from None
-        point = operating_point(np.asarray(record["benign_val_scores"], dtype=np.float64), target_fpr)
+        point = operating_point(record["benign_val_scores"], target_fpr)
         with rt.tracking():
             mv = rt.mlflow.get_model_version(name, source.version)
             with verified_copy(rt, mv) as local:

@@ -174,7 +174,7 @@ def _scorer_number(model: Any, name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def operating_point(model: Any, anomalies: int, scored: int) -> dict:
+def flagged_summary(model: Any, anomalies: int, scored: int) -> dict:
     """The threshold, the benign FPR it was set for on validation, and the share of this
     input it flagged: well above the target on a mostly benign feed says the operating point
     has moved (new apps score higher than the validation apps did)."""
@@ -269,8 +269,7 @@ def _rejected_rows(rejected: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.Da
         "is_anomaly": pd.array([None] * n, dtype="boolean"),
         "status": "rejected",
         "reason": rejected["reason"].to_numpy(dtype=object),
-        **{name: np.full(n, np.nan) if name.endswith("contribution") else np.full(n, None, dtype=object)
-           for name in extra},
+        **{name: np.full(n, np.nan) if _is_share(name) else np.full(n, None, dtype=object) for name in extra},
     })
 
 
@@ -282,6 +281,11 @@ def _write(frame: pd.DataFrame, out_path: Path, fmt: str) -> None:
         frame.to_parquet(out_path, index=False, engine="pyarrow")
 
 
+def _is_share(column: str) -> bool:
+    """An explanation column holding a share of the score (a number); the others name a feature or group."""
+    return column.endswith("_contribution")
+
+
 def _output_schema(extra: tuple[str, ...] = ()):
     import pyarrow as pa
 
@@ -289,7 +293,7 @@ def _output_schema(extra: tuple[str, ...] = ()):
         ("sample_id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
         ("data_source", pa.string()), ("label", pa.int64()), ("reconstruction_error", pa.float64()),
         ("anomaly_score", pa.float64()), ("is_anomaly", pa.bool_()), ("status", pa.string()), ("reason", pa.string()),
-        *((name, pa.float64() if name.endswith("contribution") else pa.string()) for name in extra),
+        *((name, pa.float64() if _is_share(name) else pa.string()) for name in extra),
     ])
 
 
@@ -418,7 +422,7 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, expla
     return {
         **counts,
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        **operating_point(model, counts["anomalies"], counts["scored"]),
+        **flagged_summary(model, counts["anomalies"], counts["scored"]),
         "out_path": str(out_path),
         "model_uri": model_uri,
     }
@@ -442,7 +446,7 @@ def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path, ex
     return {
         "rows_in": int(len(frame)), "scored": int(len(scored)), "rejected": 0,
         "anomalies": int(scored["is_anomaly"].sum()),
-        **operating_point(model, int(scored["is_anomaly"].sum()), len(scored)),
+        **flagged_summary(model, int(scored["is_anomaly"].sum()), len(scored)),
         "lakefs_commit": data.spec.lakefs_commit, "iceberg_snapshot_id": data.spec.iceberg_snapshot_id,
         "out_path": str(out_path), "model_uri": model_uri,
     }

@@ -284,10 +284,10 @@ def _float_column(column, name: str):
     return column
 
 
-def _is_number(text: str) -> bool:
+def _is_number(value: Any) -> bool:
     try:
-        float(text)
-    except ValueError:
+        float(value)
+    except (TypeError, ValueError):
         return False
     return True
 
@@ -297,9 +297,7 @@ def _first_non_number(rows: list[list[Any]], features: list[str]) -> str:
         for name, value in zip(features, row):
             if value is None or isinstance(value, bool):
                 continue
-            try:
-                float(value)
-            except (TypeError, ValueError):
+            if not _is_number(value):
                 return f"column {name}: {str(value)[:40]!r} is not a number"
     return "a value is not a number"
 
