@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from dfp_core.errors import DfpError
-from dfp_core.params import Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of, parse_value
+from dfp_core.params import (PSI_BOUND, Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of,
+                             parse_value)
 from dfp_core.process_exit import leave_heap_to_the_os
 from dfp_core.progress import error, note, show
 
@@ -378,6 +379,34 @@ def retarget_cmd(
     for line in operating_point_lines(result["threshold"], result["target_fpr"], result, result["score"]):
         note(line)
     emit(result)
+
+
+DRIFT_EXIT_CODE = 3  # `dfp drift --fail-on-drift` found drift (2: bad input, 1: a failure)
+
+
+@app.command("drift")
+def drift_cmd(
+    model: str = typer.Option(..., "--model", help="Registered model name."),
+    version: Optional[str] = typer.Option(None, "--version"),
+    alias: Optional[str] = typer.Option(None, "--alias"),
+    input_path: str = typer.Option(..., "--input", help="KronoDroid archives/CSV (file or folder), or lakefs://repo/ref"),
+    psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
+    top: int = typer.Option(10, "--top", min=0, help="Features listed in the summary, the largest shift first."),
+    fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
+                                       help=f"Exit with code {DRIFT_EXIT_CODE} when a feature shifted (a pipeline gate)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Whether new apps still look like a version's training data: per-feature shift and the flagged share."""
+    from dfp_core.ml.drift import drift
+    from dfp_core.ml.feature_drift import lines
+
+    with runtime("kronodroid-drift", mlflow={"tracking_uri": tracking_uri}) as rt:
+        summary = drift(rt, model, version, alias, input_path, psi_bound, top)
+    for line in lines(summary):
+        note(line)
+    emit(summary)
+    if fail_on_drift and summary["drift"]:
+        raise typer.Exit(DRIFT_EXIT_CODE)
 
 
 @app.command("score")

@@ -151,6 +151,14 @@ def check_target_fpr(target_fpr: float) -> None:
         raise ConfigError(f"--target-fpr must be above 0 and below 0.5, got {target_fpr}")
 
 
+PSI_BOUND = 0.25  # `dfp drift`: a feature whose PSI is above it has shifted ("a major shift" in PSI's usual reading)
+
+
+def check_psi_bound(psi_bound: float) -> None:
+    if not float(psi_bound) > 0.0:
+        raise ConfigError(f"--psi-bound must be above 0, got {psi_bound}")
+
+
 @dataclass(frozen=True)
 class TransformConfig:
     """A transform run: raw KronoDroid inputs -> Avro Iceberg tables, committed and merged."""

@@ -331,6 +331,13 @@ def test_dfp_retarget_sets_another_operating_point_as_a_new_version(registered, 
     assert new.tags["dfp.threshold_from"] == f"{name}/{version}" and new.tags[MODEL_DIGEST_TAG] != old.tags[MODEL_DIGEST_TAG]
     assert rt.mlflow.get_model_version_by_alias(name, "strict").version == new.version
     assert rt.mlflow.get_run(new.run_id).data.params["target_fpr"] == "0.01"
+    # `dfp drift` on the new version measures against the same training profile.
+    kept = []
+    for v in (old, new):
+        (tmp_path / v.version).mkdir()
+        path = rt.mlflow.download_artifacts(v.run_id, "drift/training_profile.json", str(tmp_path / v.version))
+        kept.append(json.loads(Path(path).read_text()))
+    assert kept[0] == kept[1] and kept[0]["features"]
     # Scored through its checked copy: the same scores, flagged against the stricter threshold.
     out = tmp_path / "strict.csv"
     scored = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", f"models:/{name}@strict", "--input",
@@ -349,6 +356,48 @@ def test_dfp_retarget_sets_another_operating_point_as_a_new_version(registered, 
     refused = subprocess.run([str(VENV_BIN / "dfp"), "retarget", "--model", name, "--version", version, "--target-fpr",
                               "0.5"], capture_output=True, text=True)
     assert refused.returncode != 0 and "--target-fpr must be above 0 and below 0.5, got 0.5" in refused.stderr
+
+
+def _drift(registered, input_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run([str(VENV_BIN / "dfp"), "drift", "--model", registered["name"], "--version",
+                           str(registered["version"]), "--input", str(input_path), *extra], capture_output=True, text=True)
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_dfp_drift_measures_new_apps_against_the_training_split(registered, rt, tmp_path):
+    """The version's own data shows no shift; the same apps with one syscall's counts 100 times
+    higher and one rare permission on everywhere show those two features first, and
+    --fail-on-drift gates on them with its own exit code."""
+    from dfp_core.kronodroid.schema import RAW_TO_CANONICAL
+
+    done, same = _drift(registered, registered["data"], "--fail-on-drift")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert same["features"] == 476 and same["features_shifted"] == 0 and not same["drift"]
+    assert same["rows"] > 300 and same["rows"] + same["rejected"] == 400
+    assert len(same["top_features"]) == 10 and all(f["group"] for f in same["top_features"])
+    assert same["verdict"] in done.stderr and same["verdict"].startswith("0 of 476 features shifted beyond PSI 0.25")
+    run = rt.mlflow.get_run(rt.mlflow.get_model_version(registered["name"], str(registered["version"])).run_id)
+    assert same["benign_val_flagged_share"] == pytest.approx(run.data.metrics["val_fpr"])
+    assert same["threshold"] == pytest.approx(run.data.metrics["threshold"])
+
+    # The same apps as one CSV of the real-device subset's format, two columns changed.
+    shifted = tmp_path / "shifted" / "real_device"
+    generate(shifted.parent, 400, seed=41, layout="subset")
+    (csv,) = shifted.glob("*.csv")
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame["read"] = (frame["read"].astype(int) * 100).astype(str)
+    frame["BIND_DEVICE_ADMIN"] = "1"
+    frame.to_csv(csv, index=False)
+    done, moved = _drift(registered, shifted.parent, "--fail-on-drift", "--top", "3")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert moved["drift"] and len(moved["top_features"]) == 3
+    top = {f["feature"]: f for f in moved["top_features"][:2]}
+    assert set(top) == {RAW_TO_CANONICAL["read"], RAW_TO_CANONICAL["BIND_DEVICE_ADMIN"]}, moved["top_features"]
+    assert all(f["psi"] > 1.0 for f in top.values())
+    assert top[RAW_TO_CANONICAL["BIND_DEVICE_ADMIN"]]["input_mean"] == 1.0
+    assert moved["verdict"] in done.stderr and RAW_TO_CANONICAL["read"] in done.stderr
+    done, bad = _drift(registered, shifted.parent, "--psi-bound", "0")
+    assert done.returncode == 2 and bad["error"] == "--psi-bound must be above 0, got 0.0"
 
 
 def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stack, tmp_path):

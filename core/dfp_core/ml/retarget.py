@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from dfp_core.errors import ConfigError
+from dfp_core.ml.feature_drift import TRAINING_PROFILE
 from dfp_core.ml.metrics import operating_point
 from dfp_core.params import check_target_fpr
 
@@ -53,6 +54,7 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
                               f"{source.run_id}): it was trained before they were kept; train again to set "
                               "another operating point") from None
         point = operating_point(record["benign_val_scores"], target_fpr)
+        profile = _training_profile(rt, source.run_id, tmp)
         with rt.tracking():
             mv = rt.mlflow.get_model_version(name, source.version)
             with verified_copy(rt, mv) as local:
@@ -64,6 +66,8 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
                     mlflow.log_params({**source.params, "target_fpr": str(float(target_fpr))})
                     mlflow.log_metrics(point)
                     mlflow.log_dict(record, BENIGN_VAL_SCORES)
+                    if profile is not None:  # `dfp drift` on the new version measures against the same training
+                        mlflow.log_dict(profile, TRAINING_PROFILE)
                     info = _log_model_dir(local)
                     digest = record_model_digest(info.model_uri, rt.settings.mlflow.signing_key_text())
                     mlflow.set_tag(MODEL_DIGEST_TAG, digest)
@@ -74,6 +78,14 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
             new_version = register_with_lineage(rt.mlflow, info.model_uri, name, tags, new_alias, description)
     return {"model": name, "from_version": source.version, "version": new_version, "alias": new_alias,
             "run_id": run.info.run_id, "score": kept, **point}
+
+
+def _training_profile(rt: "Runtime", run_id: str, tmp: str) -> dict[str, Any] | None:
+    """The source run's training profile; None when it was trained before profiles were kept."""
+    try:
+        return json.loads(Path(rt.mlflow.download_artifacts(run_id, TRAINING_PROFILE, tmp)).read_text())
+    except Exception:  # noqa: BLE001 - absent: the new version has none either
+        return None
 
 
 def _rewrite_threshold(local: Path, point: dict[str, float], score: str, source: str) -> str:

@@ -162,6 +162,11 @@ def model_threshold(model: Any) -> float | None:
     return _scorer_number(model, "threshold")
 
 
+def model_target_fpr(model: Any) -> float | None:
+    """The benign FPR the threshold inside a loaded autoencoder pyfunc was set for, when it has one."""
+    return _scorer_number(model, "target_fpr")
+
+
 def _scorer_number(model: Any, name: str) -> float | None:
     inner = model
     unwrap = getattr(model, "unwrap_python_model", None)
@@ -178,7 +183,7 @@ def flagged_summary(model: Any, anomalies: int, scored: int) -> dict:
     """The threshold, the benign FPR it was set for on validation, and the share of this
     input it flagged: well above the target on a mostly benign feed says the operating point
     has moved (new apps score higher than the validation apps did)."""
-    return {"threshold": model_threshold(model), "target_fpr": _scorer_number(model, "target_fpr"),
+    return {"threshold": model_threshold(model), "target_fpr": model_target_fpr(model),
             "flagged_share": anomalies / scored if scored else None}
 
 
@@ -428,16 +433,20 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, expla
     }
 
 
+def lakefs_ref(uri: str) -> tuple[str, str]:
+    """(repository, ref) of ``lakefs://<repository>/<branch or commit>``; ConfigError otherwise."""
+    parts = uri.removeprefix("lakefs://").strip("/").split("/")
+    if not uri.startswith("lakefs://") or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"expected lakefs://<repository>/<branch or commit>, got {uri!r}")
+    return parts[0], parts[1]
+
+
 def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path, explain: int = 0) -> dict:
     """Score every sample of ``kronodroid.fct_training_dataset`` at
     ``lakefs://<repo>/<ref>`` as Feast serves it (all three splits)."""
     out_path = Path(out_path)
     fmt = output_format(out_path)
-    parts = uri.removeprefix("lakefs://").strip("/").split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"expected lakefs://<repository>/<branch or commit>, got {uri!r}")
-    repo, ref = parts
-    data = rt.retrieve_splits(repo, ref)
+    data = rt.retrieve_splits(*lakefs_ref(uri))
     model = load_model(rt, model_uri)
     explainer = explainer_for(rt, model, model_uri, explain) if explain else None
     frame = pd.concat(data.frames.values(), ignore_index=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dfp_core import lineage
 from dfp_core.kronodroid import schema
+from dfp_core.ml.feature_drift import TRAINING_PROFILE, training_profile
 from dfp_core.ml.fit import fit_and_evaluate
 from dfp_core.ml.metrics import OPERATING_POINT_KEYS
 from dfp_core.ml.retarget import BENIGN_VAL_SCORES, benign_val_record
@@ -200,6 +201,8 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             mlflow.log_artifacts(str(result["plot_dir"]), artifact_path="plots")
             # What `dfp retarget` sets another operating point from, without training again.
             mlflow.log_dict(benign_val_record(config.score, result["benign_val_scores"]), BENIGN_VAL_SCORES)
+            # What `dfp drift` measures new apps against: the train split's per-feature bins.
+            mlflow.log_dict(training_profile(data.frames["train"], schema.FEATURE_COLUMNS), TRAINING_PROFILE)
             spec_path = workdir / "dataset_spec.json"
             spec_path.write_text(json.dumps({
                 "spec": asdict(data.spec), "dataset_ids": data.dataset_ids,

@@ -1,0 +1,89 @@
+"""`dfp drift`: are the apps scored today still like the ones a version was trained on?
+
+The version's run holds its training profile (``feature_drift.TRAINING_PROFILE``) and its
+benign validation scores (``retarget.BENIGN_VAL_SCORES``). The input is read block by block as
+`dfp score` reads it, counted into the profile's bins and scored by the version itself
+(loaded from its checked copy); ``feature_drift.compare`` makes the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from dfp_core.errors import ConfigError, DatasetError
+from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare
+from dfp_core.params import PSI_BOUND, check_psi_bound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
+
+
+def _run_artifact(rt: "Runtime", run_id: str, path: str, label: str, what: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="dfp-drift-") as tmp:
+        try:
+            return json.loads(Path(rt.mlflow.download_artifacts(run_id, path, tmp)).read_text())
+        except Exception:  # noqa: BLE001 - absent (trained before it was kept) or unreadable
+            raise ConfigError(f"{label} has no stored {what} ({path} of run {run_id}): it was trained before "
+                              "they were kept; train again to measure drift against it") from None
+
+
+def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(valid, rejected) blocks of the input: archives or CSV read as `dfp score` reads them
+    (the files checked now, before the slow model load), or every sample of the table at
+    ``lakefs://<repo>/<ref>`` as Feast serves it."""
+    from dfp_core.ml.scoring import lakefs_ref
+
+    if input_path.startswith("lakefs://"):
+        repo, ref = lakefs_ref(input_path)
+
+        def served() -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+            data = rt.retrieve_splits(repo, ref)
+            yield pd.concat(data.frames.values(), ignore_index=True), pd.DataFrame({"reason": pd.Series(dtype=object)})
+
+        return served()
+    from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
+
+    path = Path(input_path)
+    return iter_kronodroid(path, input_parts(path))
+
+
+def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, input_path: str,
+          psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
+    """The drift summary of the apps at ``input_path`` against a registered version's training."""
+    from dfp_core.ml.reproduce import model_lineage
+    from dfp_core.ml.retarget import BENIGN_VAL_SCORES
+    from dfp_core.ml.scoring import frame_scorer, load_model, model_target_fpr, model_threshold, score_frame
+
+    check_psi_bound(psi_bound)
+    if top < 0:
+        raise ConfigError(f"--top must be 0 or more, got {top}")
+    source = model_lineage(rt, name, version, alias)
+    label = f"version {source.version} of {name}"
+    blocks = _blocks(rt, input_path)
+    profile = _run_artifact(rt, source.run_id, TRAINING_PROFILE, label, "training profile")
+    benign = _run_artifact(rt, source.run_id, BENIGN_VAL_SCORES, label, "benign validation scores")
+    model = load_model(rt, f"models:/{name}/{source.version}")
+    threshold = model_threshold(model)
+    if threshold is None:
+        raise ConfigError(f"{label} has no anomaly threshold to measure the flagged share against")
+    scorer = frame_scorer(model)
+    counts, scores, rejected = BatchCounts(profile), [], {}
+    for valid, refused in blocks:
+        if len(valid):
+            counts.add(valid)
+            scores.append(score_frame(scorer, valid)["anomaly_score"].to_numpy(dtype=np.float64))
+        for reason, n in refused["reason"].value_counts().items():
+            rejected[str(reason)] = rejected.get(str(reason), 0) + int(n)
+    if counts.rows == 0:
+        raise DatasetError(f"no valid app in {input_path} to measure drift on"
+                           + (f" (rejected: {dict(sorted(rejected.items()))})" if rejected else ""))
+    summary = compare(profile, counts, np.concatenate(scores), benign["benign_val_scores"], threshold,
+                      model_target_fpr(model), psi_bound, top)
+    return {"model": name, "version": source.version, "input": input_path,
+            "rejected": sum(rejected.values()), "rejected_by_reason": dict(sorted(rejected.items())), **summary}
