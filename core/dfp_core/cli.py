@@ -381,6 +381,26 @@ def retarget_cmd(
     emit(result)
 
 
+@app.command("diff")
+def diff_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Registered model name (with --versions)."),
+    versions: Optional[tuple[str, str]] = typer.Option(None, "--versions", metavar="A B",
+                                                       help="Two versions of --model, older first (a version or @alias)."),
+    refs: Optional[tuple[str, str]] = typer.Option(None, "--refs", metavar="REF_A REF_B",
+                                                   help="Two lakefs://repo/ref, older first (instead of --versions)."),
+    psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
+    top: int = typer.Option(10, "--top", min=0, help="Training features listed, the largest shift first."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """What changed in the data between two versions (or lakeFS refs): apps, labels, splits, families, features."""
+    from dfp_core.ml.diff import diff
+
+    with runtime("kronodroid-diff", mlflow={"tracking_uri": tracking_uri}) as rt:
+        summary = diff(rt, model, versions, refs, psi_bound, top)
+    note(summary["verdict"])
+    emit(summary)
+
+
 DRIFT_EXIT_CODE = 3  # `dfp drift --fail-on-drift` found drift (2: bad input, 1: a failure)
 
 

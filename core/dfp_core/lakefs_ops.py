@@ -7,7 +7,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import lakefs
 import requests
@@ -293,6 +293,28 @@ class LakeFS:
         """Objects changed on ``branch`` since its head commit (at most ``limit`` counted)."""
         with self._errors(f"list uncommitted changes of {branch!r}", repo, branch):
             return sum(1 for _ in self.repository(repo).branch(branch).uncommitted(max_amount=limit))
+
+    def commits_between(self, repo: str, older: str, newer: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The commits in ``newer``'s history since its merge base with ``older``, newest first
+        (at most ``limit``): id, message, creation date, and the transform run id where one made it."""
+        self.resolve_commit(repo, older)  # a ref that does not resolve is named as such
+        with self._errors(f"log of {newer!r} since {older!r}", repo, newer):
+            stop = self.client.sdk_client.refs_api.find_merge_base(repo, older, newer).base_commit_id
+            commits = []
+            for commit in self.repository(repo).ref(newer).log(max_amount=limit, stop_at=stop):
+                if commit.id == stop:
+                    break
+                commits.append({"id": commit.id, "message": commit.message, "created": commit.creation_date,
+                                 "run_id": (commit.metadata or {}).get("dfp.run_id")})
+            return commits
+
+    def changed_objects(self, repo: str, older: str, newer: str, prefix: str = "", limit: int = 10_000
+                        ) -> list[dict[str, str]]:
+        """Objects under ``prefix`` that differ from ``older`` to ``newer``: path and type
+        (added, removed, changed), at most ``limit``."""
+        with self._errors(f"diff {older!r}..{newer!r}", repo, newer):
+            return [{"path": change.path, "type": change.type}
+                    for change in self.repository(repo).ref(older).diff(newer, max_amount=limit, prefix=prefix)]
 
     def commit_metadata(self, repo: str, ref: str) -> dict[str, str]:
         with self._errors(f"read commit {ref!r}", repo, ref):

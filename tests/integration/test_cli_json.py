@@ -6,7 +6,7 @@ Success is run here for the quick commands; test_no_secret_on_argv runs transfor
 score, kserve and serve to success and parses their JSON lines; the long ones end with a parsed
 JSON line in their own suites: quickstart (test_quickstart), pipeline run-local (test_pipeline),
 reproduce (test_reproduce), evaluate and feast apply (test_training), retarget and drift
-(test_model_artifact), cluster up and load-images (test_k8s_node, root only)."""
+(test_model_artifact), diff (test_data_diff), cluster up and load-images (test_k8s_node, root only)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.argv_watch import WATCHED_COMMANDS
 from dfp_core.stack import free_port
 
 DFP = [sys.executable, "-m", "dfp_core.cli"]
-LONG = {"quickstart", "pipeline run-local", "reproduce", "evaluate", "feast apply", "retarget", "drift",
+LONG = {"quickstart", "pipeline run-local", "reproduce", "evaluate", "feast apply", "retarget", "drift", "diff",
         "cluster up", "cluster load-images"}  # the node's: test_k8s_node
 
 
@@ -58,6 +58,7 @@ def _failures(tmp: Path) -> dict[str, tuple[list[str], dict]]:
         "quickstart": (["quickstart", "--rows", "1"], {}),
         "reproduce": (["reproduce", "--model", "no_such_model", "--version", "1"], {}),
         "retarget": (["retarget", "--model", "no_such_model", "--version", "1", "--target-fpr", "0.01"], {}),
+        "diff": (["diff", "--model", "no_such_model", "--versions", "1", "2"], {}),
         "drift": (["drift", "--model", "no_such_model", "--version", "1", "--input", str(tmp / "nowhere")], {}),
         "score": (["score", "--model-uri", "models:/no_such_model/1", "--input", str(tmp / "nowhere"),
                    "--out", str(tmp / "s.csv")], {}),

@@ -1,0 +1,121 @@
+"""`dfp diff`: what is different in the data behind two registered versions, or at two lakeFS refs.
+
+A version's data is rebuilt from its lineage tags, exactly as `dfp reproduce` rebuilds it (the
+tagged commit, Iceberg snapshot and feature view, through Feast); a ref's is what Feast serves
+there. ``data_diff.compare`` compares the splits. Beside it: each side's quarantine counts by
+reason (the transform run's commit metadata), the lakeFS commits from the older side to the newer
+and the raw objects that changed (lakeFS's log and diff), whether the feature definitions differ,
+and for two versions the hyperparameters that differ.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dfp_core import lineage
+from dfp_core.errors import ConfigError, DatasetError, DfpError
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+from dfp_core.ml.data_diff import compare, differing, verdict
+from dfp_core.params import PSI_BOUND, check_psi_bound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dfp_core.runtime import Runtime
+
+# Params that name the data rather than the training: the data part of the diff covers them.
+DATA_PARAMS = ("resolved_commit", "resolved_snapshot_id")
+
+
+@dataclass
+class Side:
+    label: str  # "version 3 of NAME" or "lakefs://repo/ref"
+    repository: str
+    commit: str
+    snapshot_id: str
+    defs_sha256: str
+    params: dict[str, str] | None  # a version's run params; None for a ref
+    frames: dict[str, Any]
+
+    def info(self) -> dict[str, Any]:
+        return {"data": self.label, "repository": self.repository, "commit": self.commit,
+                "iceberg_snapshot_id": self.snapshot_id, "rows": {s: int(len(f)) for s, f in self.frames.items()}}
+
+
+def _version_side(rt: "Runtime", name: str, which: str) -> Side:
+    from dfp_core.ml.reproduce import model_lineage, rebuild
+
+    version, alias = (None, which[1:]) if which.startswith("@") else (which, None)
+    model = model_lineage(rt, name, version, alias)
+    label = f"version {model.version} of {name}"
+    try:
+        data = rebuild(rt, model)
+    except DfpError as exc:
+        raise DatasetError(f"{label}: its data cannot be rebuilt: {exc}") from None
+    return Side(label, model.tags[lineage.TAG_REPOSITORY], data.spec.lakefs_commit, str(data.spec.iceberg_snapshot_id),
+                model.tags[lineage.TAG_DEFS_SHA], model.params, data.frames)
+
+
+def _ref_side(rt: "Runtime", uri: str) -> Side:
+    from dfp_core.ml.scoring import lakefs_ref
+
+    repo, ref = lakefs_ref(uri)
+    try:
+        data = rt.retrieve_splits(repo, ref)
+    except DfpError as exc:
+        raise DatasetError(f"{uri}: its data cannot be read: {exc}") from None
+    return Side(uri, repo, data.spec.lakefs_commit, str(data.spec.iceberg_snapshot_id), data.spec.feast_defs_sha256,
+                None, data.frames)
+
+
+def _quarantine(rt: "Runtime", side: Side) -> dict[str, int] | None:
+    """Rows the transform run behind the side's commit quarantined, by reason; None when the
+    commit is not a transform's merge."""
+    run_commit = rt.lakefs.commit_metadata(side.repository, side.commit).get("dfp.run_commit")
+    if not run_commit:
+        return None
+    reasons = rt.lakefs.commit_metadata(side.repository, run_commit).get("dfp.quarantine_by_reason")
+    return {k: int(v) for k, v in sorted(json.loads(reasons).items())} if reasons else None
+
+
+def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
+    from dfp_core.kronodroid.raw_files import RAW_PREFIX
+
+    if older.repository != newer.repository:
+        return {"same_repository": False, "commits": None, "raw_changes": None}
+    commits = rt.lakefs.commits_between(newer.repository, older.commit, newer.commit)
+    changes = rt.lakefs.changed_objects(newer.repository, older.commit, newer.commit, prefix=RAW_PREFIX)
+    return {"same_repository": True, "commits": commits, "raw_changes": changes}
+
+
+def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, refs: tuple[str, str] | None
+          ) -> tuple[Side, Side]:
+    """The older and the newer side, from two versions of ``model`` or two lakeFS refs."""
+    if (versions is None) == (refs is None):
+        raise ConfigError("give --model NAME --versions A B, or --refs lakefs://repo/refA lakefs://repo/refB")
+    if versions is not None:
+        if not model:
+            raise ConfigError("--versions needs --model NAME")
+        return _version_side(rt, model, versions[0]), _version_side(rt, model, versions[1])
+    if model:
+        raise ConfigError("--model goes with --versions, not with --refs")
+    return _ref_side(rt, refs[0]), _ref_side(rt, refs[1])
+
+
+def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | None = None,
+         refs: tuple[str, str] | None = None, psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
+    """The diff summary of the data behind two versions (or at two refs), older first."""
+    check_psi_bound(psi_bound)
+    if top < 0:
+        raise ConfigError(f"--top must be 0 or more, got {top}")
+    older, newer = sides(rt, model, versions, refs)
+    summary: dict[str, Any] = {"older": older.info(), "newer": newer.info(),
+                               **compare(older.frames, newer.frames, FEATURE_COLUMNS, psi_bound, top)}
+    summary["quarantine"] = {"older": _quarantine(rt, older), "newer": _quarantine(rt, newer)}
+    summary["lakefs"] = _history(rt, older, newer)
+    summary["feature_definitions"] = {"older": older.defs_sha256, "newer": newer.defs_sha256,
+                                      "differ": older.defs_sha256 != newer.defs_sha256}
+    summary["hyperparameters"] = (differing(older.params, newer.params, ignore=DATA_PARAMS)
+                                  if older.params is not None and newer.params is not None else None)
+    summary["verdict"] = verdict(summary)
+    return summary

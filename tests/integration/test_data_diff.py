@@ -1,0 +1,109 @@
+"""`dfp diff` on known changes between two transforms of one repository: apps removed and added,
+labels flipped, one syscall's counts 100 times higher. The counts, the families and the top
+feature must be exactly those; the same data compared as two refs and as two registered
+versions (whose hyperparameters differ) gives the same answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dfp_core.kronodroid.generator import SUBSET_RELPATH, generate
+from dfp_core.kronodroid.schema import RAW_TO_CANONICAL, REAL_DEVICE
+from dfp_core.ml.diff import diff
+from dfp_core.ml.train_kronodroid_autoencoder import train
+from dfp_core.params import TrainConfig
+from dfp_core.splits import SplitSpec, assign_split, sample_id
+
+pytestmark = pytest.mark.slow
+VENV_BIN = Path(sys.executable).parent
+REMOVED, ADDED, FLIPPED = 15, 25, 6
+
+
+def _subset(folder: Path, rows: int, seed: int) -> pd.DataFrame:
+    generate(folder, rows, seed=seed, layout="subset")
+    return pd.read_csv(folder / SUBSET_RELPATH, dtype=str, keep_default_na=False)
+
+
+def _write(frame: pd.DataFrame, folder: Path) -> Path:
+    (folder / SUBSET_RELPATH).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / SUBSET_RELPATH, index=False)
+    return folder
+
+
+def _split(sha: str) -> str:
+    return assign_split(sample_id(sha, REAL_DEVICE), SplitSpec())
+
+
+def _families(frame: pd.DataFrame) -> set[str]:
+    return set(frame.loc[(frame["Malware"] == "1") & (frame["MalFamily"] != ""), "MalFamily"])
+
+
+def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
+    older = _subset(tmp_path / "a", 400, seed=61)
+    # Only apps whose sha256 occurs once, so that no duplicate handling blurs the counts.
+    unique = older[~older["sha256"].duplicated(keep=False)]
+    removed = unique.iloc[:REMOVED]
+    flipped = unique.iloc[REMOVED:REMOVED + FLIPPED]
+    extra = _subset(tmp_path / "c", 200, seed=62)
+    extra = extra[~extra["sha256"].duplicated(keep=False) & ~extra["sha256"].isin(older["sha256"])].iloc[:ADDED]
+    newer = older[~older["sha256"].isin(removed["sha256"])].copy()
+    newer.loc[newer["sha256"].isin(flipped["sha256"]), "Malware"] = \
+        newer.loc[newer["sha256"].isin(flipped["sha256"]), "Malware"].map({"0": "1", "1": "0"})
+    newer = pd.concat([newer, extra], ignore_index=True)
+    newer["read"] = (newer["read"].astype(int) * 100).astype(str)
+
+    repo = "diff" + uuid.uuid4().hex[:8]
+    first = transform(input_dir=_write(older, tmp_path / "older"), repo=repo, run_id="diff-a")
+    second = transform(input_dir=_write(newer, tmp_path / "newer"), repo=repo, run_id="diff-b")
+    refs = (f"lakefs://{repo}/{first['merge_commit']}", f"lakefs://{repo}/{second['merge_commit']}")
+    summary = diff(rt, refs=refs)
+
+    apps = summary["apps"]
+    assert apps["removed"]["total"] == REMOVED and apps["added"]["total"] == ADDED
+    assert apps["label_changed"]["total"] == FLIPPED and apps["moved"]["total"] == 0
+    for kind, rows in (("removed", removed), ("added", extra)):
+        assert apps[kind]["by_split"] == {s: sum(_split(h) == s for h in rows["sha256"]) for s in ("train", "val", "test")}
+        assert apps[kind]["by_label"] == {"benign": int((rows["Malware"] == "0").sum()),
+                                          "malware": int((rows["Malware"] == "1").sum())}
+    assert set(apps["label_changed"]["examples"]) <= {sample_id(h, REAL_DEVICE) for h in flipped["sha256"]}
+    assert summary["families"] == {"appeared": sorted(_families(newer) - _families(older)),
+                                   "disappeared": sorted(_families(older) - _families(newer))}
+    shift = summary["train_shift"]
+    assert shift["top_features"][0]["feature"] == RAW_TO_CANONICAL["read"] and shift["top_features"][0]["psi"] > 1.0
+    assert shift["only_in_older"] == [] == shift["only_in_newer"]
+    # lakeFS: the second run's commits, and the raw file it replaced.
+    lakefs_part = summary["lakefs"]
+    assert lakefs_part["same_repository"] and lakefs_part["commits"][0]["id"] == second["merge_commit"]
+    assert "diff-b" in {c["run_id"] for c in lakefs_part["commits"]}
+    assert first["merge_commit"] not in {c["id"] for c in lakefs_part["commits"]}
+    assert any(c["path"].endswith(Path(SUBSET_RELPATH).name) and c["type"] == "changed" for c in lakefs_part["raw_changes"])
+    assert summary["quarantine"]["older"] == first["quarantine_by_reason"]
+    assert summary["quarantine"]["newer"] == second["quarantine_by_reason"]
+    assert not summary["feature_definitions"]["differ"] and summary["hyperparameters"] is None
+    assert summary["verdict"].startswith(f"{ADDED} apps added, {REMOVED} removed")
+
+    # The same data behind two registered versions, trained with different learning rates.
+    name = f"kronodroid_autoencoder_{repo}"
+    small = dict(repo=repo, max_epochs=1, batch_size=64, hidden_dims=(32, 16), latent_dim=4, seed=3, accelerator="cpu",
+                 devices="1", model_name=name, evaluate_baselines=False)
+    a = train(rt, TrainConfig(ref=first["merge_commit"], lr=1e-3, **small))["model_version"]
+    b = train(rt, TrainConfig(ref=second["merge_commit"], lr=2e-3, **small))["model_version"]
+    done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), str(b), "--top", "3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    versions = json.loads(done.stdout.strip().splitlines()[-1])
+    assert versions["apps"] == apps and versions["families"] == summary["families"]
+    assert len(versions["train_shift"]["top_features"]) == 3
+    assert versions["hyperparameters"]["lr"] == ["0.001", "0.002"] and "ref" in versions["hyperparameters"]
+    assert versions["older"]["data"] == f"version {a} of {name}" and versions["verdict"] in done.stderr
+    # A version that does not exist is named.
+    done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "99"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "99" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
