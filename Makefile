@@ -17,7 +17,7 @@ quickstart: setup  ## stack + generated sample + the whole pipeline with KFP's l
 
 test: setup  ## the whole suite (starts its own stack on free ports), then the data-plane tests on the s3 profile
 	@tools/scripts/setup_s3.sh || echo "warning: the s3 profile's servers are not ready (above); its tests will skip" >&2
-	@$(VENV)/bin/pytest
+	@$(VENV)/bin/pytest --durations=25
 	@DFP_TEST_STACK_PROFILE=s3 $(VENV)/bin/pytest -m 'both_profiles or s3_profile'
 
 test-unit: setup

@@ -390,13 +390,14 @@ def diff_cmd(
                                                    help="Two lakefs://repo/ref, older first (instead of --versions)."),
     psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
     top: int = typer.Option(10, "--top", min=0, help="Training features listed, the largest shift first."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the report (report.md and its plots)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
 ) -> None:
     """What changed in the data between two versions (or lakeFS refs): apps, labels, splits, families, features."""
     from dfp_core.ml.diff import diff
 
     with runtime("kronodroid-diff", mlflow={"tracking_uri": tracking_uri}) as rt:
-        summary = diff(rt, model, versions, refs, psi_bound, top)
+        summary = diff(rt, model, versions, refs, psi_bound, top, out)
     note(summary["verdict"])
     emit(summary)
 

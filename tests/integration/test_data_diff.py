@@ -73,8 +73,8 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
         assert apps[kind]["by_label"] == {"benign": int((rows["Malware"] == "0").sum()),
                                           "malware": int((rows["Malware"] == "1").sum())}
     assert set(apps["label_changed"]["examples"]) <= {sample_id(h, REAL_DEVICE) for h in flipped["sha256"]}
-    assert summary["families"] == {"appeared": sorted(_families(newer) - _families(older)),
-                                   "disappeared": sorted(_families(older) - _families(newer))}
+    assert {k: summary["families"][k] for k in ("appeared", "disappeared")} == {
+        "appeared": sorted(_families(newer) - _families(older)), "disappeared": sorted(_families(older) - _families(newer))}
     shift = summary["train_shift"]
     assert shift["top_features"][0]["feature"] == RAW_TO_CANONICAL["read"] and shift["top_features"][0]["psi"] > 1.0
     assert shift["only_in_older"] == [] == shift["only_in_newer"]
@@ -95,14 +95,31 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
                  devices="1", model_name=name, evaluate_baselines=False)
     a = train(rt, TrainConfig(ref=first["merge_commit"], lr=1e-3, **small))["model_version"]
     b = train(rt, TrainConfig(ref=second["merge_commit"], lr=2e-3, **small))["model_version"]
-    done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), str(b), "--top", "3"],
-                          capture_output=True, text=True)
+    done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), str(b), "--top", "3",
+                           "--out", str(tmp_path / "report")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     versions = json.loads(done.stdout.strip().splitlines()[-1])
     assert versions["apps"] == apps and versions["families"] == summary["families"]
     assert len(versions["train_shift"]["top_features"]) == 3
     assert versions["hyperparameters"]["lr"] == ["0.001", "0.002"] and "ref" in versions["hyperparameters"]
     assert versions["older"]["data"] == f"version {a} of {name}" and versions["verdict"] in done.stderr
+    # Both versions scored the newer one's test apps, each against its own threshold.
+    scores = versions["scores"]
+    assert scores["apps"] == versions["newer"]["rows"]["test"]
+    for side, version in (("older", a), ("newer", b)):
+        run = rt.mlflow.get_run(rt.mlflow.get_model_version(name, str(version)).run_id)
+        assert scores[side]["threshold"] == pytest.approx(run.data.metrics["threshold"])
+        assert 0.0 <= scores[side]["flagged_share"] <= 1.0 and scores[side]["p50"] <= scores[side]["p99"]
+    # The report for a person: written where --out says and logged on the newer version's run.
+    report = Path(versions["report"])
+    text = report.read_text()
+    assert versions["verdict"] in text and RAW_TO_CANONICAL["read"] in text and "lr: 0.001 -> 0.002" in text
+    for plot in ("apps_by_split_and_label.png", "families.png", "feature_shift.png", "scores.png"):
+        assert f"]({plot})" in text and (report.parent / plot).read_bytes()[:4] == b"\x89PNG", plot
+    newer_run = rt.mlflow.get_model_version(name, str(b)).run_id
+    assert versions["report_artifact"] == f"runs:/{newer_run}/diff/{a}-{b}/report.md"
+    logged = {f.path for f in rt.mlflow.list_artifacts(newer_run, f"diff/{a}-{b}")}
+    assert {f"diff/{a}-{b}/report.md", f"diff/{a}-{b}/scores.png"} <= logged
     # A version that does not exist is named.
     done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "99"],
                           capture_output=True, text=True)

@@ -54,7 +54,10 @@ def test_known_changes_are_counted_exactly():
     assert apps["label_changed"]["total"] == 5 and apps["label_changed"]["examples"] == _ids(5, 100)
     assert sum(apps["label_changed"]["by_change"].values()) == 5
     assert apps["moved"] == {"total": 7, "by_move": {"val->test": 7}, "examples": _ids(5, 200)}
-    assert summary["families"] == {"appeared": ["Joker"], "disappeared": []}
+    assert {k: summary["families"][k] for k in ("appeared", "disappeared")} == {"appeared": ["Joker"], "disappeared": []}
+    assert summary["families"]["counts"]["Joker"] == [0, sum(f == "Joker" for f in families)]
+    assert list(summary["families"]["counts"])[0] == "Airpush"
+    assert summary["apps"]["by_split_and_label"]["older"]["train"] == {"benign": 133, "malware": 67}
     assert "20 removed, 280 kept (5 changed label, 7 moved split)" in dd.verdict({**summary})
 
 
@@ -86,3 +89,34 @@ def test_differing_lists_changed_and_one_sided_keys():
     assert dd.differing({"lr": "0.001", "seed": "1", "resolved_commit": "a"},
                         {"lr": "0.01", "seed": "1", "epochs": "5", "resolved_commit": "b"},
                         ignore=("resolved_commit",)) == {"epochs": [None, "5"], "lr": ["0.001", "0.01"]}
+
+
+def test_the_report_has_the_verdict_tables_and_plots(tmp_path):
+    from dfp_core.ml.diff_report import write_report
+
+    ids, splits = _ids(300), ["train"] * 200 + ["val"] * 50 + ["test"] * 50
+    labels = [int(i % 4 == 0) for i in range(300)]
+    summary = dd.compare(_frames(ids, labels, splits, seed=4), _frames(ids[10:] + _ids(5, 900), labels[10:] + [1] * 5,
+                                                                        splits[10:] + ["test"] * 5, seed=5, read_scale=50),
+                         [READ, PERM], top=2)
+    side = {"commit": "c" * 64, "iceberg_snapshot_id": "123", "rows": {"train": 1, "val": 1, "test": 1}}
+    summary.update(older={"data": "version 1 of m", **side}, newer={"data": "version 2 of m", **side},
+                   quarantine={"older": {"negative_count": 2}, "newer": None},
+                   lakefs={"same_repository": True, "commits": [{"id": "d" * 64, "run_id": "r2", "message": "Merge run r2"}],
+                           "raw_changes": [{"path": "raw/kronodroid/a.zip", "type": "changed"}]},
+                   feature_definitions={"older": "x", "newer": "x", "differ": False}, hyperparameters={"lr": ["0.001", "0.002"]},
+                   scores={"apps": 3, "older": {"threshold": 1.0, "flagged_share": 0.5, "p50": 0.5, "p90": 1.5, "p99": 2.0},
+                           "newer": {"threshold": 1.2, "flagged_share": 0.2, "p50": 0.4, "p90": 1.0, "p99": 1.9}})
+    summary["verdict"] = dd.verdict(summary)
+    scores = {"version 1": np.array([0.2, 0.5, 2.0]), "version 2": np.array([0.1, 0.4, 1.9])}
+    report = write_report(summary, tmp_path / "out", scores, {"version 1": 1.0, "version 2": 1.2})
+    text = report.read_text()
+    assert text.startswith("# Data diff: version 1 of m -> version 2 of m\n\n" + summary["verdict"])
+    assert f"| {READ} | syscalls |" in text and "| negative_count | 2 | 0 |" in text
+    assert "lr: 0.001 -> 0.002" in text and "| raw/kronodroid/a.zip | changed |" in text and "Merge run r2" in text
+    for plot in ("apps_by_split_and_label.png", "families.png", "feature_shift.png", "scores.png"):
+        assert (report.parent / plot).read_bytes()[:4] == b"\x89PNG", plot
+    # Two refs: no scores section, no plot for it.
+    summary.pop("scores")
+    ref_report = write_report(summary, tmp_path / "refs")
+    assert "Scores on the same test apps" not in ref_report.read_text() and not (tmp_path / "refs" / "scores.png").exists()

@@ -71,13 +71,23 @@ def membership(older: pd.DataFrame, newer: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def families(older: pd.DataFrame, newer: pd.DataFrame) -> dict[str, list[str]]:
-    """Malware families present in one side only."""
-    def present(table: pd.DataFrame) -> set[str]:
-        return set(table.loc[(table["label"] == 1) & (table["family"] != ""), "family"])
+def split_label_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Apps per split and label of an ``apps`` table."""
+    return {s: {"benign": int(((table["split"] == s) & (table["label"] == 0)).sum()),
+                "malware": int(((table["split"] == s) & (table["label"] == 1)).sum())} for s in SPLITS}
 
-    a, b = present(older), present(newer)
-    return {"appeared": sorted(b - a), "disappeared": sorted(a - b)}
+
+def families(older: pd.DataFrame, newer: pd.DataFrame) -> dict[str, Any]:
+    """Malware families present in one side only, and every family's malware apps on each side
+    as [older, newer], the most frequent first."""
+    def counts(table: pd.DataFrame) -> pd.Series:
+        return table.loc[(table["label"] == 1) & (table["family"] != ""), "family"].value_counts()
+
+    a, b = counts(older), counts(newer)
+    both = pd.concat([a.rename("older"), b.rename("newer")], axis=1).fillna(0).astype(int)
+    both = both.assign(total=both.sum(axis=1)).sort_values(["total"], ascending=False, kind="stable")
+    return {"appeared": sorted(set(b.index) - set(a.index)), "disappeared": sorted(set(a.index) - set(b.index)),
+            "counts": {str(f): [int(r.older), int(r.newer)] for f, r in both.iterrows()}}
 
 
 def train_shift(older_train: pd.DataFrame, newer_train: pd.DataFrame, features: Sequence[str],
@@ -125,4 +135,5 @@ def compare(older_frames: Mapping[str, pd.DataFrame], newer_frames: Mapping[str,
                "families": families(older, newer),
                "train_shift": train_shift(older_frames["train"], newer_frames["train"], features, psi_bound, top)}
     summary["apps"]["rows"] = {"older": int(len(older)), "newer": int(len(newer))}
+    summary["apps"]["by_split_and_label"] = {"older": split_label_counts(older), "newer": split_label_counts(newer)}
     return summary

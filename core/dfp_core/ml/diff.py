@@ -5,24 +5,30 @@ tagged commit, Iceberg snapshot and feature view, through Feast); a ref's is wha
 there. ``data_diff.compare`` compares the splits. Beside it: each side's quarantine counts by
 reason (the transform run's commit metadata), the lakeFS commits from the older side to the newer
 and the raw objects that changed (lakeFS's log and diff), whether the feature definitions differ,
-and for two versions the hyperparameters that differ.
+and for two versions the hyperparameters that differ and both versions' scores on the newer one's
+test apps. ``diff_report`` writes it for a person: markdown and plots.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from dfp_core import lineage
 from dfp_core.errors import ConfigError, DatasetError, DfpError
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.data_diff import compare, differing, verdict
+from dfp_core.ml.diff_report import REPORT, write_report
 from dfp_core.params import PSI_BOUND, check_psi_bound
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
+REPORT_ARTIFACTS = "diff"  # on the newer version's run: diff/<older>-<newer>/report.md and its plots
 # Params that name the data rather than the training: the data part of the diff covers them.
 DATA_PARAMS = ("resolved_commit", "resolved_snapshot_id")
 
@@ -36,6 +42,8 @@ class Side:
     defs_sha256: str
     params: dict[str, str] | None  # a version's run params; None for a ref
     frames: dict[str, Any]
+    version: str | None = None  # a registered version's number, its run
+    run_id: str | None = None
 
     def info(self) -> dict[str, Any]:
         return {"data": self.label, "repository": self.repository, "commit": self.commit,
@@ -53,7 +61,7 @@ def _version_side(rt: "Runtime", name: str, which: str) -> Side:
     except DfpError as exc:
         raise DatasetError(f"{label}: its data cannot be rebuilt: {exc}") from None
     return Side(label, model.tags[lineage.TAG_REPOSITORY], data.spec.lakefs_commit, str(data.spec.iceberg_snapshot_id),
-                model.tags[lineage.TAG_DEFS_SHA], model.params, data.frames)
+                model.tags[lineage.TAG_DEFS_SHA], model.params, data.frames, model.version, model.run_id)
 
 
 def _ref_side(rt: "Runtime", uri: str) -> Side:
@@ -88,6 +96,25 @@ def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
     return {"same_repository": True, "commits": commits, "raw_changes": changes}
 
 
+def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side) -> tuple[dict, dict, dict]:
+    """Both versions' scores on the newer version's test apps: (figures, scores, thresholds) by side."""
+    from dfp_core.ml.scoring import frame_scorer, load_model, model_threshold, score_frame
+
+    test = newer.frames["test"]
+    figures: dict[str, Any] = {"apps": int(len(test))}
+    scores, thresholds = {}, {}
+    for key, side in (("older", older), ("newer", newer)):
+        model = load_model(rt, f"models:/{name}/{side.version}")
+        values = score_frame(frame_scorer(model), test)["anomaly_score"].to_numpy(dtype=np.float64)
+        threshold = model_threshold(model)
+        scores[f"version {side.version}"], thresholds[f"version {side.version}"] = values, threshold
+        quantiles = {f"p{q}": float(np.quantile(values, q / 100)) if len(values) else None for q in (50, 90, 99)}
+        figures[key] = {"version": side.version, "threshold": threshold,
+                        "flagged_share": float(np.mean(values > threshold)) if len(values) and threshold is not None
+                        else None, **quantiles}
+    return figures, scores, thresholds
+
+
 def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, refs: tuple[str, str] | None
           ) -> tuple[Side, Side]:
     """The older and the newer side, from two versions of ``model`` or two lakeFS refs."""
@@ -103,8 +130,11 @@ def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, re
 
 
 def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | None = None,
-         refs: tuple[str, str] | None = None, psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
-    """The diff summary of the data behind two versions (or at two refs), older first."""
+         refs: tuple[str, str] | None = None, psi_bound: float = PSI_BOUND, top: int = 10,
+         out: Path | None = None) -> dict[str, Any]:
+    """The diff summary of the data behind two versions (or at two refs), older first. The
+    report (``diff_report``) goes to ``out`` when given and, for two versions, onto the newer
+    version's run (``REPORT_ARTIFACTS``/<older>-<newer>)."""
     check_psi_bound(psi_bound)
     if top < 0:
         raise ConfigError(f"--top must be 0 or more, got {top}")
@@ -117,5 +147,16 @@ def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | No
                                       "differ": older.defs_sha256 != newer.defs_sha256}
     summary["hyperparameters"] = (differing(older.params, newer.params, ignore=DATA_PARAMS)
                                   if older.params is not None and newer.params is not None else None)
+    scores, thresholds = None, None
+    if older.version is not None and newer.version is not None:
+        summary["scores"], scores, thresholds = _scores_on_the_same_apps(rt, model, older, newer)
     summary["verdict"] = verdict(summary)
+    if out is not None:
+        summary["report"] = str(write_report(summary, Path(out), scores, thresholds))
+    if newer.run_id is not None:
+        with tempfile.TemporaryDirectory(prefix="dfp-diff-") as tmp:
+            write_report(summary, Path(tmp), scores, thresholds)
+            path = f"{REPORT_ARTIFACTS}/{older.version}-{newer.version}"
+            rt.mlflow.log_artifacts(newer.run_id, tmp, artifact_path=path)
+        summary["report_artifact"] = f"runs:/{newer.run_id}/{path}/{REPORT}"
     return summary

@@ -136,3 +136,54 @@ def plot_error_histogram(errors, labels, threshold: float, path: str | Path,
     ax.set_title("Anomaly score by class")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_grouped_bars(categories: Sequence[str], series: Mapping[str, Sequence[float]], path: str | Path,
+                      title: str, ylabel: str, horizontal: bool = False) -> Path:
+    """One bar per category and series, side by side (e.g. the older and the newer data)."""
+    fig, ax = _figure((7.0, max(3.0, 0.28 * len(categories) + 1.5)) if horizontal else (7.0, 4.5))
+    if not categories:
+        _note(ax, "nothing to show")
+    positions = np.arange(len(categories))
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        offset = positions + (k - (len(series) - 1) / 2) * width
+        if horizontal:
+            ax.barh(offset, list(values), height=width, label=name)
+        else:
+            ax.bar(offset, list(values), width=width, label=name)
+    if horizontal:
+        ax.set_yticks(positions, list(categories), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(ylabel)
+    else:
+        ax.set_xticks(positions, list(categories), rotation=30 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1 and categories:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_score_distributions(scores: Mapping[str, np.ndarray], thresholds: Mapping[str, float], path: str | Path,
+                             title: str) -> Path:
+    """Histograms of several score sets on one log-spaced axis, each with its threshold."""
+    fig, ax = _figure()
+    finite = [np.asarray(s, dtype=np.float64) for s in scores.values()]
+    finite = [s[np.isfinite(s) & (s > 0)] for s in finite]
+    if not any(len(s) for s in finite):
+        _note(ax, "no positive score to show")
+        return _save(fig, path)
+    low = min(s.min() for s in finite if len(s))
+    high = max(s.max() for s in finite if len(s))
+    bins = np.geomspace(low, high * 1.0001, 40) if high > low else 10
+    for (name, _), values in zip(scores.items(), finite):
+        line = ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=name)[2][0]
+        if name in thresholds:
+            ax.axvline(thresholds[name], color=line.get_edgecolor(), linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("anomaly score (dashed: each version's threshold)")
+    ax.set_ylabel("apps")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
