@@ -12,6 +12,7 @@ test apps. ``diff_report`` writes it for a person: markdown and plots.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,12 +152,14 @@ def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | No
     if older.version is not None and newer.version is not None:
         summary["scores"], scores, thresholds = _scores_on_the_same_apps(rt, model, older, newer)
     summary["verdict"] = verdict(summary)
-    if out is not None:
-        summary["report"] = str(write_report(summary, Path(out), scores, thresholds))
-    if newer.run_id is not None:
-        with tempfile.TemporaryDirectory(prefix="dfp-diff-") as tmp:
-            write_report(summary, Path(tmp), scores, thresholds)
+    # Written whole to a scratch folder first: a failure leaves no half report anywhere.
+    with tempfile.TemporaryDirectory(prefix="dfp-diff-") as tmp:
+        write_report(summary, Path(tmp), scores, thresholds)
+        if newer.run_id is not None:
             path = f"{REPORT_ARTIFACTS}/{older.version}-{newer.version}"
             rt.mlflow.log_artifacts(newer.run_id, tmp, artifact_path=path)
-        summary["report_artifact"] = f"runs:/{newer.run_id}/{path}/{REPORT}"
+            summary["report_artifact"] = f"runs:/{newer.run_id}/{path}/{REPORT}"
+        if out is not None:
+            shutil.copytree(tmp, out, dirs_exist_ok=True)
+            summary["report"] = str(Path(out) / REPORT)
     return summary
