@@ -6,7 +6,7 @@ Success is run here for the quick commands; test_no_secret_on_argv runs transfor
 score, kserve and serve to success and parses their JSON lines; the long ones end with a parsed
 JSON line in their own suites: quickstart (test_quickstart), pipeline run-local (test_pipeline),
 reproduce (test_reproduce), evaluate and feast apply (test_training), retarget and drift
-(test_model_artifact), diff (test_data_diff), cluster up and load-images (test_k8s_node, root only)."""
+(test_model_artifact), diff (test_dfp_diff), cluster up and load-images (test_k8s_node, root only)."""
 
 from __future__ import annotations
 

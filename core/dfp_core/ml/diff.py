@@ -51,12 +51,10 @@ class Side:
                 "iceberg_snapshot_id": self.snapshot_id, "rows": {s: int(len(f)) for s, f in self.frames.items()}}
 
 
-def _version_side(rt: "Runtime", name: str, which: str) -> Side:
-    from dfp_core.ml.reproduce import model_lineage, rebuild
+def _version_side(rt: "Runtime", model) -> Side:
+    from dfp_core.ml.reproduce import rebuild
 
-    version, alias = (None, which[1:]) if which.startswith("@") else (which, None)
-    model = model_lineage(rt, name, version, alias)
-    label = f"version {model.version} of {name}"
+    label = f"version {model.version} of {model.name}"
     try:
         data = rebuild(rt, model)
     except DfpError as exc:
@@ -124,7 +122,12 @@ def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, re
     if versions is not None:
         if not model:
             raise ConfigError("--versions needs --model NAME")
-        return _version_side(rt, model, versions[0]), _version_side(rt, model, versions[1])
+        from dfp_core.ml.reproduce import model_lineage
+
+        # Both versions and their tags are checked before either's data is rebuilt (the slow part).
+        older, newer = (model_lineage(rt, model, *((None, v[1:]) if v.startswith("@") else (v, None)))
+                        for v in versions)
+        return _version_side(rt, older), _version_side(rt, newer)
     if model:
         raise ConfigError("--model goes with --versions, not with --refs")
     return _ref_side(rt, refs[0]), _ref_side(rt, refs[1])
