@@ -17,6 +17,7 @@ import pytest
 from dfp_core.kronodroid.generator import SUBSET_RELPATH, generate
 from dfp_core.kronodroid.schema import RAW_TO_CANONICAL, REAL_DEVICE
 from dfp_core.ml.diff import diff
+from dfp_core.ml.drift import drift
 from dfp_core.ml.train_kronodroid_autoencoder import train
 from dfp_core.params import TrainConfig
 from dfp_core.splits import SplitSpec, assign_split, sample_id
@@ -120,6 +121,13 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     assert versions["report_artifact"] == f"runs:/{newer_run}/diff/{a}-{b}/report.md"
     logged = {f.path for f in rt.mlflow.list_artifacts(newer_run, f"diff/{a}-{b}")}
     assert {f"diff/{a}-{b}/report.md", f"diff/{a}-{b}/scores.png"} <= logged
+    # `dfp drift` reads a lakefs:// input as Feast serves it: the newer version's own data shows no
+    # shift against its training, the older data (read counts 100 times lower) does.
+    own = drift(rt, name, str(b), None, refs[1])
+    assert own["rows"] == sum(versions["newer"]["rows"].values()) and own["rejected"] == 0
+    assert own["features_shifted"] == 0 and not own["drift"]
+    before = drift(rt, name, str(b), None, refs[0])
+    assert before["drift"] and before["top_features"][0]["feature"] == RAW_TO_CANONICAL["read"]
     # A version that does not exist is named.
     done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "99"],
                           capture_output=True, text=True)
