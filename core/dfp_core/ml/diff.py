@@ -29,6 +29,7 @@ from dfp_core.params import PSI_BOUND, check_psi_bound
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
+LISTED = 1000  # lakeFS commits and raw changes listed at most ("truncated" says when more exist)
 REPORT_ARTIFACTS = "diff"  # on the newer version's run: diff/<older>-<newer>/report.md and its plots
 # Params that name the data rather than the training: the data part of the diff covers them.
 DATA_PARAMS = ("resolved_commit", "resolved_snapshot_id")
@@ -90,9 +91,10 @@ def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
 
     if older.repository != newer.repository:
         return {"same_repository": False, "commits": None, "raw_changes": None}
-    commits = rt.lakefs.commits_between(newer.repository, older.commit, newer.commit)
-    changes = rt.lakefs.changed_objects(newer.repository, older.commit, newer.commit, prefix=RAW_PREFIX)
-    return {"same_repository": True, "commits": commits, "raw_changes": changes}
+    commits = rt.lakefs.commits_between(newer.repository, older.commit, newer.commit, limit=LISTED)
+    changes = rt.lakefs.changed_objects(newer.repository, older.commit, newer.commit, prefix=RAW_PREFIX, limit=LISTED)
+    return {"same_repository": True, "commits": commits, "raw_changes": changes,
+            "truncated": len(commits) >= LISTED or len(changes) >= LISTED}
 
 
 def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side) -> tuple[dict, dict, dict]:

@@ -103,6 +103,8 @@ def _rest(summary: Mapping[str, Any]) -> list[str]:
         lines += [f"{len(commits)} lakeFS commit(s) from the older side to the newer:", "",
                   *_table(["commit", "run", "message"], [[c["id"][:12], c["run_id"], c["message"]]
                                                           for c in commits[:COMMITS_SHOWN]])]
+        if history.get("truncated"):
+            lines += ["(lakeFS listed more than the summary keeps: the lists above and below are cut short.)", ""]
         changes = history["raw_changes"]
         lines += [f"{len(changes)} raw object(s) changed:", "",
                   *_table(["object", "change"], [[c["path"], c["type"]] for c in changes[:COMMITS_SHOWN]])]
