@@ -159,6 +159,12 @@ def check_psi_bound(psi_bound: float) -> None:
         raise ConfigError(f"--psi-bound must be above 0, got {psi_bound}")
 
 
+def check_top(top: int) -> None:
+    """How many features a drift or diff summary lists."""
+    if int(top) < 0:
+        raise ConfigError(f"--top must be 0 or more, got {top}")
+
+
 @dataclass(frozen=True)
 class TransformConfig:
     """A transform run: raw KronoDroid inputs -> Avro Iceberg tables, committed and merged."""

@@ -86,6 +86,7 @@ METADATA_FEATURES = tuple(canonical_name(c) for c in (*STATIC_AGGREGATES, *APK_M
 # The three kinds of feature (binary permission flags, syscall counts, APK metadata and
 # permission aggregates), in feature order: for scores that weigh each kind apart.
 FEATURE_GROUPS = {"permissions": PERMISSION_FEATURES, "syscalls": SYSCALL_FEATURES, "metadata": METADATA_FEATURES}
+GROUP_OF = {feature: group for group, features in FEATURE_GROUPS.items() for feature in features}
 
 # Every input must have these; anything else known is optional.
 REQUIRED_RAW = (LABEL, SHA256, *(c for c in RAW_FEATURES if c not in OPTIONAL_FEATURES))

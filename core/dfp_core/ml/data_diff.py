@@ -94,16 +94,13 @@ def train_shift(older_train: pd.DataFrame, newer_train: pd.DataFrame, features: 
                 psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
     """Every shared feature's PSI and binned KS, newer train split against the older one's
     profile, the largest first; the features only one side has are listed."""
-    from dfp_core.kronodroid.schema import FEATURE_GROUPS
-
     shared = [f for f in features if f in older_train.columns and f in newer_train.columns]
     if not shared:
         raise DatasetError("the two train splits share no feature column")
     profile = training_profile(older_train, shared)
     counts = BatchCounts(profile)
     counts.add(newer_train)
-    groups = {feature: group for group, names in FEATURE_GROUPS.items() for feature in names}
-    shifts = feature_shift(profile, counts, groups)
+    shifts = feature_shift(profile, counts)
     shifted = [s for s in shifts if s["psi"] > psi_bound]
     return {"features": len(shifts), "features_shifted": len(shifted), "psi_bound": psi_bound,
             "top_features": shifts[:top],

@@ -24,7 +24,7 @@ from dfp_core.errors import ConfigError, DatasetError, DfpError
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.data_diff import compare, differing, verdict
 from dfp_core.ml.diff_report import REPORT, write_report
-from dfp_core.params import PSI_BOUND, check_psi_bound
+from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -142,8 +142,7 @@ def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | No
     report (``diff_report``) goes to ``out`` when given and, for two versions, onto the newer
     version's run (``REPORT_ARTIFACTS``/<older>-<newer>)."""
     check_psi_bound(psi_bound)
-    if top < 0:
-        raise ConfigError(f"--top must be 0 or more, got {top}")
+    check_top(top)
     older, newer = sides(rt, model, versions, refs)
     summary: dict[str, Any] = {"older": older.info(), "newer": newer.info(),
                                **compare(older.frames, newer.frames, FEATURE_COLUMNS, psi_bound, top)}

@@ -8,8 +8,6 @@ benign validation scores (``retarget.BENIGN_VAL_SCORES``). The input is read blo
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -18,19 +16,20 @@ import pandas as pd
 
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare
-from dfp_core.params import PSI_BOUND, check_psi_bound
+from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
 
 def _run_artifact(rt: "Runtime", run_id: str, path: str, label: str, what: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="dfp-drift-") as tmp:
-        try:
-            return json.loads(Path(rt.mlflow.download_artifacts(run_id, path, tmp)).read_text())
-        except Exception:  # noqa: BLE001 - absent (trained before it was kept) or unreadable
-            raise ConfigError(f"{label} has no stored {what} ({path} of run {run_id}): it was trained before "
-                              "they were kept; train again to measure drift against it") from None
+    from dfp_core.ml.tracking import run_json
+
+    record = run_json(rt.mlflow, run_id, path)
+    if record is None:
+        raise ConfigError(f"{label} has no stored {what} ({path} of run {run_id}): it was trained before "
+                          "they were kept; train again to measure drift against it")
+    return record
 
 
 def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
@@ -61,8 +60,7 @@ def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, inpu
     from dfp_core.ml.scoring import frame_scorer, load_model, model_target_fpr, model_threshold, score_frame
 
     check_psi_bound(psi_bound)
-    if top < 0:
-        raise ConfigError(f"--top must be 0 or more, got {top}")
+    check_top(top)
     source = model_lineage(rt, name, version, alias)
     label = f"version {source.version} of {name}"
     blocks = _blocks(rt, input_path)

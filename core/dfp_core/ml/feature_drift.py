@@ -50,8 +50,7 @@ def training_profile(frame: pd.DataFrame, features: Sequence[str]) -> dict[str, 
         raise DatasetError(f"the train split lacks feature column(s): {', '.join(missing[:5])}")
     profile: dict[str, Any] = {}
     for feature in features:
-        values = frame[feature].to_numpy(dtype=np.float64, na_value=np.nan)
-        present = values[~np.isnan(values)]
+        values, present = _values(frame, feature)
         edges = np.unique(np.quantile(present, DECILES)) if len(present) else np.array([0.0])
         profile[feature] = {
             "edges": edges.tolist(),
@@ -60,6 +59,12 @@ def training_profile(frame: pd.DataFrame, features: Sequence[str]) -> dict[str, 
             "mean": float(present.mean()) if len(present) else None,
         }
     return {"version": PROFILE_VERSION, "rows": int(len(frame)), "features": profile}
+
+
+def _values(frame: pd.DataFrame, feature: str) -> tuple[np.ndarray, np.ndarray]:
+    """A feature's values as float64 (missing: NaN), and those that are not missing."""
+    values = frame[feature].to_numpy(dtype=np.float64, na_value=np.nan)
+    return values, values[~np.isnan(values)]
 
 
 def bin_counts(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -86,8 +91,7 @@ class BatchCounts:
         if absent:
             raise DatasetError(f"the input lacks feature column(s) the profile has: {', '.join(absent[:5])}")
         for feature in self.features:
-            values = frame[feature].to_numpy(dtype=np.float64, na_value=np.nan)
-            present = values[~np.isnan(values)]
+            values, present = _values(frame, feature)
             self.counts[feature] += bin_counts(present, self.edges[feature])
             self.missing[feature] += int(len(values) - len(present))
             self.sums[feature] += float(present.sum())
@@ -128,14 +132,16 @@ def psi_noise_floor(bins: int, batch_rows: int, reference_rows: int) -> float:
     return (bins - 1) * (1.0 / batch_rows + 1.0 / reference_rows)
 
 
-def feature_shift(profile: Mapping[str, Any], counts: BatchCounts, groups: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Every feature's PSI and binned KS, the largest PSI first."""
+def feature_shift(profile: Mapping[str, Any], counts: BatchCounts) -> list[dict[str, Any]]:
+    """Every feature's PSI and binned KS, with its feature group, the largest PSI first."""
+    from dfp_core.kronodroid.schema import GROUP_OF
+
     rows = []
     for feature, ref in profile["features"].items():
         reference = np.append(ref["counts"], ref["missing"])
         batch = np.append(counts.counts[feature], counts.missing[feature])
         rows.append({
-            "feature": feature, "group": groups.get(feature), "psi": round(psi(reference, batch), 6),
+            "feature": feature, "group": GROUP_OF.get(feature), "psi": round(psi(reference, batch), 6),
             "ks": round(ks_binned(ref["counts"], counts.counts[feature]), 6),
             "train_mean": ref["mean"], "input_mean": counts.mean(feature),
         })
@@ -176,10 +182,7 @@ def verdict(shifted: int, features: int, psi_bound: float, scores: Mapping[str, 
 def compare(profile: Mapping[str, Any], counts: BatchCounts, scores: np.ndarray, benign_val_scores: Sequence[float],
             threshold: float, target_fpr: float | None, psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
     """The drift summary of a counted and scored batch (no I/O)."""
-    from dfp_core.kronodroid.schema import FEATURE_GROUPS
-
-    groups = {feature: group for group, features in FEATURE_GROUPS.items() for feature in features}
-    shifts = feature_shift(profile, counts, groups)
+    shifts = feature_shift(profile, counts)
     shifted = [s for s in shifts if s["psi"] > psi_bound]
     by_group: dict[str, int] = {}
     for s in shifted:

@@ -11,7 +11,6 @@ the version whose network and score it keeps. Its files get their own digests an
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,51 +40,41 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
     from dfp_core.ml.pyfunc import model_description
     from dfp_core.ml.reproduce import model_lineage
     from dfp_core.ml.scoring import verified_copy
-    from dfp_core.ml.tracking import register_with_lineage
+    from dfp_core.ml.tracking import register_with_lineage, run_json
 
     check_target_fpr(target_fpr)
     source = model_lineage(rt, name, version, alias)
     label = f"version {source.version} of {name}"
-    with tempfile.TemporaryDirectory(prefix="dfp-retarget-") as tmp:
-        try:
-            record = json.loads(Path(rt.mlflow.download_artifacts(source.run_id, BENIGN_VAL_SCORES, tmp)).read_text())
-        except Exception:  # noqa: BLE001 - absent (trained before they were kept) or unreadable
-            raise ConfigError(f"{label} has no stored benign validation scores ({BENIGN_VAL_SCORES} of run "
-                              f"{source.run_id}): it was trained before they were kept; train again to set "
-                              "another operating point") from None
-        point = operating_point(record["benign_val_scores"], target_fpr)
-        profile = _training_profile(rt, source.run_id, tmp)
-        with rt.tracking():
-            mv = rt.mlflow.get_model_version(name, source.version)
-            with verified_copy(rt, mv) as local:
-                kept = _rewrite_threshold(local, point, record["score"], f"{name}/{source.version}")
-                experiment_id = rt.mlflow.get_run(source.run_id).info.experiment_id
-                run_tags = {k: v for k, v in source.run_tags.items() if not k.startswith("mlflow.") and k != MODEL_DIGEST_TAG}
-                with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-v{source.version}-fpr{target_fpr:g}",
-                                      tags={**run_tags, TAG_THRESHOLD_FROM: f"{name}/{source.version}"}) as run:
-                    mlflow.log_params({**source.params, "target_fpr": str(float(target_fpr))})
-                    mlflow.log_metrics(point)
-                    mlflow.log_dict(record, BENIGN_VAL_SCORES)
-                    if profile is not None:  # `dfp drift` on the new version measures against the same training
-                        mlflow.log_dict(profile, TRAINING_PROFILE)
-                    info = _log_model_dir(local)
-                    digest = record_model_digest(info.model_uri, rt.settings.mlflow.signing_key_text())
-                    mlflow.set_tag(MODEL_DIGEST_TAG, digest)
-            tags = {**{k: v for k, v in source.tags.items() if k != MODEL_DIGEST_TAG},
-                    TAG_THRESHOLD_FROM: f"{name}/{source.version}", MODEL_DIGEST_TAG: digest}
-            description = model_description(kept, point["threshold"], target_fpr, point) + \
-                f"\n\nThreshold re-set from {label} (its network and score unchanged) by `dfp retarget`."
-            new_version = register_with_lineage(rt.mlflow, info.model_uri, name, tags, new_alias, description)
+    record = run_json(rt.mlflow, source.run_id, BENIGN_VAL_SCORES)
+    if record is None:
+        raise ConfigError(f"{label} has no stored benign validation scores ({BENIGN_VAL_SCORES} of run "
+                          f"{source.run_id}): it was trained before they were kept; train again to set "
+                          "another operating point")
+    point = operating_point(record["benign_val_scores"], target_fpr)
+    profile = run_json(rt.mlflow, source.run_id, TRAINING_PROFILE)  # None: the source has none either
+    with rt.tracking():
+        mv = rt.mlflow.get_model_version(name, source.version)
+        with verified_copy(rt, mv) as local:
+            kept = _rewrite_threshold(local, point, record["score"], f"{name}/{source.version}")
+            experiment_id = rt.mlflow.get_run(source.run_id).info.experiment_id
+            run_tags = {k: v for k, v in source.run_tags.items() if not k.startswith("mlflow.") and k != MODEL_DIGEST_TAG}
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-v{source.version}-fpr{target_fpr:g}",
+                                  tags={**run_tags, TAG_THRESHOLD_FROM: f"{name}/{source.version}"}) as run:
+                mlflow.log_params({**source.params, "target_fpr": str(float(target_fpr))})
+                mlflow.log_metrics(point)
+                mlflow.log_dict(record, BENIGN_VAL_SCORES)
+                if profile is not None:  # `dfp drift` on the new version measures against the same training
+                    mlflow.log_dict(profile, TRAINING_PROFILE)
+                info = _log_model_dir(local)
+                digest = record_model_digest(info.model_uri, rt.settings.mlflow.signing_key_text())
+                mlflow.set_tag(MODEL_DIGEST_TAG, digest)
+        tags = {**{k: v for k, v in source.tags.items() if k != MODEL_DIGEST_TAG},
+                TAG_THRESHOLD_FROM: f"{name}/{source.version}", MODEL_DIGEST_TAG: digest}
+        description = model_description(kept, point["threshold"], target_fpr, point) + \
+            f"\n\nThreshold re-set from {label} (its network and score unchanged) by `dfp retarget`."
+        new_version = register_with_lineage(rt.mlflow, info.model_uri, name, tags, new_alias, description)
     return {"model": name, "from_version": source.version, "version": new_version, "alias": new_alias,
             "run_id": run.info.run_id, "score": kept, **point}
-
-
-def _training_profile(rt: "Runtime", run_id: str, tmp: str) -> dict[str, Any] | None:
-    """The source run's training profile; None when it was trained before profiles were kept."""
-    try:
-        return json.loads(Path(rt.mlflow.download_artifacts(run_id, TRAINING_PROFILE, tmp)).read_text())
-    except Exception:  # noqa: BLE001 - absent: the new version has none either
-        return None
 
 
 def _rewrite_threshold(local: Path, point: dict[str, float], score: str, source: str) -> str:

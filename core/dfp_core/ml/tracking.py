@@ -4,7 +4,10 @@ and registration of a model version *together with* its lineage tags."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, Iterator
 
 import requests
@@ -128,3 +131,13 @@ def register_with_lineage(client, model_uri: str, name: str, tags: dict[str, str
     except MlflowException as exc:
         raise TrackingError(f"registering {name!r} in the MLflow Model Registry failed: {exc.message}") from None
     return str(version.version)
+
+
+def run_json(client, run_id: str, path: str) -> Any | None:
+    """The JSON artifact ``path`` of run ``run_id``; None when the run has none (a run from
+    before it was kept) or it cannot be read."""
+    with tempfile.TemporaryDirectory(prefix="dfp-run-json-") as tmp:
+        try:
+            return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+        except Exception:  # noqa: BLE001 - absent or unreadable: the caller says what that means
+            return None
