@@ -40,9 +40,10 @@ def _run(rt: Runtime, quiet, input_dir: Path | None, rows: int, seed: int, max_e
          log: Path | None):
     with quiet(2, "input data"):
         if input_dir is None:
-            from dfp_core.kronodroid.generator import generate
+            from dfp_core.kronodroid.generator import VERSION, generate
 
-            input_dir = rt.settings.stack.home / "sample" / f"rows{rows}-seed{seed}"
+            # The generator's version in the name: a sample an older generator cached is not reused.
+            input_dir = rt.settings.stack.home / "sample" / f"rows{rows}-seed{seed}-v{VERSION}"
             if not (input_dir / "GENERATED.json").is_file():
                 generate(input_dir, rows, seed)
             note(f"synthetic KronoDroid sample ({rows} rows) in {input_dir}")
@@ -61,8 +62,40 @@ def _run(rt: Runtime, quiet, input_dir: Path | None, rows: int, seed: int, max_e
         console.print(f"  logins      lakeFS: access key id and secret; MLflow: MLFLOW_TRACKING_USERNAME and "
                       f"_PASSWORD; both in {credentials_file}")
         console.print(f"  model       {result['model_name']} version {result['model_version']}")
+        metrics = rt.mlflow.get_run(version.run_id).data.metrics
+        for line in worth_lines(metrics, data_kind(input_dir)):
+            console.print(line)
         if log is not None:
             console.print(f"  log         {log}")
         for key, value in lineage.items():
             console.print(f"    {key:28s} {value}")
     return result, lineage, {"mlflow_model_ui": mlflow_ui, "lakefs_commit_ui": lakefs_ui}
+
+
+def data_kind(input_dir: Path) -> str:
+    """What the model was trained on, as the final block names it: the generator's marker
+    says the data is synthetic."""
+    from dfp_core.kronodroid.generator import MARKER
+
+    if (input_dir / MARKER).is_file():
+        return f"synthetic, KronoDroid-shaped sample from dfp generate ({input_dir}), not real apps"
+    return f"KronoDroid data from {input_dir}"
+
+
+# The baselines named on the comparison line, in the README's order.
+BASELINE_NAMES = {"pca": "PCA", "isolation_forest": "IsolationForest", "random_forest": "RandomForest (supervised)"}
+
+
+def worth_lines(metrics: Mapping[str, float], data: str) -> list[str]:
+    """The test split's figures in the form of README's "What the model is worth" table, and
+    the baselines' ROC-AUC beside them, for the data named."""
+    lines = [f"  data        {data}"]
+    if "test_roc_auc" in metrics:
+        caught = [f"{metrics[k]:.2f} at {fpr} benign FPR" for k, fpr in
+                  (("test_tpr_at_fpr_1pct", "1%"), ("test_tpr_at_fpr_5pct", "5%")) if k in metrics]
+        lines.append(f"  test split  ROC-AUC {metrics['test_roc_auc']:.3f}; malware caught: {', '.join(caught)}")
+    others = [f"{label} {metrics[f'eval_roc_auc__{m}']:.3f}" for m, label in BASELINE_NAMES.items()
+              if f"eval_roc_auc__{m}" in metrics]
+    if others:
+        lines.append(f"  baselines   ROC-AUC {', '.join(others)} (real-data figures: README, What the model is worth)")
+    return lines

@@ -68,6 +68,15 @@ def test_the_quickstart_is_quiet_and_its_links_show_the_model_and_the_commit(fre
     tags = {t["key"]: t["value"] for t in version.json()["model_version"]["tags"]}
     assert tags["data.lakefs_ref"] == summary["lakefs_commit"] and tags["data.lakefs_repository"] == "quick"
     assert summary["lineage_tags"]["data.lakefs_ref"] == summary["lakefs_commit"]
+    # The final block says the data is the generator's, and gives the run's own test figures
+    # and the baselines' in the README's terms.
+    assert "synthetic, KronoDroid-shaped sample from dfp generate" in done.stderr
+    run_id = version.json()["model_version"]["run_id"]
+    run = requests.get(f"{summary['mlflow_tracking_uri']}/api/2.0/mlflow/runs/get", auth=mlflow_user,
+                       params={"run_id": run_id}, timeout=30).json()["run"]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert f"ROC-AUC {metrics['test_roc_auc']:.3f}; malware caught: " in done.stderr
+    assert f"PCA {metrics['eval_roc_auc__pca']:.3f}, IsolationForest " in done.stderr
 
 
 def test_a_failing_stage_shows_its_cause_and_the_log(fresh, tmp_path):

@@ -73,7 +73,7 @@ def test_writes_the_four_archives_with_one_csv_each_and_a_marker(generated):
     assert on_disk == marker
     assert marker == {
         "generator": "dfp_core.generator", "synthetic": True, "seed": SEED, "rows": ROWS, "layout": "archives",
-        "files": {name: len(frames[name]) for name in ARCHIVE_NAMES}, "version": 1,
+        "files": {name: len(frames[name]) for name in ARCHIVE_NAMES}, "version": generator.VERSION,
     }
     assert sum(marker["files"].values()) == ROWS
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
@@ -327,7 +327,9 @@ def test_benign_trained_reconstruction_separates_but_no_single_column_does(gener
     error = ((z - pca.inverse_transform(pca.transform(z))) ** 2).mean(axis=1)
     assert roc_auc_score(y[test], error[test]) > 0.85
     single = [roc_auc_score(y, x[:, i]) for i in range(x.shape[1])]
-    assert max(max(a, 1 - a) for a in single) < 0.95, "one column alone should not separate the labels"
+    # On the real 2019 subset the strongest single column (TimesSubmitted: malware is submitted
+    # to VirusTotal far less often) reaches 0.975; the sample may be that separable, not more.
+    assert max(max(a, 1 - a) for a in single) < 0.98, "one column alone should not separate the labels"
 
 
 def test_data_drifts_over_the_years(generated):
