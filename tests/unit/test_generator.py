@@ -363,9 +363,3 @@ def test_year_range_is_respected(tmp_path):
     dates = pd.concat([frame["EarliestModDate"], frame["HighestModDate"]])
     years = dates[dates != generator.SENTINEL_DATETIME].str[:4].astype(int)
     assert set(years) == {2015, 2016}
-
-
-def test_command_line(tmp_path, capsys):
-    assert generator.main([str(tmp_path), "40", "--seed", "9"]) == 0
-    assert json.loads((tmp_path / "GENERATED.json").read_text())["rows"] == 40
-    assert "real_malware_v1.zip: " in capsys.readouterr().out

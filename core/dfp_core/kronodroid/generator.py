@@ -54,12 +54,11 @@ occur), empty field for no family. Archive members end records with LF; the
 subset CSV with CRLF, like the public subset file. Read with a multi-line
 aware reader (pandas, or Spark with ``multiLine=true, escape='"'``).
 
-Usage: ``python -m dfp_core.kronodroid.generator OUT_DIR ROWS [--seed N] [--layout subset]``.
+From the command line: ``dfp generate --out DIR --rows N [--seed S] [--layout subset]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -974,23 +973,3 @@ def generate(out_dir: Path, rows: int, seed: int = 0, *, layout: str = "archives
     }
     (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return marker
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dfp_core.kronodroid.generator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("rows", type=int, nargs="?", default=FULL_ROWS)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=LAYOUTS, default="archives")
-    parser.add_argument("--start-year", type=int, default=2008)
-    parser.add_argument("--end-year", type=int, default=2020)
-    args = parser.parse_args(argv)
-    marker = generate(args.out_dir, args.rows, args.seed, layout=args.layout,
-                      start_year=args.start_year, end_year=args.end_year)
-    for rel, count in marker["files"].items():
-        print(f"{args.out_dir / rel}: {count} rows")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
