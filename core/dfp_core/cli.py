@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from dfp_core.errors import DfpError
-from dfp_core.params import (PSI_BOUND, Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of,
+from dfp_core.params import (PSI_BOUND, REPO_HELP, Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of,
                              parse_value)
 from dfp_core.process_exit import leave_heap_to_the_os
 from dfp_core.progress import error, note, show
@@ -111,6 +111,28 @@ def verbose_option(streamed: str) -> Any:
     """``-v/--verbose`` of a quiet command: ``streamed`` names the output it streams to the
     terminal instead of writing it to ``DFP_HOME/logs/``."""
     return typer.Option(False, "--verbose", "-v", help=f"Stream {streamed} instead of writing it to DFP_HOME/logs/.")
+
+
+# Options several commands share, each defined here once.
+def tracking_uri_option() -> Any:
+    return typer.Option(None, "--tracking-uri", help="MLflow server (default: MLFLOW_TRACKING_URI, else the local stack's).")
+
+
+def repo_option() -> Any:
+    return typer.Option(None, "--repo", help=REPO_HELP)
+
+
+def model_option(required: bool = True, also: str = "") -> Any:
+    """``--model``: required, or optional where ``also`` says with what it is used."""
+    return typer.Option(... if required else None, "--model", help=f"Registered model name{also}.")
+
+
+def version_option() -> Any:
+    return typer.Option(None, "--version", help="The model's version number (or --alias).")
+
+
+def alias_option() -> Any:
+    return typer.Option(None, "--alias", help="One of the model's aliases, such as champion (or --version).")
 
 
 @contextlib.contextmanager
@@ -216,7 +238,7 @@ def transform_cmd(config: TransformConfig, verbose: bool = verbose_option("the t
 @with_config(TrainConfig)
 def train_cmd(
     config: TrainConfig,
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (env MLFLOW_TRACKING_URI)."),
+    tracking_uri: Optional[str] = tracking_uri_option(),
     verbose: bool = verbose_option("the training's, Spark's and Lightning's output"),
 ) -> None:
     """Train on Feast-served splits at a lakeFS ref; log and register in MLflow."""
@@ -243,7 +265,7 @@ def train_cmd(
 
 @feast_app.command("apply")
 def feast_apply_cmd(
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (env LAKEFS_REPOSITORY, default kronodroid)."),
+    repo: Optional[str] = repo_option(),
     ref: Optional[str] = typer.Option(None, "--ref", help="Branch or commit id (env LAKEFS_BRANCH, default main)."),
     snapshot_id: Optional[str] = typer.Option(None, "--snapshot-id", help="Pin an Iceberg snapshot."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Feast repo config (default: feature_store_spark.yaml)."),
@@ -308,7 +330,7 @@ def pipeline_run_local(
     params: dict,
     run_transform: bool = typer.Option(True, "--run-transform/--no-run-transform", help="false: train on target_branch's current head."),
     runner: str = typer.Option("subprocess", "--runner", help="subprocess (this environment) or docker (the built images)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (env MLFLOW_TRACKING_URI)."),
+    tracking_uri: Optional[str] = tracking_uri_option(),
     kubeconfig: Optional[Path] = typer.Option(
         None, "--kubeconfig", help="--runner docker with --spark-mode kubernetes: the cluster the transform step "
         "submits its SparkApplication to, as the account this kubeconfig names (env KUBECONFIG)."),
@@ -331,7 +353,7 @@ def quickstart_cmd(
     rows: int = typer.Option(4000, "--rows", min=40, help="Rows of the generated sample."),
     seed: int = typer.Option(0, "--seed"),
     max_epochs: int = typer.Option(10, "--max-epochs", min=1),
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default kronodroid)."),
+    repo: Optional[str] = repo_option(),
     verbose: bool = verbose_option("the servers', Spark's and KFP's output"),
 ) -> None:
     """Stack up, sample data, the whole pipeline with KFP's local runner, then where to look."""
@@ -343,11 +365,11 @@ def quickstart_cmd(
 
 @app.command("reproduce")
 def reproduce_cmd(
-    model: str = typer.Option(..., "--model", help="Registered model name."),
-    version: Optional[str] = typer.Option(None, "--version"),
-    alias: Optional[str] = typer.Option(None, "--alias"),
+    model: str = model_option(),
+    version: Optional[str] = version_option(),
+    alias: Optional[str] = alias_option(),
     retrain: bool = typer.Option(False, "--retrain", help="Also train again with the run's hyperparameters."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """Rebuild a model's exact train/val/test data from its registry tags and verify it."""
     from dfp_core.ml.reproduce import reproduce
@@ -363,12 +385,12 @@ def reproduce_cmd(
 
 @app.command("retarget")
 def retarget_cmd(
-    model: str = typer.Option(..., "--model", help="Registered model name."),
-    version: Optional[str] = typer.Option(None, "--version"),
-    alias: Optional[str] = typer.Option(None, "--alias"),
+    model: str = model_option(),
+    version: Optional[str] = version_option(),
+    alias: Optional[str] = alias_option(),
     target_fpr: float = typer.Option(..., "--target-fpr", help="Benign false-positive rate to set the threshold for."),
     set_alias: Optional[str] = typer.Option(None, "--set-alias", help="Point this alias at the new version."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """A new version with its threshold set for another FPR, from the stored validation scores (no training)."""
     from dfp_core.ml.pyfunc import operating_point_lines
@@ -383,7 +405,7 @@ def retarget_cmd(
 
 @app.command("diff")
 def diff_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="Registered model name (with --versions)."),
+    model: Optional[str] = model_option(required=False, also=" (with --versions)"),
     versions: Optional[tuple[str, str]] = typer.Option(None, "--versions", metavar="A B",
                                                        help="Two versions of --model, older first (a version or @alias)."),
     refs: Optional[tuple[str, str]] = typer.Option(None, "--refs", metavar="REF_A REF_B",
@@ -391,7 +413,7 @@ def diff_cmd(
     psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
     top: int = typer.Option(10, "--top", min=0, help="Training features listed, the largest shift first."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the report (report.md and its plots)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """What changed in the data between two versions (or lakeFS refs): apps, labels, splits, families, features."""
     from dfp_core.ml.diff import diff
@@ -407,15 +429,15 @@ DRIFT_EXIT_CODE = 3  # `dfp drift --fail-on-drift` found drift (2: bad input, 1:
 
 @app.command("drift")
 def drift_cmd(
-    model: str = typer.Option(..., "--model", help="Registered model name."),
-    version: Optional[str] = typer.Option(None, "--version"),
-    alias: Optional[str] = typer.Option(None, "--alias"),
+    model: str = model_option(),
+    version: Optional[str] = version_option(),
+    alias: Optional[str] = alias_option(),
     input_path: str = typer.Option(..., "--input", help="KronoDroid archives/CSV (file or folder), or lakefs://repo/ref"),
     psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
     top: int = typer.Option(10, "--top", min=0, help="Features listed in the summary, the largest shift first."),
     fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
                                        help=f"Exit with code {DRIFT_EXIT_CODE} when a feature shifted (a pipeline gate)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """Whether new apps still look like a version's training data: per-feature shift and the flagged share."""
     from dfp_core.ml.drift import drift
@@ -437,7 +459,7 @@ def score_cmd(
     out: Path = typer.Option(..., "--out", help="Output .csv or .parquet (one row per input row)."),
     explain: int = typer.Option(0, "--explain", min=0, metavar="K",
                                 help="Also name the K features and each feature group that added most to each app's score."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """Score apps: reconstruction error and anomaly flag per sample; unscorable rows listed with the reason."""
     from dfp_core.ml.scoring import score, score_lakefs_ref
@@ -456,7 +478,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     env_manager: str = typer.Option("local", "--env-manager",
                                     help="local (this environment), or virtualenv / uv (one built from the model's requirements)."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """Serve a model over REST (MLflow's scoring server): GET /ping, POST /invocations."""
     import signal
@@ -475,9 +497,9 @@ def serve_cmd(
 
 @app.command("kserve")
 def kserve_cmd(
-    model: str = typer.Option(..., "--model", help="Registered model name."),
-    version: Optional[str] = typer.Option(None, "--version"),
-    alias: Optional[str] = typer.Option(None, "--alias"),
+    model: str = model_option(),
+    version: Optional[str] = version_option(),
+    alias: Optional[str] = alias_option(),
     namespace: str = typer.Option("kubeflow-user", "--namespace"),
     out: Optional[Path] = typer.Option(None, "--out", help="YAML file (default inferenceservice-<name>.yaml)."),
     artifacts_destination: Optional[str] = typer.Option(
@@ -485,7 +507,7 @@ def kserve_cmd(
     storage_uri: Optional[str] = typer.Option(None, "--storage-uri", help="Where KServe reads the model (overrides)."),
     service_account: Optional[str] = typer.Option(None, "--service-account", help="Service account with the storage credentials."),
     image: Optional[str] = typer.Option(None, "--image", help="MLServer image holding the model's requirements."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """A KServe InferenceService (MLflow runtime) for a registered model version, as YAML."""
     import yaml
@@ -503,7 +525,7 @@ def kserve_cmd(
 
 @runs_app.command("list")
 def runs_list(
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default: LAKEFS_REPOSITORY, kronodroid)."),
+    repo: Optional[str] = repo_option(),
     older_than: str = typer.Option("24h", "--older-than", help="A run idle this long is abandoned (30m, 24h, 7d)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -524,7 +546,7 @@ def runs_list(
 
 @runs_app.command("gc")
 def runs_gc(
-    repo: Optional[str] = typer.Option(None, "--repo", help="lakeFS repository (default: LAKEFS_REPOSITORY, kronodroid)."),
+    repo: Optional[str] = repo_option(),
     older_than: str = typer.Option("24h", "--older-than", help="Remove runs idle at least this long (30m, 24h, 7d)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed; remove nothing."),
 ) -> None:
@@ -543,13 +565,13 @@ def runs_gc(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: str = typer.Option(..., "--model"),
-    version: Optional[str] = typer.Option(None, "--version"),
-    alias: Optional[str] = typer.Option(None, "--alias"),
+    model: str = model_option(),
+    version: Optional[str] = version_option(),
+    alias: Optional[str] = alias_option(),
     time_split: bool = typer.Option(False, "--time-split", help="Train on years <= --train-end-year, report each later year."),
     train_end_year: Optional[int] = typer.Option(None, "--train-end-year"),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the evaluation to the model's training run."),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """The version at its operating point, then vs PCA, IsolationForest and a supervised RandomForest,
     per data source (or per year)."""

@@ -151,6 +151,8 @@ def check_target_fpr(target_fpr: float) -> None:
         raise ConfigError(f"--target-fpr must be above 0 and below 0.5, got {target_fpr}")
 
 
+# The lakeFS repository option's help, shared by the configs and the commands that take --repo.
+REPO_HELP = "lakeFS repository (default: LAKEFS_REPOSITORY, else kronodroid)."
 PSI_BOUND = 0.25  # `dfp drift`: a feature whose PSI is above it has shifted ("a major shift" in PSI's usual reading)
 
 
@@ -169,8 +171,7 @@ def check_top(top: int) -> None:
 class TransformConfig:
     """A transform run: raw KronoDroid inputs -> Avro Iceberg tables, committed and merged."""
 
-    repo: str | None = param(None, "lakeFS repository (from settings: LAKEFS_REPOSITORY, default kronodroid)",
-                             pipeline="lakefs_repository", fallback=LakeFSSettings.repository)
+    repo: str | None = param(None, REPO_HELP, pipeline="lakefs_repository", fallback=LakeFSSettings.repository)
     target_branch: str = param("main", "Branch the run merges into.", pipeline="target_branch")
     run_id: str | None = param(None, "Run id; the run branch is run-<id> (default: UTC time + random).",
                                pipeline="run_id")
@@ -245,7 +246,7 @@ class TrainConfig:
     """Everything that determines a training run (logged as MLflow params)."""
 
     # data
-    repo: str | None = param(None, "lakeFS repository (from settings: LAKEFS_REPOSITORY, default kronodroid).")
+    repo: str | None = param(None, REPO_HELP)
     ref: str | None = param(None, "Branch or commit id; resolved to a commit (from settings: LAKEFS_BRANCH, "
                                   "default main).")
     snapshot_id: str | None = param(None, "Pin an Iceberg snapshot (default: the ref's current one).")

@@ -173,3 +173,31 @@ def test_step_functions_take_keyword_parameters_only():
     for fn in (steps.spark_transform_step, steps.commit_merge_step, steps.train_step):
         kinds = {p.kind for p in inspect.signature(fn).parameters.values()}
         assert inspect.Parameter.VAR_KEYWORD in kinds, fn.__name__
+
+
+def test_an_option_several_commands_share_means_the_same_in_each():
+    """--tracking-uri, --repo, --model, --version and --alias are defined once (cli.py's
+    *_option helpers): every command that takes one shows the same help for it."""
+    from typer.main import get_command
+
+    from dfp_core.cli import app
+
+    def commands(group, path=()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from commands(command, (*path, name))
+            else:
+                yield (*path, name), command
+
+    # Where training sets an alias on the version it registers, --alias names that alias
+    # (TrainConfig's field), not one to look a version up by.
+    sets_an_alias = {("train",), ("pipeline", "run-local")}
+    helps: dict[str, dict[str, tuple]] = {}
+    for path, command in commands(get_command(app)):
+        for param in command.params:
+            for flag in param.opts:
+                if not (flag == "--alias" and path in sets_an_alias):
+                    helps.setdefault(flag, {}).setdefault(param.help or "", path)
+    for flag in ("--tracking-uri", "--repo", "--version", "--alias"):
+        assert len(helps[flag]) == 1, (flag, helps[flag])
+    assert all(text.startswith("Registered model name") for text in helps["--model"]), helps["--model"]
