@@ -274,13 +274,13 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
             result = fit_and_evaluate(cfg, SimpleNamespace(frames=frames), Path(work))
-        model, pre = result["model"].eval(), result["preprocessor"]
+        model, pre = result.model.eval(), result.preprocessor
         x = {s: pre.transform(f) for s, f in frames.items()}
         fit_seconds = time.monotonic() - started
         errs = {s: _errors(model, x[s]) for s in x}
         mse = {s: e.mean(axis=1) for s, e in errs.items()}
         if "default" in variants:  # the product's score (TrainConfig.score), and the plain MSE beside it
-            add("ae_default", result["scores"]["val"], result["scores"]["test"], fit_seconds)
+            add("ae_default", result.scores["val"], result.scores["test"], fit_seconds)
             add("ae_mse", mse["val"], mse["test"], fit_seconds)
         benign_train = errs["train"][y["train"] == 0]
         if "grouped" in variants:
@@ -348,7 +348,7 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
                 semi_cfg = dataclasses.replace(cfg, train_on="semi", score=score)
                 with tempfile.TemporaryDirectory(prefix="dfp-bench-det-") as work:
                     semi = fit_and_evaluate(semi_cfg, SimpleNamespace(frames=frames), Path(work))
-                add(f"semi_supervised_ae_{score}", semi["scores"]["val"], semi["scores"]["test"],
+                add(f"semi_supervised_ae_{score}", semi.scores["val"], semi.scores["test"],
                     time.monotonic() - started)
         if "capacity" in variants:  # smaller and larger codes, shallower nets, more regularisation
             for label, fields in CAPACITY.items():
@@ -357,8 +357,8 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
                     other = fit_and_evaluate(dataclasses.replace(cfg, **fields), SimpleNamespace(frames=frames),
                                              Path(work))
                 seconds = time.monotonic() - started
-                add(f"ae_{label}", other["scores"]["val"], other["scores"]["test"], seconds)
-                net, ox = other["model"].eval(), {s: other["preprocessor"].transform(frames[s]) for s in ("val", "test")}
+                add(f"ae_{label}", other.scores["val"], other.scores["test"], seconds)
+                net, ox = other.model.eval(), {s: other.preprocessor.transform(frames[s]) for s in ("val", "test")}
                 add(f"ae_{label}_mse", _errors(net, ox["val"]).mean(axis=1), _errors(net, ox["test"]).mean(axis=1),
                     seconds)
         if "ensemble5" in variants and seed == seeds[0]:  # five seeds, scores z-scored on benign validation
@@ -378,7 +378,7 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
         from dfp_core.ml.evaluation import method_scores
 
         started = time.monotonic()
-        scored = method_scores(result["error_score"].score_function(model), pre, frames["train"], pd.concat([frames["val"], frames["test"]], ignore_index=True),
+        scored = method_scores(result.error_score.score_function(model), pre, frames["train"], pd.concat([frames["val"], frames["test"]], ignore_index=True),
                                seed=seed)
         seconds = time.monotonic() - started
         for method in BASELINES:

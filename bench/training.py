@@ -300,9 +300,9 @@ def quality_real_subset(rt, tmp: Path, seeds: list[int], max_epochs: int | None)
             started = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="dfp-bench-fit-") as work:
                 result = fit_and_evaluate(config, data, Path(work))
-            metrics = result["metrics"]
-            comparison, _ = compare_models(data.frames, result["error_score"].score_function(result["model"]),
-                                           result["preprocessor"], seed=seed,
+            metrics = result.metrics
+            comparison, _ = compare_models(data.frames, result.error_score.score_function(result.model),
+                                           result.preprocessor, seed=seed,
                                            train_on=config.train_on)
             ae[name]["roc_auc"].append(metrics["test_roc_auc"])
             ae[name]["pr_auc"].append(metrics["test_pr_auc"])

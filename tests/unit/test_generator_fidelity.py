@@ -34,12 +34,12 @@ def test_the_autoencoder_ranks_above_pca_and_isolation_forest(frames, tmp_path):
 
     cfg = TrainConfig(accelerator="cpu", devices="1", seed=0, register=False, evaluate_baselines=False)
     result = fit_and_evaluate(cfg, SimpleNamespace(frames=frames), tmp_path)
-    model, preprocessor = result["model"].eval(), result["preprocessor"]
+    model, preprocessor = result.model.eval(), result.preprocessor
     test = frames["test"]
-    baselines = method_scores(result["error_score"].score_function(model), preprocessor, frames["train"],
+    baselines = method_scores(result.error_score.score_function(model), preprocessor, frames["train"],
                               test, seed=0)
     y = test["label"].to_numpy()
-    auc = {"autoencoder": roc_auc_score(y, result["scores"]["test"]),
+    auc = {"autoencoder": roc_auc_score(y, result.scores["test"]),
            **{m: roc_auc_score(y, baselines[m]) for m in ("pca", "isolation_forest")}}
     assert auc["autoencoder"] > auc["pca"] and auc["autoencoder"] > auc["isolation_forest"], auc
     assert auc["autoencoder"] > 0.95, auc  # the real subset's 0.988, within a few points

@@ -87,7 +87,7 @@ def trained(tmp_path_factory):
     split = np.random.default_rng(0).choice(["train", "val", "test"], len(valid), p=[0.6, 0.2, 0.2])
     frames = {s: valid[split == s].reset_index(drop=True) for s in ("train", "val", "test")}
     result = fit_and_evaluate(TrainConfig(**TINY), SimpleNamespace(frames=frames), tmp_path_factory.mktemp("work"))
-    return {**result, "frames": frames}
+    return {**vars(result), "frames": frames}
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,7 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
 
     eval_frame = pd.concat([val_frame, later], ignore_index=True)
     y = _labels(eval_frame, "evaluation")
-    scores = method_scores(result["error_score"].score_function(result["model"]), result["preprocessor"],
+    scores = method_scores(result.error_score.score_function(result.model), result.preprocessor,
                            fit_frame, eval_frame, seed=cfg.seed,
                            train_on=cfg.train_on)
     in_period = np.r_[np.ones(len(val_frame), dtype=bool), np.zeros(len(later), dtype=bool)]
@@ -263,17 +263,17 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
     metrics = _metrics(table, "drift", "period")
     metrics.update({
         "drift_train_end_year": float(train_end_year),
-        "drift_threshold": float(result["threshold"]),
+        "drift_threshold": float(result.threshold),
         "drift_train_rows": float(len(fit_frame)),
         "drift_val_rows": float(len(val_frame)),
         "drift_eval_rows": float(len(later)),
-        "drift_epochs_trained": float(result["metrics"]["epochs_trained"]),
+        "drift_epochs_trained": float(result.metrics["epochs_trained"]),
         "drift_target_fpr": float(cfg.target_fpr),
     })
     # The autoencoder at its threshold (set for the FPR target on the training years), on the later years.
     for name in AT_THRESHOLD:
-        if f"test_{name}" in result["metrics"]:
-            metrics[f"drift_{name}{SOURCE_SEP}autoencoder{SOURCE_SEP}{LATER}"] = float(result["metrics"][f"test_{name}"])
+        if f"test_{name}" in result.metrics:
+            metrics[f"drift_{name}{SOURCE_SEP}autoencoder{SOURCE_SEP}{LATER}"] = float(result.metrics[f"test_{name}"])
     if plots_dir is not None:
         plot_drift(table, Path(plots_dir), train_end_year)
     return metrics, table

@@ -8,13 +8,19 @@ drift evaluation; it knows nothing of lakeFS, Feast or MLflow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dfp_core.errors import DatasetError
 from dfp_core.params import TrainConfig
+
+if TYPE_CHECKING:  # torch and Lightning load with the fit, not with this module
+    from dfp_core.ml.model import KronodroidAutoencoder
+    from dfp_core.serving.preprocess import Preprocessor
+    from dfp_core.serving.score import ErrorScore
 
 
 def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,7 +105,32 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
     return ErrorScore(kind, location=fitted.location_, precision=fitted.precision_)
 
 
-def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> dict[str, Any]:
+@dataclass
+class WorkerFit:
+    """What a DDP process other than rank zero keeps of a fit: the fit is shared, rank zero evaluates."""
+
+    model: KronodroidAutoencoder
+    trainer: Any  # lightning.Trainer
+    epochs_trained: int
+
+
+@dataclass
+class FitResult(WorkerFit):
+    """A fit evaluated on rank zero: the preprocessing and the network, the score and its
+    threshold, each split's errors and scores, the test metrics, and the plots' folder."""
+
+    preprocessor: Preprocessor
+    threshold: float
+    metrics: dict[str, float]
+    history: dict[str, list[float]]  # per-epoch losses (LossHistory)
+    plot_dir: Path
+    errors: dict[str, np.ndarray]  # split -> per-feature reconstruction errors
+    scores: dict[str, np.ndarray]  # split -> anomaly scores
+    error_score: ErrorScore
+    benign_val_scores: np.ndarray
+
+
+def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> FitResult | WorkerFit:
     """Preprocess, train, evaluate on the retrieved frames. ``logger``: a
     Lightning logger for per-epoch metrics (False: none). In a DDP run every process
     fits; only the global rank zero evaluates (the others return after the fit)."""
@@ -144,7 +175,7 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     trainer.fit(model, datamodule=datamodule)
     if not trainer.is_global_zero:
         # A DDP worker: the fit is shared (gradients all-reduced); rank zero evaluates and logs.
-        return {"model": model, "trainer": trainer, "epochs_trained": trainer.current_epoch}
+        return WorkerFit(model=model, trainer=trainer, epochs_trained=trainer.current_epoch)
 
     # The score's reference is the benign training rows, whatever the network was fitted on.
     error_score = fit_error_score(config.score, model, train_x[train_y == 0], seed=config.seed,
@@ -167,8 +198,6 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     plots.plot_roc_pr(scores["test"], test_y, plot_dir / "roc_curve.png", plot_dir / "pr_curve.png", data_source=test_src)
     plots.plot_error_histogram(scores["test"], test_y, threshold, plot_dir / "error_histogram.png",
                                score_label=SCORE_LABELS[config.score])
-    return {
-        "model": model, "preprocessor": preprocessor, "threshold": threshold, "metrics": results,
-        "history": history.history, "plot_dir": plot_dir, "trainer": trainer, "errors": errors, "scores": scores,
-        "error_score": error_score, "benign_val_scores": benign_val_scores,
-    }
+    return FitResult(model=model, trainer=trainer, epochs_trained=trainer.current_epoch, preprocessor=preprocessor,
+                     threshold=threshold, metrics=results, history=history.history, plot_dir=plot_dir, errors=errors,
+                     scores=scores, error_score=error_score, benign_val_scores=benign_val_scores)

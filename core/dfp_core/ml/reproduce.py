@@ -127,7 +127,7 @@ def retrain_and_compare(model: ModelLineage, data) -> dict[str, float]:
     config = config_from_run(model)
     with tempfile.TemporaryDirectory(prefix="dfp-retrain-") as tmp:
         result = fit_and_evaluate(config, data, Path(tmp))
-    return {k: result["metrics"][k] - model.metrics[k] for k in sorted(result["metrics"]) if k in model.metrics}
+    return {k: result.metrics[k] - model.metrics[k] for k in sorted(result.metrics) if k in model.metrics}
 
 
 def reproduce(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None,

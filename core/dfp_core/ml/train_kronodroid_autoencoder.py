@@ -150,7 +150,7 @@ def _train_worker(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dfp-train-") as tmp, \
             stage(2, 2, f"rank {rank}: Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
         result = fit_and_evaluate(config, data, Path(tmp))
-    return {"rank": rank, "status": "DDP_WORKER_DONE", "epochs_trained": int(result["epochs_trained"]),
+    return {"rank": rank, "status": "DDP_WORKER_DONE", "epochs_trained": int(result.epochs_trained),
             "lakefs_commit": data.spec.lakefs_commit}
 
 
@@ -183,24 +183,24 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
         with stage(3, TRAIN_STAGES, f"Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
             epoch_logger = EpochMetricsLogger(tracking_uri=tracking_uri, run_id=run.info.run_id, log_model=False)
             result = fit_and_evaluate(config, data, workdir, logger=epoch_logger)
-            mlflow.set_tag("dfp.world_size", str(result["trainer"].world_size))  # processes that fitted
+            mlflow.set_tag("dfp.world_size", str(result.trainer.world_size))  # processes that fitted
         with stage(4, TRAIN_STAGES, "test metrics, baselines, plots, model"):
-            mlflow.log_metrics(result["metrics"])
+            mlflow.log_metrics(result.metrics)
             if config.evaluate_baselines:
                 from dfp_core.ml.evaluation import compare_models
 
                 eval_dir = workdir / "evaluation"
                 eval_dir.mkdir()
-                comparison, table = compare_models(data.frames, result["error_score"].score_function(result["model"]),
-                                                   result["preprocessor"], seed=config.seed,
+                comparison, table = compare_models(data.frames, result.error_score.score_function(result.model),
+                                                   result.preprocessor, seed=config.seed,
                                                    train_on=config.train_on, plots_dir=eval_dir)
                 table.to_csv(eval_dir / "comparison.csv", index=False)
                 mlflow.log_metrics(comparison)
                 mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
-                result["metrics"].update(comparison)
-            mlflow.log_artifacts(str(result["plot_dir"]), artifact_path="plots")
+                result.metrics.update(comparison)
+            mlflow.log_artifacts(str(result.plot_dir), artifact_path="plots")
             # What `dfp retarget` sets another operating point from, without training again.
-            mlflow.log_dict(benign_val_record(config.score, result["benign_val_scores"]), BENIGN_VAL_SCORES)
+            mlflow.log_dict(benign_val_record(config.score, result.benign_val_scores), BENIGN_VAL_SCORES)
             # What `dfp drift` measures new apps against: the train split's per-feature bins.
             mlflow.log_dict(training_profile(data.frames["train"], schema.FEATURE_COLUMNS), TRAINING_PROFILE)
             spec_path = workdir / "dataset_spec.json"
@@ -209,26 +209,26 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
                 "content_sha256": data.content_sha256, "rows": data.rows,
             }, indent=2, sort_keys=True))
             mlflow.log_artifact(str(spec_path), artifact_path="lineage")
-            result["preprocessor"].save(workdir / "preprocessor.json")
+            result.preprocessor.save(workdir / "preprocessor.json")
             mlflow.log_artifact(str(workdir / "preprocessor.json"), artifact_path="preprocessing")
             example = as_model_input(data.frames["test"].head(5))
-            model_info = log_scorer_model(result["model"], result["preprocessor"], result["error_score"], result["threshold"],
+            model_info = log_scorer_model(result.model, result.preprocessor, result.error_score, result.threshold,
                                           config.target_fpr, example, workdir / "model")
             model_digest = record_model_digest(model_info.model_uri, rt.settings.mlflow.signing_key_text())
             mlflow.set_tag(MODEL_DIGEST_TAG, model_digest)
         version = None
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):
             if config.register:
-                description = model_description(config.score, result["threshold"], config.target_fpr,
-                                                result["metrics"])
+                description = model_description(config.score, result.threshold, config.target_fpr,
+                                                result.metrics)
                 version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name,
                                                 {**tags, MODEL_DIGEST_TAG: model_digest}, config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")
-    test_metrics = {k: v for k, v in result["metrics"].items() if k.startswith(("test_", "eval_")) or k in OPERATING_POINT_KEYS}
+    test_metrics = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "eval_")) or k in OPERATING_POINT_KEYS}
     return {
         "run_id": run.info.run_id, "experiment_id": experiment.experiment_id,
         "model_name": config.model_name, "model_version": version, "model_alias": config.model_alias if version else None,
         "model_uri": model_info.model_uri, "lineage_tags": tags, "dataset_rows": data.rows,
         "content_sha256": data.content_sha256, "test_metrics": test_metrics,
-        "epochs_trained": int(result["metrics"]["epochs_trained"]), "tracking_uri": tracking_uri,
+        "epochs_trained": int(result.metrics["epochs_trained"]), "tracking_uri": tracking_uri,
     }
