@@ -124,7 +124,7 @@ class FitResult(WorkerFit):
     metrics: dict[str, float]
     history: dict[str, list[float]]  # per-epoch losses (LossHistory)
     plot_dir: Path
-    errors: dict[str, np.ndarray]  # split -> per-feature reconstruction errors
+    errors: dict[str, np.ndarray]  # split -> each row's reconstruction error (mean squared)
     scores: dict[str, np.ndarray]  # split -> anomaly scores
     error_score: ErrorScore
     benign_val_scores: np.ndarray
