@@ -135,6 +135,14 @@ def alias_option() -> Any:
     return typer.Option(None, "--alias", help="One of the model's aliases, such as champion (or --version).")
 
 
+def psi_bound_option() -> Any:
+    return typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted.")
+
+
+def top_option() -> Any:
+    return typer.Option(10, "--top", min=0, help="Training features listed in the summary, the largest shift first.")
+
+
 @contextlib.contextmanager
 def quiet_command(rt, command: str, title: str, verbose: bool) -> Iterator[dict]:
     """The command's work as one quiet stage: its output (Spark's, Lightning's, the steps')
@@ -410,8 +418,8 @@ def diff_cmd(
                                                        help="Two versions of --model, older first (a version or @alias)."),
     refs: Optional[tuple[str, str]] = typer.Option(None, "--refs", metavar="REF_A REF_B",
                                                    help="Two lakefs://repo/ref, older first (instead of --versions)."),
-    psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
-    top: int = typer.Option(10, "--top", min=0, help="Training features listed, the largest shift first."),
+    psi_bound: float = psi_bound_option(),
+    top: int = top_option(),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the report (report.md and its plots)."),
     tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
@@ -433,8 +441,8 @@ def drift_cmd(
     version: Optional[str] = version_option(),
     alias: Optional[str] = alias_option(),
     input_path: str = typer.Option(..., "--input", help="KronoDroid archives/CSV (file or folder), or lakefs://repo/ref"),
-    psi_bound: float = typer.Option(PSI_BOUND, "--psi-bound", help="A feature whose PSI is above this has shifted."),
-    top: int = typer.Option(10, "--top", min=0, help="Features listed in the summary, the largest shift first."),
+    psi_bound: float = psi_bound_option(),
+    top: int = top_option(),
     fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
                                        help=f"Exit with code {DRIFT_EXIT_CODE} when a feature shifted (a pipeline gate)."),
     tracking_uri: Optional[str] = tracking_uri_option(),

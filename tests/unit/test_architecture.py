@@ -176,7 +176,7 @@ def test_step_functions_take_keyword_parameters_only():
 
 
 def test_an_option_several_commands_share_means_the_same_in_each():
-    """--tracking-uri, --repo, --model, --version and --alias are defined once (cli.py's
+    """--tracking-uri, --repo, --model, --version, --alias, --psi-bound and --top are defined once (cli.py's
     *_option helpers): every command that takes one shows the same help for it."""
     from typer.main import get_command
 
@@ -198,6 +198,6 @@ def test_an_option_several_commands_share_means_the_same_in_each():
             for flag in param.opts:
                 if not (flag == "--alias" and path in sets_an_alias):
                     helps.setdefault(flag, {}).setdefault(param.help or "", path)
-    for flag in ("--tracking-uri", "--repo", "--version", "--alias"):
+    for flag in ("--tracking-uri", "--repo", "--version", "--alias", "--psi-bound", "--top"):
         assert len(helps[flag]) == 1, (flag, helps[flag])
     assert all(text.startswith("Registered model name") for text in helps["--model"]), helps["--model"]
