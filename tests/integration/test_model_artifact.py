@@ -400,6 +400,42 @@ def test_dfp_drift_measures_new_apps_against_the_training_split(registered, rt, 
     assert done.returncode == 2 and bad["error"] == "--psi-bound must be above 0, got 0.0"
 
 
+def test_dfp_drift_rebuilds_the_training_baseline_a_version_did_not_keep(registered, rt):
+    """A version whose run kept no training profile and no benign validation scores (one trained
+    before they were kept): `dfp drift` rebuilds both from its lineage and measures what the
+    stored ones measured, and says that it did."""
+    from dfp_core.ml.feature_drift import TRAINING_PROFILE
+    from dfp_core.ml.retarget import BENIGN_VAL_SCORES
+
+    done, stored = _drift(registered, registered["data"])
+    assert done.returncode == 0 and stored["training_baseline"] == "stored", done.stderr[-3000:]
+    run_id = rt.mlflow.get_model_version(registered["name"], str(registered["version"])).run_id
+    artifacts = rt.mlflow.get_run(run_id).info.artifact_uri.split("mlflow-artifacts:", 1)[1].lstrip("/")
+    base = f"{registered['tracking_uri']}/api/2.0/mlflow-artifacts/artifacts/{artifacts}"
+    kept = {}
+    for path in (TRAINING_PROFILE, BENIGN_VAL_SCORES):
+        got = requests.get(f"{base}/{path}", auth=registered["mlflow_user"], timeout=30)
+        assert got.status_code == 200
+        kept[path] = got.content
+        assert requests.delete(f"{base}/{path}", auth=registered["mlflow_user"], timeout=30).status_code == 200
+    try:
+        done, rebuilt = _drift(registered, registered["data"])
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert rebuilt["training_baseline"] == "rebuilt" and "rebuilt from its lineage" in done.stderr
+        # The same train split profiled again: the same bins, so the very same shifts.
+        for key in ("rows", "train_rows", "features", "features_shifted", "top_features", "flagged_share", "threshold"):
+            assert rebuilt[key] == stored[key], key
+        # The benign validation apps scored by the served model, as training scored them.
+        assert rebuilt["benign_val_flagged_share"] == pytest.approx(stored["benign_val_flagged_share"], abs=1e-9)
+        for q, value in stored["benign_val_score_quantiles"].items():
+            assert rebuilt["benign_val_score_quantiles"][q] == pytest.approx(value, rel=1e-5, abs=1e-7)
+    finally:
+        for path, content in kept.items():
+            assert requests.put(f"{base}/{path}", data=content, auth=registered["mlflow_user"], timeout=30).status_code == 200
+    done, again = _drift(registered, registered["data"])
+    assert done.returncode == 0 and again["training_baseline"] == "stored"
+
+
 def test_a_tampered_version_is_refused_before_its_code_runs(registered, rt, stack, tmp_path):
     """The attack of the faults issue: a PUT over the model's files through MLflow's artifact
     API, by anyone who can write to MLflow. Every command that loads the version refuses it, naming the file."""

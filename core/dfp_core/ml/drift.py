@@ -1,9 +1,12 @@
 """`dfp drift`: are the apps scored today still like the ones a version was trained on?
 
 The version's run holds its training profile (``feature_drift.TRAINING_PROFILE``) and its
-benign validation scores (``retarget.BENIGN_VAL_SCORES``). The input is read block by block as
-`dfp score` reads it, counted into the profile's bins and scored by the version itself
-(loaded from its checked copy); ``feature_drift.compare`` makes the summary.
+benign validation scores (``retarget.BENIGN_VAL_SCORES``). A version trained before they were
+kept gets them from its lineage instead: its splits rebuilt as `dfp reproduce` rebuilds them
+(and checked against the tagged hashes), the train split profiled and the benign validation
+apps scored by the version itself. The input is read block by block as `dfp score` reads it,
+counted into the profile's bins and scored by the version (loaded from its checked copy);
+``feature_drift.compare`` makes the summary.
 """
 
 from __future__ import annotations
@@ -15,21 +18,41 @@ import numpy as np
 import pandas as pd
 
 from dfp_core.errors import ConfigError, DatasetError
-from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare, training_profile
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
 
-def _run_artifact(rt: "Runtime", run_id: str, path: str, label: str, what: str) -> dict[str, Any]:
+def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[str, Any], np.ndarray, str]:
+    """The training profile and the benign validation scores to measure against, and where
+    they came from: ``stored`` in the version's run, or ``rebuilt`` from its lineage."""
+    from dfp_core.ml.reproduce import compare as differences_from_tags, rebuild
+    from dfp_core.ml.retarget import BENIGN_VAL_SCORES
+    from dfp_core.ml.scoring import score_frame
     from dfp_core.ml.tracking import run_json
 
-    record = run_json(rt.mlflow, run_id, path)
-    if record is None:
-        raise ConfigError(f"{label} has no stored {what} ({path} of run {run_id}): it was trained before "
-                          "they were kept; train again to measure drift against it")
-    return record
+    profile = run_json(rt.mlflow, source.run_id, TRAINING_PROFILE)
+    benign = run_json(rt.mlflow, source.run_id, BENIGN_VAL_SCORES)
+    if profile is not None and benign is not None:
+        return profile, np.asarray(benign["benign_val_scores"], dtype=np.float64), "stored"
+    lacks = " and ".join(what for what, record in (("training profile", profile), ("benign validation scores", benign))
+                         if record is None)
+    data = rebuild(rt, source)
+    differences = differences_from_tags(source, data)
+    if differences:
+        raise DatasetError(f"{label} has no stored {lacks}, and its data does not rebuild as its tags record it "
+                           f"({'; '.join(differences)}): cannot measure drift against it")
+    if profile is None:
+        profile = training_profile(data.frames["train"], FEATURE_COLUMNS)
+    if benign is None:
+        val = data.frames["val"]
+        scores = score_frame(scorer, val[val["label"] == 0])["anomaly_score"].to_numpy(dtype=np.float64)
+    else:
+        scores = np.asarray(benign["benign_val_scores"], dtype=np.float64)
+    return profile, scores, "rebuilt"
 
 
 def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
@@ -56,7 +79,6 @@ def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, inpu
           psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
     """The drift summary of the apps at ``input_path`` against a registered version's training."""
     from dfp_core.ml.reproduce import model_lineage
-    from dfp_core.ml.retarget import BENIGN_VAL_SCORES
     from dfp_core.ml.scoring import frame_scorer, load_model, model_target_fpr, model_threshold, score_frame
 
     check_psi_bound(psi_bound)
@@ -64,13 +86,12 @@ def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, inpu
     source = model_lineage(rt, name, version, alias)
     label = f"version {source.version} of {name}"
     blocks = _blocks(rt, input_path)
-    profile = _run_artifact(rt, source.run_id, TRAINING_PROFILE, label, "training profile")
-    benign = _run_artifact(rt, source.run_id, BENIGN_VAL_SCORES, label, "benign validation scores")
     model = load_model(rt, f"models:/{name}/{source.version}")
     threshold = model_threshold(model)
     if threshold is None:
         raise ConfigError(f"{label} has no anomaly threshold to measure the flagged share against")
     scorer = frame_scorer(model)
+    profile, benign_val_scores, baseline = _training_baseline(rt, source, label, scorer)
     counts, scores, rejected = BatchCounts(profile), [], {}
     for valid, refused in blocks:
         if len(valid):
@@ -81,7 +102,7 @@ def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, inpu
     if counts.rows == 0:
         raise DatasetError(f"no valid app in {input_path} to measure drift on"
                            + (f" (rejected: {dict(sorted(rejected.items()))})" if rejected else ""))
-    summary = compare(profile, counts, np.concatenate(scores), benign["benign_val_scores"], threshold,
+    summary = compare(profile, counts, np.concatenate(scores), benign_val_scores, threshold,
                       model_target_fpr(model), psi_bound, top)
-    return {"model": name, "version": source.version, "input": input_path,
+    return {"model": name, "version": source.version, "input": input_path, "training_baseline": baseline,
             "rejected": sum(rejected.values()), "rejected_by_reason": dict(sorted(rejected.items())), **summary}
