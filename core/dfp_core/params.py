@@ -177,7 +177,7 @@ class TransformConfig:
                                pipeline="run_id")
     input_dir: Path | None = param(None, "Folder of KronoDroid archives or CSVs; omit to reuse the raw files "
                                          "on the target branch.", flag="--input", pipeline="input_dir")
-    split_mode: str = param("random", "random (hash of sample id and seed) or time (by sample year).",
+    split_mode: str = param("random", "random (hash of sample id and seed) or time (by sample date).",
                             choices=("random", "time"), pipeline="split_mode")
     split_seed: int = param(42, "Seed of the random split.", pipeline="split_seed")
     train_ratio: float = param(0.7, "Random split: share of train.", min=0, max=1, pipeline="train_ratio")
@@ -187,6 +187,12 @@ class TransformConfig:
                                        pipeline="train_end_year")
     val_end_year: int | None = param(None, "Time split: later years up to this one are val.",
                                      pipeline="val_end_year")
+    train_end_month: int | None = param(None, "Time split by month: train ends with this month (1-12) of "
+                                              "--train-end-year (default: the year's end).", min=1, max=12,
+                                        pipeline="train_end_month")
+    val_end_month: int | None = param(None, "Time split by month: val ends with this month (1-12) of "
+                                            "--val-end-year (default: the year's end).", min=1, max=12,
+                                      pipeline="val_end_month")
     max_shrink: float = param(0.2, "Largest fraction of fct rows a run may remove from the target branch.",
                               min=0, max=1, pipeline="max_shrink")
     allow_shrink: bool = param(False, "Merge however much the fct table shrinks.", pipeline="allow_shrink")
@@ -205,6 +211,7 @@ class TransformConfig:
         return SplitSpec(
             mode=self.split_mode, seed=self.split_seed, train_ratio=self.train_ratio, val_ratio=self.val_ratio,
             test_ratio=self.test_ratio, train_end_year=self.train_end_year, val_end_year=self.val_end_year,
+            train_end_month=self.train_end_month, val_end_month=self.val_end_month,
         )
 
     @property

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from dfp_core.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
-UNDATED = "undated"  # time mode: rows without a year are in no split
+UNDATED = "undated"  # time mode: rows without a date are in no split
 _BUCKETS = 2**32
 
 
@@ -36,13 +36,17 @@ def arrow_sample_id(sha256, data_source):
 class SplitSpec:
     """How rows are assigned to splits; part of every dataset id."""
 
-    mode: str = "random"  # "random": hash of sample_id and seed; "time": by sample year
+    mode: str = "random"  # "random": hash of sample_id and seed; "time": by sample date
     seed: int = 42
     train_ratio: float = 0.7
     val_ratio: float = 0.15
     test_ratio: float = 0.15
-    train_end_year: int | None = None  # time mode: years <= this are train
-    val_end_year: int | None = None  # time mode: years <= this (and > train_end_year) are val
+    train_end_year: int | None = None  # time mode: dates up to the end of this year (or month) are train
+    val_end_year: int | None = None  # time mode: later dates up to the end of this year (or month) are val
+    # Time mode, optional: the cut-offs' months (1-12); unset is the year's end. A month split
+    # serves data of one year, such as the real 2019 subset.
+    train_end_month: int | None = None
+    val_end_month: int | None = None
 
     def __post_init__(self):
         if self.mode not in ("random", "time"):
@@ -51,20 +55,42 @@ class SplitSpec:
             ratios = (self.train_ratio, self.val_ratio, self.test_ratio)
             if any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-9:
                 raise ConfigError(f"split ratios must be >= 0 and sum to 1, got {ratios}")
-        else:
-            if self.train_end_year is None or self.val_end_year is None:
-                raise ConfigError("time split needs train_end_year and val_end_year")
-            if self.val_end_year < self.train_end_year:
-                raise ConfigError("val_end_year must be >= train_end_year")
+            return
+        if self.train_end_year is None or self.val_end_year is None:
+            raise ConfigError("time split needs train_end_year and val_end_year")
+        for name in ("train_end_month", "val_end_month"):
+            month = getattr(self, name)
+            if month is not None and not 1 <= month <= 12:
+                raise ConfigError(f"{name} must be a month from 1 to 12, got {month}")
+        if self.val_end_key < self.train_end_key:
+            raise ConfigError("the val cut-off (val_end_year, val_end_month) must not come before the train "
+                              "cut-off (train_end_year, train_end_month)")
+
+    @property
+    def train_end_key(self) -> int:
+        """Time mode: the last train month as year * 100 + month."""
+        return _month_key(self.train_end_year, self.train_end_month)
+
+    @property
+    def val_end_key(self) -> int:
+        return _month_key(self.val_end_year, self.val_end_month)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         if self.mode == "random":
-            data.pop("train_end_year"), data.pop("val_end_year")
+            for key in ("train_end_year", "val_end_year", "train_end_month", "val_end_month"):
+                data.pop(key)
         else:
             for key in ("seed", "train_ratio", "val_ratio", "test_ratio"):
                 data.pop(key)
+            for key in ("train_end_month", "val_end_month"):  # unset: the spec (and dataset ids) of a year split
+                if data[key] is None:
+                    data.pop(key)
         return data
+
+
+def _month_key(year: int, month: int | None) -> int:
+    return int(year) * 100 + (12 if month is None else int(month))
 
 
 def split_bucket(sample_id_value: str, seed: int) -> int:
@@ -78,13 +104,21 @@ def _thresholds(spec: SplitSpec) -> tuple[int, int]:
     return train_end, val_end
 
 
-def assign_split(sample_id_value: str, spec: SplitSpec, year: int | None = None) -> str:
+def assign_split(sample_id_value: str, spec: SplitSpec, year: int | None = None, month: int | None = None) -> str:
+    """The split of one row; time mode needs its sample date's year, and its month where the
+    spec cuts by month."""
     if spec.mode == "time":
         if year is None:
             return UNDATED
-        if year <= spec.train_end_year:
+        if spec.train_end_month is None and spec.val_end_month is None:
+            key = _month_key(year, None)
+        elif month is None:
+            raise ValueError("a split by month needs each row's month")
+        else:
+            key = _month_key(year, month)
+        if key <= spec.train_end_key:
             return "train"
-        return "val" if year <= spec.val_end_year else "test"
+        return "val" if key <= spec.val_end_key else "test"
     bucket = split_bucket(sample_id_value, spec.seed)
     train_end, val_end = _thresholds(spec)
     if bucket < train_end:
@@ -92,13 +126,21 @@ def assign_split(sample_id_value: str, spec: SplitSpec, year: int | None = None)
     return "val" if bucket < val_end else "test"
 
 
-def spark_split_sql(spec: SplitSpec, sample_id_col: str = "sample_id", year_col: str = "sample_year") -> str:
+def spark_split_sql(spec: SplitSpec, sample_id_col: str = "sample_id", year_col: str = "sample_year",
+                    date_col: str = "sample_date") -> str:
     """The same assignment as ``assign_split``, as a Spark SQL expression."""
     if spec.mode == "time":
+        if spec.train_end_month is None and spec.val_end_month is None:
+            return (
+                f"CASE WHEN {year_col} IS NULL THEN '{UNDATED}' "
+                f"WHEN {year_col} <= {int(spec.train_end_year)} THEN 'train' "
+                f"WHEN {year_col} <= {int(spec.val_end_year)} THEN 'val' ELSE 'test' END"
+            )
+        key = f"({year_col} * 100 + month({date_col}))"
         return (
             f"CASE WHEN {year_col} IS NULL THEN '{UNDATED}' "
-            f"WHEN {year_col} <= {int(spec.train_end_year)} THEN 'train' "
-            f"WHEN {year_col} <= {int(spec.val_end_year)} THEN 'val' ELSE 'test' END"
+            f"WHEN {key} <= {spec.train_end_key} THEN 'train' "
+            f"WHEN {key} <= {spec.val_end_key} THEN 'val' ELSE 'test' END"
         )
     train_end, val_end = _thresholds(spec)
     bucket = (

@@ -1,7 +1,8 @@
 """`dfp diff` on known changes between two transforms of one repository: apps removed and added,
 labels flipped, one syscall's counts 100 times higher. The counts, the families and the top
 feature must be exactly those; the same data compared as two refs and as two registered
-versions (whose hyperparameters differ) gives the same answer."""
+versions (whose hyperparameters differ) gives the same answer. And on the real subset (when
+present): a random and a month split of the same apps differ only in where the apps are."""
 
 from __future__ import annotations
 
@@ -132,3 +133,44 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "99"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "99" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_a_random_and_a_month_split_of_the_real_subset_differ_only_in_their_splits(rt, transform, spark, real_subset,
+                                                                                   tmp_path):
+    """The real 2019 subset transformed twice into one repository, split at random, then by month
+    (train January-August, val September, test October-December): `dfp diff` finds no app added
+    or removed and no label changed, and exactly the apps whose split the two definitions differ on
+    moved. The Spark job's month split agrees with the Python definition row for row."""
+    from dfp_core import iceberg
+    from dfp_core.iceberg import TableRef
+    from dfp_core.kronodroid.schema import FCT_TABLE, MART_NAMESPACE
+
+    (tmp_path / "real_device").mkdir()
+    (tmp_path / "real_device" / real_subset.name).write_bytes(real_subset.read_bytes())
+    repo = "months" + uuid.uuid4().hex[:8]
+    month = SplitSpec(mode="time", train_end_year=2019, train_end_month=8, val_end_year=2019, val_end_month=9)
+    first = transform(input_dir=tmp_path, repo=repo, run_id="real-random")
+    second = transform(input_dir=tmp_path, repo=repo, run_id="real-month", split_mode="time", train_end_year=2019,
+                       train_end_month=8, val_end_year=2019, val_end_month=9)
+    assert second["split_spec"] == month.to_dict()
+
+    def splits_at(ref: str) -> pd.DataFrame:
+        table = iceberg.qualified(spark, TableRef(repo, ref, MART_NAMESPACE, FCT_TABLE))
+        rows = spark.table(table).select("sample_id", "sample_date", "dataset_split").collect()
+        return pd.DataFrame([r.asDict() for r in rows]).set_index("sample_id")
+
+    random_split, month_split = splits_at(first["merge_commit"]), splits_at(second["merge_commit"])
+    dates = pd.to_datetime(month_split["sample_date"])
+    assert (dates.dt.year == 2019).all()
+    expected = [assign_split(i, month, d.year, d.month) for i, d in zip(month_split.index, dates)]
+    assert month_split["dataset_split"].tolist() == expected
+    assert set(dates[month_split["dataset_split"] == "test"].dt.month) <= {10, 11, 12}
+    moved = int((random_split["dataset_split"] != month_split["dataset_split"].reindex(random_split.index)).sum())
+
+    summary = diff(rt, refs=(f"lakefs://{repo}/{first['merge_commit']}", f"lakefs://{repo}/{second['merge_commit']}"))
+    apps = summary["apps"]
+    assert apps["added"]["total"] == apps["removed"]["total"] == apps["label_changed"]["total"] == 0
+    assert apps["kept"]["total"] == len(random_split) == len(month_split) == first["fct_rows"]
+    assert apps["moved"]["total"] == moved > 0
+    assert apps["kept"]["by_split"] == {s: int((month_split["dataset_split"] == s).sum()) for s in ("train", "val", "test")}
+    assert summary["verdict"].startswith(f"0 apps added, 0 removed, {len(month_split)} kept (0 changed label, {moved} moved")

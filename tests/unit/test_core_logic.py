@@ -81,8 +81,28 @@ def test_time_split_by_year():
         "train", "train", "val", "test", splits.UNDATED]
 
 
+def test_time_split_by_month():
+    """Cut-offs at a month's end; a cut-off without a month is its year's end, and a year
+    split's spec (and so its dataset ids) is what it was before months existed."""
+    spec = splits.SplitSpec(mode="time", train_end_year=2019, train_end_month=8, val_end_year=2019, val_end_month=9)
+    dated = [(2018, 12), (2019, 1), (2019, 8), (2019, 9), (2019, 10), (2020, 1), (None, None)]
+    assert [splits.assign_split("x", spec, y, m) for y, m in dated] == [
+        "train", "train", "train", "val", "test", "test", splits.UNDATED]
+    assert spec.to_dict() == {"mode": "time", "train_end_year": 2019, "train_end_month": 8, "val_end_year": 2019,
+                              "val_end_month": 9}
+    to_year_end = splits.SplitSpec(mode="time", train_end_year=2019, train_end_month=6, val_end_year=2019)
+    assert [splits.assign_split("x", to_year_end, 2019, m) for m in (6, 7, 12)] == ["train", "val", "val"]
+    years = splits.SplitSpec(mode="time", train_end_year=2015, val_end_year=2016)
+    assert years.to_dict() == {"mode": "time", "train_end_year": 2015, "val_end_year": 2016}
+    assert "month(" not in splits.spark_split_sql(years) and "month(sample_date)" in splits.spark_split_sql(spec)
+    with pytest.raises(ValueError, match="month"):
+        splits.assign_split("x", spec, 2019)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [dict(train_ratio=0.8, val_ratio=0.3, test_ratio=0.1), dict(mode="time"), dict(mode="weekly")]
+    "kwargs", [dict(train_ratio=0.8, val_ratio=0.3, test_ratio=0.1), dict(mode="time"), dict(mode="weekly"),
+               dict(mode="time", train_end_year=2019, train_end_month=13, val_end_year=2019),
+               dict(mode="time", train_end_year=2019, train_end_month=9, val_end_year=2019, val_end_month=8)]
 )
 def test_invalid_split_specs_are_rejected(kwargs):
     with pytest.raises(ConfigError):

@@ -31,6 +31,8 @@ def kronodroid_spark_transform(
     test_ratio: float,
     train_end_year: int,
     val_end_year: int,
+    train_end_month: int,
+    val_end_month: int,
     max_shrink: float,
     allow_shrink: bool,
     spark_mode: str,
