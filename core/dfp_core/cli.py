@@ -23,7 +23,7 @@ import typer
 from dfp_core.errors import DfpError
 from dfp_core.params import (PSI_BOUND, REPO_HELP, Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of,
                              parse_value)
-from dfp_core.process_exit import leave_heap_to_the_os
+from dfp_core.process_exit import leave_heap_to_the_os, quiet_teardown_after_exit_handlers
 from dfp_core.progress import error, note, show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -704,6 +704,7 @@ def _fail(message: str, exit_code: int, summary: dict | None = None) -> None:
 def main() -> None:
     """Every command's last stdout line is JSON, its failures' too: ``{"error", "exit_code"}``
     (with the command's own summary where it has one, e.g. a failed training's)."""
+    quiet_teardown_after_exit_handlers()
     try:
         _run_and_exit()
     finally:

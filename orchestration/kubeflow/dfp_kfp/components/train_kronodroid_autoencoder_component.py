@@ -48,8 +48,12 @@ def train_kronodroid_autoencoder(
     params = dict(locals())
     from collections import namedtuple
 
+    from dfp_core.process_exit import leave_heap_to_the_os, quiet_teardown_after_exit_handlers
+
+    quiet_teardown_after_exit_handlers()  # before the step's imports register their own exit handlers
     from dfp_kfp.steps import train_step
 
     name, version, run_id = train_step(**params)
+    leave_heap_to_the_os()  # the step's process ends once KFP has written the outputs
     return namedtuple("TrainOutputs", ["model_name", "model_version", "mlflow_run_id"])(name, version, run_id)
 
