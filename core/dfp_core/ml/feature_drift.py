@@ -203,8 +203,8 @@ def lines(summary: Mapping[str, Any], shown: int = 5) -> Iterable[str]:
     """What a person reads on stderr: the verdict, the noise floor when it matters, the top shifts."""
     yield summary["verdict"]
     if summary.get("training_baseline") == "rebuilt":
-        yield ("the version's run kept no training profile: its training and benign validation apps were "
-               "rebuilt from its lineage and measured now")
+        yield ("the version's run did not keep what drift measures against: its training and benign "
+               "validation apps were rebuilt from its lineage and measured now")
     if summary["psi_noise_floor"] > summary["psi_bound"] / 2:
         yield (f"only {summary['rows']} apps: a PSI near {summary['psi_noise_floor']:.2f} is sampling noise "
                "at this size; score a bigger batch for a firmer answer")
