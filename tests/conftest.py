@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory):
-    from dfp_core import postgres_server, seaweedfs_server
+    from dfp_core.stack import postgres as postgres_server, seaweedfs as seaweedfs_server
     from dfp_core.errors import StackError
     from dfp_core.settings import StackSettings
     from dfp_core.stack import free_port

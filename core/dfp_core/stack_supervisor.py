@@ -82,7 +82,7 @@ class Supervisor:
                 try:
                     self.state.save(records)
                 except OSError:  # unrecorded, it could never be stopped or watched: stop it, retry later
-                    stack._terminate(new)
+                    stack.terminate(new)
                     raise
         return True
 
@@ -97,9 +97,9 @@ class Supervisor:
         if "down_since" not in entry:
             entry["down_since"] = time.time()
             self.log(f"{name}: pid {rec.pid} is gone; restarting it")
-        stack._terminate(rec)  # what is left of its group (workers that outlived the leader)
+        stack.terminate(rec)  # what is left of its group (workers that outlived the leader)
         try:
-            new = stack._start(service, self.settings, creds, profile, self.log)
+            new = stack.start(service, self.settings, creds, profile, self.log)
         except StackError as exc:
             failures = self.failures[name] = self.failures.get(name, 0) + 1
             delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (failures - 1))

@@ -17,7 +17,7 @@ import sys
 import pytest
 import requests
 
-from dfp_core import lakefs_acl
+from dfp_core.stack import lakefs_acl
 from dfp_core import stack as stack_mod
 from dfp_core.kronodroid.generator import generate
 from dfp_core.settings import StackSettings

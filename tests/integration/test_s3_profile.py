@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from dfp_core import seaweedfs_server
+from dfp_core.stack import seaweedfs as seaweedfs_server
 from tests.stack_faults import check_after, dfp, start, stop
 
 pytestmark = pytest.mark.s3_profile
@@ -217,7 +217,7 @@ def test_postgres_down_fails_transform_and_training_cleanly(lakefs, spark, merge
 def test_up_status_down_and_reset_of_an_s3_home(tmp_path):
     import psutil
 
-    from dfp_core import postgres_server
+    from dfp_core.stack import postgres as postgres_server
     from dfp_core.settings import read_env_file
     from dfp_core.stack import free_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dfp_core import lakefs_acl
+from dfp_core.stack import lakefs_acl
 from dfp_core import stack as stack_mod
 from dfp_core.errors import StackError
 from dfp_core.settings import StackSettings
@@ -45,12 +45,12 @@ def test_a_home_keeps_the_auth_store_it_was_set_up_with(tmp_path):
     assert stack_mod.lakefs_acl_of(_settings(tmp_path, profile="s3", lakefs_acl=False)) is False
     settings = _settings(tmp_path, lakefs_acl=True)
     creds = stack_mod.ensure_credentials(settings, "local", acl=True)
-    stack_mod._lakefs_command(settings, creds, "local")  # lakeFS set up with the ACL server
+    stack_mod.lakefs_command(settings, creds, "local")  # lakeFS set up with the ACL server
     assert stack_mod.lakefs_acl_of(_settings(tmp_path)) is True  # a later plain `up` follows the home
     with pytest.raises(StackError, match=r"set up with the ACL server, so DFP_LAKEFS_ACL=0 cannot apply"):
         stack_mod.lakefs_acl_of(_settings(tmp_path, lakefs_acl=False))
     plain = _settings(tmp_path / "plain")
-    stack_mod._lakefs_command(plain, stack_mod.ensure_credentials(plain, "local"), "local")
+    stack_mod.lakefs_command(plain, stack_mod.ensure_credentials(plain, "local"), "local")
     with pytest.raises(StackError, match=r"set up without the ACL server, so DFP_LAKEFS_ACL=1 cannot apply"):
         stack_mod.lakefs_acl_of(_settings(tmp_path / "plain", lakefs_acl=True))
     # A home set up before the ACL server existed stays without it, in the s3 profile too.
@@ -80,16 +80,16 @@ def test_with_the_acl_server_the_admin_pair_is_kept_apart_from_the_pipelines(tmp
 def test_lakefs_asks_the_acl_server_and_installs_the_admin_pair(tmp_path):
     settings = _settings(tmp_path, lakefs_acl=True)
     creds = stack_mod.ensure_credentials(settings, "local", acl=True)
-    cmd, env = stack_mod._lakefs_command(settings, creds, "local")
+    cmd, env = stack_mod.lakefs_command(settings, creds, "local")
     config = json.loads(Path(cmd[cmd.index("--config") + 1]).read_text())
     assert config["auth"] == {"ui_config": {"rbac": "simplified"}, "api": {"endpoint": "http://127.0.0.1:18022/api/v1"}}
     assert (env["LAKEFS_INSTALLATION_ACCESS_KEY_ID"], env["LAKEFS_INSTALLATION_SECRET_ACCESS_KEY"]) == \
         stack_mod.admin_keys(creds)
     with pytest.raises(StackError, match="ACL server is not built.*beside the lakeFS binary.*make setup"):
-        stack_mod._lakefs_acl_command(settings, creds, "local")
+        stack_mod.lakefs_acl_command(settings, creds, "local")
     acl_bin = settings.lakefs_bin.parent / "lakefs-acl"
     acl_bin.touch(mode=0o755)
-    cmd, env = stack_mod._lakefs_acl_command(settings, creds, "local")
+    cmd, env = stack_mod.lakefs_acl_command(settings, creds, "local")
     assert cmd[0] == str(acl_bin)
     assert env["ACLSERVER_ENCRYPT_SECRET_KEY"] == creds["DFP_LAKEFS_ENCRYPT_SECRET"]  # lakeFS decrypts its keys
     acl_config = json.loads(Path(cmd[cmd.index("--config") + 1]).read_text())
@@ -100,7 +100,7 @@ def test_lakefs_asks_the_acl_server_and_installs_the_admin_pair(tmp_path):
 def test_without_the_acl_server_lakefs_keeps_its_basic_auth(tmp_path):
     settings = _settings(tmp_path)
     creds = stack_mod.ensure_credentials(settings, "local")
-    cmd, _ = stack_mod._lakefs_command(settings, creds, "local")
+    cmd, _ = stack_mod.lakefs_command(settings, creds, "local")
     assert "auth" not in json.loads(Path(cmd[cmd.index("--config") + 1]).read_text())
 
 
@@ -108,7 +108,7 @@ def test_in_the_s3_profile_the_acl_server_keeps_its_users_in_postgresql(tmp_path
     settings = _settings(tmp_path, profile="s3", postgres_port=18023)
     (settings.lakefs_bin.parent / "lakefs-acl").touch(mode=0o755)
     creds = stack_mod.ensure_credentials(settings, "s3", acl=True)
-    cmd, env = stack_mod._lakefs_acl_command(settings, creds, "s3")
+    cmd, env = stack_mod.lakefs_acl_command(settings, creds, "s3")
     config_text = Path(cmd[cmd.index("--config") + 1]).read_text()
     assert json.loads(config_text)["database"]["type"] == "postgres"
     url = env["ACLSERVER_DATABASE_POSTGRES_CONNECTION_STRING"]

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dfp_core import postgres_server, seaweedfs_server
+from dfp_core.stack import postgres as postgres_server, seaweedfs as seaweedfs_server
 from dfp_core import stack as stack_mod
+from dfp_core.stack import servers
 from dfp_core.errors import ConfigError, StackError
 from dfp_core.settings import StackSettings
 
@@ -25,7 +26,7 @@ def _settings(tmp_path: Path, **values) -> StackSettings:
 def test_a_home_keeps_the_profile_it_was_set_up_with(tmp_path):
     settings = _settings(tmp_path, profile="s3")
     assert stack_mod.profile_of(settings) == "s3"
-    stack_mod._record_profile(settings, "s3")
+    stack_mod.record_profile(settings, "s3")
     assert stack_mod.profile_of(_settings(tmp_path)) == "s3"  # a later plain `up` / `status` follows it
     with pytest.raises(StackError, match="holds a s3-profile stack, not local.*another DFP_HOME"):
         stack_mod.profile_of(_settings(tmp_path, profile="local"))
@@ -61,15 +62,15 @@ def test_s3_secrets_are_generated_once_and_kept_private(tmp_path):
 def test_server_secrets_go_only_into_the_servers_environment(tmp_path, monkeypatch):
     settings = _settings(tmp_path, profile="s3")
     creds = stack_mod.ensure_credentials(settings, "s3")
-    monkeypatch.setattr(stack_mod, "lakefs_binary", lambda s: Path("/bin/true"))
+    monkeypatch.setattr(servers, "lakefs_binary", lambda s: Path("/bin/true"))
     secrets = [creds[k] for k in ("DFP_S3_SECRET_ACCESS_KEY", "DFP_POSTGRES_PASSWORD", "LAKEFS_SECRET_ACCESS_KEY")]
-    for cmd, env in (stack_mod._lakefs_command(settings, creds, "s3"), stack_mod._mlflow_command(settings, creds, "s3")):
+    for cmd, env in (stack_mod.lakefs_command(settings, creds, "s3"), stack_mod.mlflow_command(settings, creds, "s3")):
         assert not any(secret in arg for secret in secrets for arg in cmd)
         assert any(creds["DFP_POSTGRES_PASSWORD"] in value for value in env.values())
     config = (settings.home / "lakefs" / "config.yaml").read_text()
     assert not any(secret in config for secret in secrets)
     assert json.loads(config)["blockstore"]["type"] == "s3" and json.loads(config)["database"]["type"] == "postgres"
-    _, mlflow_env = stack_mod._mlflow_command(settings, creds, "s3")
+    _, mlflow_env = stack_mod.mlflow_command(settings, creds, "s3")
     assert mlflow_env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://dfp-mlflow/artifacts"
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://dfp:")
 
@@ -79,7 +80,7 @@ def test_mlflow_runs_its_basic_auth_app_in_the_s3_profile_with_secrets_only_in_i
     creds = stack_mod.ensure_credentials(settings, "s3")
     assert creds["MLFLOW_TRACKING_USERNAME"] == "admin" and len(creds["MLFLOW_TRACKING_PASSWORD"]) == 32
     assert stack_mod.ensure_credentials(settings, "s3")["MLFLOW_TRACKING_PASSWORD"] == creds["MLFLOW_TRACKING_PASSWORD"]
-    cmd, env = stack_mod._mlflow_command(settings, creds, "s3")
+    cmd, env = stack_mod.mlflow_command(settings, creds, "s3")
     assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
     assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == creds["MLFLOW_TRACKING_PASSWORD"]
@@ -94,12 +95,12 @@ def test_mlflow_auth_is_on_in_every_profile_unless_turned_off(tmp_path):
     default = _settings(tmp_path / "a")
     assert default.mlflow_auth_for("local") and default.mlflow_auth_for("s3")
     creds = stack_mod.ensure_credentials(default, "local")
-    assert "--app-name" in stack_mod._mlflow_command(default, creds, "local")[0] and creds["MLFLOW_TRACKING_PASSWORD"]
+    assert "--app-name" in stack_mod.mlflow_command(default, creds, "local")[0] and creds["MLFLOW_TRACKING_PASSWORD"]
     off = StackSettings.from_env({"DFP_HOME": str(tmp_path / "b"), "DFP_MLFLOW_AUTH": "0"})
     assert not off.mlflow_auth_for("local") and not off.mlflow_auth_for("s3")
     creds = stack_mod.ensure_credentials(off, "local")
     assert "MLFLOW_TRACKING_PASSWORD" not in creds
-    assert "--app-name" not in stack_mod._mlflow_command(off, creds, "local")[0]
+    assert "--app-name" not in stack_mod.mlflow_command(off, creds, "local")[0]
 
 
 def test_seaweedfs_opens_only_loopback_listeners_it_needs(tmp_path):
