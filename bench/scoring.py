@@ -83,7 +83,8 @@ def _floor(input_dir: Path, rt, model_uri: str) -> dict:
     import pyarrow.csv as pacsv
     import torch
 
-    from dfp_core.ml.scoring import frame_scorer, load_model
+    from dfp_core.ml.scoring import frame_scorer
+    from dfp_core.tracking.registry import load_model
 
     started, rows = time.perf_counter(), 0
     for archive in sorted(input_dir.rglob("*.zip")):

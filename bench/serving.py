@@ -146,7 +146,7 @@ def main() -> None:
 
     from dfp_core.kronodroid.generator import generate
     from dfp_core.ml.pyfunc import as_model_input
-    from dfp_core.ml.scoring import load_model
+    from dfp_core.tracking.registry import load_model
     from dfp_core.ml.serve import scoring_server
     from dfp_core.stack import free_port
 

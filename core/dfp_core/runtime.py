@@ -34,7 +34,7 @@ class Runtime:
         self._spark = spark
         self._own_spark = False
         if settings.mlflow.username and settings.mlflow.password:
-            from dfp_core.ml import tracking_auth
+            from dfp_core.tracking import auth as tracking_auth
 
             # MLflow's client takes credentials from os.environ only; ours come from the settings.
             tracking_auth.activate(self, settings.mlflow.username, settings.mlflow.password)
@@ -64,7 +64,7 @@ class Runtime:
     def mlflow(self) -> "MlflowClient":
         from mlflow import MlflowClient
 
-        from dfp_core.ml import tracking_auth
+        from dfp_core.tracking import auth as tracking_auth
 
         tracking_auth.load_request_header_plugins()
         uri = self.settings.mlflow.tracking_uri
@@ -74,7 +74,7 @@ class Runtime:
     def tracking(self) -> Iterator["MlflowClient"]:
         """MLflow's fluent API (``mlflow.start_run``, ``log_model``) pointed at this
         runtime's server for the block; the server is checked first."""
-        from dfp_core.ml.tracking import check_tracking_server, use_tracking_server
+        from dfp_core.tracking.server import check_tracking_server, use_tracking_server
 
         client = self.mlflow  # before any MLflow request: see tracking_auth.load_request_header_plugins
         check_tracking_server(self.settings.mlflow.tracking_uri)
@@ -91,7 +91,7 @@ class Runtime:
 
     def close(self) -> None:
         """Stop the Spark session if this runtime started it; stop sending its MLflow credentials."""
-        from dfp_core.ml import tracking_auth
+        from dfp_core.tracking import auth as tracking_auth
 
         tracking_auth.deactivate(self)
         if self._own_spark and self._spark is not None:

@@ -130,7 +130,7 @@ class MLflowSettings:
     # A tracking server with MLflow's basic-auth app: MLflow's own variable names.
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
-    # The key training signs a model's files with (dfp_core.ml.signing): a PEM file
+    # The key training signs a model's files with (dfp_core.tracking.signing): a PEM file
     # (DFP_MODEL_SIGNING_KEY, stack.env names the stack's) or its text (DFP_MODEL_SIGNING_KEY_PEM,
     # from a Kubernetes Secret); and the public key that loading verifies them with.
     signing_key: Path | None = None

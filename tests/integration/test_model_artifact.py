@@ -317,7 +317,7 @@ def test_dfp_retarget_sets_another_operating_point_as_a_new_version(registered, 
     """A 1% target from the stored benign validation scores, without training: a new version
     with the same lineage tags and network, its own digests, and a stricter threshold."""
     from dfp_core import lineage
-    from dfp_core.ml.integrity import MODEL_DIGEST_TAG
+    from dfp_core.tracking.integrity import MODEL_DIGEST_TAG
 
     name, version = registered["name"], str(registered["version"])
     done = subprocess.run([str(VENV_BIN / "dfp"), "retarget", "--model", name, "--version", version, "--target-fpr", "0.01",
@@ -473,9 +473,9 @@ def test_a_rewritten_manifest_and_tag_do_not_vouch_for_changed_files(registered,
     then agree; the signature, made with a key MLflow never held, does not, and every command
     that loads the version refuses it before its code runs. A version whose signature is
     removed is refused too."""
-    from dfp_core.ml.integrity import MANIFEST_ARTIFACT, MODEL_DIGEST_TAG, file_digests, manifest_digest
+    from dfp_core.tracking.integrity import MANIFEST_ARTIFACT, MODEL_DIGEST_TAG, file_digests, manifest_digest
     from dfp_core.ml.reproduce import reproduce
-    from dfp_core.ml.signing import SIGNATURE_ARTIFACT
+    from dfp_core.tracking.signing import SIGNATURE_ARTIFACT
 
     api = f"{registered['tracking_uri']}/api/2.0/mlflow-artifacts/artifacts/"
     version = rt.mlflow.get_model_version(registered["name"], registered["version"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dfp_core.ml.integrity import file_digests, manifest_digest
+from dfp_core.tracking.integrity import file_digests, manifest_digest
 
 
 def test_digests_see_every_change(tmp_path):
@@ -37,7 +37,7 @@ def test_a_signature_holds_for_the_signed_files_only(tmp_path):
     import pytest
 
     from dfp_core.errors import TrackingError
-    from dfp_core.ml.signing import ensure_key_pair, sign_model_dir, verify_model_dir
+    from dfp_core.tracking.signing import ensure_key_pair, sign_model_dir, verify_model_dir
 
     private, public = ensure_key_pair(tmp_path / "keys")
     assert oct(private.stat().st_mode & 0o777) == "0o600"

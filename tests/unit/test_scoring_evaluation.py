@@ -95,7 +95,7 @@ def logged(trained, tmp_path_factory):
     """The trained model logged like `train` does, in a sqlite-backed local MLflow."""
     import mlflow
 
-    from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
+    from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model
 
     tmp = tmp_path_factory.mktemp("mlflow")

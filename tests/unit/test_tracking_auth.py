@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from dfp_core.ml import tracking_auth
+from dfp_core.tracking import auth as tracking_auth
 from dfp_core.runtime import Runtime
 
 

@@ -99,7 +99,8 @@ def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
 
 def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side) -> tuple[dict, dict, dict]:
     """Both versions' scores on the newer version's test apps: (figures, scores, thresholds) by side."""
-    from dfp_core.ml.scoring import frame_scorer, load_model, model_threshold, score_frame
+    from dfp_core.ml.scoring import frame_scorer, model_threshold, score_frame
+    from dfp_core.tracking.registry import load_model
 
     test = newer.frames["test"]
     figures: dict[str, Any] = {"apps": int(len(test))}

@@ -32,7 +32,7 @@ def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[
     from dfp_core.ml.reproduce import compare as differences_from_tags, rebuild
     from dfp_core.ml.retarget import BENIGN_VAL_SCORES
     from dfp_core.ml.scoring import score_frame
-    from dfp_core.ml.tracking import run_json
+    from dfp_core.tracking.runs import run_json
 
     profile = run_json(rt.mlflow, source.run_id, TRAINING_PROFILE)
     benign = run_json(rt.mlflow, source.run_id, BENIGN_VAL_SCORES)
@@ -79,7 +79,8 @@ def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, inpu
           psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
     """The drift summary of the apps at ``input_path`` against a registered version's training."""
     from dfp_core.ml.reproduce import model_lineage
-    from dfp_core.ml.scoring import frame_scorer, load_model, model_target_fpr, model_threshold, score_frame
+    from dfp_core.ml.scoring import frame_scorer, model_target_fpr, model_threshold, score_frame
+    from dfp_core.tracking.registry import load_model
 
     check_psi_bound(psi_bound)
     check_top(top)

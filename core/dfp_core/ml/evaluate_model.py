@@ -24,7 +24,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
     import pandas as pd
 
     from dfp_core.ml.evaluation import LATER, compare_models, time_split_evaluation
-    from dfp_core.ml.scoring import load_model
+    from dfp_core.tracking.registry import load_model
 
     if time_split and train_end_year is None:
         raise DfpError("--time-split needs --train-end-year")

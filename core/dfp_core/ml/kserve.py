@@ -122,7 +122,7 @@ def inference_service_for_version(rt: "Runtime", model_name: str, version: str |
                                   artifacts_destination: str | None = None, service_account: str | None = None,
                                   image: str | None = None) -> dict[str, Any]:
     """The InferenceService of a registered version (by number or alias)."""
-    from dfp_core.ml.scoring import resolve_model_uri
+    from dfp_core.tracking.registry import resolve_model_uri
 
     if (version is None) == (alias is None):
         raise ConfigError("give exactly one of --version and --alias")

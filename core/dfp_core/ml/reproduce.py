@@ -48,7 +48,7 @@ class ReproduceReport:
 def model_lineage(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None) -> ModelLineage:
     from mlflow.exceptions import MlflowException
 
-    from dfp_core.ml.tracking import check_tracking_server
+    from dfp_core.tracking.server import check_tracking_server
 
     check_tracking_server(rt.settings.mlflow.tracking_uri)
     client = rt.mlflow
@@ -137,7 +137,7 @@ def reproduce(rt: "Runtime", name: str, version: str | None = None, alias: str |
         note(f"lakefs://{model.tags[lineage.TAG_REPOSITORY]}/{model.tags[lineage.TAG_REF][:12]} "
              f"snapshot {model.tags[lineage.TAG_SNAPSHOT]}")
     report = ReproduceReport(model=name, version=model.version, matches=False)
-    from dfp_core.ml.scoring import verified_copy
+    from dfp_core.tracking.registry import verified_copy
 
     try:  # the version's files are the ones its training logged
         with verified_copy(rt, rt.mlflow.get_model_version(name, model.version)):

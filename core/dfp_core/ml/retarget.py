@@ -36,11 +36,12 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
     """A new version of ``name`` whose threshold is set for ``target_fpr``; its summary."""
     import mlflow
 
-    from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
+    from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import model_description
     from dfp_core.ml.reproduce import model_lineage
-    from dfp_core.ml.scoring import verified_copy
-    from dfp_core.ml.tracking import register_with_lineage, run_json
+    from dfp_core.tracking.registry import verified_copy
+    from dfp_core.tracking.registry import register_with_lineage
+    from dfp_core.tracking.runs import run_json
 
     check_target_fpr(target_fpr)
     source = model_lineage(rt, name, version, alias)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-from dfp_core.errors import ConfigError, DatasetError, TrackingError
-from dfp_core.progress import warn
+from dfp_core.errors import ConfigError, DatasetError
+from dfp_core.tracking.registry import load_model, resolve_model_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -185,62 +184,6 @@ def flagged_summary(model: Any, anomalies: int, scored: int) -> dict:
     has moved (new apps score higher than the validation apps did)."""
     return {"threshold": model_threshold(model), "target_fpr": model_target_fpr(model),
             "flagged_share": anomalies / scored if scored else None}
-
-
-def resolve_model_uri(rt: "Runtime", model_uri: str):
-    """The registry's ModelVersion of a ``models:/name/version`` or ``models:/name@alias``
-    URI, or TrackingError naming what is missing. None for URIs that name no registered
-    version: ``runs:/``, a path, MLflow 3's logged models (``models:/m-<id>``)."""
-    from mlflow.exceptions import MlflowException
-
-    if not model_uri.startswith("models:/"):
-        return None
-    spec = model_uri[len("models:/"):].strip("/")
-    name, alias = spec.split("@", 1) if "@" in spec else (spec, None)
-    name, _, version = name.partition("/") if alias is None else (name, "", "")
-    if not (alias or version):
-        return None  # a logged model id
-    if not name:
-        raise TrackingError(f"cannot use model URI {model_uri}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    try:
-        if alias:
-            return rt.mlflow.get_model_version_by_alias(name, alias)
-        return rt.mlflow.get_model_version(name, version)
-    except MlflowException as exc:
-        raise TrackingError(f"cannot use model {model_uri} of {rt.settings.mlflow.tracking_uri}: {exc.message}") from None
-
-
-def load_model(rt: "Runtime", model_uri: str):
-    """``mlflow.pyfunc.load_model`` from the runtime's tracking server, with our error. A
-    registered version (``models:/``) is loaded from a copy whose files were checked against
-    the digests its training recorded (``integrity``); other URIs, which carry no digest,
-    load as they are, with a warning."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    version = resolve_model_uri(rt, model_uri)
-    try:
-        with rt.tracking():
-            if version is None:
-                warn(f"{model_uri} is not a registered version: its files are not checked against recorded digests")
-                return mlflow.pyfunc.load_model(model_uri)
-            with verified_copy(rt, version) as local:
-                return mlflow.pyfunc.load_model(str(local))
-    except MlflowException as exc:
-        raise TrackingError(f"cannot load model {model_uri}: {exc.message}") from None
-    except OSError as exc:
-        raise TrackingError(f"cannot load model {model_uri}: {exc}") from None
-
-
-@contextlib.contextmanager
-def verified_copy(rt: "Runtime", version) -> Iterator[Path]:
-    """A local copy of a registered version whose files match its recorded digests (removed on exit)."""
-    from dfp_core.ml.integrity import verified_model_dir
-
-    with tempfile.TemporaryDirectory(prefix="dfp-model-") as tmp:
-        with rt.tracking():  # models:/ downloads resolve through the fluent API's registry
-            local = verified_model_dir(rt.mlflow, version, Path(tmp), rt.settings.mlflow.verify_key)
-        yield local
 
 
 def _scored_rows(valid: pd.DataFrame, scores: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:

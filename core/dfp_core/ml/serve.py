@@ -71,7 +71,7 @@ def scoring_server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: 
     """A running scoring server for ``model_uri`` (resolved against the runtime's tracking
     server), stopped on exit. A registered version is served from a copy checked against its
     recorded digests. ``env``: the server's environment, to which the tracking URI is added."""
-    from dfp_core.ml.scoring import resolve_model_uri, verified_copy
+    from dfp_core.tracking.registry import resolve_model_uri, verified_copy
 
     version = resolve_model_uri(rt, model_uri)  # a clear error before a server starts for nothing
     with contextlib.ExitStack() as stack:

@@ -156,9 +156,10 @@ def _train_worker(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str,
            started: dict[str, str]) -> dict[str, Any]:
-    from dfp_core.ml.integrity import MODEL_DIGEST_TAG, record_model_digest
+    from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
-    from dfp_core.ml.tracking import LakeFSDatasetSource, SplitDataset, register_with_lineage
+    from dfp_core.tracking.registry import register_with_lineage
+    from dfp_core.tracking.runs import LakeFSDatasetSource, SplitDataset
 
     with stage(1, TRAIN_STAGES, f"MLflow at {tracking_uri}"):
         experiment = mlflow.set_experiment(config.experiment_name)

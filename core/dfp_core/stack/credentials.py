@@ -7,7 +7,7 @@ import os
 import secrets
 import string
 
-from dfp_core.ml import signing
+from dfp_core.tracking import signing
 from dfp_core.settings import STACK_ENV_FILE, StackSettings, read_env_file
 from dfp_core.stack import seaweedfs
 from dfp_core.stack.state import private_home

@@ -43,7 +43,7 @@ LAKEFS_SECRET_ENV = {"access_key_id": "LAKEFS_ACCESS_KEY_ID", "secret_access_key
 # Optional Secret for an MLflow server running its basic-auth app (training steps only).
 MLFLOW_SECRET = "mlflow-credentials"
 MLFLOW_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
-# Optional Secret with the key training signs the model's files with (dfp_core.ml.signing).
+# Optional Secret with the key training signs the model's files with (dfp_core.tracking.signing).
 SIGNING_SECRET = "model-signing-key"
 SIGNING_SECRET_ENV = {"private_key": "DFP_MODEL_SIGNING_KEY_PEM"}
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -51,7 +51,7 @@ def record_model_digest(model_uri: str, signing_key_pem: str | None = None) -> s
     key sign the files and log the signature (``signing.SIGNATURE_ARTIFACT``); the digest."""
     import mlflow
 
-    from dfp_core.ml import signing
+    from dfp_core.tracking import signing
 
     with tempfile.TemporaryDirectory(prefix="dfp-model-digest-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(Path(tmp) / "model")))
@@ -106,7 +106,7 @@ def verified_model_dir(client: "MlflowClient", version, dest: Path, verify_key: 
 
 
 def _verify_signature(client: "MlflowClient", version, local: Path, dest: Path, verify_key: Path, label: str) -> None:
-    from dfp_core.ml import signing
+    from dfp_core.tracking import signing
 
     if not verify_key.is_file():
         raise TrackingError(f"the public key {verify_key} (DFP_MODEL_SIGNING_PUBLIC_KEY) does not exist; "
