@@ -35,7 +35,7 @@ from _common import RESULTS, PeakMemory, bench_env, private_stack, save  # noqa:
 from _common import log as _log  # noqa: E402
 
 DEFAULT_SIZES = (14_200, 142_000, 1_420_000)  # 0.1x, 1x and 10x KronoDroid (142k apps)
-DFP = [sys.executable, "-m", "dfp_core.cli"]
+DFP = [sys.executable, "-m", "dfp_app.cli"]
 STAGES = ("transform", "load_splits", "train_epoch", "train_command", "reproduce")
 
 

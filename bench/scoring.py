@@ -50,7 +50,7 @@ def main() -> None:
             env = {"DFP_HOME": str(rt.settings.stack.home)}
             command = [str(ROOT / ".venv" / "bin" / "dfp")]
             if args.profile:
-                command = [sys.executable, "-m", "cProfile", "-o", str(tmp / "score.prof"), "-m", "dfp_core.cli"]
+                command = [sys.executable, "-m", "cProfile", "-o", str(tmp / "score.prof"), "-m", "dfp_app.cli"]
             figures = {"rows": args.rows, "target_rows_per_s": 15_000, "target_peak_rss_mb": 1536}
             runs = {"parquet": ("parquet", [])} if args.profile else {"parquet": ("parquet", []), "csv": ("csv", [])}
             if args.explain:

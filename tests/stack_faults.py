@@ -19,7 +19,7 @@ from dfp_spark.run_refs import list_runs
 
 
 def dfp(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dfp_app.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
 
 

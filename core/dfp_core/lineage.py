@@ -76,6 +76,21 @@ class DatasetSpec:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
 
+@dataclass
+class RetrievedDataset:
+    """The splits as served for one spec (the splits reader's result, ``Runtime.retrieve_splits``),
+    with each split's dataset id and content hash."""
+
+    spec: DatasetSpec
+    frames: dict[str, "pd.DataFrame"]
+    dataset_ids: dict[str, str] = field(default_factory=dict)
+    content_sha256: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {split: len(frame) for split, frame in self.frames.items()}
+
+
 def dataset_id(spec: DatasetSpec, split: str) -> str:
     """Stable id of one split of a dataset spec."""
     return "ds-" + hashlib.sha256(f"{spec.canonical()}|{split}".encode()).hexdigest()[:24]

@@ -9,8 +9,9 @@ MLflow client. Nothing here reads or writes ``os.environ``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from functools import cached_property
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from dfp_core.settings import Settings
 
@@ -19,10 +20,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
     from dfp_core.lakefs_ops import LakeFS
-    from dfp_feast.retrieval import RetrievedDataset
+    from dfp_core.lineage import RetrievedDataset
 
 # Retrieval hands Spark's Arrow batches to pandas.
 ARROW_CONF = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
+# The entry point group of the plugin that serves the splits (dfp_feast's: Feast's retrieval).
+SPLITS_READER_GROUP = "dfp.splits_reader"
+
+
+@functools.cache
+def splits_reader() -> Callable[..., "RetrievedDataset"]:
+    """The installed splits reader (``SPLITS_READER_GROUP``): exactly one is expected."""
+    from importlib.metadata import entry_points
+
+    from dfp_core.errors import ConfigError
+
+    found = list(entry_points(group=SPLITS_READER_GROUP))
+    if len(found) != 1:
+        have = ", ".join(f"{e.name} = {e.value}" for e in found) or "none"
+        raise ConfigError(f"expected one splits reader (entry point group {SPLITS_READER_GROUP}), found {have}; "
+                          "install the project with its Feast extra (`make setup`)")
+    return found[0].load()
 
 
 class Runtime:
@@ -82,12 +100,11 @@ class Runtime:
             yield client
 
     def retrieve_splits(self, repo: str, ref: str, snapshot_id: str | int | None = None,
-                        max_rows_per_split: int = 0) -> "RetrievedDataset":
+                        max_rows_per_split: int = 0, feature_view: str | None = None) -> "RetrievedDataset":
         """Train/val/test frames of the fct table at ``repo``@``ref`` (resolved to a
-        commit), pinned to an Iceberg snapshot, served by Feast."""
-        from dfp_feast.retrieval import load_splits
-
-        return load_splits(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split)
+        commit), pinned to an Iceberg snapshot, served by Feast (``splits_reader``)."""
+        return splits_reader()(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split,
+                               feature_view=feature_view)
 
     def close(self) -> None:
         """Stop the Spark session if this runtime started it; stop sending its MLflow credentials."""

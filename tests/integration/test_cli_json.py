@@ -18,11 +18,11 @@ from pathlib import Path
 
 import typer
 
-from dfp_core.cli import app
+from dfp_app.cli import app
 from tests.argv_watch import WATCHED_COMMANDS
 from dfp_core.stack import free_port
 
-DFP = [sys.executable, "-m", "dfp_core.cli"]
+DFP = [sys.executable, "-m", "dfp_app.cli"]
 LONG = {"quickstart", "pipeline run-local", "reproduce", "evaluate", "feast apply", "retarget", "drift", "diff",
         "cluster up", "cluster load-images"}  # the node's: test_k8s_node
 

@@ -94,7 +94,7 @@ def test_a_transform_killed_at_each_phase_loses_nothing(transform, lakefs, spark
 
 def test_lakefs_restarted_under_a_transform(lakefs, spark, repo, small_input, stack, report):
     before = lakefs.resolve_commit(repo, "main")
-    proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(small_input),
+    proc = subprocess.Popen([sys.executable, "-m", "dfp_app.cli", "transform", "--input", str(small_input),
                              "--repo", repo, "--run-id", "lakefs-restart"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ)
     deadline = time.monotonic() + 300
@@ -115,7 +115,7 @@ def test_lakefs_restarted_under_a_transform(lakefs, spark, repo, small_input, st
 
 def test_two_transforms_on_one_target_at_once(lakefs, spark, repo, small_input, report):
     before = lakefs.resolve_commit(repo, "main")
-    procs = [subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(small_input),
+    procs = [subprocess.Popen([sys.executable, "-m", "dfp_app.cli", "transform", "--input", str(small_input),
                                "--repo", repo, "--run-id", f"concurrent-{i}"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=os.environ) for i in (1, 2)]
     results = [(p, *p.communicate(timeout=900)) for p in procs]
@@ -139,7 +139,7 @@ def test_mlflow_restarted_under_a_training_run(fault_repo, stack, report):
 
     repo = fault_repo  # main holds the run merged after the kills
     name = f"kronodroid_autoencoder_{repo}"
-    proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "train", "--repo", repo, "--ref", "main",
+    proc = subprocess.Popen([sys.executable, "-m", "dfp_app.cli", "train", "--repo", repo, "--ref", "main",
                              "--max-epochs", "30", "--no-baselines", "--model-name", name],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
@@ -255,7 +255,7 @@ def test_a_full_disk_under_dfp_home_refuses_early_or_fails_safely(tmp_path, repo
         assert not lakefs.repository_exists("full")
         lakefs.ensure_repository("full")
         before = lakefs.resolve_commit("full", "main")
-        proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(tmp_path / "in"),
+        proc = subprocess.Popen([sys.executable, "-m", "dfp_app.cli", "transform", "--input", str(tmp_path / "in"),
                                  "--repo", "full", "--run-id", "filled"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
         deadline = time.monotonic() + 300

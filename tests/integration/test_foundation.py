@@ -65,7 +65,7 @@ def test_stack_up_is_idempotent_and_status_reports_it(stack):
         assert again["services"][name]["pid"] == before["services"][name]["pid"]
         assert again["services"][name]["healthy"]
     out = subprocess.run(
-        [sys.executable, "-m", "dfp_core.cli", "stack", "status", "--json"],
+        [sys.executable, "-m", "dfp_app.cli", "stack", "status", "--json"],
         capture_output=True, text=True, check=True, env={**stack["env"], "PATH": "/usr/bin:/bin"},
     )
     status = json.loads(out.stdout.strip().splitlines()[-1])

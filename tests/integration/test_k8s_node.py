@@ -100,7 +100,7 @@ def test_up_again_keeps_what_runs(k8s_node):
 
 
 def test_status_command_prints_json_last(k8s_node):
-    out = subprocess.run([sys.executable, "-m", "dfp_core.cli", "cluster", "status", "--json"],
+    out = subprocess.run([sys.executable, "-m", "dfp_app.cli", "cluster", "status", "--json"],
                          capture_output=True, text=True, env={**os.environ, **k8s_node.env()}, timeout=60)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -145,7 +145,7 @@ def test_the_pipeline_account_may_do_what_the_transform_needs_and_nothing_more(k
 
 
 def _run_local(node_stack, cluster, data: Path, repo: str, run_id: str, *extra: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "dfp_core.cli", "pipeline", "run-local", "--runner", "docker", "--input", str(data),
+    cmd = [sys.executable, "-m", "dfp_app.cli", "pipeline", "run-local", "--runner", "docker", "--input", str(data),
            "--repo", repo, "--run-id", run_id, "--model-name", f"k8s_{repo}", "--kubeconfig", str(cluster["kubeconfig"]),
            *RUN_OPTIONS, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=node_stack["env"])
@@ -218,7 +218,7 @@ def test_the_pipeline_runs_through_the_spark_operator(k8s_node, cluster, node_st
     # `dfp kserve`'s InferenceService for this version is accepted by the server (KServe's CRD).
     _install_kserve_crd(k8s_node)
     isvc = tmp_path / "isvc.yaml"
-    made = subprocess.run([sys.executable, "-m", "dfp_core.cli", "kserve", "--model", result["model_name"], "--version",
+    made = subprocess.run([sys.executable, "-m", "dfp_app.cli", "kserve", "--model", result["model_name"], "--version",
                            str(result["model_version"]), "--namespace", NAMESPACE, "--storage-uri", "s3://bucket/model",
                            "--out", str(isvc)], capture_output=True, text=True, env=node_stack["env"])
     assert made.returncode == 0, made.stderr[-2000:]

@@ -44,7 +44,7 @@ def acl_stack(tmp_path_factory):
 
 
 def _dfp(acl_stack, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dfp_app.cli", *args], capture_output=True, text=True,
                           env={**acl_stack["env"], **extra_env}, timeout=900)
 
 

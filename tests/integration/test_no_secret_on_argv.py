@@ -21,7 +21,7 @@ from dfp_core.ml.serve import wait_until_ready
 from dfp_core.stack import free_port
 from tests.argv_watch import ArgvWatch, stack_secrets
 
-DFP = [sys.executable, "-m", "dfp_core.cli"]
+DFP = [sys.executable, "-m", "dfp_app.cli"]
 
 
 def _run(*args: str, cwd: Path) -> dict:

@@ -18,7 +18,7 @@ from dfp_core.stack import free_port
 from tests.inputs import archive_rows, csv_text
 
 pytestmark = pytest.mark.slow
-DFP = [sys.executable, "-m", "dfp_core.cli"]
+DFP = [sys.executable, "-m", "dfp_app.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def trained(rt, lakefs, transform, tmp_path_factory):
 
 
 def _dfp(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dfp_app.cli", *args], capture_output=True, text=True,
                           env=env, cwd=REPO_ROOT)
 
 

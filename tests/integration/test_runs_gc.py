@@ -19,7 +19,7 @@ from dfp_spark.run_refs import list_runs, parse_duration
 
 
 def _dfp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], capture_output=True, text=True, env=os.environ)
+    return subprocess.run([sys.executable, "-m", "dfp_app.cli", *args], capture_output=True, text=True, env=os.environ)
 
 
 def _killed_during_upload(repo: str, run_id: str, input_dir) -> None:
@@ -109,7 +109,7 @@ def test_gc_in_a_loop_never_touches_a_live_transform(lakefs, repo, small_input, 
     from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX
     from dfp_spark.run_refs import gc_runs
 
-    proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(small_input),
+    proc = subprocess.Popen([sys.executable, "-m", "dfp_app.cli", "transform", "--input", str(small_input),
                              "--repo", repo, "--run-id", "gc-race"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ)
     passes, seen, removed = 0, set(), []

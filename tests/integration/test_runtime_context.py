@@ -21,7 +21,7 @@ def cli(stack, tmp_path_factory):
     env = only_dfp_home(stack)
 
     def dfp(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], env=env, cwd=workdir,
+        done = subprocess.run([sys.executable, "-m", "dfp_app.cli", *args], env=env, cwd=workdir,
                               capture_output=True, text=True, timeout=900)
         if ok:
             assert done.returncode == 0, f"dfp {' '.join(args)}:\n{done.stderr[-3000:]}"

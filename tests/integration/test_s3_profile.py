@@ -72,7 +72,7 @@ def _versions(name: str, tracking_uri: str) -> list:
 
 def _train(repo: str, name: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "dfp_core.cli", "train", "--repo", repo, "--ref", "main", "--no-baselines",
+        [sys.executable, "-m", "dfp_app.cli", "train", "--repo", repo, "--ref", "main", "--no-baselines",
          "--model-name", name, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **FEW_RETRIES},
     )
@@ -135,7 +135,7 @@ def test_object_store_down_at_the_start_of_a_transform(lakefs, spark, merged_rep
 def test_object_store_down_in_the_middle_of_a_transform(lakefs, spark, merged_repo, small_input, stack,
                                                         services_back):
     before = lakefs.resolve_commit(merged_repo, "main")
-    proc = subprocess.Popen([sys.executable, "-m", "dfp_core.cli", "transform", "--input", str(small_input),
+    proc = subprocess.Popen([sys.executable, "-m", "dfp_app.cli", "transform", "--input", str(small_input),
                              "--repo", merged_repo, "--run-id", "store-mid"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ)
     deadline = time.monotonic() + 300

@@ -29,7 +29,7 @@ def test_the_transform_and_the_feast_retrieval_run_on_a_standalone_cluster(clust
     env = {**only_dfp_home(stack), "SPARK_MASTER": cluster["master"]}
 
     def dfp(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "dfp_core.cli", *args], env=env, cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "dfp_app.cli", *args], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"dfp {' '.join(args)}:\n{done.stderr[-3000:]}"
         return json.loads(done.stdout.strip().splitlines()[-1])

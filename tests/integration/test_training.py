@@ -271,7 +271,7 @@ def test_dfp_train_ends_with_a_json_line_when_it_fails(transformed, stack):
 
     repo, _ = transformed
     result = subprocess.run(
-        [sys.executable, "-m", "dfp_core.cli", "train", "--repo", repo, "--ref", "main",
+        [sys.executable, "-m", "dfp_app.cli", "train", "--repo", repo, "--ref", "main",
          "--tracking-uri", f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=os.environ)
     assert result.returncode == 2
     last = json.loads(result.stdout.strip().splitlines()[-1])
@@ -300,7 +300,7 @@ def test_feast_apply_registers_the_views_at_a_commit(transformed, stack, tmp_pat
     config_file = tmp_path / "feature_store.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = only_dfp_home(stack)
-    done = subprocess.run([sys.executable, "-m", "dfp_core.cli", "feast", "apply", "--repo", repo,
+    done = subprocess.run([sys.executable, "-m", "dfp_app.cli", "feast", "apply", "--repo", repo,
                            "--ref", summary["merge_commit"], "--config", str(config_file)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -327,7 +327,7 @@ def test_ddp_on_two_cpu_processes_registers_one_model_with_the_same_lineage(rt, 
     repo, summary = transformed
     model = "kronodroid_autoencoder_ddp_" + repo
     done = subprocess.run(
-        [sys.executable, "-m", "dfp_core.cli", "train", "--repo", repo, "--max-epochs", "2", "--hidden-dims", "32,16",
+        [sys.executable, "-m", "dfp_app.cli", "train", "--repo", repo, "--max-epochs", "2", "--hidden-dims", "32,16",
          "--latent-dim", "4", "--batch-size", "64", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
          "--model-name", model, "--no-baselines"],
         cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=900)

@@ -145,7 +145,7 @@ def test_each_component_takes_its_configs_parameters():
 def test_the_cli_offers_every_config_option():
     from typer.main import get_command
 
-    from dfp_core.cli import app
+    from dfp_app.cli import app
 
     group = get_command(app)
 
@@ -180,7 +180,7 @@ def test_an_option_several_commands_share_means_the_same_in_each():
     *_option helpers): every command that takes one shows the same help for it."""
     from typer.main import get_command
 
-    from dfp_core.cli import app
+    from dfp_app.cli import app
 
     def commands(group, path=()):
         for name, command in group.commands.items():

@@ -457,7 +457,7 @@ def test_dockerignore_keeps_secrets_and_state_out_but_code_in():
         assert ignored(path), f".dockerignore must exclude {path}"
     allowed_out = re.compile(r"(^|/)(__pycache__|[^/]+\.egg-info|\.pytest_cache)(/|$)|\.pyc$|^feature_stores/feast_store/data/"
                              r"|^orchestration/kubeflow/manifests/")
-    for top in ("pyproject.toml", "requirements.lock", "README.md", "core", "engines", "feature_stores",
+    for top in ("pyproject.toml", "requirements.lock", "README.md", "apps", "core", "engines", "feature_stores",
                 "orchestration", "tools/spark-jars"):
         paths = [REPO / top] if (REPO / top).is_file() else [p for p in (REPO / top).rglob("*") if p.is_file()]
         for path in paths:

@@ -33,7 +33,7 @@ def _exists(path: str) -> bool:
 
 def _commands() -> dict[str, set[str]]:
     """The CLI's commands, each with its subcommands (empty for a leaf command)."""
-    from dfp_core.cli import app
+    from dfp_app.cli import app
 
     root = typer.main.get_command(app)
     return {name: set(getattr(cmd, "commands", {}) or {}) for name, cmd in root.commands.items()}
@@ -64,8 +64,8 @@ def test_the_dfp_commands_a_document_names_exist(doc):
 
 
 def test_the_checks_find_what_they_look_for():
-    assert _named_files("see `dfp_spark/run.py` and `core/dfp_core/cli.py`") == {"dfp_spark/run.py", "core/dfp_core/cli.py"}
-    assert not _exists("dfp_spark/run.py") and _exists("dfp_core/cli.py")
+    assert _named_files("see `dfp_spark/run.py` and `apps/dfp_app/cli.py`") == {"dfp_spark/run.py", "apps/dfp_app/cli.py"}
+    assert not _exists("dfp_spark/run.py") and _exists("apps/dfp_app/cli.py") and _exists("dfp_app/cli.py")
     assert LINK.findall("[a](docs/x.md#y) [b](https://e.org) [c](#z)") == ["docs/x.md"]
     assert DFP_COMMAND.findall("`dfp runs gc --older-than 1h` and\ndfp stack up") == [("runs", "gc"), ("stack", "up")]
     assert {"runs", "stack", "pipeline", "cluster"} <= set(_commands()) and "gc" in _commands()["runs"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dfp_core.kronodroid import generator
-from dfp_core.quickstart import data_kind, worth_lines
+from dfp_app.quickstart import data_kind, worth_lines
 
 
 def test_generated_data_is_named_synthetic_and_real_data_by_its_folder(tmp_path):

@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _dfp(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "dfp_core.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "dfp_app.cli", *args], capture_output=True, text=True,
         env={**os.environ, **(env or {})},
     )
 

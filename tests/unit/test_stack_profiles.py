@@ -42,7 +42,7 @@ def test_a_home_from_before_profiles_is_local(tmp_path):
 def test_an_unknown_profile_is_refused_by_name():
     with pytest.raises(ConfigError, match="DFP_STACK_PROFILE must be one of local, s3, got 'minio'"):
         StackSettings.from_env({"DFP_STACK_PROFILE": "minio"})
-    result = subprocess.run([sys.executable, "-m", "dfp_core.cli", "stack", "up", "--profile", "minio"],
+    result = subprocess.run([sys.executable, "-m", "dfp_app.cli", "stack", "up", "--profile", "minio"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--profile must be one of local, s3" in result.stderr.strip().splitlines()[-1]
 

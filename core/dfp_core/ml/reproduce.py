@@ -67,15 +67,12 @@ def model_lineage(rt: "Runtime", name: str, version: str | None = None, alias: s
 
 
 def rebuild(rt: "Runtime", model: ModelLineage):
-    """The splits as Feast serves them now for the tagged commit, snapshot and view."""
-    from dfp_feast.kronodroid_features import AUTOENCODER_VIEW
-
+    """The splits as Feast serves them now for the tagged commit, snapshot and view (a view
+    these definitions do not define is refused)."""
     tags = model.tags
-    if tags[lineage.TAG_FEATURE_VIEW] != AUTOENCODER_VIEW:
-        raise DatasetError(f"the model was trained on feature view {tags[lineage.TAG_FEATURE_VIEW]!r}, "
-                           f"which this code does not define (it has {AUTOENCODER_VIEW!r})")
     max_rows = int(model.run_tags.get(lineage.TAG_MAX_ROWS, model.params.get("max_rows_per_split", "0")))
-    return rt.retrieve_splits(tags[lineage.TAG_REPOSITORY], tags[lineage.TAG_REF], tags[lineage.TAG_SNAPSHOT], max_rows)
+    return rt.retrieve_splits(tags[lineage.TAG_REPOSITORY], tags[lineage.TAG_REF], tags[lineage.TAG_SNAPSHOT], max_rows,
+                              feature_view=tags[lineage.TAG_FEATURE_VIEW])
 
 
 def compare(model: ModelLineage, data) -> list[str]:

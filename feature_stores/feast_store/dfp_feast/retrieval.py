@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ from dfp_core.kronodroid import entity_index, schema
 from dfp_core.errors import DatasetError
 from dfp_core.iceberg import TableRef
 from dfp_core.lakefs_ops import LakeFS
-from dfp_core.lineage import DatasetSpec, content_sha256, dataset_id, defs_sha256
+from dfp_core.lineage import DatasetSpec, RetrievedDataset, content_sha256, dataset_id, defs_sha256
 from dfp_core.splits import SPLITS
 from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
 from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
@@ -36,18 +35,6 @@ FEATURE_REFS = tuple(f"{AUTOENCODER_VIEW}:{c}" for c in schema.FEATURE_COLUMNS) 
 )
 # Feast labels its Spark offline store "alpha" on every call; we pin the version instead.
 _FEAST_ALPHA_WARNING = "The spark (data source API|offline store) is an experimental"
-
-
-@dataclass
-class RetrievedDataset:
-    spec: DatasetSpec
-    frames: dict[str, "pd.DataFrame"]
-    dataset_ids: dict[str, str] = field(default_factory=dict)
-    content_sha256: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def rows(self) -> dict[str, int]:
-        return {split: len(frame) for split, frame in self.frames.items()}
 
 
 def feature_store(registry_dir: Path, offline_store_type: str | None = None,
@@ -97,8 +84,15 @@ def load_splits(
     snapshot_id: str | int | None = None,
     max_rows_per_split: int = 0,
     splits: tuple[str, ...] = SPLITS,
+    feature_view: str | None = None,
 ) -> RetrievedDataset:
-    """Resolve ``ref`` to a commit, pin the table snapshot, retrieve the splits in one Feast retrieval."""
+    """Resolve ``ref`` to a commit, pin the table snapshot, retrieve the splits in one Feast
+    retrieval. ``feature_view``: the view the caller expects (a version's tag), refused when
+    these definitions do not define it. ``Runtime.retrieve_splits`` calls this (the entry point
+    ``dfp.splits_reader``)."""
+    if feature_view not in (None, AUTOENCODER_VIEW):
+        raise DatasetError(f"the data was served by feature view {feature_view!r}, which these definitions do not "
+                           f"define (they have {AUTOENCODER_VIEW!r})")
     if max_rows_per_split < 0:
         raise DatasetError("max_rows_per_split must be >= 0 (0 = unlimited)")
     commit = lakefs.resolve_commit(repo, ref)  # unknown ref -> RefNotFoundError

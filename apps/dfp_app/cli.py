@@ -365,7 +365,7 @@ def quickstart_cmd(
     verbose: bool = verbose_option("the servers', Spark's and KFP's output"),
 ) -> None:
     """Stack up, sample data, the whole pipeline with KFP's local runner, then where to look."""
-    from dfp_core.quickstart import quickstart
+    from dfp_app.quickstart import quickstart
 
     emit(quickstart(os.environ, input_dir=input_dir, rows=rows, seed=seed, max_epochs=max_epochs, repo=repo,
                     verbose=verbose))
