@@ -9,27 +9,35 @@
 With ``run_transform=false`` steps 1-2 only resolve ``target_branch``'s head to
 a commit id, and training uses that.
 
-Transform, training and Spark job parameters are ``TransformConfig``, ``TrainConfig``
-and ``SparkJobConfig`` fields under their pipeline names (``dfp_core.params``); a test checks this
-signature against them. Optional values that are unset are "" or 0 here.
+The signature is generated (``pipeline_parameters``): the pipeline's own parameters, then every
+``TransformConfig``, ``TrainConfig`` and ``SparkJobConfig`` field under its pipeline name
+(``dfp_core.params``), with its help as the parameter's description. Optional values that are
+unset are "" or 0 here. Each step gets the parameters its component declares.
 
 Compile (from the repository root):
   python -c "from orchestration.kubeflow.dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline; print(compile_kronodroid_autoencoder_pipeline())"
 """
 
+import inspect
 from pathlib import Path
 from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
-from dfp_core.params import SparkJobConfig, TrainConfig, TransformConfig
-from dfp_core.settings import LakeFSSettings, MLflowSettings
+from dfp_core.params import SparkJobConfig, TrainConfig, TransformConfig, pipeline_default, pipeline_fields
 
 from ..components.lakefs_commit_merge_component import lakefs_commit_merge
 from ..components.spark_transform_component import SPARK_IMAGE, kronodroid_spark_transform
 from ..components.train_kronodroid_autoencoder_component import TRAIN_IMAGE, train_kronodroid_autoencoder
 
 PIPELINE_NAME = "kronodroid-autoencoder"
+DESCRIPTION = "SparkOperator KronoDroid transform -> lakeFS commit+merge -> Lightning training + MLflow registration"
+# The pipeline's own parameters (where it runs); every other one is a config field's.
+OWN_PARAMETERS = (
+    ("run_transform", bool, True, "Run the transform (false: train on target_branch's head as it is)."),
+    ("lakefs_endpoint", str, "http://lakefs:8000", "lakeFS as the steps reach it."),
+    ("mlflow_tracking_uri", str, "http://mlflow:5000", "MLflow as the training step reaches it."),
+)
 # The oldest Kubeflow Pipelines backend that runs the compiled YAML (the README says why;
 # tests/unit/test_kfp_backend_version.py checks the YAML against it).
 MIN_KFP_BACKEND = "2.15.0"
@@ -75,85 +83,51 @@ def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTas
     return task
 
 
+def _parameter(name: str, annotation: type, default, help_text: str) -> tuple[inspect.Parameter, str]:
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation), \
+        f"{name}: {help_text}"
+
+
+def pipeline_parameters(spark_image: str = SPARK_IMAGE) -> list[tuple[inspect.Parameter, str]]:
+    """The pipeline's parameters, with their help: its own (``OWN_PARAMETERS``, then
+    ``spark_image``), and every ``TransformConfig``, ``TrainConfig`` and ``SparkJobConfig``
+    field the pipeline exposes, under its pipeline name, with its pipeline default
+    (``params.pipeline_default``: an unset optional value is "" or 0) and its help."""
+    params = [_parameter(*own) for own in OWN_PARAMETERS]
+    named = {p.name for p, _ in params}
+    for cls in (_T, _M, _S):
+        for name, fld in pipeline_fields(cls).items():
+            if name not in named:  # lakefs_repository is both configs' repo
+                kind = fld.type if fld.type in (bool, int, float) else str
+                params.append(_parameter(name, kind, pipeline_default(fld), fld.param.help))
+                named.add(name)
+    params.append(_parameter("spark_image", str, spark_image,
+                             "Image of the SparkApplication's driver and executors (default: this version's tag)."))
+    return params
+
+
 def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAGE):
     """The pipeline function, its steps on these images (version tags, not ``latest``).
     ``spark_image`` is also the default of the ``spark_image`` parameter (the
-    image of the SparkApplication's driver and executors)."""
+    image of the SparkApplication's driver and executors). Its signature is
+    ``pipeline_parameters``; each step gets the parameters its component takes."""
     step_images = {"train": train_image, "spark": spark_image}
+    parameters = pipeline_parameters(spark_image)
+    names = [p.name for p, _ in parameters]
+    transform_inputs = list(kronodroid_spark_transform.component_spec.inputs)
+    merge_inputs = [n for n in lakefs_commit_merge.component_spec.inputs if n != "run_branch"]
+    train_inputs = [n for n in train_kronodroid_autoencoder.component_spec.inputs if n != "lakefs_ref"]
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="SparkOperator KronoDroid transform -> lakeFS commit+merge -> Lightning training + MLflow registration")
-    def kronodroid_autoencoder_pipeline(
-        run_transform: bool = True,
-        lakefs_repository: str = LakeFSSettings.repository,
-        lakefs_endpoint: str = "http://lakefs:8000",
-        target_branch: str = _T.target_branch,
-        input_dir: str = "",
-        run_id: str = "",
-        split_mode: str = _T.split_mode,
-        split_seed: int = _T.split_seed,
-        train_ratio: float = _T.train_ratio,
-        val_ratio: float = _T.val_ratio,
-        test_ratio: float = _T.test_ratio,
-        train_end_year: int = 0,
-        val_end_year: int = 0,
-        train_end_month: int = 0,
-        val_end_month: int = 0,
-        max_shrink: float = _T.max_shrink,
-        allow_shrink: bool = _T.allow_shrink,
-        mlflow_tracking_uri: str = "http://mlflow:5000",
-        model_name: str = MLflowSettings.model_name,
-        max_rows_per_split: int = _M.max_rows_per_split,
-        train_on: str = _M.train_on,
-        latent_dim: int = _M.latent_dim,
-        hidden_dims: str = ",".join(map(str, _M.hidden_dims)),
-        dropout: float = _M.dropout,
-        lr: float = _M.lr,
-        weight_decay: float = _M.weight_decay,
-        batch_size: int = _M.batch_size,
-        max_epochs: int = _M.max_epochs,
-        patience: int = _M.patience,
-        train_seed: int = _M.seed,
-        target_fpr: float = _M.target_fpr,
-        score: str = _M.score,
-        accelerator: str = _M.accelerator,
-        devices: str = _M.devices,
-        strategy: str = _M.strategy,
-        num_nodes: int = _M.num_nodes,
-        evaluate_baselines: bool = _M.evaluate_baselines,
-        spark_mode: str = _S.mode,
-        spark_image: str = step_images["spark"],
-        spark_namespace: str = _S.namespace,
-        spark_timeout_seconds: int = _S.timeout_seconds,
-        spark_executor_instances: int = _S.executor_instances,
-        spark_service_account: str = _S.service_account,
-    ) -> PipelineOutputs:
-        transform = kronodroid_spark_transform(
-            run_transform=run_transform, lakefs_repository=lakefs_repository, lakefs_endpoint=lakefs_endpoint,
-            target_branch=target_branch, input_dir=input_dir, run_id=run_id, split_mode=split_mode,
-            split_seed=split_seed, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio,
-            train_end_year=train_end_year, val_end_year=val_end_year, train_end_month=train_end_month,
-            val_end_month=val_end_month, max_shrink=max_shrink,
-            allow_shrink=allow_shrink, spark_mode=spark_mode, spark_image=spark_image,
-            spark_namespace=spark_namespace, spark_timeout_seconds=spark_timeout_seconds,
-            spark_executor_instances=spark_executor_instances, spark_service_account=spark_service_account,
-        ).set_display_name("spark-transform")
+    def kronodroid_autoencoder_pipeline(*values) -> PipelineOutputs:
+        given = dict(zip(names, values))
+        transform = kronodroid_spark_transform(**{n: given[n] for n in transform_inputs}).set_display_name("spark-transform")
         _configure(transform, "transform", step_images["spark"])
-        merge = lakefs_commit_merge(
-            run_transform=run_transform, lakefs_repository=lakefs_repository, lakefs_endpoint=lakefs_endpoint,
-            run_branch=transform.outputs["run_branch"], target_branch=target_branch, max_shrink=max_shrink,
-            allow_shrink=allow_shrink,
-        ).set_display_name("lakefs-commit-merge")
+        merge = lakefs_commit_merge(run_branch=transform.outputs["run_branch"], **{n: given[n] for n in merge_inputs}
+                                    ).set_display_name("lakefs-commit-merge")
         _configure(merge, "merge", step_images["spark"])
-        train_args = dict(
-            lakefs_repository=lakefs_repository, lakefs_endpoint=lakefs_endpoint, lakefs_ref=merge.output,
-            mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name, max_rows_per_split=max_rows_per_split,
-            train_on=train_on, latent_dim=latent_dim, hidden_dims=hidden_dims, dropout=dropout, lr=lr,
-            weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-            train_seed=train_seed, target_fpr=target_fpr, score=score, accelerator=accelerator, devices=devices,
-            strategy=strategy, num_nodes=num_nodes, evaluate_baselines=evaluate_baselines,
-        )
+        train_args = {"lakefs_ref": merge.output, **{n: given[n] for n in train_inputs}}
         # One training task per branch: only the GPU one asks the cluster for a GPU.
-        with dsl.If(accelerator == "gpu", name="on-gpu"):
+        with dsl.If(given["accelerator"] == "gpu", name="on-gpu"):
             on_gpu = train_kronodroid_autoencoder(**train_args).set_display_name("train-register-gpu")
             _configure(on_gpu, "train", step_images["train"])
             on_gpu.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
@@ -166,7 +140,11 @@ def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAG
             dsl.OneOf(on_gpu.outputs["model_version"], on_cpu.outputs["model_version"]),
         )
 
-    return kronodroid_autoencoder_pipeline
+    # KFP reads the parameters from the signature and their descriptions from the docstring.
+    kronodroid_autoencoder_pipeline.__signature__ = inspect.Signature([p for p, _ in parameters],
+                                                                      return_annotation=PipelineOutputs)
+    kronodroid_autoencoder_pipeline.__doc__ = f"{DESCRIPTION}.\n\nArgs:\n" + "\n".join(f"    {line}" for _, line in parameters)
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(kronodroid_autoencoder_pipeline)
 
 
 kronodroid_autoencoder_pipeline = build_pipeline()
