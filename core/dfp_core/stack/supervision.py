@@ -30,6 +30,10 @@ from dfp_core.stack.servers import (ALL_SERVICES, LAKEFS, LOOPBACK, MLFLOW, Serv
 from dfp_core.stack.state import ProcessRecord, StackState, lakefs_acl_of, profile_of, record_profile
 
 Log = Callable[[str], None]
+SUPERVISOR = "supervisor"  # its record in state.json; dfp_core.stack_supervisor is the process
+SUPERVISED_SETTINGS = "supervisor.json"  # the settings `up` ran with: what a restart needs
+SUPERVISION_REPORT = "supervisor-state.json"  # what it did, by service
+_PATH_FIELDS = {f.name for f in dataclasses.fields(StackSettings) if "Path" in str(f.type)}
 
 
 def last_error_line(log: Path) -> str:
@@ -89,7 +93,8 @@ def start(service: Service, settings: StackSettings, creds: dict[str, str], prof
 
 def terminate(record: ProcessRecord, timeout: float = 20) -> bool:
     """Stop the service's whole process group (TERM, then KILL); False if none was left.
-    The supervisor's group alone: the servers it restarted are its children, not its group."""
+    The supervisor's group alone: the servers it restarted are its children, not its group.
+    The Kubernetes node (``dfp_core.k8s``) stops its processes with it too."""
     leader = record.process()
     group = record.group()
     if leader is not None and record.name != SUPERVISOR:
@@ -105,14 +110,6 @@ def terminate(record: ProcessRecord, timeout: float = 20) -> bool:
             p.kill()
     psutil.wait_procs(alive, timeout=5)
     return True
-
-
-# --------------------------------------------------------------------------- supervision
-
-SUPERVISOR = "supervisor"  # its record in state.json; dfp_core.stack_supervisor is the process
-SUPERVISED_SETTINGS = "supervisor.json"  # the settings `up` ran with: what a restart needs
-SUPERVISION_REPORT = "supervisor-state.json"  # what it did, by service
-_PATH_FIELDS = {f.name for f in dataclasses.fields(StackSettings) if "Path" in str(f.type)}
 
 
 def save_supervised_settings(settings: StackSettings) -> None:
