@@ -18,7 +18,7 @@ from dfp_core.params import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("dfp_core", "dfp_spark", "dfp_feast", "dfp_kfp")
+PACKAGES = ("dfp_app", "dfp_core", "dfp_spark", "dfp_feast", "dfp_kfp")
 
 
 def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
