@@ -9,8 +9,7 @@ MLflow client. Nothing here reads or writes ``os.environ``.
 from __future__ import annotations
 
 import contextlib
-import functools
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from dfp_core.settings import Settings
@@ -28,7 +27,7 @@ ARROW_CONF = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
 SPLITS_READER_GROUP = "dfp.splits_reader"
 
 
-@functools.cache
+@cache
 def splits_reader() -> Callable[..., "RetrievedDataset"]:
     """The installed splits reader (``SPLITS_READER_GROUP``): exactly one is expected."""
     from importlib.metadata import entry_points
