@@ -347,6 +347,12 @@ def pipeline_fields(cls) -> dict[str, Field]:
     return {f.param.pipeline: f for f in params_of(cls) if f.param.pipeline}
 
 
+def pipeline_type(fld: Field) -> type:
+    """A field's type as a pipeline parameter: KFP's bool, int and float, otherwise text
+    (paths, and tuples as ``format_value`` writes them)."""
+    return fld.type if fld.type in (bool, int, float) else str
+
+
 def pipeline_default(fld: Field) -> Any:
     """A field's default as a pipeline parameter: the settings' default for values
     taken from the settings; otherwise, as KFP's local runner cannot pass None, an

@@ -142,6 +142,33 @@ def test_each_component_takes_its_configs_parameters():
     assert {"lakefs_repository", "target_branch", "max_shrink", "allow_shrink"} <= merge
 
 
+def test_the_component_signatures_are_generated_from_the_configs():
+    """The parameters in each component file are what ``dfp_kfp.components.signatures``
+    writes, and a config field the files lack makes them stale (named by ``--check``)."""
+    from dfp_kfp.components import signatures
+
+    assert signatures.stale(rewrite=False) == []
+    assert subprocess.run([sys.executable, "-m", "dfp_kfp.components.signatures", "--check"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120).returncode == 0
+
+
+def test_a_component_file_missing_a_parameter_is_stale_and_regenerated(tmp_path):
+    from dfp_kfp.components import signatures
+
+    for name in signatures.COMPONENTS:
+        (tmp_path / name).write_text((signatures.HERE / name).read_text())
+    train = tmp_path / "train_kronodroid_autoencoder_component.py"
+    train.write_text(train.read_text().replace("    patience: int,\n", ""))
+    assert "patience: int" not in train.read_text()
+    assert signatures.stale(rewrite=False, folder=tmp_path) == ["train_kronodroid_autoencoder_component.py"]
+    assert signatures.stale(rewrite=True, folder=tmp_path) == ["train_kronodroid_autoencoder_component.py"]
+    assert "    patience: int,\n" in train.read_text()
+    assert signatures.stale(rewrite=False, folder=tmp_path) == []
+    train.write_text(train.read_text().replace(signatures.END, ""))  # a broken marker is named, not guessed
+    with pytest.raises(ValueError, match="marker lines"):
+        signatures.stale(rewrite=False, folder=tmp_path)
+
+
 def test_the_cli_offers_every_config_option():
     from typer.main import get_command
 

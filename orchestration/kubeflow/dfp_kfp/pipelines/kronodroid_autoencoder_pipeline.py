@@ -9,10 +9,11 @@
 With ``run_transform=false`` steps 1-2 only resolve ``target_branch``'s head to
 a commit id, and training uses that.
 
-The signature is generated (``pipeline_parameters``): the pipeline's own parameters, then every
+The signature is generated (``dfp_kfp.parameters``): the pipeline's own parameters, then every
 ``TransformConfig``, ``TrainConfig`` and ``SparkJobConfig`` field under its pipeline name
 (``dfp_core.params``), with its help as the parameter's description. Optional values that are
-unset are "" or 0 here. Each step gets the parameters its component declares.
+unset are "" or 0 here. The components' signatures are generated from the same list
+(``dfp_kfp.components.signatures``), and each step gets the parameters its component declares.
 
 Compile (from the repository root):
   python -c "from orchestration.kubeflow.dfp_kfp.pipelines.kronodroid_autoencoder_pipeline import compile_kronodroid_autoencoder_pipeline; print(compile_kronodroid_autoencoder_pipeline())"
@@ -24,20 +25,13 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
-from dfp_core.params import SparkJobConfig, TrainConfig, TransformConfig, pipeline_default, pipeline_fields
-
 from ..components.lakefs_commit_merge_component import lakefs_commit_merge
 from ..components.spark_transform_component import SPARK_IMAGE, kronodroid_spark_transform
 from ..components.train_kronodroid_autoencoder_component import TRAIN_IMAGE, train_kronodroid_autoencoder
+from ..parameters import pipeline_parameters
 
 PIPELINE_NAME = "kronodroid-autoencoder"
 DESCRIPTION = "SparkOperator KronoDroid transform -> lakeFS commit+merge -> Lightning training + MLflow registration"
-# The pipeline's own parameters (where it runs); every other one is a config field's.
-OWN_PARAMETERS = (
-    ("run_transform", bool, True, "Run the transform (false: train on target_branch's head as it is)."),
-    ("lakefs_endpoint", str, "http://lakefs:8000", "lakeFS as the steps reach it."),
-    ("mlflow_tracking_uri", str, "http://mlflow:5000", "MLflow as the training step reaches it."),
-)
 # The oldest Kubeflow Pipelines backend that runs the compiled YAML (the README says why;
 # tests/unit/test_kfp_backend_version.py checks the YAML against it).
 MIN_KFP_BACKEND = "2.15.0"
@@ -62,7 +56,6 @@ RESOURCES = {
     "train": ("2", "4", "8Gi", "16Gi"),
 }
 PipelineOutputs = NamedTuple("PipelineOutputs", [("lakefs_commit", str), ("model_name", str), ("model_version", str)])
-_T, _M, _S = TransformConfig, TrainConfig, SparkJobConfig
 
 
 def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTask:
@@ -81,29 +74,6 @@ def _configure(task: dsl.PipelineTask, step: str, image: str) -> dsl.PipelineTas
         kubernetes.use_secret_as_env(task, secret_name=SIGNING_SECRET, secret_key_to_env=SIGNING_SECRET_ENV,
                                      optional=True)
     return task
-
-
-def _parameter(name: str, annotation: type, default, help_text: str) -> tuple[inspect.Parameter, str]:
-    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation), \
-        f"{name}: {help_text}"
-
-
-def pipeline_parameters(spark_image: str = SPARK_IMAGE) -> list[tuple[inspect.Parameter, str]]:
-    """The pipeline's parameters, with their help: its own (``OWN_PARAMETERS``, then
-    ``spark_image``), and every ``TransformConfig``, ``TrainConfig`` and ``SparkJobConfig``
-    field the pipeline exposes, under its pipeline name, with its pipeline default
-    (``params.pipeline_default``: an unset optional value is "" or 0) and its help."""
-    params = [_parameter(*own) for own in OWN_PARAMETERS]
-    named = {p.name for p, _ in params}
-    for cls in (_T, _M, _S):
-        for name, fld in pipeline_fields(cls).items():
-            if name not in named:  # lakefs_repository is both configs' repo
-                kind = fld.type if fld.type in (bool, int, float) else str
-                params.append(_parameter(name, kind, pipeline_default(fld), fld.param.help))
-                named.add(name)
-    params.append(_parameter("spark_image", str, spark_image,
-                             "Image of the SparkApplication's driver and executors (default: this version's tag)."))
-    return params
 
 
 def build_pipeline(train_image: str = TRAIN_IMAGE, spark_image: str = SPARK_IMAGE):
