@@ -760,7 +760,7 @@ def test_the_configurable_scores_are_the_implemented_ones():
     (score,) = [f for f in params_of(TrainConfig) if f.name == "score"]
     assert tuple(score.param.choices) == SCORES
     assert TrainConfig().score in SCORES
-    from dfp_core.ml.fit import SCORE_LABELS
+    from dfp_core.ml.training_report import SCORE_LABELS
     from dfp_core.ml.pyfunc import SCORE_WORDS
 
     assert set(SCORE_LABELS) == set(SCORE_WORDS) == set(SCORES)  # each score is named in the plot and description

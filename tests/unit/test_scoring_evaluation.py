@@ -485,6 +485,41 @@ def test_compare_models(trained, tmp_path):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_training_report_writes_every_artifact_of_its_table(trained, tmp_path):
+    """One step writes every file a training run logs, at the paths the commands that read
+    them back use, and nothing else."""
+    import json
+
+    from dfp_core.lineage import DatasetSpec, RetrievedDataset
+    from dfp_core.ml.evaluation import compare
+    from dfp_core.ml.fit import FitResult
+    from dfp_core.ml.training_report import ARTIFACTS, COMPARISON, write_training_report
+    from dfp_core.serving.preprocess import Preprocessor
+
+    result = FitResult(**{k: v for k, v in trained.items() if k != "frames"})
+    spec = DatasetSpec("repo", "c0ffee", "kronodroid.fct_training_dataset", "1", "fv", "d1", {"mode": "random"})
+    data = RetrievedDataset(spec, trained["frames"], {"train": "ds-1"}, {"train": "ab"})
+    comparison = compare(trained["frames"], result.error_score.score_function(result.model), result.preprocessor)
+
+    paths = write_training_report(tmp_path / "with", result, data, "grouped_error", comparison)
+    assert {name: p.relative_to(tmp_path / "with").as_posix() for name, p in paths.items()} == ARTIFACTS
+    written = {p.relative_to(tmp_path / "with").as_posix() for p in (tmp_path / "with").rglob("*") if p.is_file()}
+    assert written == set(ARTIFACTS.values())  # nothing else, nothing missing
+    for path in paths.values():
+        if path.suffix == ".png":
+            assert path.read_bytes()[:4] == b"\x89PNG", path
+    record = json.loads(paths["benign_val_scores"].read_text())
+    assert record["score"] == "grouped_error" and record["benign_val_scores"] == result.benign_val_scores.tolist()
+    assert set(json.loads(paths["training_profile"].read_text())["features"]) == set(schema.FEATURE_COLUMNS)
+    assert json.loads(paths["dataset_spec"].read_text())["spec"]["lakefs_commit"] == "c0ffee"
+    assert Preprocessor.load(paths["preprocessor"]).to_dict() == result.preprocessor.to_dict()
+    assert pd.read_csv(paths["comparison_table"]).shape == comparison.table.shape
+
+    without = write_training_report(tmp_path / "without", result, data, "grouped_error")
+    assert set(without) == set(ARTIFACTS) - set(COMPARISON)
+    assert not (tmp_path / "without" / "evaluation").exists()
+
+
 def test_time_split_evaluation(tmp_path):
     generate(tmp_path / "gen", 1500, seed=4, start_year=2010, end_year=2016)
     valid, _ = read_kronodroid(tmp_path / "gen")

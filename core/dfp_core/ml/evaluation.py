@@ -108,16 +108,23 @@ def _metrics(table: pd.DataFrame, prefix: str, group_column: str, overall: Any =
     return out
 
 
-def compare_models(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callable[[np.ndarray], np.ndarray],
-                   preprocessor: Any, seed: int = 0,
-                   train_on: str = "benign", plots_dir: Path | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The methods compared on the test rows: the metrics, the table, and what the plots draw."""
+
+    metrics: dict[str, float]  # eval_{roc_auc,pr_auc}__<method>[__<data_source>]
+    table: pd.DataFrame
+    scores: dict[str, np.ndarray]  # method -> the test rows' scores
+    labels: np.ndarray  # the test rows' labels
+
+
+def compare(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callable[[np.ndarray], np.ndarray],
+            preprocessor: Any, seed: int = 0, train_on: str = "benign") -> Comparison:
     """Autoencoder vs PCA, IsolationForest and RandomForest on ``frames["test"]``,
     with the baselines fit on ``frames["train"]`` (``preprocessor`` must be the
-    autoencoder's, already fitted). Returns ``(metrics, table)``: keys
-    ``eval_{roc_auc,pr_auc}__<method>`` and ``..__<method>__<data_source>``; table
-    columns method, data_source (``"all"`` overall), roc_auc, pr_auc, the TPR columns, n, n_malware.
-    With ``plots_dir``: ``compare_roc.png`` and ``compare_pr.png`` (overall curves).
-    """
+    autoencoder's, already fitted). Metric keys ``eval_{roc_auc,pr_auc}__<method>`` and
+    ``..__<method>__<data_source>``; table columns method, data_source (``"all"`` overall),
+    roc_auc, pr_auc, the TPR columns, n, n_malware."""
     for split in ("train", "test"):
         if split not in frames or frames[split] is None or len(frames[split]) == 0:
             raise DatasetError(f"compare_models needs a non-empty {split!r} frame")
@@ -129,10 +136,18 @@ def compare_models(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callab
         src = test["data_source"].astype(str).to_numpy()
         groups += [(s, src == s) for s in sorted(set(src))]
     table = _auc_table(scores, y, groups, "data_source")
-    metrics = _metrics(table, "eval", "data_source", overall=ALL)
+    return Comparison(_metrics(table, "eval", "data_source", overall=ALL), table, dict(scores), y)
+
+
+def compare_models(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callable[[np.ndarray], np.ndarray],
+                   preprocessor: Any, seed: int = 0,
+                   train_on: str = "benign", plots_dir: Path | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """``compare`` as ``(metrics, table)``; with ``plots_dir``: ``compare_roc.png`` and
+    ``compare_pr.png`` (overall curves) written there."""
+    comparison = compare(frames, autoencoder_score, preprocessor, seed=seed, train_on=train_on)
     if plots_dir is not None:
-        plot_comparison(scores, y, Path(plots_dir))
-    return metrics, table
+        plot_comparison(comparison.scores, comparison.labels, Path(plots_dir))
+    return comparison.metrics, comparison.table
 
 
 def plot_comparison(scores: Mapping[str, np.ndarray], labels: np.ndarray, plots_dir: Path) -> tuple[Path, Path]:

@@ -1,6 +1,7 @@
 """Fit and evaluate the autoencoder on train/val/test frames: preprocessing
 fitted on the training rows, a Lightning fit with early stopping on validation
-loss, the threshold for the target benign FPR on validation, test metrics and plots.
+loss, the threshold for the target benign FPR on validation, and the test metrics. It writes
+no file: a training run's plots and artifacts are written by ``training_report``.
 
 The same code serves a training run, a retrain by ``dfp reproduce`` and the
 drift evaluation; it knows nothing of lakeFS, Feast or MLflow.
@@ -30,11 +31,6 @@ def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarr
         frame["data_source"].astype(str).to_numpy(),
     )
 
-
-# The x axis of the score histogram, per TrainConfig.score.
-SCORE_LABELS = {"mse": "reconstruction error (per-sample MSE)",
-                "error_mahalanobis": "squared Mahalanobis distance of the per-feature error vector",
-                "grouped_error": "sum over feature groups of the standardised group error"}
 
 # grouped_error: the groups that count only shortfalls (reconstruction above the input).
 # Chosen on the real subset (bench/detection.py, variant "grouped"; bench/README): shortfalls
@@ -117,27 +113,28 @@ class WorkerFit:
 @dataclass
 class FitResult(WorkerFit):
     """A fit evaluated on rank zero: the preprocessing and the network, the score and its
-    threshold, each split's errors and scores, the test metrics, and the plots' folder."""
+    threshold, each split's errors, scores and labels, the test metrics and the loss history."""
 
     preprocessor: Preprocessor
     threshold: float
     metrics: dict[str, float]
     history: dict[str, list[float]]  # per-epoch losses (LossHistory)
-    plot_dir: Path
     errors: dict[str, np.ndarray]  # split -> each row's reconstruction error (mean squared)
     scores: dict[str, np.ndarray]  # split -> anomaly scores
+    labels: dict[str, np.ndarray]  # split -> 1 malware, 0 benign
+    test_sources: np.ndarray  # the test rows' data_source
     error_score: ErrorScore
     benign_val_scores: np.ndarray
 
 
 def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = False) -> FitResult | WorkerFit:
-    """Preprocess, train, evaluate on the retrieved frames. ``logger``: a
-    Lightning logger for per-epoch metrics (False: none). In a DDP run every process
-    fits; only the global rank zero evaluates (the others return after the fit)."""
+    """Preprocess, train, evaluate on the retrieved frames. ``workdir``: Lightning's root
+    folder. ``logger``: a Lightning logger for per-epoch metrics (False: none). In a DDP run
+    every process fits; only the global rank zero evaluates (the others return after the fit)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from dfp_core.ml import metrics, plots
+    from dfp_core.ml import metrics
     from dfp_core.ml.data import KronodroidDataModule
     from dfp_core.ml.model import KronodroidAutoencoder, LossHistory
     from dfp_core.kronodroid.schema import FEATURE_COLUMNS
@@ -192,12 +189,7 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
         results[f"{split}_recon_loss"] = metrics.recon_loss(errors[split])
     results["epochs_trained"] = float(trainer.current_epoch)
 
-    plot_dir = workdir / "plots"
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    plots.plot_loss_curves(history.history, plot_dir / "loss_curves.png")
-    plots.plot_roc_pr(scores["test"], test_y, plot_dir / "roc_curve.png", plot_dir / "pr_curve.png", data_source=test_src)
-    plots.plot_error_histogram(scores["test"], test_y, threshold, plot_dir / "error_histogram.png",
-                               score_label=SCORE_LABELS[config.score])
     return FitResult(model=model, trainer=trainer, epochs_trained=trainer.current_epoch, preprocessor=preprocessor,
-                     threshold=threshold, metrics=results, history=history.history, plot_dir=plot_dir, errors=errors,
-                     scores=scores, error_score=error_score, benign_val_scores=benign_val_scores)
+                     threshold=threshold, metrics=results, history=history.history, errors=errors, scores=scores,
+                     labels={split: y for split, (_, y, _) in arrays.items()}, test_sources=test_src,
+                     error_score=error_score, benign_val_scores=benign_val_scores)

@@ -5,7 +5,8 @@ its data lineage.
 Flow: resolve the ref to a commit -> one Feast historical retrieval of the
 three splits -> ``fit.fit_and_evaluate`` (preprocessing fitted on the training
 rows, Lightning fit with early stopping, threshold for the target benign FPR on
-validation, test metrics at that operating point) -> MLflow params, per-epoch metrics, plots, pyfunc model,
+validation, test metrics at that operating point) -> MLflow params, per-epoch metrics, the report
+(``training_report``: plots and the files the other commands read back), pyfunc model,
 registry version with the nine lineage tags (on the run too).
 """
 
@@ -13,16 +14,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfp_core import lineage
 from dfp_core.kronodroid import schema
-from dfp_core.ml.feature_drift import TRAINING_PROFILE, training_profile
 from dfp_core.ml.fit import fit_and_evaluate
 from dfp_core.ml.metrics import OPERATING_POINT_KEYS
-from dfp_core.ml.retarget import BENIGN_VAL_SCORES, benign_val_record
+from dfp_core.ml.training_report import write_training_report
 from dfp_core.errors import DfpError, TrackingError
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
@@ -187,31 +186,17 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             mlflow.set_tag("dfp.world_size", str(result.trainer.world_size))  # processes that fitted
         with stage(4, TRAIN_STAGES, "test metrics, baselines, plots, model"):
             mlflow.log_metrics(result.metrics)
+            comparison = None
             if config.evaluate_baselines:
-                from dfp_core.ml.evaluation import compare_models
+                from dfp_core.ml.evaluation import compare
 
-                eval_dir = workdir / "evaluation"
-                eval_dir.mkdir()
-                comparison, table = compare_models(data.frames, result.error_score.score_function(result.model),
-                                                   result.preprocessor, seed=config.seed,
-                                                   train_on=config.train_on, plots_dir=eval_dir)
-                table.to_csv(eval_dir / "comparison.csv", index=False)
-                mlflow.log_metrics(comparison)
-                mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
-                result.metrics.update(comparison)
-            mlflow.log_artifacts(str(result.plot_dir), artifact_path="plots")
-            # What `dfp retarget` sets another operating point from, without training again.
-            mlflow.log_dict(benign_val_record(config.score, result.benign_val_scores), BENIGN_VAL_SCORES)
-            # What `dfp drift` measures new apps against: the train split's per-feature bins.
-            mlflow.log_dict(training_profile(data.frames["train"], schema.FEATURE_COLUMNS), TRAINING_PROFILE)
-            spec_path = workdir / "dataset_spec.json"
-            spec_path.write_text(json.dumps({
-                "spec": asdict(data.spec), "dataset_ids": data.dataset_ids,
-                "content_sha256": data.content_sha256, "rows": data.rows,
-            }, indent=2, sort_keys=True))
-            mlflow.log_artifact(str(spec_path), artifact_path="lineage")
-            result.preprocessor.save(workdir / "preprocessor.json")
-            mlflow.log_artifact(str(workdir / "preprocessor.json"), artifact_path="preprocessing")
+                comparison = compare(data.frames, result.error_score.score_function(result.model), result.preprocessor,
+                                     seed=config.seed, train_on=config.train_on)
+                mlflow.log_metrics(comparison.metrics)
+                result.metrics.update(comparison.metrics)
+            report = workdir / "report"
+            write_training_report(report, result, data, config.score, comparison)
+            mlflow.log_artifacts(str(report))
             example = as_model_input(data.frames["test"].head(5))
             model_info = log_scorer_model(result.model, result.preprocessor, result.error_score, result.threshold,
                                           config.target_fpr, example, workdir / "model")
