@@ -67,7 +67,7 @@ def main() -> None:
             started = time.monotonic()
             result = train(rt, config)
             train_seconds = time.monotonic() - started
-            version = str(result["model_version"])
+            version = str(result.model_version)
             log(f"train + register: version {version} in {train_seconds:.1f}s")
 
             started = time.monotonic()

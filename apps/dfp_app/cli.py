@@ -13,7 +13,9 @@ import functools
 import inspect
 import json
 import os
+import signal
 import sys
+import traceback
 import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -261,7 +263,7 @@ def train_cmd(
         try:
             with quiet_command(rt, "train", "train and register the model", verbose or not rank_zero) as extra:
                 result = train(rt, config)
-            out({**result, **extra})
+            out({**result.to_json(), **extra})
         except DfpError as exc:
             if not rank_zero:  # rank zero's stdout is not the worker's to end
                 out(getattr(exc, "summary", None) or {"status": "FAILED", "error": str(exc)})
@@ -384,7 +386,7 @@ def reproduce_cmd(
 
     with runtime("kronodroid-reproduce", mlflow={"tracking_uri": tracking_uri}) as rt:
         report = reproduce(rt, model, version, alias, retrain=retrain)
-    emit(report.to_dict())
+    emit(report.to_json())
     if not report.matches:
         for difference in report.differences:
             error(f"mismatch: {difference}")
@@ -406,9 +408,10 @@ def retarget_cmd(
 
     with runtime("kronodroid-retarget", mlflow={"tracking_uri": tracking_uri}) as rt:
         result = retarget(rt, model, version, alias, target_fpr, set_alias)
-    for line in operating_point_lines(result["threshold"], result["target_fpr"], result, result["score"]):
+    point = result.operating_point
+    for line in operating_point_lines(point["threshold"], point["target_fpr"], point, result.score):
         note(line)
-    emit(result)
+    emit(result.to_json())
 
 
 @app.command("diff")
@@ -453,10 +456,10 @@ def drift_cmd(
 
     with runtime("kronodroid-drift", mlflow={"tracking_uri": tracking_uri}) as rt:
         summary = drift(rt, model, version, alias, input_path, psi_bound, top)
-    for line in lines(summary):
+    for line in lines(summary.to_json()):
         note(line)
-    emit(summary)
-    if fail_on_drift and summary["drift"]:
+    emit(summary.to_json())
+    if fail_on_drift and summary.drift:
         raise typer.Exit(DRIFT_EXIT_CODE)
 
 
@@ -489,8 +492,6 @@ def serve_cmd(
     tracking_uri: Optional[str] = tracking_uri_option(),
 ) -> None:
     """Serve a model over REST (MLflow's scoring server): GET /ping, POST /invocations."""
-    import signal
-
     from dfp_core.ml.serve import serve
 
     def stop(*_):  # SIGTERM stops the server like Ctrl-C does
@@ -564,11 +565,11 @@ def runs_gc(
 
     rt = runtime("kronodroid-runs")
     result = gc_runs(rt.lakefs, repo or rt.settings.lakefs.repository, parse_duration(older_than), dry_run)
-    for item in result["removed"]:
+    for item in result.removed:
         note(f"{'would remove' if dry_run else 'removed'} {item['kind']} {item['name']} ({item['why']})")
-    emit(result)
-    if result["failed"]:
-        raise DfpError(f"could not remove {len(result['failed'])} run ref(s): {result['failed'][0]['error']}")
+    emit(result.to_json())
+    if result.failed:
+        raise DfpError(f"could not remove {len(result.failed)} run ref(s): {result.failed[0]['error']}")
 
 
 @app.command("evaluate")
@@ -587,13 +588,13 @@ def evaluate_cmd(
 
     with runtime("kronodroid-evaluate", mlflow={"tracking_uri": tracking_uri}) as rt:
         result = evaluate_model_version(rt, model, version, alias, time_split, train_end_year, log)
-    if result["mode"] == "comparison":  # the analyst's view first; the JSON line has every figure
+    if result.mode == "comparison":  # the analyst's view first; the JSON line has every figure
         from dfp_core.ml.pyfunc import operating_point_lines
 
-        point = result["operating_point"]
+        point = result.operating_point
         for line in operating_point_lines(point["threshold"], point["target_fpr"], point, point.get("score")):
             note(line)
-    emit(result)
+    emit(result.to_json())
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -725,7 +726,6 @@ def _run_and_exit() -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:  # a bug, not bad input: the traceback for the report, then the JSON line
-        import traceback
 
         traceback.print_exc()
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""

@@ -95,8 +95,8 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     name = f"kronodroid_autoencoder_{repo}"
     small = dict(repo=repo, max_epochs=1, batch_size=64, hidden_dims=(32, 16), latent_dim=4, seed=3, accelerator="cpu",
                  devices="1", model_name=name, evaluate_baselines=False)
-    a = train(rt, TrainConfig(ref=first["merge_commit"], lr=1e-3, **small))["model_version"]
-    b = train(rt, TrainConfig(ref=second["merge_commit"], lr=2e-3, **small))["model_version"]
+    a = train(rt, TrainConfig(ref=first["merge_commit"], lr=1e-3, **small)).model_version
+    b = train(rt, TrainConfig(ref=second["merge_commit"], lr=2e-3, **small)).model_version
     done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), str(b), "--top", "3",
                            "--out", str(tmp_path / "report")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -125,10 +125,10 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     # `dfp drift` reads a lakefs:// input as Feast serves it: the newer version's own data shows no
     # shift against its training, the older data (read counts 100 times lower) does.
     own = drift(rt, name, str(b), None, refs[1])
-    assert own["rows"] == sum(versions["newer"]["rows"].values()) and own["rejected"] == 0
-    assert own["features_shifted"] == 0 and not own["drift"]
+    assert own.comparison["rows"] == sum(versions["newer"]["rows"].values()) and own.rejected == 0
+    assert own.comparison["features_shifted"] == 0 and not own.drift
     before = drift(rt, name, str(b), None, refs[0])
-    assert before["drift"] and before["top_features"][0]["feature"] == RAW_TO_CANONICAL["read"]
+    assert before.drift and before.comparison["top_features"][0]["feature"] == RAW_TO_CANONICAL["read"]
     # A version that does not exist is named.
     done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "99"],
                           capture_output=True, text=True)

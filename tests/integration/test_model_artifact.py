@@ -48,7 +48,7 @@ def registered(rt, transform, tmp_path_factory):
     done = subprocess.run([str(VENV_BIN / "dfp"), "score", "--model-uri", f"models:/{name}@candidate", "--input",
                            f"lakefs://{repo}/{summary['merge_commit']}", "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {"name": name, "version": result["model_version"], "uri": f"models:/{name}@candidate", "local": local, "data": data,
+    return {"name": name, "version": result.model_version, "uri": f"models:/{name}@candidate", "local": local, "data": data,
             "scores": pd.read_csv(out).set_index("sample_id"), "tracking_uri": rt.settings.mlflow.tracking_uri,
             # The tampering tests' attacker can write to MLflow: with its basic-auth app on, as a user of it.
             "mlflow_user": (rt.settings.mlflow.username, rt.settings.mlflow.password) if rt.settings.mlflow.password else None,

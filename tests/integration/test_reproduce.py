@@ -39,7 +39,7 @@ def trained(rt, lakefs, transform, tmp_path_factory):
     summary_b = transform(input_dir=second, repo=repo, run_id="repro-b", allow_shrink=True)
     for branch in ("run-repro-a", "run-repro-b"):
         lakefs.delete_branch(repo, branch)  # a no-op: publishing already froze them into tags
-    return {"repo": repo, "name": name, "version": result["model_version"], "a": summary_a, "b": summary_b,
+    return {"repo": repo, "name": name, "version": result.model_version, "a": summary_a, "b": summary_b,
             "train": result}
 
 
@@ -54,8 +54,8 @@ def test_reproduce_matches_after_main_moved_on(rt, trained, spark, lakefs):
     assert not lakefs.branch_exists(trained["repo"], "run-repro-a")
     report = reproduce(rt, trained["name"], version=trained["version"])
     assert report.matches, report.differences
-    assert report.rows == trained["train"]["dataset_rows"]
-    tags = trained["train"]["lineage_tags"]
+    assert report.rows == trained["train"].dataset_rows
+    tags = trained["train"].lineage_tags
     assert report.dataset_ids == {s: tags[lineage.SPLIT_ID_TAGS[s]] for s in ("train", "val", "test")}
 
 
@@ -137,19 +137,19 @@ def test_score_a_lakefs_ref(trained, tmp_path):
 def test_evaluate_logs_baselines_and_time_split(rt, trained, spark, lakefs, stack):
     comparison = evaluate_model_version(rt, trained["name"], trained["version"])
     for method in ("autoencoder", "pca", "isolation_forest", "random_forest"):
-        assert f"eval_roc_auc__{method}" in comparison["metrics"]
-        assert f"eval_tpr_at_fpr_5pct__{method}" in comparison["metrics"]
+        assert f"eval_roc_auc__{method}" in comparison.metrics
+        assert f"eval_tpr_at_fpr_5pct__{method}" in comparison.metrics
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
-    logged = client.get_run(trained["train"]["run_id"]).data.metrics
+    logged = client.get_run(trained["train"].run_id).data.metrics
     # The version's own operating point on its test split, as training logged it.
-    point = comparison["operating_point"]
+    point = comparison.operating_point
     assert point["target_fpr"] == pytest.approx(0.05)
     for key in ("threshold", "test_fpr", "test_recall", "test_tpr_at_fpr_5pct"):
         assert point[key] == pytest.approx(logged[key], abs=1e-6), key
-    assert logged["eval_roc_auc__random_forest"] == pytest.approx(comparison["metrics"]["eval_roc_auc__random_forest"])
+    assert logged["eval_roc_auc__random_forest"] == pytest.approx(comparison.metrics["eval_roc_auc__random_forest"])
     drift = evaluate_model_version(rt, trained["name"], trained["version"], time_split=True, train_end_year=2013,
                                    log=False)
-    years = {int(k.rsplit("__", 1)[1]) for k in drift["metrics"] if k.startswith("drift_roc_auc__autoencoder__2")}
+    years = {int(k.rsplit("__", 1)[1]) for k in drift.metrics if k.startswith("drift_roc_auc__autoencoder__2")}
     assert years and min(years) > 2013
-    assert {"drift_recall__autoencoder__later", "drift_fpr__autoencoder__later", "drift_tpr_at_fpr_5pct__pca__later"} <= set(drift["metrics"])
-    assert drift["operating_point"]["target_fpr"] == pytest.approx(0.05)
+    assert {"drift_recall__autoencoder__later", "drift_fpr__autoencoder__later", "drift_tpr_at_fpr_5pct__pca__later"} <= set(drift.metrics)
+    assert drift.operating_point["target_fpr"] == pytest.approx(0.05)

@@ -116,8 +116,8 @@ def test_gc_in_a_loop_never_touches_a_live_transform(lakefs, repo, small_input, 
     while proc.poll() is None:
         result = gc_runs(lakefs, repo, older_than_s=0)
         passes += 1
-        removed += result["removed"] + [{"name": n} for n in result["stray_leases_removed"]]
-        seen |= {(k["name"], k["state"]) for k in result["kept"]}
+        removed += result.removed + [{"name": n} for n in result.stray_leases_removed]
+        seen |= {(k["name"], k["state"]) for k in result.kept}
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out.splitlines()[-1])
@@ -126,7 +126,7 @@ def test_gc_in_a_loop_never_touches_a_live_transform(lakefs, repo, small_input, 
     assert lakefs.is_merged_into(repo, "run-gc-race", "main")
     assert lakefs.resolve_commit(repo, "main") == summary["merge_commit"]
     assert lakefs.list_paths(repo, LEASE_BRANCH, LEASES_PREFIX) == []  # released after the merge
-    assert gc_runs(lakefs, repo, older_than_s=0)["removed"] == []
+    assert gc_runs(lakefs, repo, older_than_s=0).removed == []
     report["faults"].append({"fault": "`runs gc --older-than 0s` in a loop through a live transform",
                              "gc_passes": passes, "removed_of_the_live_run": 0, "target": "merged completely",
                              "partial_merge": False, "rows_lost": 0})

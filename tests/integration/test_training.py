@@ -44,7 +44,7 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     result = train(rt, _config(repo, "main"))
 
     client = mlflow.MlflowClient(stack["env"]["MLFLOW_TRACKING_URI"])
-    version = client.get_model_version(result["model_name"], result["model_version"])
+    version = client.get_model_version(result.model_name, result.model_version)
     expected = {
         "data.lakefs_repository": repo,
         "data.lakefs_ref": summary["merge_commit"],
@@ -53,15 +53,15 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
         "feast.feature_view": "kronodroid_autoencoder_features",
         "feast.defs_sha256": lineage.defs_sha256(),
     }
-    run_tags = client.get_run(result["run_id"]).data.tags
+    run_tags = client.get_run(result.run_id).data.tags
     for tags in (version.tags, run_tags):
         assert set(lineage.LINEAGE_TAGS) <= set(tags)
         assert {k: tags[k] for k in expected} == expected
         assert all(tags[t].startswith("ds-") for t in (lineage.TAG_TRAIN_ID, lineage.TAG_VAL_ID, lineage.TAG_TEST_ID))
     assert len({version.tags[t] for t in (lineage.TAG_TRAIN_ID, lineage.TAG_VAL_ID, lineage.TAG_TEST_ID)}) == 3
-    assert client.get_model_version_by_alias(result["model_name"], "candidate").version == result["model_version"]
+    assert client.get_model_version_by_alias(result.model_name, "candidate").version == result.model_version
 
-    mlrun = client.get_run(result["run_id"])
+    mlrun = client.get_run(result.run_id)
     inputs = {}
     for item in mlrun.inputs.dataset_inputs:
         tags = {t.key: t.value for t in item.tags}
@@ -70,13 +70,13 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     assert set(inputs) == {"train", "val", "test"}
     assert all(f"lakefs://{repo}/{summary['merge_commit']}/" in ds.source for ds in inputs.values())
     for split, ds in inputs.items():  # the profile counts the whole split; features typed as doubles
-        assert json.loads(ds.profile) == {"num_rows": result["dataset_rows"][split],
-                                          "num_elements": result["dataset_rows"][split] * (2 + len(schema.FEATURE_COLUMNS))}
+        assert json.loads(ds.profile) == {"num_rows": result.dataset_rows[split],
+                                          "num_elements": result.dataset_rows[split] * (2 + len(schema.FEATURE_COLUMNS))}
         types = {spec["name"]: spec["type"] for spec in json.loads(ds.schema)["mlflow_colspec"]}
         assert {types[c] for c in schema.FEATURE_COLUMNS} == {"double"} and types["sample_id"] == "string"
     assert mlrun.data.params["max_epochs"] == "2"
-    history = client.get_metric_history(result["run_id"], "val_loss")
-    assert len(history) == result["epochs_trained"]
+    history = client.get_metric_history(result.run_id, "val_loss")
+    assert len(history) == result.epochs_trained
     assert {"test_roc_auc", "test_pr_auc", "test_f1", "threshold", "train_recon_loss"} <= set(mlrun.data.metrics)
     # The operating point: the threshold set for 5% benign FPR on validation, and what test shows there.
     logged = mlrun.data.metrics
@@ -86,14 +86,14 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
             "test_tpr_at_fpr_10pct"} <= set(logged)
     assert any(k.startswith("test_fpr__") for k in logged)  # per data source
     assert logged["test_tpr_at_fpr_1pct"] <= logged["test_tpr_at_fpr_5pct"] <= logged["test_tpr_at_fpr_10pct"]
-    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {"plots/loss_curves.png", "plots/roc_curve.png", "plots/pr_curve.png", "plots/error_histogram.png"} <= artifacts
 
     # The registered model loads as a pyfunc and scores a batch read back from the pinned table.
     with rt.tracking():  # the registry of the session's stack, not a default local one
-        model = mlflow.pyfunc.load_model(f"models:/{result['model_name']}/{result['model_version']}")
-    version_description = client.get_model_version(result["model_name"], result["model_version"]).description
-    assert f"anomaly_score (grouped_error) > {result['test_metrics']['threshold']:.6g}" in version_description
+        model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
+    version_description = client.get_model_version(result.model_name, result.model_version).description
+    assert f"anomaly_score (grouped_error) > {result.test_metrics['threshold']:.6g}" in version_description
     assert "Score (grouped_error)" in version_description
     assert "at most 5% of its benign apps are flagged" in version_description
     assert f"benign FPR {logged['test_fpr']:.3f}" in version_description and "TPR) at a benign FPR of" in version_description
@@ -104,7 +104,7 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     assert len(scores) == 32 and np.isfinite(scores["reconstruction_error"]).all()
     assert (scores["reconstruction_error"] >= 0).all()
     assert np.isfinite(scores["anomaly_score"]).all()  # grouped_error: a sum of z-scores, 0 the benign mean
-    assert (scores["is_anomaly"] == (scores["anomaly_score"] > result["test_metrics"]["threshold"])).all()
+    assert (scores["is_anomaly"] == (scores["anomaly_score"] > result.test_metrics["threshold"])).all()
 
 
 def test_same_inputs_and_seed_give_same_ids_and_metrics(rt, spark, lakefs, transformed):
@@ -112,11 +112,11 @@ def test_same_inputs_and_seed_give_same_ids_and_metrics(rt, spark, lakefs, trans
     commit = summary["merge_commit"]
     first = train(rt, _config(repo, commit, register=False))
     second = train(rt, _config(repo, commit, register=False))
-    assert first["lineage_tags"] == second["lineage_tags"]
-    assert first["content_sha256"] == second["content_sha256"]
-    assert first["test_metrics"].keys() == second["test_metrics"].keys()
-    for key, value in first["test_metrics"].items():
-        assert second["test_metrics"][key] == pytest.approx(value, abs=1e-6), key
+    assert first.lineage_tags == second.lineage_tags
+    assert first.content_sha256 == second.content_sha256
+    assert first.test_metrics.keys() == second.test_metrics.keys()
+    for key, value in first.test_metrics.items():
+        assert second.test_metrics[key] == pytest.approx(value, abs=1e-6), key
 
 
 def test_max_rows_per_split_is_a_deterministic_subset(spark, lakefs, transformed):
@@ -347,6 +347,6 @@ def test_ddp_on_two_cpu_processes_registers_one_model_with_the_same_lineage(rt, 
     ddp_version = client.get_model_version(model, result["model_version"])
 
     single = train(rt, _config(repo, "main", max_epochs=1, model_name=model + "_single"))
-    single_version = client.get_model_version(single["model_name"], single["model_version"])
+    single_version = client.get_model_version(single.model_name, single.model_version)
     assert {t: ddp_version.tags[t] for t in lineage.LINEAGE_TAGS} == {t: single_version.tags[t] for t in lineage.LINEAGE_TAGS}
     assert ddp_version.tags["data.lakefs_ref"] == summary["merge_commit"]

@@ -11,6 +11,7 @@ counted into the profile's bins and scored by the version (loaded from its check
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -21,6 +22,7 @@ from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare, training_profile
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
+from dfp_core.summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -75,8 +77,31 @@ def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.D
     return iter_kronodroid(path, input_parts(path))
 
 
+@dataclass(frozen=True)
+class DriftSummary(Summary):
+    """New apps against a version's training: the apps read and refused, and the comparison
+    (``feature_drift.compare``: the shifted features, the flagged share, the verdict)."""
+
+    model: str
+    version: str
+    input: str
+    training_baseline: str  # "stored" or "rebuilt" (from lineage)
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    comparison: dict[str, Any]
+
+    @property
+    def drift(self) -> bool:
+        return bool(self.comparison["drift"])
+
+    def to_json(self) -> dict[str, Any]:  # the comparison's figures at the top, as `dfp diff` prints its own
+        fields = super().to_json()
+        nested = fields.pop("comparison")
+        return {**fields, **nested}
+
+
 def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, input_path: str,
-          psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
+          psi_bound: float = PSI_BOUND, top: int = 10) -> DriftSummary:
     """The drift summary of the apps at ``input_path`` against a registered version's training."""
     from dfp_core.ml.reproduce import model_lineage
     from dfp_core.ml.scoring import frame_scorer, model_target_fpr, model_threshold, score_frame
@@ -103,7 +128,8 @@ def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, inpu
     if counts.rows == 0:
         raise DatasetError(f"no valid app in {input_path} to measure drift on"
                            + (f" (rejected: {dict(sorted(rejected.items()))})" if rejected else ""))
-    summary = compare(profile, counts, np.concatenate(scores), benign_val_scores, threshold,
-                      model_target_fpr(model), psi_bound, top)
-    return {"model": name, "version": source.version, "input": input_path, "training_baseline": baseline,
-            "rejected": sum(rejected.values()), "rejected_by_reason": dict(sorted(rejected.items())), **summary}
+    comparison = compare(profile, counts, np.concatenate(scores), benign_val_scores, threshold,
+                         model_target_fpr(model), psi_bound, top)
+    return DriftSummary(model=name, version=source.version, input=input_path, training_baseline=baseline,
+                        rejected=sum(rejected.values()), rejected_by_reason=dict(sorted(rejected.items())),
+                        comparison=comparison)

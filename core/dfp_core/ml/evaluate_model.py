@@ -5,18 +5,36 @@ splits, or under a time split for concept drift; logged to the model's training 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfp_core.errors import DatasetError, DfpError
 from dfp_core.ml.reproduce import compare, config_from_run, model_lineage, rebuild
+from dfp_core.summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
 
 
+@dataclass(frozen=True)
+class EvaluationSummary(Summary):
+    """A version evaluated: at its operating point on its test split, and the methods compared
+    (``mode`` "comparison") or per later year (``mode`` "time_split")."""
+
+    model: str
+    version: str
+    run_id: str
+    mode: str
+    operating_point: dict[str, Any]
+    metrics: dict[str, float]
+    table: list[dict[str, Any]]  # the comparison's rows
+    logged: bool
+
+
 def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None,
-                           time_split: bool = False, train_end_year: int | None = None, log: bool = True) -> dict[str, Any]:
+                           time_split: bool = False, train_end_year: int | None = None,
+                           log: bool = True) -> EvaluationSummary:
     """Autoencoder vs PCA / IsolationForest / RandomForest on the model's own
     (rebuilt) splits, or a time split for concept drift; logged to the model's
     training run unless ``log`` is false."""
@@ -58,9 +76,9 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
                 mlflow.log_metrics(metrics)
                 mlflow.log_artifact(str(table_path), artifact_path="evaluation")
                 mlflow.log_artifacts(str(plots), artifact_path="evaluation")
-    return {"model": name, "version": model.version, "run_id": model.run_id, "mode": kind,
-            "operating_point": operating_point, "metrics": metrics, "table": table.to_dict(orient="records"),
-            "logged": log}
+    return EvaluationSummary(model=name, version=model.version, run_id=model.run_id, mode=kind,
+                             operating_point=operating_point, metrics=metrics, table=table.to_dict(orient="records"),
+                             logged=log)
 
 
 def model_operating_point(scorer: Any, test_frame) -> dict[str, Any]:

@@ -4,14 +4,17 @@ optionally train again with the run's hyperparameters and compare metrics."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfp_core import lineage
 from dfp_core.errors import DatasetError, DfpError, RefNotFoundError, TrackingError
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
+from dfp_core.summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -31,7 +34,9 @@ class ModelLineage:
 
 
 @dataclass
-class ReproduceReport:
+class ReproduceReport(Summary):
+    """Whether the version's data (and, with a retrain, its metrics) came out the same."""
+
     model: str
     version: str
     matches: bool
@@ -41,8 +46,8 @@ class ReproduceReport:
     seconds_rebuild: float | None = None
     metric_differences: dict[str, float] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+    def to_json(self) -> dict[str, Any]:  # what was not measured is left out
+        return {k: v for k, v in super().to_json().items() if v is not None}
 
 
 def model_lineage(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None) -> ModelLineage:
@@ -116,9 +121,6 @@ def config_from_run(model: ModelLineage) -> TrainConfig:
 
 def retrain_and_compare(model: ModelLineage, data) -> dict[str, float]:
     """Train again with the run's logged hyperparameters on the rebuilt data."""
-    import tempfile
-    from pathlib import Path
-
     from dfp_core.ml.fit import fit_and_evaluate
 
     config = config_from_run(model)

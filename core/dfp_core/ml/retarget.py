@@ -11,6 +11,7 @@ the version whose network and score it keeps. Its files get their own digests an
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -18,6 +19,7 @@ from dfp_core.errors import ConfigError
 from dfp_core.ml.feature_drift import TRAINING_PROFILE
 from dfp_core.ml.metrics import operating_point
 from dfp_core.params import check_target_fpr
+from dfp_core.summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -31,8 +33,27 @@ def benign_val_record(score: str, scores: Sequence[float]) -> dict[str, Any]:
     return {"score": score, "benign_val_scores": [float(s) for s in scores]}
 
 
+@dataclass(frozen=True)
+class RetargetSummary(Summary):
+    """The new version: where its threshold came from, and its operating point (threshold,
+    target and validation FPR with its interval, the benign validation count)."""
+
+    model: str
+    from_version: str
+    version: str
+    alias: str | None
+    run_id: str
+    score: str
+    operating_point: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:  # the operating point's figures at the top, as training's metrics
+        fields = super().to_json()
+        nested = fields.pop("operating_point")
+        return {**fields, **nested}
+
+
 def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, target_fpr: float,
-             new_alias: str | None = None) -> dict[str, Any]:
+             new_alias: str | None = None) -> RetargetSummary:
     """A new version of ``name`` whose threshold is set for ``target_fpr``; its summary."""
     import mlflow
 
@@ -74,8 +95,8 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
         description = model_description(kept, point["threshold"], target_fpr, point) + \
             f"\n\nThreshold re-set from {label} (its network and score unchanged) by `dfp retarget`."
         new_version = register_with_lineage(rt.mlflow, info.model_uri, name, tags, new_alias, description)
-    return {"model": name, "from_version": source.version, "version": new_version, "alias": new_alias,
-            "run_id": run.info.run_id, "score": kept, **point}
+    return RetargetSummary(model=name, from_version=source.version, version=new_version, alias=new_alias,
+                           run_id=run.info.run_id, score=kept, operating_point=point)
 
 
 def _rewrite_threshold(local: Path, point: dict[str, float], score: str, source: str) -> str:

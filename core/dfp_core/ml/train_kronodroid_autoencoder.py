@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from dfp_core.ml.training_report import write_training_report
 from dfp_core.errors import DfpError, TrackingError
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
+from dfp_core.summary import Summary
 from dfp_core.version import execution_tags
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,6 +81,35 @@ def _epoch_metrics_logger_class():
     return EpochMetricsLogger
 
 
+@dataclass(frozen=True)
+class TrainSummary(Summary):
+    """A finished training run: its MLflow run and model (``model_version`` None when not
+    registered), the lineage tags, the rows and content hashes of the splits, the test metrics."""
+
+    run_id: str
+    experiment_id: str
+    model_name: str
+    model_version: str | None
+    model_alias: str | None
+    model_uri: str
+    lineage_tags: dict[str, str]
+    dataset_rows: dict[str, int]
+    content_sha256: dict[str, str]
+    test_metrics: dict[str, float]
+    epochs_trained: int
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class WorkerSummary(Summary):
+    """A DDP process other than rank zero: it fitted, and rank zero did the rest."""
+
+    rank: int
+    epochs_trained: int
+    lakefs_commit: str
+    status: str = "DDP_WORKER_DONE"
+
+
 class TrainingFailed(TrackingError):
     """A training run that could not finish: its MLflow run is marked FAILED (when the
     server lets us), and no model version was created. ``summary`` is the JSON line."""
@@ -106,8 +137,8 @@ def _mark_failed(rt: "Runtime", run_id: str) -> str | None:
         return _one_line(exc)
 
 
-def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
-    """The whole training run; returns the JSON-able summary. A run that cannot
+def train(rt: "Runtime", config: TrainConfig) -> TrainSummary | WorkerSummary:
+    """The whole training run; returns its summary. A run that cannot
     finish raises ``TrainingFailed`` (one line, the run marked FAILED)."""
     import mlflow
 
@@ -139,7 +170,7 @@ def train(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
             raise TrainingFailed(f"training failed, no model version registered ({where}): {cause}", summary) from exc
 
 
-def _train_worker(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
+def _train_worker(rt: "Runtime", config: TrainConfig) -> WorkerSummary:
     """A DDP process other than rank zero (started by Lightning's launcher, torchrun or a
     PyTorchJob): the same pinned splits and the same fit, and nothing else: rank zero owns
     the MLflow run, the evaluation and the registration."""
@@ -149,12 +180,11 @@ def _train_worker(rt: "Runtime", config: TrainConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dfp-train-") as tmp, \
             stage(2, 2, f"rank {rank}: Lightning fit (max {config.max_epochs} epochs, {config.accelerator})"):
         result = fit_and_evaluate(config, data, Path(tmp))
-    return {"rank": rank, "status": "DDP_WORKER_DONE", "epochs_trained": int(result.epochs_trained),
-            "lakefs_commit": data.spec.lakefs_commit}
+    return WorkerSummary(rank=rank, epochs_trained=int(result.epochs_trained), lakefs_commit=data.spec.lakefs_commit)
 
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str,
-           started: dict[str, str]) -> dict[str, Any]:
+           started: dict[str, str]) -> TrainSummary:
     from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
     from dfp_core.tracking.registry import register_with_lineage
@@ -211,10 +241,9 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
                                                 {**tags, MODEL_DIGEST_TAG: model_digest}, config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")
     test_metrics = {k: v for k, v in result.metrics.items() if k.startswith(("test_", "eval_")) or k in OPERATING_POINT_KEYS}
-    return {
-        "run_id": run.info.run_id, "experiment_id": experiment.experiment_id,
-        "model_name": config.model_name, "model_version": version, "model_alias": config.model_alias if version else None,
-        "model_uri": model_info.model_uri, "lineage_tags": tags, "dataset_rows": data.rows,
-        "content_sha256": data.content_sha256, "test_metrics": test_metrics,
-        "epochs_trained": int(result.metrics["epochs_trained"]), "tracking_uri": tracking_uri,
-    }
+    return TrainSummary(
+        run_id=run.info.run_id, experiment_id=experiment.experiment_id, model_name=config.model_name,
+        model_version=version, model_alias=config.model_alias if version else None, model_uri=model_info.model_uri,
+        lineage_tags=tags, dataset_rows=data.rows, content_sha256=data.content_sha256, test_metrics=test_metrics,
+        epochs_trained=int(result.metrics["epochs_trained"]), tracking_uri=tracking_uri,
+    )

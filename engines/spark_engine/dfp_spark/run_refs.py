@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 from dfp_core.errors import ConfigError, DfpError, RefNotFoundError
 from dfp_core.lakefs_ops import LakeFS
+from dfp_core.summary import Summary
 from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX, Lease, RunLease, read_lease
 from dfp_spark.transform_run import RUN_PREFIX
 
@@ -141,7 +142,20 @@ def _stray_leases(lakefs: LakeFS, repo: str, refs: set[str], older_than_s: float
     return stray
 
 
-def gc_runs(lakefs: LakeFS, repo: str, older_than_s: float, dry_run: bool = False) -> dict:
+@dataclass(frozen=True)
+class GcSummary(Summary):
+    """What ``gc_runs`` removed (or would, with ``dry_run``), could not remove, and kept."""
+
+    repository: str
+    dry_run: bool
+    older_than_s: float
+    removed: list[dict]  # name, kind, commit_id, uncommitted_objects, why
+    failed: list[dict]  # name, kind, error
+    stray_leases_removed: list[str]
+    kept: list[dict]  # name, kind, state, why
+
+
+def gc_runs(lakefs: LakeFS, repo: str, older_than_s: float, dry_run: bool = False) -> GcSummary:
     """Remove abandoned run branches and unmerged run tags, and their leases; returns what
     was removed and kept."""
     now = time.time()
@@ -165,8 +179,8 @@ def gc_runs(lakefs: LakeFS, repo: str, older_than_s: float, dry_run: bool = Fals
     if not dry_run:
         for run_ref in stray:
             RunLease(lakefs, repo, run_ref).release()
-    return {
-        "repository": repo, "dry_run": dry_run, "older_than_s": older_than_s,
-        "removed": removed, "failed": failed, "stray_leases_removed": stray,
-        "kept": [{"name": r.name, "kind": r.kind, "state": r.state, "why": r.why} for r in runs if r.state != "abandoned"],
-    }
+    return GcSummary(
+        repository=repo, dry_run=dry_run, older_than_s=older_than_s, removed=removed, failed=failed,
+        stray_leases_removed=stray,
+        kept=[{"name": r.name, "kind": r.kind, "state": r.state, "why": r.why} for r in runs if r.state != "abandoned"],
+    )

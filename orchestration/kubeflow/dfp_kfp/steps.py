@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 from typing import Any, Callable
@@ -132,8 +133,6 @@ def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str
 def train_step(lakefs_repository: str, lakefs_endpoint: str, lakefs_ref: str, mlflow_tracking_uri: str,
                **train_params: Any) -> tuple[str, str, str]:
     """Train + register; returns (model_name, model_version, mlflow_run_id)."""
-    import json
-
     from dfp_core.ml.train_kronodroid_autoencoder import train
 
     with step_runtime("kronodroid-train-step", lakefs_endpoint, mlflow_tracking_uri) as rt:
@@ -143,7 +142,7 @@ def train_step(lakefs_repository: str, lakefs_endpoint: str, lakefs_ref: str, ml
     if not rank_zero:
         # A DDP worker, which Lightning's launcher started by running this step's command again:
         # it ends here, before the KFP executor writes outputs, so the step's are rank zero's.
-        print(json.dumps(summary, sort_keys=True, default=str), file=sys.stderr, flush=True)
+        print(json.dumps(summary.to_json(), sort_keys=True, default=str), file=sys.stderr, flush=True)
         raise SystemExit(0)
-    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
-    return summary["model_name"], str(summary["model_version"]), summary["run_id"]
+    print(json.dumps(summary.to_json(), sort_keys=True, default=str), flush=True)
+    return summary.model_name, str(summary.model_version), summary.run_id
