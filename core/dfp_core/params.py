@@ -13,6 +13,7 @@ from the runtime settings (environment, ``stack.env``) when left unset.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -381,8 +382,6 @@ def from_pipeline(cls, values: Mapping[str, Any], **extra):
 def add_arguments(parser, cls) -> None:
     """An ``argparse`` option per field of ``cls`` (the Spark job's
     parser); booleans get ``--x/--no-x``."""
-    import argparse
-
     for fld in params_of(cls):
         if fld.type is bool:
             parser.add_argument(fld.flag, dest=fld.name, default=fld.default, action=argparse.BooleanOptionalAction,

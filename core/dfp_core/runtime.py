@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from functools import cache, cached_property
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from dfp_core.settings import Settings
@@ -30,8 +31,6 @@ SPLITS_READER_GROUP = "dfp.splits_reader"
 @cache
 def splits_reader() -> Callable[..., "RetrievedDataset"]:
     """The installed splits reader (``SPLITS_READER_GROUP``): exactly one is expected."""
-    from importlib.metadata import entry_points
-
     from dfp_core.errors import ConfigError
 
     found = list(entry_points(group=SPLITS_READER_GROUP))

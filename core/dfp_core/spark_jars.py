@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import urllib.request
 from pathlib import Path
@@ -82,8 +83,6 @@ def _download(url: str, dest: Path, digest: str, label: str) -> None:
 def main(argv: list[str]) -> None:
     """Fetch what is missing into the cache; ``--into DIR`` also copies the jars there
     (an image's $SPARK_HOME/jars)."""
-    import shutil
-
     found = jar_paths(fetch=True)
     total = sum(p.stat().st_size for p in found)
     print(f"Spark jars: {len(found)} files, {total / 1e6:.1f} MB in {_cache_root()}", file=sys.stderr)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import socket
 import subprocess
+import sys
 
 from dfp_core import __version__
 from dfp_core.settings import REPO_ROOT
@@ -31,9 +34,6 @@ def code_version() -> str:
 def execution_tags() -> dict[str, str]:
     """Where a run executes, recorded on it: the image (``DFP_IMAGE``, set in the images),
     the host (a container's id inside Docker or a pod's name), the interpreter, the code."""
-    import socket
-    import sys
-
     return {
         "dfp.image": os.environ.get("DFP_IMAGE") or "none",
         "dfp.container": _container_id() or "none",
@@ -46,8 +46,6 @@ def execution_tags() -> dict[str, str]:
 def _container_id() -> str | None:
     """The Docker container this process runs in: Docker bind-mounts the container's own
     /etc/hostname from /var/lib/docker/containers/<id>/, which mountinfo shows."""
-    import re
-
     try:
         with open("/proc/self/mountinfo") as handle:
             match = re.search(r"/containers/([0-9a-f]{64})/hostname", handle.read())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import mlflow.pyfunc
@@ -84,8 +85,6 @@ class KronodroidScorer(mlflow.pyfunc.PythonModel):
     @classmethod
     def from_artifacts(cls, artifacts: Mapping[str, str]) -> "KronodroidScorer":
         """A loaded scorer straight from the artifact files (no MLflow model needed)."""
-        from types import SimpleNamespace
-
         scorer = cls()
         scorer.load_context(SimpleNamespace(artifacts=dict(artifacts)))
         return scorer

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,8 +273,6 @@ def _cmdline(process: psutil.Process | None) -> list[str]:
 
 def reset(settings: StackSettings, log: Log = note) -> None:
     """Stop everything and delete all stack data (repositories, runs, credentials)."""
-    import shutil
-
     with contextlib.suppress(StackError):  # a corrupt state file is what reset is for
         down(settings, log)
     postgres.remove_data(settings.home)

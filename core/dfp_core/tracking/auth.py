@@ -13,6 +13,7 @@ nothing (MLflow calls the provider's two methods; it needs no base class).
 from __future__ import annotations
 
 import base64
+import sys
 
 # Activation order: the latest activation is sent; a closed runtime takes its own back.
 _active: list[tuple[object, str]] = []
@@ -54,8 +55,6 @@ def load_request_header_plugins() -> None:
     that talks to MLflow: ``dfp score`` and ``dfp serve`` included (bench/README.md). MLflow
     has no switch for its plugins, so the entry points are filtered while the registry
     imports (once; MLflow imports it on its first REST call)."""
-    import sys
-
     if _REGISTRY in sys.modules:
         return
     from mlflow.utils import plugins

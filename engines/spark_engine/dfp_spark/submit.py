@@ -3,6 +3,7 @@ Operator runs it on a cluster: the job file, its arguments, this Spark's jars.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,6 @@ def run_local(job_args: list[str], settings: SparkSettings, lakefs: LakeFSSettin
     SparkApplication sets it): ``env`` with ``lakefs`` over it, so the job talks to
     the lakeFS its caller was given, however the caller got it (a pipeline
     parameter, stack.env)."""
-    import json
-
     child_env = {**env, **lakefs.to_env()}
     # spark-submit's PythonRunner merges the job's stderr (progress, the error line) into
     # its stdout: pass every line on to our stderr as it comes, keep the last for the summary.

@@ -17,6 +17,7 @@ import contextlib
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,8 +189,6 @@ def _write_tables(spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: 
     since it names the snapshot it lists. Each write is a short Spark job over the
     checkpointed rows and an Iceberg commit that mostly waits on lakeFS, so they overlap
     well. All writes end (or fail) before this returns; the first failure is raised."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def write(frame, namespace: str, name: str, table_props: dict[str, str]) -> int:
         snapshot = write_table(spark, lakefs, frame, TableRef(repo, run_branch, namespace, name), table_props)
         note(f"{namespace}.{name} written")

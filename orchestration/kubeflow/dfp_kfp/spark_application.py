@@ -9,6 +9,7 @@ so a blip during a long poll does not throw away a finished Spark job.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -200,8 +201,6 @@ class SparkApplications:
 
 
 def _message(exc) -> str:
-    import json
-
     try:
         return str(json.loads(exc.body).get("message", exc.body))[:300]
     except (TypeError, ValueError):
