@@ -24,6 +24,7 @@ def lakefs_commit_merge(
 ) -> str:
     """Returns the lakeFS commit id the model will be trained on."""
     params = dict(locals())
+    # Imports inside: KFP runs this function's source alone, in the step's image.
     from dfp_kfp.steps import commit_merge_step
 
     return commit_merge_step(**params)

@@ -46,6 +46,7 @@ def kronodroid_spark_transform(
 ) -> NamedTuple("TransformOutputs", [("run_branch", str), ("run_id", str)]):
     """Raw KronoDroid -> Avro Iceberg tables on ``run-<run_id>`` (no merge)."""
     params = dict(locals())
+    # Imports inside: KFP runs this function's source alone, in the step's image.
     from collections import namedtuple
 
     from dfp_core.process_exit import leave_heap_to_the_os

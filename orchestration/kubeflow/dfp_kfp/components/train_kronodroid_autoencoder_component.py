@@ -48,6 +48,7 @@ def train_kronodroid_autoencoder(
 ) -> NamedTuple("TrainOutputs", [("model_name", str), ("model_version", str), ("mlflow_run_id", str)]):
     """Feast-served splits at ``lakefs_ref`` -> Lightning -> MLflow registry with lineage tags."""
     params = dict(locals())
+    # Imports inside: KFP runs this function's source alone, in the step's image.
     from collections import namedtuple
 
     from dfp_core.process_exit import leave_heap_to_the_os, quiet_teardown_after_exit_handlers
