@@ -27,6 +27,11 @@ from dfp_core.params import (PSI_BOUND, REPO_HELP, Field, SparkJobConfig, TrainC
                              parse_value)
 from dfp_core.process_exit import leave_heap_to_the_os, quiet_teardown_after_exit_handlers
 from dfp_core.progress import error, note, show
+from dfp_core.k8s.layout import NodeSettings
+from dfp_core.progress import command_log, quiet_stage
+from dfp_core.settings import STACK_PROFILES
+from dfp_feast import FEAST_CONFIG_FILE
+from dfp_kfp.local_run import run_pipeline_locally
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 stack_app = typer.Typer(no_args_is_help=True, help="Local lakeFS + MLflow servers.")
@@ -150,8 +155,6 @@ def quiet_command(rt, command: str, title: str, verbose: bool) -> Iterator[dict]
     """The command's work as one quiet stage: its output (Spark's, Lightning's, the steps')
     goes to ``DFP_HOME/logs/<command>-<time>.log``, the terminal gets one line, and on failure
     the log's last lines. Yields the keys the command adds to its JSON (``log``)."""
-    from dfp_core.progress import command_log, quiet_stage
-
     log = command_log(rt.settings.stack.home, command.replace(" ", "-"))
     with quiet_stage(1, 1, title, log, verbose=verbose, retry_hint=f"`dfp {command} -v` streams it"):
         yield {} if verbose else {"log": str(log)}
@@ -176,7 +179,6 @@ def stack_up(
     """Start lakeFS and MLflow (and, for --profile s3, PostgreSQL and SeaweedFS first; with the ACL
     server, it before lakeFS); idempotent, waits until every service is healthy."""
     from dfp_core import stack
-    from dfp_core.settings import STACK_PROFILES
 
     if profile is not None and profile not in STACK_PROFILES:
         raise DfpError(f"--profile must be one of {', '.join(STACK_PROFILES)}, got {profile!r}")
@@ -281,7 +283,6 @@ def feast_apply_cmd(
     config_file: Optional[Path] = typer.Option(None, "--config", help="Feast repo config (default: feature_store_spark.yaml)."),
 ) -> None:
     """`feast apply` of the KronoDroid views at a lakeFS ref, through a Spark session wired to lakeFS."""
-    from dfp_feast import FEAST_CONFIG_FILE
     from dfp_feast.retrieval import apply_definitions
 
     with runtime("feast-apply", lakefs={"repository": repo, "branch": ref}) as rt:
@@ -347,8 +348,6 @@ def pipeline_run_local(
     verbose: bool = verbose_option("KFP's and the steps' output"),
 ) -> None:
     """Run the pipeline end to end with KFP's local runner against the local stack."""
-    from dfp_kfp.local_run import run_pipeline_locally
-
     kubeconfig = kubeconfig or (Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None)
     with runtime("kfp-local", mlflow={"tracking_uri": tracking_uri}) as rt:
         with quiet_command(rt, "pipeline run-local", f"pipeline with KFP's local runner ({runner})", verbose) as extra:
@@ -601,8 +600,6 @@ def evaluate_cmd(
 
 
 def _node_settings():
-    from dfp_core.k8s.layout import NodeSettings
-
     return NodeSettings.from_env(os.environ)
 
 

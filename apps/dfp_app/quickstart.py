@@ -9,6 +9,7 @@ from dfp_core import stack
 from dfp_core.progress import command_log, console, note, quiet_stage, stage
 from dfp_core.runtime import Runtime
 from dfp_core.settings import Settings
+from dfp_kfp.local_run import run_pipeline_locally
 
 STEPS = 4
 
@@ -50,8 +51,6 @@ def _run(rt: Runtime, quiet, input_dir: Path | None, rows: int, seed: int, max_e
         else:
             note(f"real KronoDroid data from {input_dir}")
     with quiet(3, "pipeline (transform -> commit+merge -> train+register) with KFP's local runner"):
-        from dfp_kfp.local_run import run_pipeline_locally
-
         result = run_pipeline_locally(rt, input_dir=str(input_dir), max_epochs=max_epochs)
     with stage(4, STEPS, "where to look"):
         version = rt.mlflow.get_model_version(result["model_name"], result["model_version"])

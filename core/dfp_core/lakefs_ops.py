@@ -20,6 +20,7 @@ from lakefs.exceptions import (
     ServerException,
     api_exception_handler,
 )
+from lakefs.reference import generate_listing
 
 from dfp_core.errors import LakeFSError, ReadOnlyRefError, RefNotFoundError
 from dfp_core.settings import LakeFSSettings
@@ -272,7 +273,6 @@ class LakeFS:
     def _refs(self, action: str, list_call, repo: str, prefix: str) -> dict[str, str]:
         # The API's listing carries each ref's commit id; the SDK's Branch/Tag objects drop
         # it and would fetch every commit again, one request per ref.
-        from lakefs.reference import generate_listing
 
         with self._errors(action, repo):
             return {ref.id: ref.commit_id for ref in generate_listing(list_call, repo, prefix=prefix or None)}

@@ -14,6 +14,9 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from dfp_core.settings import Settings
+from dfp_core.errors import ConfigError
+from dfp_core.spark import spark_session
+from dfp_core.tracking import auth as tracking_auth
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -31,8 +34,6 @@ SPLITS_READER_GROUP = "dfp.splits_reader"
 @cache
 def splits_reader() -> Callable[..., "RetrievedDataset"]:
     """The installed splits reader (``SPLITS_READER_GROUP``): exactly one is expected."""
-    from dfp_core.errors import ConfigError
-
     found = list(entry_points(group=SPLITS_READER_GROUP))
     if len(found) != 1:
         have = ", ".join(f"{e.name} = {e.value}" for e in found) or "none"
@@ -50,8 +51,6 @@ class Runtime:
         self._spark = spark
         self._own_spark = False
         if settings.mlflow.username and settings.mlflow.password:
-            from dfp_core.tracking import auth as tracking_auth
-
             # MLflow's client takes credentials from os.environ only; ours come from the settings.
             tracking_auth.activate(self, settings.mlflow.username, settings.mlflow.password)
 
@@ -70,8 +69,6 @@ class Runtime:
     def spark(self) -> "SparkSession":
         """The Spark session (local mode unless SPARK_MASTER says otherwise), started on first use."""
         if self._spark is None:
-            from dfp_core.spark import spark_session
-
             self._spark = spark_session(self.app_name, self.settings.lakefs, self.settings.spark, ARROW_CONF)
             self._own_spark = True
         return self._spark
@@ -79,8 +76,6 @@ class Runtime:
     @cached_property
     def mlflow(self) -> "MlflowClient":
         from mlflow import MlflowClient
-
-        from dfp_core.tracking import auth as tracking_auth
 
         tracking_auth.load_request_header_plugins()
         uri = self.settings.mlflow.tracking_uri
@@ -106,8 +101,6 @@ class Runtime:
 
     def close(self) -> None:
         """Stop the Spark session if this runtime started it; stop sending its MLflow credentials."""
-        from dfp_core.tracking import auth as tracking_auth
-
         tracking_auth.deactivate(self)
         if self._own_spark and self._spark is not None:
             self._spark.stop()

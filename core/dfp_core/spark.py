@@ -15,6 +15,8 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, Mapping
 
+from py4j.protocol import Py4JJavaError
+
 from dfp_core.errors import ConfigError
 from dfp_core.settings import LakeFSSettings, SparkSettings
 
@@ -154,7 +156,6 @@ def spark_error_line(exc: BaseException) -> str | None:
     """One line for a failure inside Spark (its JVM's root cause: class and message, without
     the Java stack), or None when ``exc`` did not come from Spark."""
     try:
-        from py4j.protocol import Py4JJavaError
         from pyspark.errors import PySparkException
     except ImportError:  # pragma: no cover - no Spark here, so not Spark's failure
         return None

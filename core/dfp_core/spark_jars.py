@@ -55,6 +55,7 @@ def jar_paths(jars_dir: Path | None = None, fetch: bool = False) -> list[Path]:
             missing.append((rel, digest, local))
         paths.append(local)
     if missing and not fetch:
+        # Inside: the images run this file alone, without the project installed.
         from dfp_core.errors import ConfigError
 
         raise ConfigError(

@@ -240,7 +240,7 @@ def test_the_core_finds_the_splits_reader_through_its_entry_point(monkeypatch):
     runtime.splits_reader.cache_clear()
     try:
         assert runtime.splits_reader() is load_splits
-        monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [])
+        monkeypatch.setattr(runtime, "entry_points", lambda group: [])
         runtime.splits_reader.cache_clear()
         with pytest.raises(ConfigError, match="expected one splits reader .entry point group dfp.splits_reader., found none"):
             runtime.splits_reader()

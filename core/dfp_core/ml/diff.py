@@ -25,6 +25,12 @@ from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.data_diff import compare, differing, verdict
 from dfp_core.ml.diff_report import REPORT, write_report
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
+from dfp_core.kronodroid.raw_files import RAW_PREFIX
+from dfp_core.ml.reproduce import model_lineage
+from dfp_core.ml.reproduce import rebuild
+from dfp_core.ml.scoring import frame_scorer, model_threshold, score_frame
+from dfp_core.ml.scoring import lakefs_ref
+from dfp_core.tracking.registry import load_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -53,8 +59,6 @@ class Side:
 
 
 def _version_side(rt: "Runtime", model) -> Side:
-    from dfp_core.ml.reproduce import rebuild
-
     label = f"version {model.version} of {model.name}"
     try:
         data = rebuild(rt, model)
@@ -65,8 +69,6 @@ def _version_side(rt: "Runtime", model) -> Side:
 
 
 def _ref_side(rt: "Runtime", uri: str) -> Side:
-    from dfp_core.ml.scoring import lakefs_ref
-
     repo, ref = lakefs_ref(uri)
     try:
         data = rt.retrieve_splits(repo, ref)
@@ -87,8 +89,6 @@ def _quarantine(rt: "Runtime", side: Side) -> dict[str, int] | None:
 
 
 def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
-    from dfp_core.kronodroid.raw_files import RAW_PREFIX
-
     if older.repository != newer.repository:
         return {"same_repository": False, "commits": None, "raw_changes": None}
     commits = rt.lakefs.commits_between(newer.repository, older.commit, newer.commit, limit=LISTED)
@@ -99,9 +99,6 @@ def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
 
 def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side) -> tuple[dict, dict, dict]:
     """Both versions' scores on the newer version's test apps: (figures, scores, thresholds) by side."""
-    from dfp_core.ml.scoring import frame_scorer, model_threshold, score_frame
-    from dfp_core.tracking.registry import load_model
-
     test = newer.frames["test"]
     figures: dict[str, Any] = {"apps": int(len(test))}
     scores, thresholds = {}, {}
@@ -125,7 +122,6 @@ def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, re
     if versions is not None:
         if not model:
             raise ConfigError("--versions needs --model NAME")
-        from dfp_core.ml.reproduce import model_lineage
 
         # Both versions and their tags are checked before either's data is rebuilt (the slow part).
         older, newer = (model_lineage(rt, model, *((None, v[1:]) if v.startswith("@") else (v, None)))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from dfp_core.errors import DatasetError, DfpError
 from dfp_core.ml.reproduce import compare, config_from_run, model_lineage, rebuild
 from dfp_core.summary import Summary
+from dfp_core.tracking.registry import load_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -42,7 +43,6 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
     import pandas as pd
 
     from dfp_core.ml.evaluation import LATER, compare_models, time_split_evaluation
-    from dfp_core.tracking.registry import load_model
 
     if time_split and train_end_year is None:
         raise DfpError("--time-split needs --train-end-year")

@@ -29,10 +29,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.ml import baselines
 from dfp_core.ml.metrics import REPORTED_FPRS, SOURCE_SEP, fpr_key, metric_key_part, tpr_at_fpr
+from dfp_core.kronodroid.reader import sample_years
+from dfp_core.params import TrainConfig
 
 METHODS = ("autoencoder", "pca", "isolation_forest", "random_forest")
 ALL = "all"
@@ -152,8 +155,6 @@ def compare_models(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callab
 
 def plot_comparison(scores: Mapping[str, np.ndarray], labels: np.ndarray, plots_dir: Path) -> tuple[Path, Path]:
     """ROC and precision-recall curves of every method on one pair of axes each."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     from dfp_core.ml.plots import _figure, _note, _save
 
     y = np.asarray(labels).astype(np.int64)
@@ -200,8 +201,6 @@ def plot_drift(table: pd.DataFrame, plots_dir: Path, train_end_year: int) -> tup
 
 
 def _config(config, hparams: dict):
-    from dfp_core.params import TrainConfig
-
     base = config if config is not None else TrainConfig(accelerator="cpu", devices="auto")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(hparams) - fields)
@@ -234,7 +233,6 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
     the two pooled groups), roc_auc, pr_auc, the TPR columns, n, n_malware. With ``plots_dir``:
     ``drift_roc_auc.png`` and ``drift_pr_auc.png``.
     """
-    from dfp_core.kronodroid.reader import sample_years
     from dfp_core.ml.fit import fit_and_evaluate
 
     cfg = _config(config, hparams)

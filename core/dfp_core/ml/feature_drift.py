@@ -30,6 +30,7 @@ import pandas as pd
 
 from dfp_core.errors import DatasetError
 from dfp_core.params import PSI_BOUND
+from dfp_core.kronodroid.schema import GROUP_OF
 
 TRAINING_PROFILE = "drift/training_profile.json"
 PROFILE_VERSION = 1
@@ -134,8 +135,6 @@ def psi_noise_floor(bins: int, batch_rows: int, reference_rows: int) -> float:
 
 def feature_shift(profile: Mapping[str, Any], counts: BatchCounts) -> list[dict[str, Any]]:
     """Every feature's PSI and binned KS, with its feature group, the largest PSI first."""
-    from dfp_core.kronodroid.schema import GROUP_OF
-
     rows = []
     for feature, ref in profile["features"].items():
         reference = np.append(ref["counts"], ref["missing"])

@@ -17,6 +17,8 @@ import numpy as np
 
 from dfp_core.errors import DatasetError
 from dfp_core.params import TrainConfig
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS
+from dfp_core.kronodroid.schema import FEATURE_GROUPS
 
 if TYPE_CHECKING:  # torch and Lightning load with the fit, not with this module
     from dfp_core.ml.model import KronodroidAutoencoder
@@ -47,8 +49,6 @@ SCORE_FIT_MAX_ROWS = 200_000
 
 def feature_groups(features) -> tuple[tuple[str, ...], np.ndarray]:
     """(group names, each feature's group index) of ``features`` (FEATURE_GROUPS' kinds)."""
-    from dfp_core.kronodroid.schema import FEATURE_GROUPS
-
     names = tuple(FEATURE_GROUPS)
     of = {feature: i for i, name in enumerate(names) for feature in FEATURE_GROUPS[name]}
     unknown = [f for f in features if f not in of]
@@ -76,8 +76,6 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
     if len(benign_x) < 2:
         raise DatasetError(f"the {kind} score needs at least 2 benign training rows, got {len(benign_x)}")
     if kind == "grouped_error":
-        from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-
         features = FEATURE_COLUMNS if features is None else tuple(features)
         if len(features) != benign_x.shape[1]:
             raise DatasetError(f"grouped_error: {len(features)} feature names for {benign_x.shape[1]} columns")
@@ -137,7 +135,6 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     from dfp_core.ml import metrics
     from dfp_core.ml.data import KronodroidDataModule
     from dfp_core.ml.model import KronodroidAutoencoder, LossHistory
-    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
     from dfp_core.serving.preprocess import Preprocessor
 
     L.seed_everything(config.seed, workers=True)

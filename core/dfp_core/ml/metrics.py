@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score, roc_curve
+from scipy.stats import beta
 
 from dfp_core.errors import DatasetError
 
@@ -86,8 +87,6 @@ def threshold_fpr_interval(benign_count: int, target_fpr: float, level: float = 
     scores (k = the apps allowed above it), and the share of new benign apps above that order
     statistic follows Beta(k + 1, n - k) whatever the scores' distribution. Its central
     ``level`` interval: 222 benign apps and a 1% target give about 0.3% to 3.2%."""
-    from scipy.stats import beta
-
     n = int(benign_count)
     if n < 1:
         raise ValueError(f"need at least one benign validation app, got {benign_count}")

@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pandas as pd
 import torch
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+import mlflow
 
 from dfp_core.errors import DatasetError
 from dfp_core.ml.fit import feature_groups
 from dfp_core.serving.scorer import ARTIFACT_FILES, EXPLAIN_PARAM, ID_COLUMN
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS, FEATURE_GROUPS
+from dfp_core.serving.preprocess import feature_matrix
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.ml.model import KronodroidAutoencoder
@@ -77,9 +84,6 @@ def pinned_requirements(roots: Iterable[str] = SCORER_DISTRIBUTIONS) -> list[str
     """``name==version`` of ``roots`` and of every distribution they require (markers
     evaluated here, extras followed), as installed: a closed, pinned requirements list.
     Local version labels (``+cu132``) are dropped: PyPI serves the plain versions."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     pins: dict[str, str] = {}
     pending: list[tuple[str, frozenset[str]]] = [(name, frozenset()) for name in roots]
     seen: set[tuple[str, frozenset[str]]] = set()
@@ -111,11 +115,6 @@ def model_signature(features: Sequence[str] | None = None):
     with a value that is not a number (HTTP 400, naming the column) and drops columns
     outside the signature; ``sample_id`` is in it, so it passes through.
     """
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-
-    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-
     inputs = [ColSpec(DataType.double, name) for name in (features or FEATURE_COLUMNS)]
     inputs.append(ColSpec(DataType.string, ID_COLUMN, required=False))
     outputs = [ColSpec(DataType.string, ID_COLUMN, required=False), ColSpec(DataType.double, "reconstruction_error"),
@@ -128,9 +127,6 @@ def model_signature(features: Sequence[str] | None = None):
 def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -> pd.DataFrame:
     """The feature columns as float64 (plus ``sample_id`` as str when present): what
     ``model_signature`` accepts. Raises DatasetError naming missing feature columns."""
-    from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-    from dfp_core.serving.preprocess import feature_matrix
-
     names = list(features or FEATURE_COLUMNS)
     out = pd.DataFrame(feature_matrix(frame, names), columns=names, index=frame.index)
     if ID_COLUMN in frame.columns:
@@ -141,8 +137,6 @@ def as_model_input(frame: pd.DataFrame, features: Sequence[str] | None = None) -
 def log_scorer_model(model: "KronodroidAutoencoder", preprocessor: "Preprocessor", error_score: "ErrorScore",
                      threshold: float, target_fpr: float | None, example: pd.DataFrame, workdir: str | Path):
     """Log the scorer into the active MLflow run as ``model``; returns MLflow's ModelInfo."""
-    import mlflow
-
     workdir = Path(workdir)
     artifacts = build_model_artifacts(model, preprocessor, error_score, threshold, target_fpr, workdir / "artifacts")
     return mlflow.pyfunc.log_model(
@@ -208,8 +202,6 @@ def model_description(score: str, threshold: float, target_fpr: float | None, me
     """What a registered version says about itself: the score, its operating point (FPR
     target, threshold, test figures there), the input (feature groups; the full list is the
     model's signature), the output."""
-    from dfp_core.kronodroid.schema import FEATURE_COLUMNS, FEATURE_GROUPS
-
     names = list(features or FEATURE_COLUMNS)
     # The groups grouped_error weighs apart (nr_syscalls, the total, counts as a syscall count).
     syscalls = [n for n in names if n in FEATURE_GROUPS["syscalls"]]

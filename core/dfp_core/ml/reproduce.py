@@ -15,6 +15,7 @@ from dfp_core.errors import DatasetError, DfpError, RefNotFoundError, TrackingEr
 from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
 from dfp_core.summary import Summary
+from dfp_core.tracking.registry import verified_copy
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -136,7 +137,6 @@ def reproduce(rt: "Runtime", name: str, version: str | None = None, alias: str |
         note(f"lakefs://{model.tags[lineage.TAG_REPOSITORY]}/{model.tags[lineage.TAG_REF][:12]} "
              f"snapshot {model.tags[lineage.TAG_SNAPSHOT]}")
     report = ReproduceReport(model=name, version=model.version, matches=False)
-    from dfp_core.tracking.registry import verified_copy
 
     try:  # the version's files are the ones its training logged
         with verified_copy(rt, rt.mlflow.get_model_version(name, model.version)):

@@ -20,6 +20,10 @@ from dfp_core.ml.feature_drift import TRAINING_PROFILE
 from dfp_core.ml.metrics import operating_point
 from dfp_core.params import check_target_fpr
 from dfp_core.summary import Summary
+from dfp_core.ml.reproduce import model_lineage
+from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
+from dfp_core.tracking.registry import register_with_lineage
+from dfp_core.tracking.registry import verified_copy
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -57,11 +61,7 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
     """A new version of ``name`` whose threshold is set for ``target_fpr``; its summary."""
     import mlflow
 
-    from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import model_description
-    from dfp_core.ml.reproduce import model_lineage
-    from dfp_core.tracking.registry import verified_copy
-    from dfp_core.tracking.registry import register_with_lineage
     from dfp_core.tracking.runs import run_json
 
     check_target_fpr(target_fpr)

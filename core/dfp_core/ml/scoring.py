@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.tracking.registry import load_model, resolve_model_uri
+from dfp_core.read_ahead import read_ahead
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -235,8 +238,6 @@ def _is_share(column: str) -> bool:
 
 
 def _output_schema(extra: tuple[str, ...] = ()):
-    import pyarrow as pa
-
     return pa.schema([
         ("sample_id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
         ("data_source", pa.string()), ("label", pa.int64()), ("reconstruction_error", pa.float64()),
@@ -262,9 +263,6 @@ class _ChunkWriter:
         if self.fmt == "csv":
             frame.to_csv(self.tmp, mode="w" if self.rows == 0 else "a", header=self.rows == 0, index=False)
         else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             table = pa.Table.from_pandas(frame, schema=_output_schema(self.extra), preserve_index=False)
             if self.parquet is None:
                 self.parquet = pq.ParquetWriter(self.tmp, table.schema)
@@ -276,8 +274,6 @@ class _ChunkWriter:
             pd.DataFrame(columns=[*OUTPUT_COLUMNS, *self.extra]).to_csv(self.tmp, index=False)
         if self.fmt == "parquet":
             if self.parquet is None:
-                import pyarrow.parquet as pq
-
                 pq.write_table(_output_schema(self.extra).empty_table(), self.tmp)
             else:
                 self.parquet.close()
@@ -343,7 +339,6 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, expla
     (anomalies over scored apps), out_path, model_uri.
     """
     from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
-    from dfp_core.read_ahead import read_ahead
 
     out_path = Path(out_path)
     fmt = output_format(out_path)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 from dfp_core.errors import TrackingError
 from dfp_core.progress import note, warn
+from dfp_core.tracking.registry import resolve_model_uri, verified_copy
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -71,8 +72,6 @@ def scoring_server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: 
     """A running scoring server for ``model_uri`` (resolved against the runtime's tracking
     server), stopped on exit. A registered version is served from a copy checked against its
     recorded digests. ``env``: the server's environment, to which the tracking URI is added."""
-    from dfp_core.tracking.registry import resolve_model_uri, verified_copy
-
     version = resolve_model_uri(rt, model_uri)  # a clear error before a server starts for nothing
     with contextlib.ExitStack() as stack:
         if version is None:

@@ -30,6 +30,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as csv
+import pyarrow.parquet as pq
 
 from dfp_core.errors import DatasetError
 
@@ -211,9 +215,6 @@ def read_csv(body: bytes, features: list[str], id_column: str):
     table: the features read straight as float64, the id as text; empty, ``NaN``, ``null`` and
     the like are missing values, as pandas reads them. A value Arrow will not read as a number
     sends the body through a second read that names its column."""
-    import pyarrow as pa
-    import pyarrow.csv as csv
-
     def read(types: dict):
         options = csv.ConvertOptions(column_types=types, strings_can_be_null=True)
         return csv.read_csv(pa.BufferReader(body), convert_options=options)
@@ -229,9 +230,6 @@ def read_csv(body: bytes, features: list[str], id_column: str):
 
 
 def read_parquet(body: bytes):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         return pq.read_table(pa.BufferReader(body))
     except (pa.ArrowException, OSError) as exc:
@@ -241,8 +239,6 @@ def read_parquet(body: bytes):
 def typed_table(table, features: list[str], id_column: str) -> tuple[np.ndarray, list[str | None] | None]:
     """``typed_rows`` for an Arrow table: numbers and booleans as float64 (null -> NaN), text
     trimmed and read as numbers, anything else refused naming its column; the same checks."""
-    import pyarrow as pa
-
     columns = [str(c) for c in table.column_names]
     _check_columns(columns, features, id_column)
     wanted = {*features, id_column}
@@ -263,9 +259,6 @@ def typed_table(table, features: list[str], id_column: str) -> tuple[np.ndarray,
 
 def _float_column(column, name: str):
     """``column`` as float64, or ClientError naming it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     kind = column.type
     if kind == pa.float64():
         pass

@@ -28,6 +28,9 @@ from dfp_core.params import TrainConfig
 from dfp_core.progress import note, stage
 from dfp_core.summary import Summary
 from dfp_core.version import execution_tags
+from dfp_core.ml.evaluation import compare
+from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
+from dfp_core.tracking.registry import register_with_lineage
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -185,9 +188,7 @@ def _train_worker(rt: "Runtime", config: TrainConfig) -> WorkerSummary:
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str,
            started: dict[str, str]) -> TrainSummary:
-    from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
-    from dfp_core.tracking.registry import register_with_lineage
     from dfp_core.tracking.runs import LakeFSDatasetSource, SplitDataset
 
     with stage(1, TRAIN_STAGES, f"MLflow at {tracking_uri}"):
@@ -218,8 +219,6 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
             mlflow.log_metrics(result.metrics)
             comparison = None
             if config.evaluate_baselines:
-                from dfp_core.ml.evaluation import compare
-
                 comparison = compare(data.frames, result.error_score.score_function(result.model), result.preprocessor,
                                      seed=config.seed, train_on=config.train_on)
                 mlflow.log_metrics(comparison.metrics)

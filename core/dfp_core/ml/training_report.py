@@ -16,6 +16,7 @@ from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.evaluation import COMPARE_PLOTS
 from dfp_core.ml.feature_drift import TRAINING_PROFILE, training_profile
 from dfp_core.ml.retarget import BENIGN_VAL_SCORES, benign_val_record
+from dfp_core.ml.evaluation import plot_comparison
 
 if TYPE_CHECKING:
     from dfp_core.lineage import RetrievedDataset
@@ -55,7 +56,6 @@ def write_training_report(out: Path, result: "FitResult", data: "RetrievedDatase
     """Every file of ``ARTIFACTS`` under ``out`` (the comparison's only with ``comparison``);
     returns them by name."""
     from dfp_core.ml import plots
-    from dfp_core.ml.evaluation import plot_comparison
 
     paths = {name: out / rel for name, rel in ARTIFACTS.items() if comparison is not None or name not in COMPARISON}
     for folder in {p.parent for p in paths.values()}:

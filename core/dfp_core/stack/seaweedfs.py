@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import requests
+from botocore.exceptions import BotoCoreError, ClientError
 
 from dfp_core.errors import StackError
 
@@ -95,8 +96,6 @@ def client(endpoint: str, access_key: str, secret_key: str):
 
 
 def ensure_buckets(endpoint: str, access_key: str, secret_key: str) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     s3 = client(endpoint, access_key, secret_key)
     try:
         have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}

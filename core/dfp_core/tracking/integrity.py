@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from dfp_core.errors import TrackingError
 from dfp_core.progress import warn
+from dfp_core.tracking import signing
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -50,8 +51,6 @@ def record_model_digest(model_uri: str, signing_key_pem: str | None = None) -> s
     """Hash the logged model's files as stored, log the list to the active run, and with a
     key sign the files and log the signature (``signing.SIGNATURE_ARTIFACT``); the digest."""
     import mlflow
-
-    from dfp_core.tracking import signing
 
     with tempfile.TemporaryDirectory(prefix="dfp-model-digest-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(Path(tmp) / "model")))
@@ -106,8 +105,6 @@ def verified_model_dir(client: "MlflowClient", version, dest: Path, verify_key: 
 
 
 def _verify_signature(client: "MlflowClient", version, local: Path, dest: Path, verify_key: Path, label: str) -> None:
-    from dfp_core.tracking import signing
-
     if not verify_key.is_file():
         raise TrackingError(f"the public key {verify_key} (DFP_MODEL_SIGNING_PUBLIC_KEY) does not exist; "
                             f"cannot check the signature of {label}")

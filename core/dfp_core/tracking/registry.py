@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Protocol
 
 from dfp_core.errors import TrackingError
 from dfp_core.progress import warn
+from dfp_core.tracking.integrity import verified_model_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -103,8 +104,6 @@ def load_model(rt: "TrackingContext", model_uri: str):
 @contextlib.contextmanager
 def verified_copy(rt: "TrackingContext", version) -> Iterator[Path]:
     """A local copy of a registered version whose files match its recorded digests (removed on exit)."""
-    from dfp_core.tracking.integrity import verified_model_dir
-
     with tempfile.TemporaryDirectory(prefix="dfp-model-") as tmp:
         with rt.tracking():  # models:/ downloads resolve through the fluent API's registry
             local = verified_model_dir(rt.mlflow, version, Path(tmp), rt.settings.mlflow.verify_key)

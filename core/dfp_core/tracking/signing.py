@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from dfp_core.errors import TrackingError
 
 SIGNATURE_ARTIFACT = "integrity/model.sig"
@@ -29,7 +31,6 @@ IGNORED = ("registered_model_meta",)
 def ensure_key_pair(folder: Path) -> tuple[Path, Path]:
     """An EC P-256 key pair in ``folder`` (made once; the private key 0600): (private, public)."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     private, public = folder / PRIVATE_KEY, folder / PUBLIC_KEY
     if private.is_file() and public.is_file():

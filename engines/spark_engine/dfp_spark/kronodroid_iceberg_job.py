@@ -28,6 +28,7 @@ from dfp_core.errors import DfpError  # noqa: E402
 from dfp_core.params import TransformConfig, add_arguments, from_namespace  # noqa: E402
 from dfp_core.process_exit import leave_heap_to_the_os  # noqa: E402
 from dfp_core.progress import error  # noqa: E402
+from dfp_core.runtime import Runtime
 
 
 def parse_args(argv: list[str] | None = None) -> TransformConfig:
@@ -37,7 +38,6 @@ def parse_args(argv: list[str] | None = None) -> TransformConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dfp_core.runtime import Runtime
     from dfp_spark.transform_run import run_transform
 
     try:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StringType, StructField, StructType
+import pyarrow as pa
 
 from dfp_core.kronodroid import schema
 from dfp_core.splits import SplitSpec, spark_sample_id_sql, spark_split_sql
@@ -29,8 +32,6 @@ def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> Data
     count differs from the header keeps its text in ``CORRUPT_RECORD`` (Spark would
     otherwise pad or cut it silently); the typer rejects it as ``malformed_row``.
     """
-    from pyspark.sql.types import StringType, StructField, StructType
-
     struct = StructType([StructField(raw_column(i), StringType()) for i in range(len(part.columns))]
                         + [StructField(CORRUPT_RECORD, StringType())])
     df = (
@@ -52,10 +53,6 @@ def read_part(spark: SparkSession, uri: str, part: CsvPart, run_id: str) -> Data
 
 def type_part(raw: DataFrame, part: CsvPart) -> DataFrame:
     """Typed canonical columns, the ``reasons`` a row is rejected and their detail."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    import pyarrow as pa
-
     out = pa.schema(output_fields(part.columns))
     typer = make_typer(part.columns, part.data_source, part.expected_label)
     typed = raw.mapInArrow(typer, from_arrow_schema(out))

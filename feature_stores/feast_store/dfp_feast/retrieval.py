@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow.compute as pc
+from feast import FeatureStore
+from feast.repo_config import RegistryConfig, load_repo_config
 
 from dfp_core import iceberg
 from dfp_core.kronodroid import entity_index, schema
@@ -22,10 +24,10 @@ from dfp_core.lineage import DatasetSpec, RetrievedDataset, content_sha256, data
 from dfp_core.splits import SPLITS
 from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
 from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
+from dfp_core.spark import register_ref_catalog
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
-    from feast import FeatureStore
     from pyspark.sql import SparkSession
 
 EVAL_FIELDS = ("label", "malware_family", "data_source", "dataset_split", "sample_year")
@@ -42,9 +44,6 @@ def feature_store(registry_dir: Path, offline_store_type: str | None = None,
     """The repo's Feast config with a registry of its own (apply is per retrieval);
     ``offline_store_type`` swaps the offline store (e.g. Feast's own ``spark``, to compare),
     ``offline_options`` sets options of it."""
-    from feast import FeatureStore
-    from feast.repo_config import RegistryConfig, load_repo_config
-
     config = load_repo_config(FEAST_REPO_DIR, FEAST_CONFIG_FILE)
     if offline_store_type or offline_options:  # read lazily by Feast: replacing the raw section is enough
         config.offline_config = {
@@ -198,11 +197,6 @@ def apply_definitions(spark: "SparkSession", repo: str, ref: str, snapshot_id: s
     """What ``feast apply`` does for this repository's views, at ``repo``@``ref``: check
     the source through ``spark`` (wired to lakeFS) and register the objects in the
     registry that ``config_file`` names. Returns what was registered."""
-    from feast import FeatureStore
-    from feast.repo_config import load_repo_config
-
-    from dfp_core.spark import register_ref_catalog
-
     register_ref_catalog(spark, repo, ref)
     defs = build_definitions(repo, ref, snapshot_id)
     store = FeatureStore(config=load_repo_config(FEAST_REPO_DIR, Path(config_file)))

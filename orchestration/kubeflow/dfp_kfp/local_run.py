@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dfp_core.errors import ConfigError, DfpError
 from dfp_core.progress import plain
+from dfp_kfp.docker_engine import docker_client, require_images
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -39,8 +40,6 @@ def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None
     account: mounted read-only, named by KUBECONFIG."""
     from docker.types import Mount
     from kfp import local
-
-    from dfp_kfp.docker_engine import docker_client, require_images
 
     client = docker_client()
     require_images(client, images)

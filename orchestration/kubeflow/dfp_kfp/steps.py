@@ -21,6 +21,9 @@ from dfp_core.params import SPARK_MODES, SparkJobConfig, TrainConfig, TransformC
 from dfp_core.progress import error, note
 from dfp_core.runtime import Runtime
 from dfp_spark.run_lease import RunLease
+from dfp_core.params import to_arguments
+from dfp_kfp.spark_application import run_spark_application
+from dfp_spark.submit import run_local
 
 
 def ends_in_one_line(step: Callable) -> Callable:
@@ -64,7 +67,6 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_image:
     "local" runs ``spark-submit`` of the same job file here, with this Spark's jars.
     ``params``: the ``TransformConfig`` and ``SparkJobConfig`` fields by pipeline name.
     """
-    from dfp_core.params import to_arguments
     from dfp_spark import transform_run
 
     if not run_transform:
@@ -84,12 +86,8 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_image:
         with ctx.lease.heartbeat():  # the job may run on other hosts (pods); this step holds the run
             ctx.lease.stage(f"Spark transform ({mode})")
             if mode == "local":
-                from dfp_spark.submit import run_local
-
                 run_local(to_arguments(job), rt.settings.spark, rt.settings.lakefs, os.environ)
             else:
-                from dfp_kfp.spark_application import run_spark_application
-
                 run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark)
     except BaseException:
         transform_run.abort_run(rt.lakefs, ctx)
