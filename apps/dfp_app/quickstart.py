@@ -41,6 +41,7 @@ def _run(rt: Runtime, quiet, input_dir: Path | None, rows: int, seed: int, max_e
          log: Path | None):
     with quiet(2, "input data"):
         if input_dir is None:
+            # Deferred (pyarrow, pandas): only when the sample is generated.
             from dfp_core.kronodroid.generator import VERSION, generate
 
             # The generator's version in the name: a sample an older generator cached is not reused.
@@ -74,6 +75,7 @@ def _run(rt: Runtime, quiet, input_dir: Path | None, rows: int, seed: int, max_e
 def data_kind(input_dir: Path) -> str:
     """What the model was trained on, as the final block names it: the generator's marker
     says the data is synthetic."""
+    # Deferred (pyarrow, pandas): only when the sample is generated.
     from dfp_core.kronodroid.generator import MARKER
 
     if (input_dir / MARKER).is_file():

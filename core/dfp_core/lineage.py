@@ -102,6 +102,7 @@ _HASH_CHUNK_ROWS = 50_000
 def content_sha256(frame: "pd.DataFrame", key: str = "sample_id", columns: Iterable[str] | None = None) -> str:
     """Order-independent hash of a split's rows: ``columns`` (default all), sorted by name,
     rows sorted by ``key``. Recorded in lineage tags: the value must not change."""
+    # Deferred (pandas): ids and tags need none; only hashing a frame does.
     import pandas as pd
 
     columns = sorted(frame.columns if columns is None else columns)

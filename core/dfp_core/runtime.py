@@ -62,6 +62,7 @@ class Runtime:
 
     @cached_property
     def lakefs(self) -> "LakeFS":
+        # Deferred (the lakeFS SDK, requests): each client loads on first use; a command that needs none never imports it.
         from dfp_core.lakefs_ops import LakeFS
 
         return LakeFS(self.settings.lakefs)
@@ -75,6 +76,7 @@ class Runtime:
 
     @cached_property
     def mlflow(self) -> "MlflowClient":
+        # Deferred (MLflow): each client loads on first use; a command that needs none never imports it.
         from mlflow import MlflowClient
 
         tracking_auth.load_request_header_plugins()
@@ -85,6 +87,7 @@ class Runtime:
     def tracking(self) -> Iterator["MlflowClient"]:
         """MLflow's fluent API (``mlflow.start_run``, ``log_model``) pointed at this
         runtime's server for the block; the server is checked first."""
+        # Deferred (requests): each client loads on first use; a command that needs none never imports it.
         from dfp_core.tracking.server import check_tracking_server, use_tracking_server
 
         client = self.mlflow  # before any MLflow request: see tracking_auth.load_request_header_plugins

@@ -68,6 +68,7 @@ def s3a_conf(lakefs: LakeFSSettings) -> dict[str, str]:
 
 
 def base_conf(spark: SparkSettings, lakefs: LakeFSSettings, app_name: str) -> dict[str, str]:
+    # Deferred (57 ms of imports): it loads with the Spark session.
     from dfp_core.spark_jars import jar_paths
 
     conf = {
@@ -102,6 +103,7 @@ def spark_session(
     """A SparkSession (local mode unless SPARK_MASTER says otherwise) with the
     Iceberg runtime, S3A on lakeFS, and Iceberg SQL extensions."""
     require_java(settings)
+    # Deferred (PySpark): it loads with the Spark session.
     from pyspark.sql import SparkSession
 
     conf = {**base_conf(settings, lakefs, app_name), **(extra_conf or {})}
@@ -123,6 +125,7 @@ def _launch_jvm_without_secrets(master: str, conf: Mapping[str, str]) -> None:
     """Start this process's Spark JVM (if none runs yet) with every setting but the secrets
     on its command line; the session built next passes the whole conf through Py4J. The JVM
     needs the others at launch (driver memory, jars)."""
+    # Deferred (PySpark): it loads with the Spark session.
     from pyspark import SparkConf, SparkContext
 
     if SparkContext._gateway is not None:  # a JVM runs already (or spark-submit started this process)
@@ -156,6 +159,7 @@ def spark_error_line(exc: BaseException) -> str | None:
     """One line for a failure inside Spark (its JVM's root cause: class and message, without
     the Java stack), or None when ``exc`` did not come from Spark."""
     try:
+        # Deferred (PySpark): it loads with the Spark session.
         from pyspark.errors import PySparkException
     except ImportError:  # pragma: no cover - no Spark here, so not Spark's failure
         return None

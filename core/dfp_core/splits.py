@@ -27,6 +27,7 @@ def spark_sample_id_sql(sha256_col: str = "sha256", source_col: str = "data_sour
 
 def arrow_sample_id(sha256, data_source):
     """``sample_id`` over pyarrow string arrays (the scorer's reader builds its frames in Arrow)."""
+    # Deferred (pyarrow): only the vectorised split of an Arrow column needs it.
     import pyarrow.compute as pc
 
     return pc.binary_join_element_wise(data_source, pc.utf8_lower(pc.utf8_trim_whitespace(sha256)), ":")

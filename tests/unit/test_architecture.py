@@ -169,6 +169,54 @@ def test_a_component_file_missing_a_parameter_is_stale_and_regenerated(tmp_path)
         signatures.stale(rewrite=False, folder=tmp_path)
 
 
+def _import_blocks_inside_functions(path: Path):
+    """(line, commented) of each run of import statements inside a function of ``path``:
+    commented when the line above the run, or its first line, carries a comment."""
+    import ast
+
+    lines = path.read_text().splitlines()
+
+    def runs(body):
+        run = []
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                run.append(node)
+                continue
+            if run:
+                yield run
+                run = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue  # their own bodies are walked as functions
+            for field in ("body", "orelse", "finalbody"):
+                yield from runs(getattr(node, field, None) or [])
+            for handler in getattr(node, "handlers", None) or []:
+                yield from runs(handler.body)
+        if run:
+            yield run
+
+    for fn in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for run in runs(fn.body):
+                first = run[0].lineno
+                yield first, lines[first - 2].strip().startswith("#") or "#" in lines[first - 1]
+
+
+def test_imports_inside_functions_say_what_they_defer():
+    """Imports sit at module level; one inside a function has a comment above it saying which
+    heavy library it defers and why (or why it cannot be at the top)."""
+    roots = ["apps", "core", "engines", "feature_stores", "orchestration"]
+    silent = [f"{path.relative_to(REPO_ROOT)}:{line}" for root in roots for path in sorted((REPO_ROOT / root).rglob("*.py"))
+              for line, commented in _import_blocks_inside_functions(path) if not commented]
+    assert silent == [], f"imports inside functions without a comment saying why: {silent}"
+
+
+def test_an_import_inside_a_function_without_a_comment_is_found(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os\n\n\ndef f():\n    import json\n    import re\n\n    if os.sep:\n"
+                      "        # Deferred (pandas): only f needs it.\n        import pandas\n    return json, re, pandas\n")
+    assert list(_import_blocks_inside_functions(module)) == [(5, False), (10, True)]
+
+
 def test_the_cli_offers_every_config_option():
     from typer.main import get_command
 

@@ -34,6 +34,7 @@ def _arrays(train_x, eval_x) -> tuple[np.ndarray, np.ndarray]:
 def pca_errors(train_x: np.ndarray, eval_x: np.ndarray, n_components: int = PCA_COMPONENTS, seed: int = 0) -> np.ndarray:
     """Per-row mean squared error of ``eval_x`` reconstructed from the top
     ``n_components`` principal components of ``train_x`` (capped by its shape)."""
+    # Deferred (scikit-learn): only the baseline that runs.
     from sklearn.decomposition import PCA
 
     tx, ex = _arrays(train_x, eval_x)
@@ -46,6 +47,7 @@ def pca_errors(train_x: np.ndarray, eval_x: np.ndarray, n_components: int = PCA_
 def isolation_forest_scores(train_x: np.ndarray, eval_x: np.ndarray, seed: int = 0,
                             n_estimators: int = IFOREST_TREES) -> np.ndarray:
     """IsolationForest anomaly score (``-score_samples``: higher = more anomalous)."""
+    # Deferred (scikit-learn): only the baseline that runs.
     from sklearn.ensemble import IsolationForest
 
     tx, ex = _arrays(train_x, eval_x)
@@ -56,6 +58,7 @@ def isolation_forest_scores(train_x: np.ndarray, eval_x: np.ndarray, seed: int =
 def random_forest_scores(train_x_all: np.ndarray, train_y_all: np.ndarray, eval_x: np.ndarray, seed: int = 0,
                          n_estimators: int = RF_TREES, max_depth: int | None = RF_MAX_DEPTH) -> np.ndarray:
     """Supervised ceiling: P(malware) from a RandomForest fit on every labelled train row."""
+    # Deferred (scikit-learn): only the baseline that runs.
     from sklearn.ensemble import RandomForestClassifier
 
     tx, ex = _arrays(train_x_all, eval_x)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[str, Any], np.ndarray, str]:
     """The training profile and the benign validation scores to measure against, and where
     they came from: ``stored`` in the version's run, or ``rebuilt`` from its lineage."""
+    # Deferred (MLflow, PySpark): when a drift runs, not when its summary type is imported.
     from dfp_core.ml.reproduce import compare as differences_from_tags, rebuild
     from dfp_core.ml.retarget import BENIGN_VAL_SCORES
     from dfp_core.ml.scoring import score_frame
@@ -61,6 +62,7 @@ def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.D
     """(valid, rejected) blocks of the input: archives or CSV read as `dfp score` reads them
     (the files checked now, before the slow model load), or every sample of the table at
     ``lakefs://<repo>/<ref>`` as Feast serves it."""
+    # Deferred (59 ms of imports): when a drift runs, not when its summary type is imported.
     from dfp_core.ml.scoring import lakefs_ref
 
     if input_path.startswith("lakefs://"):
@@ -71,6 +73,7 @@ def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.D
             yield pd.concat(data.frames.values(), ignore_index=True), pd.DataFrame({"reason": pd.Series(dtype=object)})
 
         return served()
+    # Deferred (pyarrow): when a drift runs, not when its summary type is imported.
     from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
 
     path = Path(input_path)
@@ -103,6 +106,7 @@ class DriftSummary(Summary):
 def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, input_path: str,
           psi_bound: float = PSI_BOUND, top: int = 10) -> DriftSummary:
     """The drift summary of the apps at ``input_path`` against a registered version's training."""
+    # Deferred (95 ms of imports): when a drift runs, not when its summary type is imported.
     from dfp_core.ml.reproduce import model_lineage
     from dfp_core.ml.scoring import frame_scorer, model_target_fpr, model_threshold, score_frame
     from dfp_core.tracking.registry import load_model

@@ -39,6 +39,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
     """Autoencoder vs PCA / IsolationForest / RandomForest on the model's own
     (rebuilt) splits, or a time split for concept drift; logged to the model's
     training run unless ``log`` is false."""
+    # Deferred (MLflow, pandas): when an evaluation runs.
     import mlflow
     import pandas as pd
 
@@ -84,6 +85,7 @@ def evaluate_model_version(rt: "Runtime", name: str, version: str | None = None,
 def model_operating_point(scorer: Any, test_frame) -> dict[str, Any]:
     """The version's own threshold on its test split: precision, recall, F1 and the benign
     FPR reached (overall and per data source), and the TPR of its score at 1/5/10% FPR."""
+    # Deferred (scikit-learn, SciPy): when an evaluation runs.
     from dfp_core.ml.metrics import evaluate
 
     scored = scorer.predict(None, test_frame)

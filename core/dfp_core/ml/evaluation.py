@@ -155,6 +155,7 @@ def compare_models(frames: Mapping[str, pd.DataFrame], autoencoder_score: Callab
 
 def plot_comparison(scores: Mapping[str, np.ndarray], labels: np.ndarray, plots_dir: Path) -> tuple[Path, Path]:
     """ROC and precision-recall curves of every method on one pair of axes each."""
+    # Deferred (matplotlib): only when plots are drawn or the time split trains.
     from dfp_core.ml.plots import _figure, _note, _save
 
     y = np.asarray(labels).astype(np.int64)
@@ -181,6 +182,7 @@ def plot_comparison(scores: Mapping[str, np.ndarray], labels: np.ndarray, plots_
 
 def plot_drift(table: pd.DataFrame, plots_dir: Path, train_end_year: int) -> tuple[Path, Path]:
     """ROC-AUC and PR-AUC per later year, one line per method."""
+    # Deferred (matplotlib): only when plots are drawn or the time split trains.
     from dfp_core.ml.plots import _figure, _note, _save
 
     yearly = table[table["year"].notna()]
@@ -233,6 +235,7 @@ def time_split_evaluation(frame: pd.DataFrame, train_end_year: int, config=None,
     the two pooled groups), roc_auc, pr_auc, the TPR columns, n, n_malware. With ``plots_dir``:
     ``drift_roc_auc.png`` and ``drift_pr_auc.png``.
     """
+    # Deferred (32 ms of imports): only when plots are drawn or the time split trains.
     from dfp_core.ml.fit import fit_and_evaluate
 
     cfg = _config(config, hparams)

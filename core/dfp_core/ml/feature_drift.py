@@ -150,6 +150,7 @@ def feature_shift(profile: Mapping[str, Any], counts: BatchCounts) -> list[dict[
 def score_shift(benign_val_scores: Sequence[float], scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """The batch's scores against the benign validation apps': the shares above the threshold,
     quantiles and the exact two-sample KS statistic."""
+    # Deferred (SciPy): only the score shift's KS test.
     from scipy.stats import ks_2samp
 
     benign = np.asarray(benign_val_scores, dtype=np.float64)

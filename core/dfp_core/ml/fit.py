@@ -69,6 +69,7 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
     - ``grouped_error``: the mean and std of each feature group's term over all of them;
       ``features`` (default FEATURE_COLUMNS) names the columns of ``benign_x``, and
       ``shortfall_only`` (default SHORTFALL_ONLY) says which groups count shortfalls only."""
+    # Deferred (torch): they load with the fit, not with its result and score kinds.
     from dfp_core.serving.score import ErrorScore, absolute_errors, group_terms, residuals
 
     if kind == "mse":
@@ -91,6 +92,7 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
         # A group whose benign term does not vary (no error at all) is measured in its own units.
         scale = np.where(scale > 1e-12, scale, 1.0)
         return ErrorScore(kind, groups=groups, shortfall_only=shortfall, location=terms.mean(axis=0), scale=scale)
+    # Deferred (scikit-learn): they load with the fit, not with its result and score kinds.
     from sklearn.covariance import LedoitWolf
 
     if len(benign_x) > max_rows:
@@ -129,6 +131,7 @@ def fit_and_evaluate(config: TrainConfig, data, workdir: Path, logger: Any = Fal
     """Preprocess, train, evaluate on the retrieved frames. ``workdir``: Lightning's root
     folder. ``logger``: a Lightning logger for per-epoch metrics (False: none). In a DDP run
     every process fits; only the global rank zero evaluates (the others return after the fit)."""
+    # Deferred (Lightning): they load with the fit, not with its result and score kinds.
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 

@@ -122,6 +122,7 @@ def inference_service_for_version(rt: "Runtime", model_name: str, version: str |
                                   artifacts_destination: str | None = None, service_account: str | None = None,
                                   image: str | None = None) -> dict[str, Any]:
     """The InferenceService of a registered version (by number or alias)."""
+    # Deferred (52 ms of imports): only the manifest's and the request's builders need it.
     from dfp_core.tracking.registry import resolve_model_uri
 
     if (version is None) == (alias is None):
@@ -145,6 +146,7 @@ def mlserver_requirements(model_requirements: str) -> list[str]:
     """What an MLServer environment for the model installs: ``MLSERVER_REQUIREMENTS`` and the
     scorer's own pins from the model's ``requirements.txt`` text (not all of it: it pins MLflow's
     whole closure, whose FastAPI MLServer cannot run with). ConfigError if a pin is missing."""
+    # Deferred (torch, MLflow): only the manifest's and the request's builders need it.
     from dfp_core.ml.pyfunc import SCORER_DISTRIBUTIONS
 
     pins = {line.split("==")[0].strip().lower(): line.strip() for line in model_requirements.splitlines()
@@ -169,6 +171,7 @@ def v2_request(frame) -> dict[str, Any]:
     float64 features, ``sample_id`` as text): one input per column, decoded back into a
     DataFrame by MLServer (``content_type`` "pd"). JSON has no NaN: a missing value is refused
     here, naming the column, rather than sent as something else."""
+    # Deferred (torch, MLflow): only the manifest's and the request's builders need it.
     from dfp_core.serving.scorer import ID_COLUMN
 
     inputs = []

@@ -168,6 +168,7 @@ def operating_point_lines(threshold: float, target_fpr: float | None, metrics: d
                           score: str | None = None) -> list[str]:
     """The operating point in words: the FPR target and threshold, what the test split
     shows there (overall and per data source), and the TPR of the score at fixed FPRs."""
+    # Deferred (scikit-learn, SciPy): only the operating point's lines need it.
     from dfp_core.ml.metrics import REPORTED_FPRS, SOURCE_SEP, fpr_key
 
     chosen = (f"set on the validation split so that at most {_percent(target_fpr)} of its benign apps are flagged "

@@ -59,6 +59,7 @@ class RetargetSummary(Summary):
 def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, target_fpr: float,
              new_alias: str | None = None) -> RetargetSummary:
     """A new version of ``name`` whose threshold is set for ``target_fpr``; its summary."""
+    # Deferred (MLflow): when a retarget runs, not when its constants are imported.
     import mlflow
 
     from dfp_core.ml.pyfunc import model_description
@@ -114,6 +115,7 @@ def _rewrite_threshold(local: Path, point: dict[str, float], score: str, source:
 def _log_model_dir(local: Path):
     """The model folder ``local`` logged again into the active run: its own code, artifacts,
     signature, example and pinned requirements."""
+    # Deferred (MLflow): when a retarget runs, not when its constants are imported.
     import mlflow
     from mlflow.models import Model
 

@@ -57,6 +57,7 @@ def check_output_apart(input_path: Path, out_path: Path) -> None:
 
 
 def _predict(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    # Deferred (torch, MLflow): the model's code and torch load with the model, not with the output helpers.
     from dfp_core.serving.scorer import KronodroidScorer
 
     if isinstance(model, KronodroidScorer):
@@ -74,6 +75,7 @@ def frame_scorer(model: Any) -> Any:
     nothing but costs a pass per column and block (3 of 15 s for 200,000 rows). The scorer
     still refuses missing or non-numeric feature columns by name. Any other signature (a
     version registered before it was built this way, another model) goes through MLflow."""
+    # Deferred (torch, MLflow): the model's code and torch load with the model, not with the output helpers.
     from dfp_core.ml.pyfunc import model_signature
     from dfp_core.serving.scorer import KronodroidScorer
 
@@ -100,6 +102,7 @@ def score_frame(model: Any, frame: pd.DataFrame, explainer: "Explainer | None" =
     ``model``: a loaded MLflow pyfunc (``mlflow.pyfunc.load_model``) or an
     ``KronodroidScorer`` (e.g. ``KronodroidScorer.from_artifacts``).
     """
+    # Deferred (torch, MLflow): the model's code and torch load with the model, not with the output helpers.
     from dfp_core.ml.pyfunc import as_model_input
 
     columns = list(SCORE_COLUMNS) + (list(explainer.columns) if explainer else [])
@@ -126,6 +129,7 @@ class Explainer:
     units (the groups' add up to the score; ``ErrorScore.contributions``)."""
 
     def __init__(self, scorer: Any, top: int):
+        # Deferred (55 ms of imports): the model's code and torch load with the model, not with the output helpers.
         from dfp_core.ml.fit import feature_groups
 
         self.scorer, self.top = scorer, top
@@ -140,6 +144,7 @@ class Explainer:
 def explainer_for(rt: "Runtime", model: Any, model_uri: str, top: int) -> Explainer:
     """The ``Explainer`` of a loaded model, or ConfigError naming the version and why not:
     only ``grouped_error`` versions have per-feature terms."""
+    # Deferred (torch, MLflow): the model's code and torch load with the model, not with the output helpers.
     from dfp_core.serving.scorer import KronodroidScorer
 
     unwrap = getattr(model, "unwrap_python_model", None)
@@ -292,6 +297,7 @@ def _one_core_for_the_model() -> Iterator[None]:
     the other core, and two torch threads beside it only contend (200,000 rows: 9.6 s with
     one, 11.3 s with two, on 2 cores; a GEMM splits its output, not its sums, so the bits
     are the same)."""
+    # Deferred (torch): the model's code and torch load with the model, not with the output helpers.
     import torch
 
     before = torch.get_num_threads()
@@ -338,6 +344,7 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, expla
     threshold and target_fpr (None when the model does not expose them), flagged_share
     (anomalies over scored apps), out_path, model_uri.
     """
+    # Deferred (pyarrow): the model's code and torch load with the model, not with the output helpers.
     from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
 
     out_path = Path(out_path)

@@ -45,6 +45,7 @@ def scoring_server_command(model_uri: str, host: str, port: int, env_manager: st
 def wait_until_ready(server: subprocess.Popen, url: str, timeout_s: float, ready_path: str = "/ping") -> None:
     """Until ``url`` + ``ready_path`` answers 200 (MLflow's contract: /ping; MLServer's V2:
     /v2/models/<name>/ready); TrackingError if the server exits first or the time runs out."""
+    # Deferred (requests): only waiting and downloading need it.
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -85,6 +86,7 @@ def scoring_server(rt: "Runtime", model_uri: str, env: Mapping[str, str], host: 
 
 
 def _downloaded(rt: "Runtime", model_uri: str, dest: Path) -> str:
+    # Deferred (MLflow): only waiting and downloading need it.
     import mlflow
     from mlflow.exceptions import MlflowException
 

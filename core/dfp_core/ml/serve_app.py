@@ -89,6 +89,7 @@ def read_request(body: bytes, content_type: str | None, features: list[str], id_
 
 
 def _explain(params: Any) -> int:
+    # Deferred (torch, MLflow): the request parsing is tested and timed without it.
     from dfp_core.serving.scorer import EXPLAIN_PARAM, explain_count
 
     if params is None:
@@ -373,6 +374,7 @@ class ScoringApp:
     def _explained(self, matrix: np.ndarray, ids: list[str | None] | None, explain: int) -> list[dict]:
         """The outputs with each app's explanation (``KronodroidScorer.explain_matrix``); a
         version that cannot explain its score is the client's 400, naming why."""
+        # Deferred (MLflow): the request parsing is tested and timed without it.
         from mlflow.exceptions import MlflowException
 
         if not callable(getattr(self.scorer, "explain_matrix", None)):
@@ -403,6 +405,7 @@ class ScoringApp:
 
 def load_app(model_dir: str, max_body_mb: int = MAX_BODY_MB) -> ScoringApp:
     """The app for a model folder (a verified copy): its scorer and its signature's columns."""
+    # Deferred (MLflow): the request parsing is tested and timed without it.
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(model_dir)
@@ -412,6 +415,7 @@ def load_app(model_dir: str, max_body_mb: int = MAX_BODY_MB) -> ScoringApp:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Deferred (uvicorn): the request parsing is tested and timed without it.
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

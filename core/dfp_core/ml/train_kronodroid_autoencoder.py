@@ -72,6 +72,7 @@ def rebuild_tags(data) -> dict[str, str]:
 
 
 def _epoch_metrics_logger_class():
+    # Deferred (Lightning): when training runs, not when its summary type is imported.
     from lightning.pytorch.loggers import MLFlowLogger
 
     class EpochMetricsLogger(MLFlowLogger):
@@ -143,6 +144,7 @@ def _mark_failed(rt: "Runtime", run_id: str) -> str | None:
 def train(rt: "Runtime", config: TrainConfig) -> TrainSummary | WorkerSummary:
     """The whole training run; returns its summary. A run that cannot
     finish raises ``TrainingFailed`` (one line, the run marked FAILED)."""
+    # Deferred (MLflow): when training runs, not when its summary type is imported.
     import mlflow
 
     config = config.resolved(rt.settings)
@@ -188,6 +190,7 @@ def _train_worker(rt: "Runtime", config: TrainConfig) -> WorkerSummary:
 
 def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, tracking_uri: str,
            started: dict[str, str]) -> TrainSummary:
+    # Deferred (torch, MLflow): when training runs, not when its summary type is imported.
     from dfp_core.ml.pyfunc import as_model_input, log_scorer_model, model_description
     from dfp_core.tracking.runs import LakeFSDatasetSource, SplitDataset
 

@@ -55,6 +55,7 @@ def write_training_report(out: Path, result: "FitResult", data: "RetrievedDatase
                           comparison: "Comparison | None" = None) -> dict[str, Path]:
     """Every file of ``ARTIFACTS`` under ``out`` (the comparison's only with ``comparison``);
     returns them by name."""
+    # Deferred (matplotlib): only to draw.
     from dfp_core.ml import plots
 
     paths = {name: out / rel for name, rel in ARTIFACTS.items() if comparison is not None or name not in COMPARISON}

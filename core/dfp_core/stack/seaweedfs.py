@@ -85,6 +85,7 @@ def healthy(endpoint: str) -> bool:
 
 
 def client(endpoint: str, access_key: str, secret_key: str):
+    # Deferred (boto3): only the s3 profile's bucket needs it.
     import boto3
     from botocore.config import Config
 

@@ -57,6 +57,7 @@ def load_request_header_plugins() -> None:
     imports (once; MLflow imports it on its first REST call)."""
     if _REGISTRY in sys.modules:
         return
+    # Deferred (MLflow): MLflow's plugins load with MLflow.
     from mlflow.utils import plugins
 
     listed = plugins._get_entry_points

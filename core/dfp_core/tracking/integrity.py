@@ -50,6 +50,7 @@ def manifest_digest(digests: dict[str, str]) -> str:
 def record_model_digest(model_uri: str, signing_key_pem: str | None = None) -> str:
     """Hash the logged model's files as stored, log the list to the active run, and with a
     key sign the files and log the signature (``signing.SIGNATURE_ARTIFACT``); the digest."""
+    # Deferred (MLflow): MLflow loads on first use.
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="dfp-model-digest-") as tmp:
@@ -71,6 +72,7 @@ def verified_model_dir(client: "MlflowClient", version, dest: Path, verify_key: 
     checked against the digests its training run recorded, then, with ``verify_key``,
     against its signature; TrackingError otherwise. Call it with MLflow's fluent API pointed
     at ``client``'s server (``Runtime.tracking``)."""
+    # Deferred (MLflow): MLflow loads on first use.
     import mlflow
 
     label = f"models:/{version.name}/{version.version}"

@@ -42,6 +42,7 @@ def register_with_lineage(client, model_uri: str, name: str, tags: dict[str, str
     ``use_tracking_server``; ``client`` (same server) sets the description and the
     alias. Returns the version.
     """
+    # Deferred (MLflow): MLflow loads on first use.
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -60,6 +61,7 @@ def resolve_model_uri(rt: "TrackingContext", model_uri: str):
     """The registry's ModelVersion of a ``models:/name/version`` or ``models:/name@alias``
     URI, or TrackingError naming what is missing. None for URIs that name no registered
     version: ``runs:/``, a path, MLflow 3's logged models (``models:/m-<id>``)."""
+    # Deferred (MLflow): MLflow loads on first use.
     from mlflow.exceptions import MlflowException
 
     if not model_uri.startswith("models:/"):
@@ -84,6 +86,7 @@ def load_model(rt: "TrackingContext", model_uri: str):
     registered version (``models:/``) is loaded from a copy whose files were checked against
     the digests its training recorded (``integrity``); other URIs, which carry no digest,
     load as they are, with a warning."""
+    # Deferred (MLflow): MLflow loads on first use.
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -20,6 +20,7 @@ def use_tracking_server(tracking_uri: str) -> Iterator[None]:
     processes; MLflow's own scoped setter restores its previous state, and the
     variable is put back as it was, so the process environment is unchanged.
     """
+    # Deferred (MLflow): MLflow loads on first use.
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     saved = os.environ.get("MLFLOW_TRACKING_URI")

@@ -30,6 +30,7 @@ IGNORED = ("registered_model_meta",)
 
 def ensure_key_pair(folder: Path) -> tuple[Path, Path]:
     """An EC P-256 key pair in ``folder`` (made once; the private key 0600): (private, public)."""
+    # Deferred (cryptography): only signing or verifying needs it.
     from cryptography.hazmat.primitives import serialization
 
     private, public = folder / PRIVATE_KEY, folder / PUBLIC_KEY
@@ -49,6 +50,7 @@ def ensure_key_pair(folder: Path) -> tuple[Path, Path]:
 
 def sign_model_dir(model_dir: Path, private_key_pem: str, signature: Path) -> None:
     """Sign every file under ``model_dir`` into ``signature`` (a Sigstore bundle)."""
+    # Deferred (model-signing): only signing or verifying needs it.
     from model_signing import hashing, signing
 
     with tempfile.TemporaryDirectory(prefix="dfp-signing-") as tmp:
@@ -67,6 +69,7 @@ def sign_model_dir(model_dir: Path, private_key_pem: str, signature: Path) -> No
 def verify_model_dir(model_dir: Path, signature: Path, public_key: Path, label: str) -> None:
     """TrackingError unless ``signature`` was made by the key of ``public_key`` over exactly
     the files under ``model_dir`` (none changed, missing or added)."""
+    # Deferred (model-signing): only signing or verifying needs it.
     from model_signing import verifying
 
     try:

@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> TransformConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Deferred (the lakeFS SDK, requests): the argument parser runs and is tested without it.
     from dfp_spark.transform_run import run_transform
 
     try:

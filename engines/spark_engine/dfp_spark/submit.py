@@ -21,6 +21,7 @@ class SparkJobError(DfpError):
 
 
 def spark_submit_command(job_args: list[str], settings: SparkSettings) -> list[str]:
+    # Deferred (PySpark): only to find spark-submit.
     import pyspark
 
     # pip's pyspark is a Spark distribution: bin/spark-submit, jars/ (the images use it as SPARK_HOME).

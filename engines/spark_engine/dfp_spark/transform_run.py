@@ -135,6 +135,7 @@ def transform_on_branch(
     spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str, run_id: str, split: SplitSpec,
 ) -> dict:
     """Run the Spark transform on ``run_branch`` and write all tables there."""
+    # Deferred (PySpark, pyarrow): it loads with the transform, not for publishing or gc.
     from dfp_spark import transform
 
     lakefs.require_branch(repo, run_branch)

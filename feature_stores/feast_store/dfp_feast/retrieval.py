@@ -134,6 +134,7 @@ def _entity_keys(keys_table, splits, subset_seed: int | None = None) -> "pd.Data
     index or the snapshot itself, plus ``subset_order`` where a subset is taken
     (``subset_seed`` given). A small local frame: the offline store builds its
     point-in-time join on it and streams the ~480-column feature rows through."""
+    # Deferred (PySpark): only the entity keys need it.
     from pyspark.sql import functions as F
 
     columns = [F.col("sample_id"), F.col("event_timestamp"), F.col("dataset_split")]

@@ -15,6 +15,7 @@ class DockerError(DfpError):
 def docker_client():
     """A client of a running engine, or DockerError saying how to get one."""
     try:
+        # Deferred (the Docker SDK): only the docker runner needs it.
         import docker
     except ImportError:  # pragma: no cover - kfp depends on it
         raise DockerError("the docker Python package is missing; run `make setup`") from None
@@ -36,6 +37,7 @@ def docker_client():
 
 def require_images(client, images: tuple[str, ...] | list[str]) -> None:
     """Every image present locally, or DockerError naming the missing ones and `make images`."""
+    # Deferred (the Docker SDK): only the docker runner needs it.
     import docker
 
     missing = []

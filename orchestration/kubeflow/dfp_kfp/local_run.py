@@ -38,6 +38,7 @@ def _docker_runner(rt: "Runtime", images: tuple[str, ...], input_dir: str | None
     """A DockerRunner for the local stack, after checking the engine and the images. With
     ``kubeconfig`` (spark_mode=kubernetes), the steps read it as a pod reads its service
     account: mounted read-only, named by KUBECONFIG."""
+    # Deferred (KFP, the Docker SDK): only the runner that runs loads it.
     from docker.types import Mount
     from kfp import local
 
@@ -79,6 +80,7 @@ def run_pipeline_locally(rt: "Runtime", pipeline_root: Path | None = None, runne
     in local mode; ``params`` are pipeline parameters. ``kubeconfig``: with the docker
     runner and ``spark_mode=kubernetes``, the cluster the transform step submits to.
     """
+    # Deferred (KFP): only the runner that runs loads it.
     from kfp import local
 
     from dfp_kfp.components.spark_transform_component import SPARK_IMAGE

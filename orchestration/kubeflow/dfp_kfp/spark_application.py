@@ -123,6 +123,7 @@ class SparkApplications:
 
     def __init__(self, api_client, attempts: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                  sleep: Callable[[float], None] = time.sleep):
+        # Deferred (the Kubernetes client): only a cluster needs it.
         from kubernetes import client
 
         self.custom = client.CustomObjectsApi(api_client)
@@ -132,6 +133,7 @@ class SparkApplications:
     @classmethod
     def from_cluster(cls, **kwargs) -> "SparkApplications":
         """In a pod, its service account; elsewhere, the current kubeconfig context."""
+        # Deferred (the Kubernetes client): only a cluster needs it.
         from kubernetes import client, config
 
         try:
@@ -148,6 +150,7 @@ class SparkApplications:
 
     @classmethod
     def for_server(cls, host: str, token: str | None = None, **kwargs) -> "SparkApplications":
+        # Deferred (the Kubernetes client): only a cluster needs it.
         from kubernetes import client
 
         configuration = client.Configuration(host=host)
@@ -158,6 +161,7 @@ class SparkApplications:
 
     def _call(self, action: str, fn, *args, missing_ok: bool = False, **kwargs):
         """``fn(*args, **kwargs)`` with transient failures retried; our error otherwise."""
+        # Deferred (the Kubernetes client, requests): only a cluster needs it.
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 

@@ -67,6 +67,7 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_image:
     "local" runs ``spark-submit`` of the same job file here, with this Spark's jars.
     ``params``: the ``TransformConfig`` and ``SparkJobConfig`` fields by pipeline name.
     """
+    # Deferred (36 ms of imports): each step loads only its own use case.
     from dfp_spark import transform_run
 
     if not run_transform:
@@ -106,6 +107,7 @@ def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str
     merged (too much shrink, a conflict) leaves the target unchanged and its
     branch removed.
     """
+    # Deferred (36 ms of imports): each step loads only its own use case.
     from dfp_spark import transform_run
 
     rt = step_runtime("kronodroid-merge-step", lakefs_endpoint)
@@ -131,6 +133,7 @@ def commit_merge_step(run_transform: bool, lakefs_endpoint: str, run_branch: str
 def train_step(lakefs_repository: str, lakefs_endpoint: str, lakefs_ref: str, mlflow_tracking_uri: str,
                **train_params: Any) -> tuple[str, str, str]:
     """Train + register; returns (model_name, model_version, mlflow_run_id)."""
+    # Deferred (scikit-learn, SciPy): each step loads only its own use case.
     from dfp_core.ml.train_kronodroid_autoencoder import train
 
     with step_runtime("kronodroid-train-step", lakefs_endpoint, mlflow_tracking_uri) as rt:

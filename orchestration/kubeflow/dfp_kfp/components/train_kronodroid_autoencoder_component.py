@@ -54,6 +54,7 @@ def train_kronodroid_autoencoder(
     from dfp_core.process_exit import leave_heap_to_the_os, quiet_teardown_after_exit_handlers
 
     quiet_teardown_after_exit_handlers()  # before the step's imports register their own exit handlers
+    # Imports inside: KFP runs this function's source alone, in the step's image.
     from dfp_kfp.steps import train_step
 
     name, version, run_id = train_step(**params)
