@@ -492,9 +492,9 @@ def score_cmd(
 
     with runtime("kronodroid-score", mlflow={"tracking_uri": tracking_uri}) as rt:
         if input_path.startswith("lakefs://"):
-            emit(score_lakefs_ref(rt, model_uri, input_path, out, explain))
+            emit(score_lakefs_ref(rt, model_uri, input_path, out, explain).to_json())
         else:
-            emit(score(rt, model_uri, Path(input_path), out, explain))
+            emit(score(rt, model_uri, Path(input_path), out, explain).to_json())
 
 
 @app.command("serve")

@@ -205,9 +205,9 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     out = tmp_path / "scores" / "out.csv"
     rt = Runtime(Settings.from_env({}).override(mlflow={"tracking_uri": logged["uri"]}))
     summary = score(rt, logged["model_uri"], bad_archives, out)
-    assert summary["rows_in"] == 300 and summary["scored"] == 298 and summary["rejected"] == 2
-    assert summary["rejected_by_reason"] == {"invalid_sha256": 1, "non_numeric_feature": 1}
-    assert summary["threshold"] == pytest.approx(trained["threshold"])
+    assert summary.rows_in == 300 and summary.scored == 298 and summary.rejected == 2
+    assert summary.rejected_by_reason == {"invalid_sha256": 1, "non_numeric_feature": 1}
+    assert summary.threshold == pytest.approx(trained["threshold"])
     frame = pd.read_csv(out)
     assert list(frame.columns) == list(OUTPUT_COLUMNS) and len(frame) == 300
     bad = frame[frame["status"] == "rejected"]
@@ -217,9 +217,9 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     assert bad["is_anomaly"].isna().all()
     good = frame[frame["status"] == "scored"]
     assert good["reason"].isna().all() and good["reconstruction_error"].notna().all()
-    np.testing.assert_array_equal(good["is_anomaly"].astype(bool), good["anomaly_score"] > summary["threshold"])
-    assert summary["anomalies"] == int(good["is_anomaly"].astype(bool).sum())
-    assert summary["target_fpr"] == pytest.approx(0.05) and summary["flagged_share"] == summary["anomalies"] / 298
+    np.testing.assert_array_equal(good["is_anomaly"].astype(bool), good["anomaly_score"] > summary.threshold)
+    assert summary.anomalies == int(good["is_anomaly"].astype(bool).sum())
+    assert summary.target_fpr == pytest.approx(0.05) and summary.flagged_share == summary.anomalies / 298
     # same scores as the model in memory, input order kept
     valid, _ = read_kronodroid(bad_archives)
     x = trained["preprocessor"].transform(valid)
@@ -232,7 +232,7 @@ def test_score_end_to_end(logged, trained, bad_archives, tmp_path):
     # parquet, through the registry
     pq = score(rt, logged["registered"], bad_archives, tmp_path / "out.parquet")
     back = pd.read_parquet(tmp_path / "out.parquet")
-    assert pq["scored"] == 298 and len(back) == 300 and list(back.columns) == list(OUTPUT_COLUMNS)
+    assert pq.scored == 298 and len(back) == 300 and list(back.columns) == list(OUTPUT_COLUMNS)
     assert str(back["is_anomaly"].dtype) == "boolean" and back["is_anomaly"].isna().sum() == 2
     np.testing.assert_allclose(back["reconstruction_error"].dropna().to_numpy(), direct, rtol=1e-5, atol=1e-7)
 
@@ -250,7 +250,7 @@ def test_score_explains_each_app_with_terms_that_add_up_to_its_score(logged, tra
     extra = [f"top{i}_{what}" for i in (1, 2, 3) for what in ("feature", "group", "contribution")]
     assert list(explained.columns) == [*OUTPUT_COLUMNS, *extra, *(f"{g}_contribution" for g in groups)]
     pd.testing.assert_frame_equal(explained[list(OUTPUT_COLUMNS)], plain)  # the same scores, bit for bit
-    assert summary["scored"] == 298
+    assert summary.scored == 298
     good = explained[explained["status"] == "scored"]
     total = good[[f"{g}_contribution" for g in groups]].sum(axis=1)
     np.testing.assert_allclose(total, good["anomaly_score"], rtol=1e-9, atol=1e-9)

@@ -54,3 +54,15 @@ def test_what_a_reproduction_did_not_measure_is_left_out():
                                 "rows": {"train": 7}, "dataset_ids": {}}
     report.seconds_rebuild = 1.5
     assert report.to_json()["seconds_rebuild"] == 1.5
+
+
+def test_a_score_names_only_its_own_kind_of_input():
+    from dfp_core.ml.scoring import ScoreSummary
+
+    common = dict(rows_in=3, scored=2, rejected=1, anomalies=1, threshold=None, target_fpr=None, flagged_share=0.5,
+                  out_path="out.csv", model_uri="models:/m/1")
+    files = ScoreSummary(**common, rejected_by_reason={"bad_row": 1}).to_json()
+    assert files["rejected_by_reason"] == {"bad_row": 1} and "lakefs_commit" not in files
+    assert files["threshold"] is None  # a version without a threshold says so
+    ref = ScoreSummary(**common, lakefs_commit="c", iceberg_snapshot_id="7").to_json()
+    assert ref["lakefs_commit"] == "c" and "rejected_by_reason" not in ref

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.tracking.registry import load_model, resolve_model_uri
 from dfp_core.read_ahead import read_ahead
+from dfp_core.summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -186,6 +188,30 @@ def _scorer_number(model: Any, name: str) -> float | None:
     return None if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class ScoreSummary(Summary):
+    """A scored input: the rows read, scored and refused, the apps flagged against the
+    threshold's target, where the output went; for a ``lakefs://`` input the commit and
+    snapshot read, for files the refused rows by reason."""
+
+    rows_in: int
+    scored: int
+    rejected: int
+    anomalies: int
+    threshold: float | None
+    target_fpr: float | None
+    flagged_share: float | None
+    out_path: str
+    model_uri: str
+    rejected_by_reason: dict[str, int] | None = None  # files only
+    lakefs_commit: str | None = None  # lakefs:// only
+    iceberg_snapshot_id: str | None = None
+    SOURCE_FIELDS = ("rejected_by_reason", "lakefs_commit", "iceberg_snapshot_id")
+
+    def to_json(self) -> dict[str, Any]:  # a field of the other kind of input is left out
+        return {k: v for k, v in super().to_json().items() if v is not None or k not in self.SOURCE_FIELDS}
+
+
 def flagged_summary(model: Any, anomalies: int, scored: int) -> dict:
     """The threshold, the benign FPR it was set for on validation, and the share of this
     input it flagged: well above the target on a mostly benign feed says the operating point
@@ -328,7 +354,7 @@ def _score_blocks(blocks, scorer, writer: "_ChunkWriter", explainer: Explainer |
     return counts, by_reason
 
 
-def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, explain: int = 0) -> dict:
+def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, explain: int = 0) -> ScoreSummary:
     """Score every row of KronoDroid-format input (a directory, archive or CSV)
     with the model at ``model_uri`` (``models:/name/version``, ``models:/name@alias``,
     ``runs:/...``, a local path ...) and write one output row per input row
@@ -369,13 +395,8 @@ def score(rt: "Runtime", model_uri: str, input_path: Path, out_path: Path, expla
         raise
     finally:
         blocks.close()
-    return {
-        **counts,
-        "rejected_by_reason": dict(sorted(by_reason.items())),
-        **flagged_summary(model, counts["anomalies"], counts["scored"]),
-        "out_path": str(out_path),
-        "model_uri": model_uri,
-    }
+    return ScoreSummary(**counts, **flagged_summary(model, counts["anomalies"], counts["scored"]),
+                        out_path=str(out_path), model_uri=model_uri, rejected_by_reason=dict(sorted(by_reason.items())))
 
 
 def lakefs_ref(uri: str) -> tuple[str, str]:
@@ -386,7 +407,7 @@ def lakefs_ref(uri: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path, explain: int = 0) -> dict:
+def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path, explain: int = 0) -> ScoreSummary:
     """Score every sample of ``kronodroid.fct_training_dataset`` at
     ``lakefs://<repo>/<ref>`` as Feast serves it (all three splits)."""
     out_path = Path(out_path)
@@ -397,10 +418,7 @@ def score_lakefs_ref(rt: "Runtime", model_uri: str, uri: str, out_path: Path, ex
     frame = pd.concat(data.frames.values(), ignore_index=True)
     scored = score_frame(frame_scorer(model), frame, explainer)
     _write(scored, out_path, fmt)
-    return {
-        "rows_in": int(len(frame)), "scored": int(len(scored)), "rejected": 0,
-        "anomalies": int(scored["is_anomaly"].sum()),
-        **flagged_summary(model, int(scored["is_anomaly"].sum()), len(scored)),
-        "lakefs_commit": data.spec.lakefs_commit, "iceberg_snapshot_id": data.spec.iceberg_snapshot_id,
-        "out_path": str(out_path), "model_uri": model_uri,
-    }
+    anomalies = int(scored["is_anomaly"].sum())
+    return ScoreSummary(rows_in=int(len(frame)), scored=int(len(scored)), rejected=0, anomalies=anomalies,
+                        **flagged_summary(model, anomalies, len(scored)), out_path=str(out_path), model_uri=model_uri,
+                        lakefs_commit=data.spec.lakefs_commit, iceberg_snapshot_id=data.spec.iceberg_snapshot_id)
