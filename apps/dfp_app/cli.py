@@ -444,8 +444,8 @@ def diff_cmd(
 
     with runtime("kronodroid-diff", mlflow={"tracking_uri": tracking_uri}) as rt:
         summary = diff(rt, model, versions, refs, psi_bound, top, out)
-    note(summary["verdict"])
-    emit(summary)
+    note(summary.verdict)
+    emit(summary.to_json())
 
 
 DRIFT_EXIT_CODE = 3  # `dfp drift --fail-on-drift` found drift (2: bad input, 1: a failure)

@@ -67,7 +67,7 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     refs = (f"lakefs://{repo}/{first['merge_commit']}", f"lakefs://{repo}/{second['merge_commit']}")
     summary = diff(rt, refs=refs)
 
-    apps = summary["apps"]
+    apps = summary.apps
     assert apps["removed"]["total"] == REMOVED and apps["added"]["total"] == ADDED
     assert apps["label_changed"]["total"] == FLIPPED and apps["moved"]["total"] == 0
     for kind, rows in (("removed", removed), ("added", extra)):
@@ -75,21 +75,21 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
         assert apps[kind]["by_label"] == {"benign": int((rows["Malware"] == "0").sum()),
                                           "malware": int((rows["Malware"] == "1").sum())}
     assert set(apps["label_changed"]["examples"]) <= {sample_id(h, REAL_DEVICE) for h in flipped["sha256"]}
-    assert {k: summary["families"][k] for k in ("appeared", "disappeared")} == {
+    assert {k: summary.families[k] for k in ("appeared", "disappeared")} == {
         "appeared": sorted(_families(newer) - _families(older)), "disappeared": sorted(_families(older) - _families(newer))}
-    shift = summary["train_shift"]
+    shift = summary.train_shift
     assert shift["top_features"][0]["feature"] == RAW_TO_CANONICAL["read"] and shift["top_features"][0]["psi"] > 1.0
     assert shift["only_in_older"] == [] == shift["only_in_newer"]
     # lakeFS: the second run's commits, and the raw file it replaced.
-    lakefs_part = summary["lakefs"]
+    lakefs_part = summary.lakefs
     assert lakefs_part["same_repository"] and lakefs_part["commits"][0]["id"] == second["merge_commit"]
     assert "diff-b" in {c["run_id"] for c in lakefs_part["commits"]}
     assert first["merge_commit"] not in {c["id"] for c in lakefs_part["commits"]} and not lakefs_part["truncated"]
     assert any(c["path"].endswith(Path(SUBSET_RELPATH).name) and c["type"] == "changed" for c in lakefs_part["raw_changes"])
-    assert summary["quarantine"]["older"] == first["quarantine_by_reason"]
-    assert summary["quarantine"]["newer"] == second["quarantine_by_reason"]
-    assert not summary["feature_definitions"]["differ"] and summary["hyperparameters"] is None
-    assert summary["verdict"].startswith(f"{ADDED} apps added, {REMOVED} removed")
+    assert summary.quarantine["older"] == first["quarantine_by_reason"]
+    assert summary.quarantine["newer"] == second["quarantine_by_reason"]
+    assert not summary.feature_definitions["differ"] and summary.hyperparameters is None
+    assert summary.verdict.startswith(f"{ADDED} apps added, {REMOVED} removed")
 
     # The same data behind two registered versions, trained with different learning rates.
     name = f"kronodroid_autoencoder_{repo}"
@@ -101,7 +101,7 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
                            "--out", str(tmp_path / "report")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     versions = json.loads(done.stdout.strip().splitlines()[-1])
-    assert versions["apps"] == apps and versions["families"] == summary["families"]
+    assert versions["apps"] == apps and versions["families"] == summary.families
     assert len(versions["train_shift"]["top_features"]) == 3
     assert versions["hyperparameters"]["lr"] == ["0.001", "0.002"] and "ref" in versions["hyperparameters"]
     assert versions["older"]["data"] == f"version {a} of {name}" and versions["verdict"] in done.stderr
@@ -168,9 +168,9 @@ def test_a_random_and_a_month_split_of_the_real_subset_differ_only_in_their_spli
     moved = int((random_split["dataset_split"] != month_split["dataset_split"].reindex(random_split.index)).sum())
 
     summary = diff(rt, refs=(f"lakefs://{repo}/{first['merge_commit']}", f"lakefs://{repo}/{second['merge_commit']}"))
-    apps = summary["apps"]
+    apps = summary.apps
     assert apps["added"]["total"] == apps["removed"]["total"] == apps["label_changed"]["total"] == 0
     assert apps["kept"]["total"] == len(random_split) == len(month_split) == first["fct_rows"]
     assert apps["moved"]["total"] == moved > 0
     assert apps["kept"]["by_split"] == {s: int((month_split["dataset_split"] == s).sum()) for s in ("train", "val", "test")}
-    assert summary["verdict"].startswith(f"0 apps added, 0 removed, {len(month_split)} kept (0 changed label, {moved} moved")
+    assert summary.verdict.startswith(f"0 apps added, 0 removed, {len(month_split)} kept (0 changed label, {moved} moved")

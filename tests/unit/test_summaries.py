@@ -66,3 +66,16 @@ def test_a_score_names_only_its_own_kind_of_input():
     assert files["threshold"] is None  # a version without a threshold says so
     ref = ScoreSummary(**common, lakefs_commit="c", iceberg_snapshot_id="7").to_json()
     assert ref["lakefs_commit"] == "c" and "rejected_by_reason" not in ref
+
+
+def test_a_diff_of_two_refs_has_no_scores_or_report_to_name():
+    from dfp_core.ml.diff import DiffSummary
+
+    parts = dict(older={"data": "lakefs://r/a"}, newer={"data": "lakefs://r/b"}, apps={"added": {"total": 1}},
+                 families={"appeared": []}, train_shift={"top_features": []}, quarantine={"older": None, "newer": None},
+                 lakefs={"same_repository": True}, feature_definitions={"differ": False}, hyperparameters=None,
+                 verdict="1 app added")
+    refs = DiffSummary(**parts).to_json()
+    assert refs == parts  # every field by its name; hyperparameters stay null (refs have none)
+    versions = DiffSummary(**parts, scores={"apps": 3}, report_artifact="runs:/r/diff/1-2/report.md").to_json()
+    assert versions["scores"] == {"apps": 3} and "report" not in versions

@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from dfp_core import lineage
 from dfp_core.errors import ConfigError, DatasetError, DfpError
+from dfp_core.kronodroid.raw_files import RAW_PREFIX
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.data_diff import compare, differing, verdict
 from dfp_core.ml.diff_report import REPORT, write_report
+from dfp_core.ml.reproduce import model_lineage, rebuild
+from dfp_core.ml.scoring import frame_scorer, lakefs_ref, model_threshold, score_frame
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
-from dfp_core.kronodroid.raw_files import RAW_PREFIX
-from dfp_core.ml.reproduce import model_lineage
-from dfp_core.ml.reproduce import rebuild
-from dfp_core.ml.scoring import frame_scorer, model_threshold, score_frame
-from dfp_core.ml.scoring import lakefs_ref
+from dfp_core.summary import Summary
 from dfp_core.tracking.registry import load_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,9 +132,35 @@ def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, re
     return _ref_side(rt, refs[0]), _ref_side(rt, refs[1])
 
 
+@dataclass(frozen=True)
+class DiffSummary(Summary):
+    """What changed between the data of two versions (or refs), older first: the apps, the
+    families, the training split's shift (``data_diff.compare``), the quarantine, the lakeFS
+    history, the feature definitions, the hyperparameters, the scores on the same test apps
+    (two versions only) and where the report went."""
+
+    older: dict[str, Any]
+    newer: dict[str, Any]
+    apps: dict[str, Any]
+    families: dict[str, Any]
+    train_shift: dict[str, Any]
+    quarantine: dict[str, Any]
+    lakefs: dict[str, Any]
+    feature_definitions: dict[str, Any]
+    hyperparameters: dict[str, list] | None
+    verdict: str
+    scores: dict[str, Any] | None = None
+    report_artifact: str | None = None
+    report: str | None = None
+    OPTIONAL = ("scores", "report_artifact", "report")
+
+    def to_json(self) -> dict[str, Any]:  # what this diff did not produce is left out
+        return {k: v for k, v in super().to_json().items() if v is not None or k not in self.OPTIONAL}
+
+
 def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | None = None,
          refs: tuple[str, str] | None = None, psi_bound: float = PSI_BOUND, top: int = 10,
-         out: Path | None = None) -> dict[str, Any]:
+         out: Path | None = None) -> DiffSummary:
     """The diff summary of the data behind two versions (or at two refs), older first. The
     report (``diff_report``) goes to ``out`` when given and, for two versions, onto the newer
     version's run (``REPORT_ARTIFACTS``/<older>-<newer>)."""
@@ -163,4 +189,4 @@ def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | No
         if out is not None:
             shutil.copytree(tmp, out, dirs_exist_ok=True)
             summary["report"] = str(Path(out) / REPORT)
-    return summary
+    return DiffSummary(**summary)
