@@ -68,7 +68,7 @@ def registered_model(rt, input_dir: Path, prefix: str) -> tuple[str, str, str]:
     from dfp_spark.transform_run import run_transform
 
     repo = prefix + uuid.uuid4().hex[:8]
-    summary = run_transform(rt, TransformConfig(input_dir=input_dir, repo=repo, run_id=prefix))
+    summary = run_transform(rt, TransformConfig(input_dir=input_dir, repo=repo, run_id=prefix)).to_json()
     name = f"kronodroid_autoencoder_{repo}"
     train(rt, TrainConfig(repo=repo, ref=summary["merge_commit"], max_epochs=1, model_name=name,
                           evaluate_baselines=False, accelerator="cpu", devices="1"))

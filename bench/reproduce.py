@@ -51,7 +51,7 @@ def main() -> None:
         with stack_with_spark(tmp / "home", "dfp-bench-reproduce") as rt:
             repo = "benchrepro" + uuid.uuid4().hex[:8]
             started = time.monotonic()
-            summary = run_transform(rt, TransformConfig(input_dir=data, repo=repo, run_id="bench-repro"))
+            summary = run_transform(rt, TransformConfig(input_dir=data, repo=repo, run_id="bench-repro")).to_json()
             transform_seconds = time.monotonic() - started
             commit, snapshot = summary["merge_commit"], str(summary["snapshot_ids"][schema.FCT_TABLE_FQN])
             log(f"transform: {summary['fct_rows']} rows in {transform_seconds:.1f}s, commit {commit[:12]}")

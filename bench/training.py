@@ -171,7 +171,7 @@ def _transform(rt, input_dir: Path, repo: str, run_id: str) -> tuple[dict, float
     from dfp_spark.transform_run import run_transform
 
     started = time.monotonic()
-    summary = run_transform(rt, TransformConfig(input_dir=input_dir, repo=repo, run_id=run_id))
+    summary = run_transform(rt, TransformConfig(input_dir=input_dir, repo=repo, run_id=run_id)).to_json()
     seconds = time.monotonic() - started
     log(f"transform into {repo}: {summary['fct_rows']} rows in {seconds:.1f}s")
     return summary, seconds

@@ -101,7 +101,7 @@ def transform(rt):
     from dfp_spark.transform_run import run_transform
 
     def run(**values):
-        return run_transform(rt, TransformConfig(**values))
+        return run_transform(rt, TransformConfig(**values)).to_json()  # the JSON line `dfp transform` prints
 
     return run
 

@@ -250,7 +250,7 @@ def transform_cmd(config: TransformConfig, verbose: bool = verbose_option("the t
         source = config.input_dir or "the raw files already in lakeFS"
         with quiet_command(rt, "transform", f"transform {source} into lakeFS", verbose) as extra:
             result = run_transform(rt, config)
-        emit({**result, **extra})
+        emit({**result.to_json(), **extra})
 
 
 @app.command("train")

@@ -79,3 +79,14 @@ def test_a_diff_of_two_refs_has_no_scores_or_report_to_name():
     assert refs == parts  # every field by its name; hyperparameters stay null (refs have none)
     versions = DiffSummary(**parts, scores={"apps": 3}, report_artifact="runs:/r/diff/1-2/report.md").to_json()
     assert versions["scores"] == {"apps": 3} and "report" not in versions
+
+
+def test_a_transform_prints_its_stored_record_and_the_merge_once_there_is_one():
+    from dfp_spark.transform_run import TransformSummary
+
+    record = {"run_id": "r1", "fct_rows": 288, "snapshot_ids": {"kronodroid.fct_training_dataset": "7"}}
+    unmerged = TransformSummary(record, "main", "c0").to_json()
+    assert unmerged == {**record, "target_branch": "main", "base_commit": "c0"}  # no merge fields yet
+    merged = TransformSummary(record, "main", "c0", merge_commit="m1", run_commit="r9", run_tag="run-r1").to_json()
+    assert merged == {**record, "target_branch": "main", "base_commit": "c0", "merge_commit": "m1",
+                      "run_commit": "r9", "run_tag": "run-r1"}

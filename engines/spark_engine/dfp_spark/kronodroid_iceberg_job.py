@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except DfpError as exc:
         error(str(exc))
         return 2
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    print(json.dumps(summary.to_json(), sort_keys=True), flush=True)
     return 0
 
 

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dfp_core import disk_space, faults
 from dfp_core.errors import DatasetError, DfpError, LakeFSError
@@ -31,6 +31,7 @@ from dfp_core.params import TransformConfig
 from dfp_core.progress import note, stage
 from dfp_core.spark import spark_error_line
 from dfp_core.splits import SplitSpec
+from dfp_core.summary import Summary
 from dfp_core.version import code_version
 from dfp_spark import raw_store
 from dfp_spark.run_lease import RunLease
@@ -293,13 +294,23 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
     return {"merge_commit": merge_commit, "run_commit": run_commit, "run_tag": run_branch}
 
 
-def run_summary_line(summary: dict, published: dict | None, ctx: RunContext | None) -> dict:
-    out = dict(summary)
-    if ctx is not None:
-        out.update(target_branch=ctx.target_branch, base_commit=ctx.base_commit)
-    if published:
-        out.update(published)
-    return out
+@dataclass(frozen=True)
+class TransformSummary(Summary):
+    """A transform run: the record it stored on its branch (``SUMMARY_PATH``: the counts, the
+    snapshot ids, the inputs' hashes, the split), the target it ran against and, once merged,
+    the merge (``publish_run``)."""
+
+    record: dict[str, Any]
+    target_branch: str
+    base_commit: str
+    merge_commit: str | None = None
+    run_commit: str | None = None
+    run_tag: str | None = None
+
+    def to_json(self) -> dict[str, Any]:  # the record's fields at the top; no merge fields before one
+        fields = super().to_json()
+        record = fields.pop("record")
+        return {**record, **{k: v for k, v in fields.items() if v is not None}}
 
 
 
@@ -315,7 +326,7 @@ def check_disk_space(settings: "Settings", input_dir: Path | None, local_spark: 
                                               settings.spark.scratch_dir if local_spark else None))
 
 
-def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
+def run_transform(rt: "Runtime", config: TransformConfig) -> TransformSummary:
     """The whole run (or, with ``config.merge`` false, up to the tables on the run
     branch); returns the summary (merge commit, snapshot ids, counts).
 
@@ -361,7 +372,7 @@ def run_transform(rt: "Runtime", config: TransformConfig) -> dict:
             finish_run(lakefs, ctx)
         else:  # left for someone to merge: judged by the lease's age from now on
             ctx.lease.hand_over("tables written, not merged")
-    return run_summary_line(summary, published, ctx)
+    return TransformSummary(summary, ctx.target_branch, ctx.base_commit, **(published or {}))
 
 
 class SparkTransformError(DfpError):
