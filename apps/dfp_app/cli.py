@@ -26,9 +26,8 @@ from dfp_core.errors import DfpError
 from dfp_core.params import (PSI_BOUND, REPO_HELP, Field, SparkJobConfig, TrainConfig, TransformConfig, format_value, params_of,
                              parse_value)
 from dfp_core.process_exit import leave_heap_to_the_os, quiet_teardown_after_exit_handlers
-from dfp_core.progress import error, note, show
+from dfp_core.progress import command_log, error, note, quiet_stage, show
 from dfp_core.k8s.layout import NodeSettings
-from dfp_core.progress import command_log, quiet_stage
 from dfp_core.settings import STACK_PROFILES
 from dfp_feast import FEAST_CONFIG_FILE
 from dfp_kfp.local_run import run_pipeline_locally

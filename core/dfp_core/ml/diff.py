@@ -152,10 +152,7 @@ class DiffSummary(Summary):
     scores: dict[str, Any] | None = None
     report_artifact: str | None = None
     report: str | None = None
-    OPTIONAL = ("scores", "report_artifact", "report")
-
-    def to_json(self) -> dict[str, Any]:  # what this diff did not produce is left out
-        return {k: v for k, v in super().to_json().items() if v is not None or k not in self.OPTIONAL}
+    UNSET_LEFT_OUT = ("scores", "report_artifact", "report")  # what this diff did not produce
 
 
 def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | None = None,

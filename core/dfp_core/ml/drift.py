@@ -92,15 +92,11 @@ class DriftSummary(Summary):
     rejected: int
     rejected_by_reason: dict[str, int]
     comparison: dict[str, Any]
+    AT_THE_TOP = "comparison"  # its figures print at the top, as `dfp diff` prints its own
 
     @property
     def drift(self) -> bool:
         return bool(self.comparison["drift"])
-
-    def to_json(self) -> dict[str, Any]:  # the comparison's figures at the top, as `dfp diff` prints its own
-        fields = super().to_json()
-        nested = fields.pop("comparison")
-        return {**fields, **nested}
 
 
 def drift(rt: "Runtime", name: str, version: str | None, alias: str | None, input_path: str,

@@ -28,8 +28,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.ml import baselines

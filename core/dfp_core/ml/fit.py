@@ -17,8 +17,7 @@ import numpy as np
 
 from dfp_core.errors import DatasetError
 from dfp_core.params import TrainConfig
-from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-from dfp_core.kronodroid.schema import FEATURE_GROUPS
+from dfp_core.kronodroid.schema import FEATURE_COLUMNS, FEATURE_GROUPS
 
 if TYPE_CHECKING:  # torch and Lightning load with the fit, not with this module
     from dfp_core.ml.model import KronodroidAutoencoder

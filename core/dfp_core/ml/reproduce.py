@@ -8,7 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dfp_core import lineage
 from dfp_core.errors import DatasetError, DfpError, RefNotFoundError, TrackingError
@@ -46,9 +46,7 @@ class ReproduceReport(Summary):
     dataset_ids: dict[str, str] = field(default_factory=dict)
     seconds_rebuild: float | None = None
     metric_differences: dict[str, float] | None = None
-
-    def to_json(self) -> dict[str, Any]:  # what was not measured is left out
-        return {k: v for k, v in super().to_json().items() if v is not None}
+    UNSET_LEFT_OUT = ("seconds_rebuild", "metric_differences")  # what was not measured
 
 
 def model_lineage(rt: "Runtime", name: str, version: str | None = None, alias: str | None = None) -> ModelLineage:

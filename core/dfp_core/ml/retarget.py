@@ -22,8 +22,7 @@ from dfp_core.params import check_target_fpr
 from dfp_core.summary import Summary
 from dfp_core.ml.reproduce import model_lineage
 from dfp_core.tracking.integrity import MODEL_DIGEST_TAG, record_model_digest
-from dfp_core.tracking.registry import register_with_lineage
-from dfp_core.tracking.registry import verified_copy
+from dfp_core.tracking.registry import register_with_lineage, verified_copy
 
 if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
@@ -49,11 +48,7 @@ class RetargetSummary(Summary):
     run_id: str
     score: str
     operating_point: dict[str, float]
-
-    def to_json(self) -> dict[str, Any]:  # the operating point's figures at the top, as training's metrics
-        fields = super().to_json()
-        nested = fields.pop("operating_point")
-        return {**fields, **nested}
+    AT_THE_TOP = "operating_point"  # its figures print at the top, as training's metrics
 
 
 def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, target_fpr: float,

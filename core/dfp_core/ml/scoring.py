@@ -206,10 +206,7 @@ class ScoreSummary(Summary):
     rejected_by_reason: dict[str, int] | None = None  # files only
     lakefs_commit: str | None = None  # lakefs:// only
     iceberg_snapshot_id: str | None = None
-    SOURCE_FIELDS = ("rejected_by_reason", "lakefs_commit", "iceberg_snapshot_id")
-
-    def to_json(self) -> dict[str, Any]:  # a field of the other kind of input is left out
-        return {k: v for k, v in super().to_json().items() if v is not None or k not in self.SOURCE_FIELDS}
+    UNSET_LEFT_OUT = ("rejected_by_reason", "lakefs_commit", "iceberg_snapshot_id")  # the other kind of input's
 
 
 def flagged_summary(model: Any, anomalies: int, scored: int) -> dict:

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-from dfp_core.ml.evaluation import COMPARE_PLOTS
+from dfp_core.ml.evaluation import COMPARE_PLOTS, plot_comparison
 from dfp_core.ml.feature_drift import TRAINING_PROFILE, training_profile
 from dfp_core.ml.retarget import BENIGN_VAL_SCORES, benign_val_record
-from dfp_core.ml.evaluation import plot_comparison
 
 if TYPE_CHECKING:
     from dfp_core.lineage import RetrievedDataset
@@ -46,9 +45,8 @@ SCORE_LABELS = {"mse": "reconstruction error (per-sample MSE)",
                 "grouped_error": "sum over feature groups of the standardised group error"}
 
 
-def _json(path: Path, value: Any, **options) -> Path:
+def _json(path: Path, value: Any, **options) -> None:
     path.write_text(json.dumps(value, **options))
-    return path
 
 
 def write_training_report(out: Path, result: "FitResult", data: "RetrievedDataset", score: str,

@@ -306,11 +306,8 @@ class TransformSummary(Summary):
     merge_commit: str | None = None
     run_commit: str | None = None
     run_tag: str | None = None
-
-    def to_json(self) -> dict[str, Any]:  # the record's fields at the top; no merge fields before one
-        fields = super().to_json()
-        record = fields.pop("record")
-        return {**record, **{k: v for k, v in fields.items() if v is not None}}
+    AT_THE_TOP = "record"
+    UNSET_LEFT_OUT = ("merge_commit", "run_commit", "run_tag")  # no merge fields before a merge
 
 
 

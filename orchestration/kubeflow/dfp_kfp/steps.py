@@ -17,11 +17,11 @@ import sys
 from typing import Any, Callable
 
 from dfp_core.errors import ConfigError, DfpError
-from dfp_core.params import SPARK_MODES, SparkJobConfig, TrainConfig, TransformConfig, from_pipeline, pipeline_fields
+from dfp_core.params import (SPARK_MODES, SparkJobConfig, TrainConfig, TransformConfig, from_pipeline, pipeline_fields,
+                             to_arguments)
 from dfp_core.progress import error, note
 from dfp_core.runtime import Runtime
 from dfp_spark.run_lease import RunLease
-from dfp_core.params import to_arguments
 from dfp_kfp.spark_application import run_spark_application
 from dfp_spark.submit import run_local
 
