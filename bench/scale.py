@@ -125,13 +125,14 @@ def one_size(rows: int, env: dict, work: Path, timeout: float) -> tuple[dict, di
     return figures, None
 
 
-def load_splits_child(repo: str) -> None:
-    """--load-splits: the three splits at the repository's main, timed inside the process."""
+def load_splits_child(target: str) -> None:
+    """--load-splits REPO[@REF]: the three splits at the ref (default main), timed inside the process."""
     from dfp_core.runtime import Runtime
 
+    repo, _, ref = target.partition("@")
     with Runtime.from_env(os.environ, app_name="bench-scale-load") as rt:
         started = time.monotonic()
-        data = rt.retrieve_splits(repo, "main")
+        data = rt.retrieve_splits(repo, ref or "main")
         seconds = time.monotonic() - started
     print(json.dumps({"seconds": round(seconds, 1), "rows": data.rows}))
 

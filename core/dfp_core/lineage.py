@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from dfp_core.settings import REPO_ROOT
 
@@ -89,6 +89,18 @@ class RetrievedDataset:
     @property
     def rows(self) -> dict[str, int]:
         return {split: len(frame) for split, frame in self.frames.items()}
+
+
+@dataclass
+class PinnedRows:
+    """The splits of one spec as rows still in Spark (``Runtime.split_rows``): ``rows`` is a lazy
+    frame with a ``dataset_split`` column; the counts and dataset ids are what
+    ``RetrievedDataset`` gives for the same spec."""
+
+    spec: DatasetSpec
+    rows: Any  # a pyspark.sql.DataFrame (this module imports no service)
+    counts: dict[str, int]
+    dataset_ids: dict[str, str]
 
 
 def dataset_id(spec: DatasetSpec, split: str) -> str:

@@ -23,23 +23,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
 
     from dfp_core.lakefs_ops import LakeFS
-    from dfp_core.lineage import RetrievedDataset
+    from dfp_core.lineage import PinnedRows, RetrievedDataset
 
 # Retrieval hands Spark's Arrow batches to pandas.
 ARROW_CONF = {"spark.sql.execution.arrow.pyspark.enabled": "true"}
-# The entry point group of the plugin that serves the splits (dfp_feast's: Feast's retrieval).
+# The entry point groups of the plugin that serves the splits (dfp_feast's): Feast's retrieval,
+# and the same rows left in Spark.
 SPLITS_READER_GROUP = "dfp.splits_reader"
+SPLIT_ROWS_GROUP = "dfp.split_rows"
 
 
 @cache
-def splits_reader() -> Callable[..., "RetrievedDataset"]:
-    """The installed splits reader (``SPLITS_READER_GROUP``): exactly one is expected."""
-    found = list(entry_points(group=SPLITS_READER_GROUP))
+def _plugin(group: str) -> Callable:
+    """The one installed entry point of ``group``."""
+    found = list(entry_points(group=group))
     if len(found) != 1:
         have = ", ".join(f"{e.name} = {e.value}" for e in found) or "none"
-        raise ConfigError(f"expected one splits reader (entry point group {SPLITS_READER_GROUP}), found {have}; "
+        raise ConfigError(f"expected one entry point in group {group}, found {have}; "
                           "install the project with its Feast extra (`make setup`)")
     return found[0].load()
+
+
+def splits_reader() -> Callable[..., "RetrievedDataset"]:
+    """The installed splits reader (``SPLITS_READER_GROUP``)."""
+    return _plugin(SPLITS_READER_GROUP)
 
 
 class Runtime:
@@ -101,6 +108,13 @@ class Runtime:
         commit), pinned to an Iceberg snapshot, served by Feast (``splits_reader``)."""
         return splits_reader()(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split,
                                feature_view=feature_view)
+
+    def split_rows(self, repo: str, ref: str, snapshot_id: str | int | None = None,
+                   max_rows_per_split: int = 0, feature_view: str | None = None) -> "PinnedRows":
+        """The rows ``retrieve_splits`` serves for the same arguments, left in Spark
+        (``SPLIT_ROWS_GROUP``)."""
+        return _plugin(SPLIT_ROWS_GROUP)(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split,
+                                         feature_view=feature_view)
 
     def close(self) -> None:
         """Stop the Spark session if this runtime started it; stop sending its MLflow credentials."""

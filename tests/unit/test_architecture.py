@@ -278,19 +278,21 @@ def test_an_option_several_commands_share_means_the_same_in_each():
     assert all(text.startswith("Registered model name") for text in helps["--model"]), helps["--model"]
 
 
-def test_the_core_finds_the_splits_reader_through_its_entry_point(monkeypatch):
-    """dfp_core imports no plugin: the runtime loads Feast's retrieval through the entry point
-    group the package declares, and names the group when none (or several) is installed."""
+def test_the_core_finds_the_splits_readers_through_their_entry_points(monkeypatch):
+    """dfp_core imports no plugin: the runtime loads Feast's retrieval, and the same rows left in
+    Spark, through the entry point groups the package declares, and names the group when none
+    (or several) is installed."""
     from dfp_core import runtime
     from dfp_core.errors import ConfigError
-    from dfp_feast.retrieval import load_splits
+    from dfp_feast.retrieval import load_splits, split_rows
 
-    runtime.splits_reader.cache_clear()
+    runtime._plugin.cache_clear()
     try:
         assert runtime.splits_reader() is load_splits
+        assert runtime._plugin(runtime.SPLIT_ROWS_GROUP) is split_rows
         monkeypatch.setattr(runtime, "entry_points", lambda group: [])
-        runtime.splits_reader.cache_clear()
-        with pytest.raises(ConfigError, match="expected one splits reader .entry point group dfp.splits_reader., found none"):
+        runtime._plugin.cache_clear()
+        with pytest.raises(ConfigError, match="expected one entry point in group dfp.splits_reader, found none"):
             runtime.splits_reader()
     finally:
-        runtime.splits_reader.cache_clear()
+        runtime._plugin.cache_clear()

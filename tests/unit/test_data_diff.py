@@ -1,122 +1,12 @@
-"""`dfp diff`'s comparisons (dfp_core.ml.data_diff): apps matched by sample_id, families, the train shift."""
+"""`dfp diff`'s pure pieces (dfp_core.ml.data_diff): the keys that differ. The comparisons run in
+Spark: tests/integration/test_data_diff.py."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
-
-from dfp_core.errors import DatasetError
-from dfp_core.kronodroid.schema import FEATURE_GROUPS
 from dfp_core.ml import data_diff as dd
-
-READ, PERM = FEATURE_GROUPS["syscalls"][0], FEATURE_GROUPS["permissions"][0]
-
-
-def _frames(ids: list[str], labels: list[int], splits: list[str], families: list[str] | None = None,
-            seed: int = 0, read_scale: float = 1.0) -> dict[str, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    table = pd.DataFrame({
-        "sample_id": ids, "label": labels, "split": splits,
-        "malware_family": families or ["" if l == 0 else "Airpush" for l in labels],
-        READ: np.floor(rng.lognormal(3.0, 1.0, len(ids))) * read_scale,
-        PERM: (rng.random(len(ids)) < 0.7).astype(float),
-    })
-    return {s: table[table["split"] == s].drop(columns="split").reset_index(drop=True) for s in dd.SPLITS}
-
-
-def _ids(n: int, start: int = 0) -> list[str]:
-    return [f"app{i:04d}" for i in range(start, start + n)]
-
-
-def test_known_changes_are_counted_exactly():
-    n = 300
-    splits = (["train"] * 200 + ["val"] * 50 + ["test"] * 50)
-    labels = [i % 3 == 0 for i in range(n)]
-    older = _frames(_ids(n), [int(l) for l in labels], splits, seed=1)
-    # Newer: the first 20 apps removed, 30 new ones (10 malware) in train, apps 100-104 flipped
-    # to the other label, apps 200-206 moved from val to test.
-    new_labels = [int(l) for l in labels][20:] + [1] * 10 + [0] * 20
-    for i in range(100 - 20, 105 - 20):
-        new_labels[i] = 1 - new_labels[i]
-    new_splits = splits[20:] + ["train"] * 30
-    for i in range(200 - 20, 207 - 20):
-        new_splits[i] = "test"
-    families = ["" if l == 0 else ("Joker" if i >= n - 20 else "Airpush") for i, l in enumerate(new_labels)]
-    newer = _frames(_ids(n - 20, 20) + _ids(30, 1000), new_labels, new_splits, families, seed=1)
-    summary = dd.compare(older, newer, [READ, PERM])
-    apps = summary["apps"]
-    assert apps["removed"]["total"] == 20 and apps["removed"]["by_split"] == {"train": 20, "val": 0, "test": 0}
-    assert apps["removed"]["by_label"] == {"benign": 13, "malware": 7}
-    assert apps["added"]["total"] == 30 and apps["added"]["by_label"] == {"benign": 20, "malware": 10}
-    assert apps["added"]["by_split"] == {"train": 30, "val": 0, "test": 0}
-    assert apps["kept"]["total"] == 280 and apps["rows"] == {"older": 300, "newer": 310}
-    assert apps["label_changed"]["total"] == 5 and apps["label_changed"]["examples"] == _ids(5, 100)
-    assert sum(apps["label_changed"]["by_change"].values()) == 5
-    assert apps["moved"] == {"total": 7, "by_move": {"val->test": 7}, "examples": _ids(5, 200)}
-    assert {k: summary["families"][k] for k in ("appeared", "disappeared")} == {"appeared": ["Joker"], "disappeared": []}
-    assert summary["families"]["counts"]["Joker"] == [0, sum(f == "Joker" for f in families)]
-    assert list(summary["families"]["counts"])[0] == "Airpush"
-    assert summary["apps"]["by_split_and_label"]["older"]["train"] == {"benign": 133, "malware": 67}
-    assert "20 removed, 280 kept (5 changed label, 7 moved split)" in dd.verdict({**summary})
-
-
-def test_the_train_split_shift_ranks_the_changed_feature_first():
-    ids, labels, splits = _ids(2000), [0] * 2000, ["train"] * 1400 + ["val"] * 300 + ["test"] * 300
-    same = dd.train_shift(_frames(ids, labels, splits, seed=2)["train"], _frames(ids, labels, splits, seed=3)["train"],
-                          [READ, PERM])
-    assert same["features_shifted"] == 0 and same["features"] == 2
-    moved = dd.train_shift(_frames(ids, labels, splits, seed=2)["train"],
-                           _frames(ids, labels, splits, seed=3, read_scale=100.0)["train"], [READ, PERM])
-    assert moved["features_shifted"] == 1 and moved["top_features"][0]["feature"] == READ
-    assert moved["top_features"][0]["group"] == "syscalls" and moved["top_features"][0]["psi"] > 1.0
-    # Features one side lacks are listed, and the shift is on the shared ones.
-    older = _frames(ids, labels, splits, seed=2)["train"]
-    partial = dd.train_shift(older, older.drop(columns=[PERM]), [READ, PERM])
-    assert partial["features"] == 1 and partial["only_in_older"] == [PERM] and partial["only_in_newer"] == []
-
-
-def test_an_app_in_two_splits_or_a_missing_split_is_refused():
-    frames = _frames(_ids(10), [0] * 10, ["train"] * 6 + ["val"] * 2 + ["test"] * 2)
-    frames["test"] = pd.concat([frames["test"], frames["train"].iloc[:1]], ignore_index=True)
-    with pytest.raises(DatasetError, match="sample_id app0000 is in the splits more than once"):
-        dd.apps(frames)
-    with pytest.raises(DatasetError, match="the data has no val split"):
-        dd.apps({"train": frames["train"], "test": frames["test"]})
 
 
 def test_differing_lists_changed_and_one_sided_keys():
     assert dd.differing({"lr": "0.001", "seed": "1", "resolved_commit": "a"},
                         {"lr": "0.01", "seed": "1", "epochs": "5", "resolved_commit": "b"},
                         ignore=("resolved_commit",)) == {"epochs": [None, "5"], "lr": ["0.001", "0.01"]}
-
-
-def test_the_report_has_the_verdict_tables_and_plots(tmp_path):
-    from dfp_core.ml.diff_report import write_report
-
-    ids, splits = _ids(300), ["train"] * 200 + ["val"] * 50 + ["test"] * 50
-    labels = [int(i % 4 == 0) for i in range(300)]
-    summary = dd.compare(_frames(ids, labels, splits, seed=4), _frames(ids[10:] + _ids(5, 900), labels[10:] + [1] * 5,
-                                                                        splits[10:] + ["test"] * 5, seed=5, read_scale=50),
-                         [READ, PERM], top=2)
-    side = {"commit": "c" * 64, "iceberg_snapshot_id": "123", "rows": {"train": 1, "val": 1, "test": 1}}
-    summary.update(older={"data": "version 1 of m", **side}, newer={"data": "version 2 of m", **side},
-                   quarantine={"older": {"negative_count": 2}, "newer": None},
-                   lakefs={"same_repository": True, "commits": [{"id": "d" * 64, "run_id": "r2", "message": "Merge run r2"}],
-                           "raw_changes": [{"path": "raw/kronodroid/a.zip", "type": "changed"}]},
-                   feature_definitions={"older": "x", "newer": "x", "differ": False}, hyperparameters={"lr": ["0.001", "0.002"]},
-                   scores={"apps": 3, "older": {"threshold": 1.0, "flagged_share": 0.5, "p50": 0.5, "p90": 1.5, "p99": 2.0},
-                           "newer": {"threshold": 1.2, "flagged_share": 0.2, "p50": 0.4, "p90": 1.0, "p99": 1.9}})
-    summary["verdict"] = dd.verdict(summary)
-    scores = {"version 1": np.array([0.2, 0.5, 2.0]), "version 2": np.array([0.1, 0.4, 1.9])}
-    report = write_report(summary, tmp_path / "out", scores, {"version 1": 1.0, "version 2": 1.2})
-    text = report.read_text()
-    assert text.startswith("# Data diff: version 1 of m -> version 2 of m\n\n" + summary["verdict"])
-    assert f"| {READ} | syscalls |" in text and "| negative_count | 2 | 0 |" in text
-    assert "lr: 0.001 -> 0.002" in text and "| raw/kronodroid/a.zip | changed |" in text and "Merge run r2" in text
-    for plot in ("apps_by_split_and_label.png", "families.png", "feature_shift.png", "scores.png"):
-        assert (report.parent / plot).read_bytes()[:4] == b"\x89PNG", plot
-    # Two refs: no scores section, no plot for it.
-    summary.pop("scores")
-    ref_report = write_report(summary, tmp_path / "refs")
-    assert "Scores on the same test apps" not in ref_report.read_text() and not (tmp_path / "refs" / "scores.png").exists()

@@ -1,4 +1,9 @@
-"""What changed between two datasets' train/val/test splits (`dfp diff`'s comparisons, no I/O).
+"""What changed between two datasets' train/val/test splits (`dfp diff`'s comparisons), in Spark.
+
+Each side is the rows of its pinned snapshot as a lazy Spark frame (``PinnedRows.rows``, a
+``dataset_split`` column). Nothing here collects rows: Spark joins and counts, and the driver
+gets small tables back (counts, up to ``SHOWN_IDS`` example ids, the features' value counts),
+so memory stays bounded whatever the size of the splits.
 
 Apps are matched by ``sample_id`` (sha256 and data source). An app in the newer data only was
 added, in the older only removed, in both kept; a kept app whose label or split differs changed
@@ -10,96 +15,139 @@ profile, the newer one counted into its bins.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from dfp_core.errors import DatasetError
-from dfp_core.ml.feature_drift import BatchCounts, feature_shift, training_profile
+from dfp_core.ml.feature_drift import BatchCounts, FeatureValueCounts, feature_shift, profile_from_value_counts
 from dfp_core.params import PSI_BOUND
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame
 
 SPLITS = ("train", "val", "test")
 KEY = "sample_id"
 FAMILY = "malware_family"
+SPLIT = "dataset_split"
 SHOWN_IDS = 5  # example sample ids per kind of change
+LABEL_NAMES = {0: "benign", 1: "malware"}
 
 
-def apps(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per app of the splits: ``sample_id`` (index), ``split``, ``label``, ``family``."""
-    parts = []
+def apps(rows: "DataFrame") -> "DataFrame":
+    """One row per app: ``sample_id``, ``split``, ``label``, ``family`` ("" when none). A split
+    without apps, or an app in two splits (or twice in one), is refused."""
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark.sql import functions as F
+
+    missing = [c for c in (KEY, "label", SPLIT) if c not in rows.columns]
+    if missing:
+        raise DatasetError(f"the data lacks column(s): {', '.join(missing)}")
+    family = F.coalesce(F.col(FAMILY).cast("string"), F.lit("")) if FAMILY in rows.columns else F.lit("")
+    table = rows.select(F.col(KEY).cast("string").alias(KEY), F.col(SPLIT).alias("split"),
+                        F.col("label").cast("int").alias("label"), family.alias("family"))
+    present = {r["split"] for r in table.select("split").distinct().collect()}
     for split in SPLITS:
-        frame = frames.get(split)
-        if frame is None:
+        if split not in present:
             raise DatasetError(f"the data has no {split} split")
-        missing = [c for c in (KEY, "label") if c not in frame.columns]
-        if missing:
-            raise DatasetError(f"the {split} split lacks column(s): {', '.join(missing)}")
-        family = frame[FAMILY] if FAMILY in frame.columns else pd.Series(None, index=frame.index, dtype=object)
-        parts.append(pd.DataFrame({KEY: frame[KEY].astype(str).to_numpy(), "split": split,
-                                   "label": frame["label"].astype(int).to_numpy(),
-                                   "family": family.fillna("").astype(str).to_numpy()}))
-    table = pd.concat(parts, ignore_index=True)
-    repeated = table[KEY][table[KEY].duplicated()]
-    if len(repeated):
-        raise DatasetError(f"sample_id {repeated.iloc[0]} is in the splits more than once")
-    return table.set_index(KEY)
+    repeated = table.groupBy(KEY).count().where(F.col("count") > 1).select(KEY).orderBy(KEY).limit(1).collect()
+    if repeated:
+        raise DatasetError(f"sample_id {repeated[0][KEY]} is in the splits more than once")
+    return table
 
 
-def _counted(table: pd.DataFrame) -> dict[str, Any]:
-    return {"total": int(len(table)),
-            "by_split": {s: int((table["split"] == s).sum()) for s in SPLITS},
-            "by_label": {"benign": int((table["label"] == 0).sum()), "malware": int((table["label"] == 1).sum())}}
+def _counted(groups: pd.DataFrame) -> dict[str, Any]:
+    """Totals of (split, label, count) rows."""
+    return {"total": int(groups["count"].sum()),
+            "by_split": {s: int(groups.loc[groups["split"] == s, "count"].sum()) for s in SPLITS},
+            "by_label": {name: int(groups.loc[groups["label"] == label, "count"].sum())
+                         for label, name in LABEL_NAMES.items()}}
 
 
-def _changes(before: pd.Series, after: pd.Series, name: str) -> dict[str, Any]:
-    changed = before != after
-    moves = (before[changed].astype(str) + "->" + after[changed].astype(str)).value_counts()
-    return {"total": int(changed.sum()), f"by_{name}": {k: int(v) for k, v in sorted(moves.items())},
-            "examples": sorted(before.index[changed])[:SHOWN_IDS]}
+def _changes(joined: "DataFrame", column: str, name: str) -> dict[str, Any]:
+    """Kept apps whose ``column`` differs: how many, by "before->after", a few sample ids."""
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark.sql import functions as F
+
+    before, after = F.col(f"older_{column}"), F.col(f"newer_{column}")
+    changed = joined.where(before.isNotNull() & after.isNotNull() & (before != after))
+    moves = changed.groupBy(F.concat(before.cast("string"), F.lit("->"), after.cast("string")).alias("move")).count()
+    by = {r["move"]: int(r["count"]) for r in moves.collect()}
+    examples = [r[KEY] for r in changed.select(KEY).orderBy(KEY).limit(SHOWN_IDS).collect()]
+    return {"total": sum(by.values()), f"by_{name}": dict(sorted(by.items())), "examples": examples}
 
 
-def membership(older: pd.DataFrame, newer: pd.DataFrame) -> dict[str, Any]:
+def membership(older: "DataFrame", newer: "DataFrame") -> dict[str, Any]:
     """Apps added, removed and kept; kept apps whose label changed or that moved between splits
     (``apps`` tables)."""
-    added = newer.loc[newer.index.difference(older.index)]
-    removed = older.loc[older.index.difference(newer.index)]
-    kept = newer.index.intersection(older.index)
-    return {
-        "added": _counted(added), "removed": _counted(removed), "kept": _counted(newer.loc[kept]),
-        "label_changed": _changes(older.loc[kept, "label"], newer.loc[kept, "label"], "change"),
-        "moved": _changes(older.loc[kept, "split"], newer.loc[kept, "split"], "move"),
-    }
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    def side(table: "DataFrame", name: str) -> "DataFrame":
+        return table.select(KEY, *(F.col(c).alias(f"{name}_{c}") for c in ("split", "label")))
+
+    # Narrow (an id and four small columns an app): kept while the three questions are asked of it.
+    joined = side(older, "older").join(side(newer, "newer"), KEY, "full_outer").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        status = (F.when(F.col("older_split").isNull(), "added").when(F.col("newer_split").isNull(), "removed")
+                  .otherwise("kept"))
+        groups = joined.groupBy(status.alias("status"), F.coalesce("newer_split", "older_split").alias("split"),
+                                F.coalesce("newer_label", "older_label").alias("label")).count().toPandas()
+        result = {kind: _counted(groups[groups["status"] == kind]) for kind in ("added", "removed", "kept")}
+        result["label_changed"] = _changes(joined, "label", "change")
+        result["moved"] = _changes(joined, "split", "move")
+    finally:
+        joined.unpersist()
+    return result
 
 
-def split_label_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+def split_label_counts(table: "DataFrame") -> dict[str, dict[str, int]]:
     """Apps per split and label of an ``apps`` table."""
-    return {s: {"benign": int(((table["split"] == s) & (table["label"] == 0)).sum()),
-                "malware": int(((table["split"] == s) & (table["label"] == 1)).sum())} for s in SPLITS}
+    counts = {(r["split"], r["label"]): int(r["count"]) for r in table.groupBy("split", "label").count().collect()}
+    return {s: {name: counts.get((s, label), 0) for label, name in LABEL_NAMES.items()} for s in SPLITS}
 
 
-def families(older: pd.DataFrame, newer: pd.DataFrame) -> dict[str, Any]:
+def _family_counts(table: "DataFrame") -> pd.Series:
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark.sql import functions as F
+
+    rows = table.where((F.col("label") == 1) & (F.col("family") != "")).groupBy("family").count().collect()
+    return pd.Series({r["family"]: int(r["count"]) for r in rows}, dtype=np.int64)
+
+
+def families(older: "DataFrame", newer: "DataFrame") -> dict[str, Any]:
     """Malware families present in one side only, and every family's malware apps on each side
-    as [older, newer], the most frequent first."""
-    def counts(table: pd.DataFrame) -> pd.Series:
-        return table.loc[(table["label"] == 1) & (table["family"] != ""), "family"].value_counts()
-
-    a, b = counts(older), counts(newer)
-    both = pd.concat([a.rename("older"), b.rename("newer")], axis=1).fillna(0).astype(int)
+    as [older, newer], the most frequent first (ties by name)."""
+    a, b = _family_counts(older), _family_counts(newer)
+    both = pd.concat([a.rename("older"), b.rename("newer")], axis=1).fillna(0).astype(int).sort_index()
     both = both.assign(total=both.sum(axis=1)).sort_values(["total"], ascending=False, kind="stable")
     return {"appeared": sorted(set(b.index) - set(a.index)), "disappeared": sorted(set(a.index) - set(b.index)),
             "counts": {str(f): [int(r.older), int(r.newer)] for f, r in both.iterrows()}}
 
 
-def train_shift(older_train: pd.DataFrame, newer_train: pd.DataFrame, features: Sequence[str],
+def value_counts(rows: "DataFrame", features: Sequence[str]) -> FeatureValueCounts:
+    """Every feature's distinct values and their apps, in one pass of Spark over ``rows``: the
+    driver gets one row per (feature, distinct value), never the rows themselves."""
+    # One (feature index, value) pair per app and feature; NaN counts as missing, as in pandas.
+    pairs = ", ".join(f"{i}, nanvl(double(`{f}`), double(null))" for i, f in enumerate(features))
+    table = (rows.selectExpr(f"stack({len(features)}, {pairs}) as (feature, value)")
+             .groupBy("feature", "value").count().toPandas())
+    total = rows.count()
+    return FeatureValueCounts.from_table(table, total, list(features))
+
+
+def train_shift(older_train: "DataFrame", newer_train: "DataFrame", features: Sequence[str],
                 psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
     """Every shared feature's PSI and binned KS, newer train split against the older one's
     profile, the largest first; the features only one side has are listed."""
     shared = [f for f in features if f in older_train.columns and f in newer_train.columns]
     if not shared:
         raise DatasetError("the two train splits share no feature column")
-    profile = training_profile(older_train, shared)
+    profile = profile_from_value_counts(value_counts(older_train, shared))
     counts = BatchCounts(profile)
-    counts.add(newer_train)
+    counts.add_value_counts(value_counts(newer_train, shared))
     shifts = feature_shift(profile, counts)
     shifted = [s for s in shifts if s["psi"] > psi_bound]
     return {"features": len(shifts), "features_shifted": len(shifted), "psi_bound": psi_bound,
@@ -124,13 +172,18 @@ def verdict(summary: Mapping[str, Any]) -> str:
             f"{shift['features_shifted']} of {shift['features']} training features shifted beyond PSI {shift['psi_bound']:g}")
 
 
-def compare(older_frames: Mapping[str, pd.DataFrame], newer_frames: Mapping[str, pd.DataFrame],
-            features: Sequence[str], psi_bound: float = PSI_BOUND, top: int = 10) -> dict[str, Any]:
-    """The data part of the diff: apps, families, the training split's shift."""
-    older, newer = apps(older_frames), apps(newer_frames)
-    summary = {"apps": membership(older, newer),
-               "families": families(older, newer),
-               "train_shift": train_shift(older_frames["train"], newer_frames["train"], features, psi_bound, top)}
-    summary["apps"]["rows"] = {"older": int(len(older)), "newer": int(len(newer))}
-    summary["apps"]["by_split_and_label"] = {"older": split_label_counts(older), "newer": split_label_counts(newer)}
+def compare(older_rows: "DataFrame", newer_rows: "DataFrame", features: Sequence[str], psi_bound: float = PSI_BOUND,
+            top: int = 10) -> dict[str, Any]:
+    """The data part of the diff, of two sides' rows (``dataset_split`` says each row's split):
+    apps, families, the training split's shift."""
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark.sql import functions as F
+
+    older, newer = apps(older_rows), apps(newer_rows)
+    summary = {"apps": membership(older, newer), "families": families(older, newer)}
+    by_split = {"older": split_label_counts(older), "newer": split_label_counts(newer)}
+    summary["train_shift"] = train_shift(older_rows.where(F.col(SPLIT) == "train"),
+                                         newer_rows.where(F.col(SPLIT) == "train"), features, psi_bound, top)
+    summary["apps"]["rows"] = {side: sum(sum(c.values()) for c in counts.values()) for side, counts in by_split.items()}
+    summary["apps"]["by_split_and_label"] = by_split
     return summary

@@ -1,8 +1,10 @@
 """`dfp diff`: what is different in the data behind two registered versions, or at two lakeFS refs.
 
-A version's data is rebuilt from its lineage tags, exactly as `dfp reproduce` rebuilds it (the
-tagged commit, Iceberg snapshot and feature view, through Feast); a ref's is what Feast serves
-there. ``data_diff.compare`` compares the splits. Beside it: each side's quarantine counts by
+A version's data is the rows its lineage tags pin, as `dfp reproduce` rebuilds them (the tagged
+commit, Iceberg snapshot, view and subset); a ref's is what Feast serves there. Both are read in
+Spark (``Runtime.split_rows``), never collected: ``data_diff.compare`` compares the splits with
+Spark's joins and counts, and the scores stream the test apps through the models a block at a
+time, so memory stays bounded at any size. Beside it: each side's quarantine counts by
 reason (the transform run's commit metadata), the lakeFS commits from the older side to the newer
 and the raw objects that changed (lakeFS's log and diff), whether the feature definitions differ,
 and for two versions the hyperparameters that differ and both versions' scores on the newer one's
@@ -26,9 +28,10 @@ from dfp_core.kronodroid.raw_files import RAW_PREFIX
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.data_diff import compare, differing, verdict
 from dfp_core.ml.diff_report import REPORT, write_report
-from dfp_core.ml.reproduce import model_lineage, rebuild
+from dfp_core.ml.reproduce import model_lineage, pinned_rows
 from dfp_core.ml.scoring import frame_scorer, lakefs_ref, model_threshold, score_frame
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
+from dfp_core.spark_blocks import local_blocks
 from dfp_core.summary import Summary
 from dfp_core.tracking.registry import load_model
 
@@ -49,33 +52,33 @@ class Side:
     snapshot_id: str
     defs_sha256: str
     params: dict[str, str] | None  # a version's run params; None for a ref
-    frames: dict[str, Any]
+    data: lineage.PinnedRows
     version: str | None = None  # a registered version's number, its run
     run_id: str | None = None
 
     def info(self) -> dict[str, Any]:
         return {"data": self.label, "repository": self.repository, "commit": self.commit,
-                "iceberg_snapshot_id": self.snapshot_id, "rows": {s: int(len(f)) for s, f in self.frames.items()}}
+                "iceberg_snapshot_id": self.snapshot_id, "rows": dict(self.data.counts)}
 
 
 def _version_side(rt: "Runtime", model) -> Side:
     label = f"version {model.version} of {model.name}"
     try:
-        data = rebuild(rt, model)
+        data = pinned_rows(rt, model)
     except DfpError as exc:
         raise DatasetError(f"{label}: its data cannot be rebuilt: {exc}") from None
     return Side(label, model.tags[lineage.TAG_REPOSITORY], data.spec.lakefs_commit, str(data.spec.iceberg_snapshot_id),
-                model.tags[lineage.TAG_DEFS_SHA], model.params, data.frames, model.version, model.run_id)
+                model.tags[lineage.TAG_DEFS_SHA], model.params, data, model.version, model.run_id)
 
 
 def _ref_side(rt: "Runtime", uri: str) -> Side:
     repo, ref = lakefs_ref(uri)
     try:
-        data = rt.retrieve_splits(repo, ref)
+        data = rt.split_rows(repo, ref)
     except DfpError as exc:
         raise DatasetError(f"{uri}: its data cannot be read: {exc}") from None
     return Side(uri, repo, data.spec.lakefs_commit, str(data.spec.iceberg_snapshot_id), data.spec.feast_defs_sha256,
-                None, data.frames)
+                None, data)
 
 
 def _quarantine(rt: "Runtime", side: Side) -> dict[str, int] | None:
@@ -98,14 +101,24 @@ def _history(rt: "Runtime", older: Side, newer: Side) -> dict[str, Any]:
 
 
 def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side) -> tuple[dict, dict, dict]:
-    """Both versions' scores on the newer version's test apps: (figures, scores, thresholds) by side."""
-    test = newer.frames["test"]
-    figures: dict[str, Any] = {"apps": int(len(test))}
+    """Both versions' scores on the newer version's test apps: (figures, scores, thresholds) by side.
+    The test apps stream from Spark a block at a time; only the scores are kept."""
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark.sql import functions as F
+
+    sides = {"older": older, "newer": newer}
+    models = {key: load_model(rt, f"models:/{name}/{side.version}") for key, side in sides.items()}
+    scorers = {key: frame_scorer(model) for key, model in models.items()}
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in sides}
+    test = newer.data.rows.where(F.col("dataset_split") == "test").select("sample_id", *FEATURE_COLUMNS)
+    for block in local_blocks(test):
+        for key, scorer in scorers.items():
+            parts[key].append(score_frame(scorer, block)["anomaly_score"].to_numpy(dtype=np.float64))
+    figures: dict[str, Any] = {"apps": int(sum(len(p) for p in parts["newer"]))}
     scores, thresholds = {}, {}
-    for key, side in (("older", older), ("newer", newer)):
-        model = load_model(rt, f"models:/{name}/{side.version}")
-        values = score_frame(frame_scorer(model), test)["anomaly_score"].to_numpy(dtype=np.float64)
-        threshold = model_threshold(model)
+    for key, side in sides.items():
+        values = np.concatenate(parts[key]) if parts[key] else np.empty(0)
+        threshold = model_threshold(models[key])
         scores[f"version {side.version}"], thresholds[f"version {side.version}"] = values, threshold
         quantiles = {f"p{q}": float(np.quantile(values, q / 100)) if len(values) else None for q in (50, 90, 99)}
         figures[key] = {"version": side.version, "threshold": threshold,
@@ -165,7 +178,7 @@ def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | No
     check_top(top)
     older, newer = sides(rt, model, versions, refs)
     summary: dict[str, Any] = {"older": older.info(), "newer": newer.info(),
-                               **compare(older.frames, newer.frames, FEATURE_COLUMNS, psi_bound, top)}
+                               **compare(older.data.rows, newer.data.rows, FEATURE_COLUMNS, psi_bound, top)}
     summary["quarantine"] = {"older": _quarantine(rt, older), "newer": _quarantine(rt, newer)}
     summary["lakefs"] = _history(rt, older, newer)
     summary["feature_definitions"] = {"older": older.defs_sha256, "newer": newer.defs_sha256,

@@ -2,11 +2,13 @@
 
 The version's run holds its training profile (``feature_drift.TRAINING_PROFILE``) and its
 benign validation scores (``retarget.BENIGN_VAL_SCORES``). A version trained before they were
-kept gets them from its lineage instead: its splits rebuilt as `dfp reproduce` rebuilds them
-(and checked against the tagged hashes), the train split profiled and the benign validation
-apps scored by the version itself. The input is read block by block as `dfp score` reads it,
-counted into the profile's bins and scored by the version (loaded from its checked copy);
-``feature_drift.compare`` makes the summary.
+kept gets them from its lineage instead: the rows its tags pin, read in Spark
+(``Runtime.split_rows``, checked against the tagged commit, definitions, dataset ids and row
+counts), the train split profiled from its value counts and the benign validation apps scored by
+the version itself a block at a time. The input is read block by block as `dfp score` reads it
+(a ``lakefs://`` ref's rows stream from Spark), counted into the profile's bins and scored by the
+version (loaded from its checked copy); ``feature_drift.compare`` makes the summary. Memory stays
+bounded at any size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 
 from dfp_core.errors import ConfigError, DatasetError
 from dfp_core.kronodroid.schema import FEATURE_COLUMNS
-from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare, training_profile
+from dfp_core.ml.feature_drift import TRAINING_PROFILE, BatchCounts, compare, profile_from_value_counts
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
 from dfp_core.summary import Summary
 
@@ -32,9 +34,13 @@ def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[
     """The training profile and the benign validation scores to measure against, and where
     they came from: ``stored`` in the version's run, or ``rebuilt`` from its lineage."""
     # Deferred (MLflow, PySpark): when a drift runs, not when its summary type is imported.
-    from dfp_core.ml.reproduce import compare as differences_from_tags, rebuild
+    from pyspark.sql import functions as F
+
+    from dfp_core.ml.data_diff import value_counts
+    from dfp_core.ml.reproduce import compare_pinned, pinned_rows
     from dfp_core.ml.retarget import BENIGN_VAL_SCORES
     from dfp_core.ml.scoring import score_frame
+    from dfp_core.spark_blocks import local_blocks
     from dfp_core.tracking.runs import run_json
 
     profile = run_json(rt.mlflow, source.run_id, TRAINING_PROFILE)
@@ -43,16 +49,18 @@ def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[
         return profile, np.asarray(benign["benign_val_scores"], dtype=np.float64), "stored"
     lacks = " and ".join(what for what, record in (("training profile", profile), ("benign validation scores", benign))
                          if record is None)
-    data = rebuild(rt, source)
-    differences = differences_from_tags(source, data)
+    data = pinned_rows(rt, source)
+    differences = compare_pinned(source, data)
     if differences:
         raise DatasetError(f"{label} has no stored {lacks}, and its data does not rebuild as its tags record it "
                            f"({'; '.join(differences)}): cannot measure drift against it")
+    split = F.col("dataset_split")
     if profile is None:
-        profile = training_profile(data.frames["train"], FEATURE_COLUMNS)
+        profile = profile_from_value_counts(value_counts(data.rows.where(split == "train"), FEATURE_COLUMNS))
     if benign is None:
-        val = data.frames["val"]
-        scores = score_frame(scorer, val[val["label"] == 0])["anomaly_score"].to_numpy(dtype=np.float64)
+        val = data.rows.where((split == "val") & (F.col("label") == 0)).select("sample_id", *FEATURE_COLUMNS)
+        parts = [score_frame(scorer, block)["anomaly_score"].to_numpy(dtype=np.float64) for block in local_blocks(val)]
+        scores = np.concatenate(parts) if parts else np.empty(0)
     else:
         scores = np.asarray(benign["benign_val_scores"], dtype=np.float64)
     return profile, scores, "rebuilt"
@@ -61,18 +69,18 @@ def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[
 def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(valid, rejected) blocks of the input: archives or CSV read as `dfp score` reads them
     (the files checked now, before the slow model load), or every sample of the table at
-    ``lakefs://<repo>/<ref>`` as Feast serves it."""
+    ``lakefs://<repo>/<ref>`` as Feast serves it, streamed from Spark."""
     # Deferred (59 ms of imports): when a drift runs, not when its summary type is imported.
     from dfp_core.ml.scoring import lakefs_ref
 
     if input_path.startswith("lakefs://"):
+        # Deferred (PySpark): only a lakefs:// input streams from Spark.
+        from dfp_core.spark_blocks import local_blocks
+
         repo, ref = lakefs_ref(input_path)
-
-        def served() -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-            data = rt.retrieve_splits(repo, ref)
-            yield pd.concat(data.frames.values(), ignore_index=True), pd.DataFrame({"reason": pd.Series(dtype=object)})
-
-        return served()
+        rows = rt.split_rows(repo, ref).rows  # the ref is checked now, before the slow model load
+        none_refused = pd.DataFrame({"reason": pd.Series(dtype=object)})
+        return ((block, none_refused) for block in local_blocks(rows))
     # Deferred (pyarrow): when a drift runs, not when its summary type is imported.
     from dfp_core.kronodroid.reader import input_parts, iter_kronodroid
 

@@ -49,17 +49,52 @@ def training_profile(frame: pd.DataFrame, features: Sequence[str]) -> dict[str, 
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise DatasetError(f"the train split lacks feature column(s): {', '.join(missing[:5])}")
-    profile: dict[str, Any] = {}
+    profile = {}
     for feature in features:
         values, present = _values(frame, feature)
-        edges = np.unique(np.quantile(present, DECILES)) if len(present) else np.array([0.0])
-        profile[feature] = {
-            "edges": edges.tolist(),
-            "counts": bin_counts(present, edges).tolist(),
-            "missing": int(len(values) - len(present)),
-            "mean": float(present.mean()) if len(present) else None,
-        }
+        profile[feature] = _feature_profile(present, len(values) - len(present))
     return {"version": PROFILE_VERSION, "rows": int(len(frame)), "features": profile}
+
+
+def _feature_profile(present: np.ndarray, missing: int) -> dict[str, Any]:
+    edges = np.unique(np.quantile(present, DECILES)) if len(present) else np.array([0.0])
+    return {"edges": edges.tolist(), "counts": bin_counts(present, edges).tolist(), "missing": int(missing),
+            "mean": float(present.mean()) if len(present) else None}
+
+
+def profile_from_value_counts(counts: "FeatureValueCounts") -> dict[str, Any]:
+    """``training_profile`` of a split given as its features' value counts (``FeatureValueCounts``,
+    counted in Spark): the same edges and counts, one feature's values in memory at a time."""
+    if counts.rows == 0:
+        raise DatasetError("cannot profile an empty train split")
+    profile = {f: _feature_profile(np.repeat(values, n), counts.missing[f])
+               for f, (values, n) in counts.values.items()}
+    return {"version": PROFILE_VERSION, "rows": counts.rows, "features": profile}
+
+
+class FeatureValueCounts:
+    """A split's features as their distinct values and how many apps have each (sorted, missing
+    values apart): what Spark hands back instead of the rows."""
+
+    def __init__(self, rows: int, features: Sequence[str]):
+        self.rows = rows
+        self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            f: (np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)) for f in features}
+        self.missing = dict.fromkeys(features, 0)
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, rows: int, features: Sequence[str]) -> "FeatureValueCounts":
+        """From (``feature`` index into ``features``, ``value``: NaN when missing, ``count``) rows."""
+        result = cls(rows, features)
+        for index, part in table.groupby("feature", sort=True):
+            feature = features[int(index)]
+            values = part["value"].to_numpy(dtype=np.float64)
+            counts = part["count"].to_numpy(dtype=np.int64)
+            present = ~np.isnan(values)
+            order = np.argsort(values[present], kind="stable")
+            result.values[feature] = (values[present][order], counts[present][order])
+            result.missing[feature] = int(counts[~present].sum())
+        return result
 
 
 def _values(frame: pd.DataFrame, feature: str) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +132,19 @@ class BatchCounts:
             self.missing[feature] += int(len(values) - len(present))
             self.sums[feature] += float(present.sum())
         self.rows += len(frame)
+
+    def add_value_counts(self, counts: FeatureValueCounts) -> None:
+        """Count a whole split given as its value counts (``FeatureValueCounts``), as ``add`` counts rows."""
+        absent = [f for f in self.features if f not in counts.values]
+        if absent:
+            raise DatasetError(f"the input lacks feature column(s) the profile has: {', '.join(absent[:5])}")
+        for feature in self.features:
+            values, n = counts.values[feature]
+            index = np.searchsorted(self.edges[feature], values, side="left")
+            self.counts[feature] += np.bincount(index, weights=n, minlength=len(self.edges[feature]) + 1).astype(np.int64)
+            self.missing[feature] += counts.missing[feature]
+            self.sums[feature] += float(np.dot(values, n))
+        self.rows += counts.rows
 
     def mean(self, feature: str) -> float | None:
         present = self.rows - self.missing[feature]

@@ -80,31 +80,60 @@ def rebuild(rt: "Runtime", model: ModelLineage):
                               feature_view=tags[lineage.TAG_FEATURE_VIEW])
 
 
+def pinned_rows(rt: "Runtime", model: ModelLineage):
+    """The rows ``rebuild`` serves, left in Spark (``Runtime.split_rows``): for work that must not
+    hold the splits in memory."""
+    tags = model.tags
+    max_rows = int(model.run_tags.get(lineage.TAG_MAX_ROWS, model.params.get("max_rows_per_split", "0")))
+    return rt.split_rows(tags[lineage.TAG_REPOSITORY], tags[lineage.TAG_REF], tags[lineage.TAG_SNAPSHOT], max_rows,
+                         feature_view=tags[lineage.TAG_FEATURE_VIEW])
+
+
 def compare(model: ModelLineage, data) -> list[str]:
     """Every way the rebuilt data differs from what the tags recorded."""
-    differences = []
-    tags = model.tags
-    if data.spec.lakefs_commit != tags[lineage.TAG_REF]:
-        differences.append(f"commit: tagged {tags[lineage.TAG_REF]}, resolved {data.spec.lakefs_commit}")
-    if data.spec.source_table != tags[lineage.TAG_SOURCE_TABLE]:
-        differences.append(f"source table: tagged {tags[lineage.TAG_SOURCE_TABLE]}, rebuilt from {data.spec.source_table}")
-    if data.spec.feast_defs_sha256 != tags[lineage.TAG_DEFS_SHA]:
-        differences.append(
-            f"feature definitions changed: feast.defs_sha256 tagged {tags[lineage.TAG_DEFS_SHA][:16]}..., "
-            f"now {data.spec.feast_defs_sha256[:16]}... ({', '.join(lineage.FEATURE_DEFINITION_FILES)})"
-        )
+    differences = _spec_differences(model, data.spec)
     for split in SPLITS:
-        tag = lineage.SPLIT_ID_TAGS[split]
-        if data.dataset_ids[split] != tags[tag]:
-            differences.append(f"{tag}: tagged {tags[tag]}, rebuilt {data.dataset_ids[split]}")
-        rows = model.run_tags.get(lineage.ROWS_TAGS[split])
-        if rows is not None and int(rows) != data.rows[split]:
-            differences.append(f"{split} rows: recorded {rows}, rebuilt {data.rows[split]}")
+        differences += _split_differences(model, split, data.dataset_ids[split], data.rows[split])
         content = model.run_tags.get(lineage.CONTENT_TAGS[split])
         if content is None:
             differences.append(f"{split}: no content hash was recorded, cannot verify the rows")
         elif content != data.content_sha256[split]:
             differences.append(f"{split} content differs: recorded {content[:16]}..., rebuilt {data.content_sha256[split][:16]}...")
+    return differences
+
+
+def compare_pinned(model: ModelLineage, pinned) -> list[str]:
+    """``compare`` for rows left in Spark (``pinned_rows``): the commit, table, definitions,
+    dataset ids and row counts; the content hashes need the rows in memory and are not checked."""
+    differences = _spec_differences(model, pinned.spec)
+    for split in SPLITS:
+        differences += _split_differences(model, split, pinned.dataset_ids[split], pinned.counts[split])
+    return differences
+
+
+def _spec_differences(model: ModelLineage, spec) -> list[str]:
+    differences = []
+    tags = model.tags
+    if spec.lakefs_commit != tags[lineage.TAG_REF]:
+        differences.append(f"commit: tagged {tags[lineage.TAG_REF]}, resolved {spec.lakefs_commit}")
+    if spec.source_table != tags[lineage.TAG_SOURCE_TABLE]:
+        differences.append(f"source table: tagged {tags[lineage.TAG_SOURCE_TABLE]}, rebuilt from {spec.source_table}")
+    if spec.feast_defs_sha256 != tags[lineage.TAG_DEFS_SHA]:
+        differences.append(
+            f"feature definitions changed: feast.defs_sha256 tagged {tags[lineage.TAG_DEFS_SHA][:16]}..., "
+            f"now {spec.feast_defs_sha256[:16]}... ({', '.join(lineage.FEATURE_DEFINITION_FILES)})"
+        )
+    return differences
+
+
+def _split_differences(model: ModelLineage, split: str, rebuilt_id: str, rebuilt_rows: int) -> list[str]:
+    differences = []
+    tag = lineage.SPLIT_ID_TAGS[split]
+    if rebuilt_id != model.tags[tag]:
+        differences.append(f"{tag}: tagged {model.tags[tag]}, rebuilt {rebuilt_id}")
+    rows = model.run_tags.get(lineage.ROWS_TAGS[split])
+    if rows is not None and int(rows) != rebuilt_rows:
+        differences.append(f"{split} rows: recorded {rows}, rebuilt {rebuilt_rows}")
     return differences
 
 

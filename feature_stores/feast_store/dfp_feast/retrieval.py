@@ -20,7 +20,7 @@ from dfp_core.kronodroid import entity_index, schema
 from dfp_core.errors import DatasetError
 from dfp_core.iceberg import TableRef
 from dfp_core.lakefs_ops import LakeFS
-from dfp_core.lineage import DatasetSpec, RetrievedDataset, content_sha256, dataset_id, defs_sha256
+from dfp_core.lineage import DatasetSpec, PinnedRows, RetrievedDataset, content_sha256, dataset_id, defs_sha256
 from dfp_core.splits import SPLITS
 from dfp_feast import FEAST_CONFIG_FILE, FEAST_REPO_DIR
 from dfp_feast.kronodroid_features import AUTOENCODER_VIEW, LABELS_VIEW, build_definitions
@@ -75,6 +75,30 @@ def _check_snapshot(spark: "SparkSession", table: TableRef, snapshot_id: str) ->
         raise DatasetError(f"Iceberg snapshot {snapshot_id} of {schema.FCT_TABLE_FQN} is not in the table at {table.ref[:12]}")
 
 
+def _pin(spark: "SparkSession", lakefs: LakeFS, repo: str, ref: str, snapshot_id: str | int | None,
+         max_rows_per_split: int, feature_view: str | None) -> tuple[TableRef, DatasetSpec, dict[str, str]]:
+    """The table at ``ref``'s commit and the spec of the splits pinned to ``snapshot_id`` (the
+    current one when None), each checked: the view, the table and its columns, the snapshot."""
+    if feature_view not in (None, AUTOENCODER_VIEW):
+        raise DatasetError(f"the data was served by feature view {feature_view!r}, which these definitions do not "
+                           f"define (they have {AUTOENCODER_VIEW!r})")
+    if max_rows_per_split < 0:
+        raise DatasetError("max_rows_per_split must be >= 0 (0 = unlimited)")
+    commit = lakefs.resolve_commit(repo, ref)  # unknown ref -> RefNotFoundError
+    table = TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
+    properties = _check_table(spark, table)
+    if snapshot_id in (None, ""):
+        snapshot_id = iceberg.current_snapshot_id(spark, table)
+    else:
+        _check_snapshot(spark, table, str(snapshot_id))
+    spec = DatasetSpec(
+        lakefs_repository=repo, lakefs_commit=commit, source_table=schema.FCT_TABLE_FQN,
+        iceberg_snapshot_id=str(snapshot_id), feature_view=AUTOENCODER_VIEW, feast_defs_sha256=defs_sha256(),
+        split_spec=json.loads(properties.get("dfp.split_spec", "{}")), max_rows_per_split=int(max_rows_per_split),
+    )
+    return table, spec, properties
+
+
 def load_splits(
     spark: "SparkSession",
     lakefs: LakeFS,
@@ -89,32 +113,49 @@ def load_splits(
     retrieval. ``feature_view``: the view the caller expects (a version's tag), refused when
     these definitions do not define it. ``Runtime.retrieve_splits`` calls this (the entry point
     ``dfp.splits_reader``)."""
-    if feature_view not in (None, AUTOENCODER_VIEW):
-        raise DatasetError(f"the data was served by feature view {feature_view!r}, which these definitions do not "
-                           f"define (they have {AUTOENCODER_VIEW!r})")
-    if max_rows_per_split < 0:
-        raise DatasetError("max_rows_per_split must be >= 0 (0 = unlimited)")
-    commit = lakefs.resolve_commit(repo, ref)  # unknown ref -> RefNotFoundError
-    table = TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
-    properties = _check_table(spark, table)
-    if snapshot_id in (None, ""):
-        snapshot_id = iceberg.current_snapshot_id(spark, table)
-    else:
-        _check_snapshot(spark, table, str(snapshot_id))
-    split_spec = json.loads(properties.get("dfp.split_spec", "{}"))
-    spec = DatasetSpec(
-        lakefs_repository=repo, lakefs_commit=commit, source_table=schema.FCT_TABLE_FQN,
-        iceberg_snapshot_id=str(snapshot_id), feature_view=AUTOENCODER_VIEW, feast_defs_sha256=defs_sha256(),
-        split_spec=split_spec, max_rows_per_split=int(max_rows_per_split),
-    )
-    defs = build_definitions(repo, commit, snapshot_id)
-    keys_table = _entity_index(spark, table, snapshot_id)
+    table, spec, properties = _pin(spark, lakefs, repo, ref, snapshot_id, max_rows_per_split, feature_view)
+    defs = build_definitions(repo, spec.lakefs_commit, spec.iceberg_snapshot_id)
+    keys_table = _entity_index(spark, table, spec.iceberg_snapshot_id)
     if keys_table is None:  # no index of this snapshot: the keys from the wide rows themselves
-        keys_table = spark.read.format("iceberg").option("snapshot-id", str(snapshot_id)).load(defs.table)
+        keys_table = spark.read.format("iceberg").option("snapshot-id", spec.iceberg_snapshot_id).load(defs.table)
     # A table written before its read splits were set has Iceberg's 128 MB splits: one task of the
     # broadcast join would send the driver ~2 GB at 10x, so it gets the point-in-time join only.
     options = None if iceberg.READ_SPLIT_SIZE_PROPERTY in properties else {"broadcast_entity_rows": 0}
-    return _retrieve(keys_table, spec, defs, splits, split_spec, options)
+    return _retrieve(keys_table, spec, defs, splits, spec.split_spec, options)
+
+
+def split_rows(
+    spark: "SparkSession",
+    lakefs: LakeFS,
+    repo: str,
+    ref: str,
+    snapshot_id: str | int | None = None,
+    max_rows_per_split: int = 0,
+    feature_view: str | None = None,
+) -> PinnedRows:
+    """The rows ``load_splits`` serves for the same arguments, as one lazy Spark frame read from
+    the pinned snapshot (``dataset_split`` says each row's split), for work that must not hold
+    the splits in memory (`dfp diff`, `dfp drift`); the spec, dataset ids and row counts as
+    ``load_splits`` gives them. The entry point ``dfp.split_rows``."""
+    # Deferred (PySpark): only the subset's ranking needs its functions.
+    from pyspark.sql import Window, functions as F
+
+    _, spec, _ = _pin(spark, lakefs, repo, ref, snapshot_id, max_rows_per_split, feature_view)
+    defs = build_definitions(repo, spec.lakefs_commit, spec.iceberg_snapshot_id)
+    rows = (spark.read.format("iceberg").option("snapshot-id", spec.iceberg_snapshot_id).load(defs.table)
+            .select("sample_id", *EVAL_FIELDS, *schema.FEATURE_COLUMNS))
+    if spec.max_rows_per_split:  # the subset _retrieve takes: the first rows of each split by subset order
+        order = F.sha2(F.concat(F.lit(f"{int(spec.split_spec.get('seed', 0))}:"), F.col("sample_id")), 256)
+        rank = F.row_number().over(Window.partitionBy("dataset_split").orderBy(order))
+        rows = rows.withColumn("_rank", rank).where(F.col("_rank") <= spec.max_rows_per_split).drop("_rank")
+    counts = {r["dataset_split"]: int(r["count"]) for r in rows.groupBy("dataset_split").count().collect()}
+    for split in SPLITS:
+        if not counts.get(split):
+            raise DatasetError(
+                f"the {split} split is empty in {schema.FCT_TABLE_FQN} at "
+                f"lakefs://{spec.lakefs_repository}/{spec.lakefs_commit[:12]} (snapshot {spec.iceberg_snapshot_id})")
+    return PinnedRows(spec=spec, rows=rows, counts={s: counts[s] for s in SPLITS},
+                      dataset_ids={s: dataset_id(spec, s) for s in SPLITS})
 
 
 def _entity_index(spark: "SparkSession", table: TableRef, snapshot_id: str | int):
