@@ -616,9 +616,9 @@ def test_error_mahalanobis_is_fitted_on_a_seeded_sample_of_a_large_split(data, t
 def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained, tmp_path):
     """Per group (permissions, syscalls, metadata) the mean squared residual, shortfalls only
     (reconstruction above the input) for permissions and metadata, standardised by the benign
-    training rows' mean and std of that term; the score is their sum."""
+    training rows' mean and std of that term and capped at GROUP_CAP; the score is their sum."""
     from dfp_core.kronodroid.schema import FEATURE_GROUPS
-    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.ml.fit import GROUP_CAP, fit_error_score
     from dfp_core.serving.score import ErrorScore
 
     model, x = trained["model"], data["x"]
@@ -639,7 +639,8 @@ def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained
         return np.stack([c.mean(axis=1) for c in columns], axis=1)
 
     reference = terms(benign)
-    expected = ((terms(x["test"]) - reference.mean(axis=0)) / reference.std(axis=0)).sum(axis=1)
+    standardised = (terms(x["test"]) - reference.mean(axis=0)) / reference.std(axis=0)
+    expected = np.minimum(standardised, GROUP_CAP).sum(axis=1)
     mse, score = fitted.scores(model, x["test"], batch_size=5)
     np.testing.assert_allclose(score, expected, rtol=1e-6, atol=1e-5)  # float32 batches of 5 vs 1
     np.testing.assert_allclose(mse, trained["errors"]["test"], rtol=1e-5)
@@ -655,6 +656,42 @@ def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained
     np.testing.assert_allclose(again.scores(model, x["test"], batch_size=5)[1], score, rtol=1e-12)
     y = data["y"]["test"]
     assert np.median(score[y == 1]) > np.median(score[y == 0])
+
+
+def test_the_cap_bounds_each_group_and_a_version_saved_without_it_scores_as_before(data, trained, tmp_path):
+    """A group adds at most the cap to the score, its features' shares scaled down to add up to
+    it; a statistics file from before the cap (no ``cap`` tensor) loads uncapped: the same
+    scores as a score fitted without a cap."""
+    import torch as t
+
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.score import ErrorScore
+
+    model, x = trained["model"], data["x"]
+    benign = x["train"][data["y"]["train"] == 0]
+    uncapped = fit_error_score("grouped_error", model, benign, cap=None)
+    explained = uncapped.explained(model, x["test"], top=3)
+    cap = float(np.quantile(explained.group_contributions.max(axis=1), 0.5))  # half the apps reach it
+    capped = fit_error_score("grouped_error", model, benign, cap=cap)
+    done = capped.explained(model, x["test"], top=3)
+    assert done.group_contributions.max() <= cap + 1e-9
+    np.testing.assert_allclose(done.group_contributions, np.minimum(explained.group_contributions, cap), atol=1e-9)
+    np.testing.assert_allclose(done.group_contributions.sum(axis=1), done.scores, rtol=1e-9, atol=1e-9)
+    reached = explained.group_contributions.max(axis=1) > cap
+    assert reached.any() and (~reached).any()
+    np.testing.assert_array_equal(done.scores[~reached], explained.scores[~reached])  # below the cap: unchanged
+    assert (done.scores[reached] < explained.scores[reached]).all()
+    # a file saved before the cap existed: the four tensors only
+    capped.save(tmp_path / "new.pt")
+    assert "cap" in t.load(tmp_path / "new.pt", weights_only=True)
+    t.save({k: v for k, v in t.load(tmp_path / "new.pt", weights_only=True).items() if k != "cap"}, tmp_path / "old.pt")
+    old = ErrorScore.load("grouped_error", tmp_path / "old.pt")
+    assert old.cap is None
+    np.testing.assert_array_equal(old.scores(model, x["test"])[1], uncapped.scores(model, x["test"])[1])
+    np.testing.assert_array_equal(ErrorScore.load("grouped_error", tmp_path / "new.pt").scores(model, x["test"])[1],
+                                  capped.scores(model, x["test"])[1])
+    with pytest.raises(ValueError, match="cap on a group's term must be positive, got 0.0"):
+        fit_error_score("grouped_error", model, benign, cap=0.0)
 
 
 def test_grouped_error_contributions_add_up_and_name_a_planted_syscall_first(data, trained):

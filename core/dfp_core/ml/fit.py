@@ -39,6 +39,10 @@ def _split_arrays(frame, preprocessor) -> tuple[np.ndarray, np.ndarray, np.ndarr
 # validation ROC-AUC over 8 random partitions, and the best mean test figures on 9 random
 # partitions and 9 month splits.
 SHORTFALL_ONLY = {"permissions": True, "syscalls": False, "metadata": True}
+# grouped_error: the most one group's standardised term adds to the score (benign standard
+# deviations). Chosen on validation apps of the real subset (bench/detection.py, variant
+# "grouped"; bench/README, issue 32): later benign apps stand out in one group, malware in all.
+GROUP_CAP = 8.0
 
 
 # The error covariance (features x features) is well determined by far fewer rows than a
@@ -61,13 +65,14 @@ def feature_groups(features) -> tuple[tuple[str, ...], np.ndarray]:
 
 def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 8192,
                     max_rows: int = SCORE_FIT_MAX_ROWS, seed: int = 0, features=None,
-                    shortfall_only: dict[str, bool] | None = None):
+                    shortfall_only: dict[str, bool] | None = None, cap: float | None = GROUP_CAP):
     """The ``ErrorScore`` of ``kind`` fitted on the preprocessed benign training rows:
     - ``error_mahalanobis``: the Ledoit-Wolf location and precision of their absolute
       errors (of a ``seed``-ed sample of ``max_rows`` rows where there are more);
     - ``grouped_error``: the mean and std of each feature group's term over all of them;
       ``features`` (default FEATURE_COLUMNS) names the columns of ``benign_x``, and
-      ``shortfall_only`` (default SHORTFALL_ONLY) says which groups count shortfalls only."""
+      ``shortfall_only`` (default SHORTFALL_ONLY) says which groups count shortfalls only, and
+      ``cap`` (default GROUP_CAP; None: none) bounds each group's standardised term."""
     # Deferred (torch): they load with the fit, not with its result and score kinds.
     from dfp_core.serving.score import ErrorScore, absolute_errors, group_terms, residuals
 
@@ -90,7 +95,8 @@ def fit_error_score(kind: str, network, benign_x: np.ndarray, batch_size: int = 
         scale = terms.std(axis=0)
         # A group whose benign term does not vary (no error at all) is measured in its own units.
         scale = np.where(scale > 1e-12, scale, 1.0)
-        return ErrorScore(kind, groups=groups, shortfall_only=shortfall, location=terms.mean(axis=0), scale=scale)
+        return ErrorScore(kind, groups=groups, shortfall_only=shortfall, location=terms.mean(axis=0), scale=scale,
+                          cap=None if cap is None else np.float64(cap))
     # Deferred (scikit-learn): they load with the fit, not with its result and score kinds.
     from sklearn.covariance import LedoitWolf
 

@@ -11,7 +11,10 @@
   reconstruction; counting shortfalls only for permissions and metadata keeps them from
   outranking malware. On the real subset (``bench/detection.py``) this lifts the random
   split's ROC-AUC from 0.962 (MSE) to 0.988 and the month split's TPR at 5% FPR from 0.18
-  to 0.93.
+  to 0.93. Each group's standardised term is capped (``cap``, in benign standard
+  deviations): one group can add at most that much, so an app must stand out in more than
+  one group to outrank malware, which stands out in all three. Later benign apps with a few
+  extreme syscall counts no longer do (see ``bench/README.md``, issue 32).
 - ``error_mahalanobis``: the squared Mahalanobis distance of the app's vector of
   absolute per-feature errors from those of the benign training apps (Ledoit-Wolf
   shrunk covariance).
@@ -36,6 +39,8 @@ SCORES = ("grouped_error", "error_mahalanobis", "mse")
 # The fitted arrays of each score, as saved in error_score.pt.
 STATE = {"mse": (), "error_mahalanobis": ("location", "precision"),
          "grouped_error": ("groups", "shortfall_only", "location", "scale")}
+# Fitted arrays a score may lack: versions saved before them score as they always did.
+OPTIONAL_STATE = {"grouped_error": ("cap",)}
 
 
 def residuals(network: torch.nn.Module, x: np.ndarray, batch_size: int):
@@ -86,7 +91,8 @@ class ErrorScore:
     benign training apps in training (``dfp_core.ml.fit.fit_error_score``):
     - ``error_mahalanobis``: ``location`` and ``precision`` of their absolute error vectors;
     - ``grouped_error``: each feature's group (``groups``), which groups count shortfalls
-      only (``shortfall_only``), and the ``location`` and ``scale`` of each group's term."""
+      only (``shortfall_only``), the ``location`` and ``scale`` of each group's term, and the
+      ``cap`` on each group's standardised term (none where absent)."""
 
     def __init__(self, kind: str, **state: np.ndarray):
         if kind not in SCORES:
@@ -94,11 +100,11 @@ class ErrorScore:
         missing = [name for name in STATE[kind] if state.get(name) is None]
         if missing:
             raise ValueError(f"{kind} needs the {' and '.join(missing)} fitted on the benign errors")
-        unknown = sorted(set(state) - set(STATE[kind]))
+        unknown = sorted(set(state) - set(STATE[kind]) - set(OPTIONAL_STATE.get(kind, ())))
         if unknown:
             raise ValueError(f"{kind} has no {', '.join(unknown)}")
         self.kind = kind
-        self.location = self.precision = self.groups = self.shortfall_only = self.scale = None
+        self.location = self.precision = self.groups = self.shortfall_only = self.scale = self.cap = None
         if kind == "error_mahalanobis":
             self.location = np.asarray(state["location"], np.float64)
             self.precision = np.asarray(state["precision"], np.float64)
@@ -109,6 +115,10 @@ class ErrorScore:
             self.shortfall_only = np.asarray(state["shortfall_only"], bool)
             self.location = np.asarray(state["location"], np.float64)
             self.scale = np.asarray(state["scale"], np.float64)
+            if state.get("cap") is not None:
+                self.cap = np.asarray(state["cap"], np.float64).reshape(())
+                if not self.cap > 0:
+                    raise ValueError(f"the cap on a group's term must be positive, got {float(self.cap)}")
             n_groups = self.shortfall_only.size
             if (self.groups.ndim != 1 or self.location.shape != (n_groups,) or self.scale.shape != (n_groups,)
                     or set(np.unique(self.groups)) != set(range(n_groups)) or not np.all(self.scale > 0)):
@@ -142,20 +152,30 @@ class ErrorScore:
             centred = np.abs(residual) - self.location
             return mse, np.einsum("ij,ij->i", centred @ self.precision, centred)
         if self.kind == "grouped_error":
-            terms = group_terms(residual, self.groups, self.shortfall_only)
-            return mse, ((terms - self.location) / self.scale).sum(axis=1)
+            return mse, self._standardised(group_terms(residual, self.groups, self.shortfall_only)).sum(axis=1)
         return mse, mse
+
+    def _standardised(self, terms: np.ndarray) -> np.ndarray:
+        """(rows, groups): each group's term in benign standard deviations, capped where a cap was fitted."""
+        z = (terms - self.location) / self.scale
+        return z if self.cap is None else np.minimum(z, self.cap)
 
     def contributions(self, residual: np.ndarray) -> np.ndarray:
         """(rows, features): each feature's signed share of the ``grouped_error`` score, in the
         score's units: its squared residual (shortfalls only where its group says so) over its
         group's size and scale, less an equal share of its group's benign location. A group's
-        shares add up to its standardised term, and all of them to the score."""
+        shares add up to its standardised term, and all of them to the score. Where a group's
+        term is above the cap, its shares are scaled down in proportion to add up to the cap."""
         if self.kind != "grouped_error":
             raise DatasetError(f"a {self.kind} score has no per-feature terms to explain it by")
         part = np.where(self.shortfall_only[self.groups], np.clip(residual, 0.0, None), residual)
         size = np.bincount(self.groups, minlength=self.shortfall_only.size)[self.groups]
-        return (part ** 2 - self.location[self.groups]) / (size * self.scale[self.groups])
+        shares = (part ** 2 - self.location[self.groups]) / (size * self.scale[self.groups])
+        if self.cap is None:
+            return shares
+        z = (group_terms(residual, self.groups, self.shortfall_only) - self.location) / self.scale
+        factor = np.where(z > self.cap, self.cap / np.where(z > self.cap, z, 1.0), 1.0)  # z > cap > 0 there
+        return shares * factor[:, self.groups]
 
     def explained(self, network: torch.nn.Module, x: np.ndarray, top: int, batch_size: int = 8192) -> Explained:
         """``scores`` (the same bits) with, per row, the ``top`` features that added most to
@@ -187,7 +207,8 @@ class ErrorScore:
 
     def save(self, path: str | Path) -> None:
         """A torch file of plain tensors (read back with ``weights_only``); empty for ``mse``."""
-        state = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in STATE[self.kind]}
+        names = STATE[self.kind] + tuple(n for n in OPTIONAL_STATE.get(self.kind, ()) if getattr(self, n) is not None)
+        state = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in names}
         if self.kind == "mse":  # the layout of versions saved before grouped_error
             state = {"location": torch.empty(0, dtype=torch.float64), "precision": torch.empty(0, dtype=torch.float64)}
         torch.save(state, Path(path))
@@ -204,4 +225,5 @@ class ErrorScore:
         missing = [name for name in STATE[kind] if name not in state]
         if missing:
             raise DatasetError(f"the model's {kind} statistics ({Path(path).name}) lack {', '.join(missing)}")
-        return cls(kind, **{name: state[name].numpy() for name in STATE[kind]})
+        names = STATE[kind] + tuple(n for n in OPTIONAL_STATE.get(kind, ()) if n in state)
+        return cls(kind, **{name: state[name].numpy() for name in names})
