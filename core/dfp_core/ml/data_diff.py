@@ -3,7 +3,10 @@
 Each side is the rows of its pinned snapshot as a lazy Spark frame (``PinnedRows.rows``, a
 ``dataset_split`` column). Nothing here collects rows: Spark joins and counts, and the driver
 gets small tables back (counts, up to ``SHOWN_IDS`` example ids, the features' value counts),
-so memory stays bounded whatever the size of the splits.
+so memory stays bounded whatever the size of the splits. The wide rows are Avro, decoded whole
+whatever columns a query reads, so each side's are read twice only: once into a narrow table of
+its apps (kept by Spark, memory or disk, for the counts and the join), once for the train
+split's value counts.
 
 Apps are matched by ``sample_id`` (sha256 and data source). An app in the newer data only was
 added, in the older only removed, in both kept; a kept app whose label or split differs changed
@@ -36,9 +39,11 @@ LABEL_NAMES = {0: "benign", 1: "malware"}
 
 
 def apps(rows: "DataFrame") -> "DataFrame":
-    """One row per app: ``sample_id``, ``split``, ``label``, ``family`` ("" when none). A split
-    without apps, or an app in two splits (or twice in one), is refused."""
+    """One row per app: ``sample_id``, ``split``, ``label``, ``family`` ("" when none), kept by
+    Spark (the caller unpersists it). A split without apps, or an app in two splits (or twice in
+    one), is refused."""
     # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     missing = [c for c in (KEY, "label", SPLIT) if c not in rows.columns]
@@ -47,6 +52,19 @@ def apps(rows: "DataFrame") -> "DataFrame":
     family = F.coalesce(F.col(FAMILY).cast("string"), F.lit("")) if FAMILY in rows.columns else F.lit("")
     table = rows.select(F.col(KEY).cast("string").alias(KEY), F.col(SPLIT).alias("split"),
                         F.col("label").cast("int").alias("label"), family.alias("family"))
+    table = table.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        _check_apps(table)
+    except BaseException:
+        table.unpersist()
+        raise
+    return table
+
+
+def _check_apps(table: "DataFrame") -> None:
+    # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
+    from pyspark.sql import functions as F
+
     present = {r["split"] for r in table.select("split").distinct().collect()}
     for split in SPLITS:
         if split not in present:
@@ -54,7 +72,6 @@ def apps(rows: "DataFrame") -> "DataFrame":
     repeated = table.groupBy(KEY).count().where(F.col("count") > 1).select(KEY).orderBy(KEY).limit(1).collect()
     if repeated:
         raise DatasetError(f"sample_id {repeated[0][KEY]} is in the splits more than once")
-    return table
 
 
 def _counted(groups: pd.DataFrame) -> dict[str, Any]:
@@ -134,7 +151,7 @@ def value_counts(rows: "DataFrame", features: Sequence[str]) -> FeatureValueCoun
     pairs = ", ".join(f"{i}, nanvl(double(`{f}`), double(null))" for i, f in enumerate(features))
     table = (rows.selectExpr(f"stack({len(features)}, {pairs}) as (feature, value)")
              .groupBy("feature", "value").count().toPandas())
-    total = rows.count()
+    total = int(table.loc[table["feature"] == 0, "count"].sum())  # every app has a value (or null) per feature
     return FeatureValueCounts.from_table(table, total, list(features))
 
 
@@ -179,9 +196,18 @@ def compare(older_rows: "DataFrame", newer_rows: "DataFrame", features: Sequence
     # Deferred (PySpark): a diff runs in Spark; its summary type does not need it.
     from pyspark.sql import functions as F
 
-    older, newer = apps(older_rows), apps(newer_rows)
-    summary = {"apps": membership(older, newer), "families": families(older, newer)}
-    by_split = {"older": split_label_counts(older), "newer": split_label_counts(newer)}
+    older = apps(older_rows)
+    try:
+        newer = apps(newer_rows)
+    except BaseException:
+        older.unpersist()
+        raise
+    try:
+        summary = {"apps": membership(older, newer), "families": families(older, newer)}
+        by_split = {"older": split_label_counts(older), "newer": split_label_counts(newer)}
+    finally:
+        older.unpersist()
+        newer.unpersist()
     summary["train_shift"] = train_shift(older_rows.where(F.col(SPLIT) == "train"),
                                          newer_rows.where(F.col(SPLIT) == "train"), features, psi_bound, top)
     summary["apps"]["rows"] = {side: sum(sum(c.values()) for c in counts.values()) for side, counts in by_split.items()}
