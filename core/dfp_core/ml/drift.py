@@ -69,12 +69,12 @@ def _training_baseline(rt: "Runtime", source, label: str, scorer) -> tuple[dict[
 def _blocks(rt: "Runtime", input_path: str) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """(valid, rejected) blocks of the input: archives or CSV read as `dfp score` reads them
     (the files checked now, before the slow model load), or every sample of the table at
-    ``lakefs://<repo>/<ref>`` as Feast serves it, streamed from Spark."""
+    ``lakefs://<repo>/<ref>`` (the rows Feast serves there: its pinned snapshot's), streamed from Spark."""
     # Deferred (59 ms of imports): when a drift runs, not when its summary type is imported.
     from dfp_core.ml.scoring import lakefs_ref
 
     if input_path.startswith("lakefs://"):
-        # Deferred (PySpark): only a lakefs:// input streams from Spark.
+        # Deferred (pyarrow.parquet): only a lakefs:// input streams from Spark.
         from dfp_core.spark_blocks import local_blocks
 
         repo, ref = lakefs_ref(input_path)
