@@ -1,5 +1,5 @@
 """`dfp diff`'s pure pieces (dfp_core.ml.data_diff): the keys that differ. The comparisons run in
-Spark: tests/integration/test_data_diff.py."""
+Spark: tests/integration/test_data_diff_in_spark.py."""
 
 from __future__ import annotations
 
