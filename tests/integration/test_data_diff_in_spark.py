@@ -140,3 +140,20 @@ def test_the_report_has_the_verdict_tables_and_plots(spark, tmp_path):
     summary.pop("scores")
     ref_report = write_report(summary, tmp_path / "refs")
     assert "Scores on the same test apps" not in ref_report.read_text() and not (tmp_path / "refs" / "scores.png").exists()
+
+
+@pytest.mark.parametrize("max_rows", [0, 7])
+def test_split_rows_are_the_rows_load_splits_serves(rt, transform, repo, small_input, max_rows):
+    """``Runtime.split_rows`` (what a diff and a drift read) against ``load_splits`` of the same
+    ref: the same apps in each split, the same counts and dataset ids, with and without a
+    ``max_rows_per_split`` subset (the ranking in Spark, the counts from the entity index)."""
+    transform(input_dir=small_input, repo=repo, run_id="pinned")
+    served = rt.retrieve_splits(repo, "main", max_rows_per_split=max_rows)
+    pinned = rt.split_rows(repo, "main", max_rows_per_split=max_rows)
+    assert pinned.spec == served.spec and pinned.dataset_ids == served.dataset_ids
+    assert pinned.counts == served.rows
+    if max_rows:
+        assert set(pinned.counts.values()) == {max_rows}
+    ids = pinned.rows.select("sample_id", "dataset_split").toPandas()
+    for split, frame in served.frames.items():
+        assert sorted(ids.loc[ids["dataset_split"] == split, "sample_id"]) == sorted(frame["sample_id"]), split

@@ -140,15 +140,19 @@ def split_rows(
     # Deferred (PySpark): only the subset's ranking needs its functions.
     from pyspark.sql import Window, functions as F
 
-    _, spec, _ = _pin(spark, lakefs, repo, ref, snapshot_id, max_rows_per_split, feature_view)
+    table, spec, _ = _pin(spark, lakefs, repo, ref, snapshot_id, max_rows_per_split, feature_view)
     defs = build_definitions(repo, spec.lakefs_commit, spec.iceberg_snapshot_id)
-    rows = (spark.read.format("iceberg").option("snapshot-id", spec.iceberg_snapshot_id).load(defs.table)
-            .select("sample_id", *EVAL_FIELDS, *schema.FEATURE_COLUMNS))
+    wide = spark.read.format("iceberg").option("snapshot-id", spec.iceberg_snapshot_id).load(defs.table)
+    rows = wide.select("sample_id", *EVAL_FIELDS, *schema.FEATURE_COLUMNS)
     if spec.max_rows_per_split:  # the subset _retrieve takes: the first rows of each split by subset order
-        order = F.sha2(F.concat(F.lit(f"{int(spec.split_spec.get('seed', 0))}:"), F.col("sample_id")), 256)
+        order = _subset_order(spec.split_spec.get("seed", 0))
         rank = F.row_number().over(Window.partitionBy("dataset_split").orderBy(order))
         rows = rows.withColumn("_rank", rank).where(F.col("_rank") <= spec.max_rows_per_split).drop("_rank")
-    counts = {r["dataset_split"]: int(r["count"]) for r in rows.groupBy("dataset_split").count().collect()}
+    # Counted from the narrow entity index where it lists this snapshot (the wide rows are Avro,
+    # decoded whole); a subset holds the first max_rows_per_split of each split.
+    keys = _entity_index(spark, table, spec.iceberg_snapshot_id)
+    totals = (wide if keys is None else keys).groupBy("dataset_split").count().collect()
+    counts = {r["dataset_split"]: min(int(r["count"]), spec.max_rows_per_split or int(r["count"])) for r in totals}
     for split in SPLITS:
         if not counts.get(split):
             raise DatasetError(
@@ -180,9 +184,17 @@ def _entity_keys(keys_table, splits, subset_seed: int | None = None) -> "pd.Data
 
     columns = [F.col("sample_id"), F.col("event_timestamp"), F.col("dataset_split")]
     if subset_seed is not None:
-        # The max_rows_per_split subset: the same rows for the same spec, spread over sources.
-        columns.append(F.sha2(F.concat(F.lit(f"{int(subset_seed)}:"), F.col("sample_id")), 256).alias("subset_order"))
+        columns.append(_subset_order(subset_seed).alias("subset_order"))
     return keys_table.where(F.col("dataset_split").isin(list(splits))).select(*columns).toPandas()
+
+
+def _subset_order(seed: int):
+    """The order in which the max_rows_per_split subset takes a split's rows (the split spec's
+    ``seed``): the same rows for the same spec, spread over sources."""
+    # Deferred (PySpark): only a subset needs it.
+    from pyspark.sql import functions as F
+
+    return F.sha2(F.concat(F.lit(f"{int(seed)}:"), F.col("sample_id")), 256)
 
 
 def _retrieve(keys_table, spec: DatasetSpec, defs, splits, split_spec: dict,
