@@ -280,7 +280,7 @@ class FakeKubernetes:
                     return self._send(404, {"message": f'sparkapplications "{name}" not found'})
                 state = fake.states.pop(0) if len(fake.states) > 1 else fake.states[0]
                 status = {"applicationState": {"state": state}, "driverInfo": {"podName": f"{name}-driver"}}
-                if state == "FAILED":
+                if state.startswith("FAIL"):
                     status["applicationState"]["errorMessage"] = fake.error
                 self._send(200, {"status": status})
 
@@ -321,8 +321,10 @@ def test_submit_and_poll_until_completed(fake_k8s):
     assert [s.split(": ")[1] for s in seen] == ["PENDING", "SUBMITTED", "RUNNING", "COMPLETED"]
 
 
-def test_failure_reports_state_error_and_driver_log(fake_k8s):
-    fake = fake_k8s(["RUNNING", "FAILED"], error="driver container failed with ExitCode: 2",
+@pytest.mark.parametrize("final", ["FAILED", "FAILING"])
+def test_failure_reports_state_error_and_driver_log(fake_k8s, final):
+    """FAILING (the driver pod gone, no retry under restartPolicy Never) is reported as the failure it is."""
+    fake = fake_k8s(["RUNNING", final], error="driver container failed with ExitCode: 2",
                     log="error: table stg_kronodroid.quarantine ...\nTraceback: boom")
     api = SparkApplications.for_server(fake.url, sleep=lambda s: None)
     api.create(build_spark_application(_spec()))
@@ -330,6 +332,7 @@ def test_failure_reports_state_error_and_driver_log(fake_k8s):
         wait_for_completion(api, "kubeflow-user", "kronodroid-run-1", timeout_s=10, poll_s=0.01, log=lambda m: None)
     message = str(info.value)
     assert "ended FAILED" in message and "ExitCode: 2" in message and "Traceback: boom" in message
+    assert ("operator state FAILING" in message) == (final == "FAILING")
 
 
 def test_timeout_is_reported(fake_k8s):

@@ -247,7 +247,10 @@ def wait_for_completion(api: SparkApplications, namespace: str, name: str, timeo
             return status
         if state in TERMINAL_FAILED:
             error = status.get("applicationState", {}).get("errorMessage", "") or "no error message"
-            raise _failure(api, namespace, name, status, f"ended {state}: {error}", log)
+            # With restartPolicy Never the operator does not retry: FAILING (say, a deleted driver
+            # pod) is the failure, only one reconcile before FAILED. Both read the same to a user.
+            ended = "FAILED (operator state FAILING)" if state == "FAILING" else state
+            raise _failure(api, namespace, name, status, f"ended {ended}: {error}", log)
         if time.monotonic() > deadline:
             raise _failure(api, namespace, name, status,
                            f"did not finish within {timeout_s:.0f}s (last state {state})", log)
