@@ -171,6 +171,13 @@ class MLflowSettings:
         return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
 
 
+def _class_archive_dir(env: Mapping[str, str]) -> Path | None:
+    value = (env.get("DFP_SPARK_CLASS_ARCHIVE") or "").strip()
+    if value.lower() in ("0", "off", "false", "no"):
+        return None
+    return Path(value).expanduser() if value else cache_dir(env) / "spark-cds"
+
+
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[*]"
@@ -195,6 +202,9 @@ class SparkSettings:
     # Where local Spark writes shuffle files and copies of its jars: Spark's own SPARK_LOCAL_DIRS
     # (its first folder), else the system's temporary folder.
     scratch_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    # Where the local driver JVM's class-data-sharing archives are (dfp_core.spark_class_archive);
+    # None: none is built or used.
+    class_archive_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SparkSettings":
@@ -212,6 +222,7 @@ class SparkSettings:
             python=env.get("PYSPARK_PYTHON") or None,
             scratch_dir=Path(env["SPARK_LOCAL_DIRS"].split(",")[0]) if env.get("SPARK_LOCAL_DIRS")
             else Path(tempfile.gettempdir()),
+            class_archive_dir=_class_archive_dir(env),
         )
 
 

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from dfp_core.errors import DfpError
 from dfp_core.settings import LakeFSSettings, SparkSettings
+from dfp_core.spark_class_archive import driver_java_options
 from dfp_core.spark_jars import jar_paths
 
 JOB_FILE = Path(__file__).resolve().with_name("kronodroid_iceberg_job.py")
@@ -30,6 +31,10 @@ def spark_submit_command(job_args: list[str], settings: SparkSettings) -> list[s
                "--conf", f"spark.pyspark.python={sys.executable}", "--conf", f"spark.pyspark.driver.python={sys.executable}"]
     if not settings.jars_provided:
         command += ["--jars", ",".join(str(p) for p in jar_paths(settings.jars_dir))]
+    # spark-submit starts the driver's JVM here, before the job's session asks for anything.
+    java_options = driver_java_options(settings)
+    if java_options:
+        command += ["--driver-java-options", java_options]
     return [*command, str(JOB_FILE), *job_args]
 
 

@@ -1,0 +1,68 @@
+"""The class archive `make setup` builds (dfp_core.spark_class_archive), mapped by a real local
+Spark driver JVM that then runs a job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from dfp_core.settings import SparkSettings
+from dfp_core.spark_class_archive import archive_path
+from dfp_spark.submit import JOB_FILE, spark_submit_command
+
+# A new process: this one may hold a Spark JVM already (the archive is mapped at a JVM's start).
+SESSION = """
+import json, sys
+from dfp_core.settings import LakeFSSettings, SparkSettings
+from dfp_core.spark import spark_session
+import os
+spark = spark_session("class-archive-test", LakeFSSettings(access_key_id="k", secret_access_key="s"),
+                      SparkSettings.from_env(os.environ))
+pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+with open(f"/proc/{pid}/maps") as maps:
+    mapped = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")})
+print(json.dumps({"mapped": mapped, "rows": spark.range(7).count()}))
+"""
+
+
+# The transform's path: spark-submit starts the driver JVM, then runs the job file in it.
+SUBMITTED_JOB = """
+import json
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+with open(f"/proc/{pid}/maps") as maps:
+    mapped = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")})
+print(json.dumps({"mapped": mapped, "rows": spark.range(7).count()}))
+"""
+
+
+def _session(env: dict, command: list[str] | None = None) -> dict:
+    command = command or [sys.executable, "-c", SESSION]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_local_session_maps_the_archive_and_runs(tmp_path):
+    env = {**os.environ, "SPARK_MASTER": "local[2]"}
+    path = archive_path(SparkSettings.from_env(env))
+    assert path is not None, "a local session with the default settings uses an archive"
+    if not path.is_file():  # `make setup` builds it; a bare checkout builds it here
+        built = subprocess.run([sys.executable, "-m", "dfp_core.spark_class_archive"], env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert built.returncode == 0 and "warning" not in built.stderr, built.stderr[-3000:]
+    assert path.is_file() and path.stat().st_size > 50 << 20
+    seen = _session(env)
+    assert seen["rows"] == 7 and str(path) in seen["mapped"], seen
+    job = tmp_path / "job.py"
+    job.write_text(SUBMITTED_JOB)
+    command = spark_submit_command(["--unused"], SparkSettings.from_env(env))
+    assert command[-2] == str(JOB_FILE)
+    seen = _session(env, [*command[:-2], str(job)])  # the transform's job file swapped for ours
+    assert seen["rows"] == 7 and str(path) in seen["mapped"], seen
+    # Turned off, the same session maps no archive of ours and runs as before.
+    seen = _session({**env, "DFP_SPARK_CLASS_ARCHIVE": "off"})
+    assert seen["rows"] == 7 and not any(m.startswith(str(path.parent)) for m in seen["mapped"]), seen
