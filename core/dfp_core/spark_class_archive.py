@@ -1,16 +1,17 @@
 """A class-data-sharing archive for the local Spark driver's JVM.
 
 A local Spark session's JVM loads, parses and verifies some ten thousand classes (Spark, Hadoop,
-Iceberg, the AWS SDK) before it answers: about 6 s of a session start and 3 s of its first job
-on 2 cores, paid by every ``dfp transform`` and ``dfp train`` and by each step of the pipeline.
+Iceberg, the AWS SDK) before it answers: about 2 s of a 5.5 s session start and 1 s of its
+first job on 2 cores, paid by every ``dfp transform`` and ``dfp train`` and by each step of the pipeline.
 Java's AppCDS keeps those classes ready in an archive that the JVM maps at start. ``make setup``
 builds one from a short warm-up job that touches what our jobs touch (a wide CSV, an Arrow UDF,
 an Iceberg table of Avro files, S3A); every later local session whose JVM and classpath match
 maps it. The JVM checks the match itself and quietly starts without the archive when they
 differ; the file name is keyed by them too, so a new JDK or jar set gets its own archive.
 
-A truncated archive crashes the JVM at start, so one is only ever put in place whole: written
-under a temporary name by a JVM that exited cleanly, then renamed.
+A truncated archive crashes the JVM at start (SIGBUS), so one is only ever put in place whole:
+written under a temporary name by a JVM that exited cleanly, then mapped by a new JVM that runs
+a job with it, and only then renamed into place.
 
   python -m dfp_core.spark_class_archive        # build it if missing (make setup does)
 """
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +137,39 @@ def _stop_and_wait(spark) -> int:
         SparkContext._gateway = SparkContext._jvm = None
 
 
+# Run in a new process: a session whose JVM maps the archive, then a job; it prints what it mapped.
+_TRY = """
+import json, os, sys
+from dfp_core.settings import LakeFSSettings, SparkSettings
+from dfp_core.spark import spark_session
+archive = sys.argv[1]
+spark = spark_session("dfp-class-archive-check", LakeFSSettings(endpoint="http://127.0.0.1:9",
+    access_key_id="check", secret_access_key="check"), SparkSettings.from_env(os.environ),
+    {"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={archive} -Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off"})
+pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+mapped = None  # unknown without /proc: the job ran, so the JVM took it or left it
+if os.path.exists(f"/proc/{pid}/maps"):
+    with open(f"/proc/{pid}/maps") as maps:
+        mapped = any(line.rstrip().endswith(archive) for line in maps)
+print(json.dumps({"mapped": mapped, "rows": spark.range(3).count()}))
+"""
+
+
+def _try_in_a_new_jvm(archive: Path) -> str | None:
+    """None when a new local session maps ``archive`` and runs a job with it; else what went wrong."""
+    # In a scratch folder: a JVM that crashes leaves its hs_err_pid*.log in its working folder.
+    with tempfile.TemporaryDirectory(prefix="dfp-class-archive-check-") as scratch:
+        done = subprocess.run([sys.executable, "-c", _TRY, str(archive.resolve())], capture_output=True, text=True,
+                              timeout=_JVM_EXIT_S, cwd=scratch, env={**os.environ, "DFP_SPARK_CLASS_ARCHIVE": "off"})
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        return f"exit {done.returncode}: {lines[-1][:200] if lines else 'no output'}"
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    if seen["mapped"] is False or seen["rows"] != 3:
+        return f"the JVM did not map it ({seen})"
+    return None
+
+
 def build(settings: SparkSettings, log: Callable[[str], None] = print) -> Path | None:
     """Build the archive for ``settings`` if it is missing; its path, or None where none
     applies. Call it in a process with no Spark JVM yet: the JVM it starts writes the archive."""
@@ -170,6 +206,10 @@ def build(settings: SparkSettings, log: Callable[[str], None] = print) -> Path |
         if code != 0 or not partial.is_file() or partial.stat().st_size == 0:
             partial.unlink(missing_ok=True)
             raise RuntimeError(f"the JVM exited with {code} and left no class archive")
+        problem = _try_in_a_new_jvm(partial)
+        if problem:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"a JVM could not use the new class archive: {problem}")
         os.replace(partial, target)
     log(f"Spark class archive: {target} ({target.stat().st_size >> 20} MB, {time.monotonic() - started:.0f}s)")
     return target

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from dfp_core.settings import SparkSettings
-from dfp_core.spark_class_archive import archive_path
+from dfp_core.spark_class_archive import _try_in_a_new_jvm, archive_path
 from dfp_spark.submit import JOB_FILE, spark_submit_command
 
 # A new process: this one may hold a Spark JVM already (the archive is mapped at a JVM's start).
@@ -66,3 +66,20 @@ def test_a_local_session_maps_the_archive_and_runs(tmp_path):
     # Turned off, the same session maps no archive of ours and runs as before.
     seen = _session({**env, "DFP_SPARK_CLASS_ARCHIVE": "off"})
     assert seen["rows"] == 7 and not any(m.startswith(str(path.parent)) for m in seen["mapped"]), seen
+
+
+def test_a_truncated_archive_is_caught_before_it_is_put_in_place(tmp_path):
+    """A JVM given a truncated archive dies at start (SIGBUS): the build's check sees that, so
+    such a file never reaches the archive's place, where every Spark command would map it."""
+    env = {**os.environ, "SPARK_MASTER": "local[2]"}
+    path = archive_path(SparkSettings.from_env(env))
+    if path is None or not path.is_file():
+        built = subprocess.run([sys.executable, "-m", "dfp_core.spark_class_archive"], env=env,
+                               capture_output=True, text=True, timeout=600)
+        assert built.returncode == 0 and path.is_file(), built.stderr[-3000:]
+    truncated = tmp_path / "truncated.jsa"
+    with open(path, "rb") as whole:
+        truncated.write_bytes(whole.read(1 << 20))
+    assert _try_in_a_new_jvm(path) is None
+    problem = _try_in_a_new_jvm(truncated)
+    assert problem and problem.startswith("exit "), problem
