@@ -48,7 +48,7 @@ step 4/5 "Spark jars (Iceberg runtime, S3A)"
 .venv/bin/python core/dfp_core/spark_jars.py
 
 step 5/5 "Spark class archive (the local driver JVM's classes, ready at start)"
-# A short warm-up job, once per JDK and jar set (~40 s): every later local Spark session starts
+# A short warm-up job, once per JDK and jar set (~55 s with its check): every later local Spark session starts
 # seconds sooner. Its Spark output goes to a log; a failure only warns (Spark runs without it).
 archive_log=$(mktemp -t dfp-class-archive.XXXXXX.log)
 .venv/bin/python -m dfp_core.spark_class_archive 2>"$archive_log" \
