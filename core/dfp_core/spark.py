@@ -9,9 +9,7 @@ and ref, so one session can read several refs side by side.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 import sys
 from typing import TYPE_CHECKING, Mapping
 
@@ -19,7 +17,7 @@ from py4j.protocol import Py4JJavaError
 
 from dfp_core.errors import ConfigError
 from dfp_core.settings import LakeFSSettings, SparkSettings
-from dfp_core.spark_class_archive import driver_java_options
+from dfp_core.spark_class_archive import driver_java_options, java_binary
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -41,10 +39,7 @@ ICEBERG_TABLE_PROPERTIES = {
 
 
 def require_java(settings: SparkSettings) -> None:
-    java_home = settings.java_home
-    if java_home and os.access(os.path.join(java_home, "bin", "java"), os.X_OK):
-        return
-    if shutil.which("java") is None:
+    if java_binary(settings) is None:
         raise ConfigError("Java (17 or newer) is required by Spark but was not found; install a JDK or set JAVA_HOME")
 
 

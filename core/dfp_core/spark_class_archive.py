@@ -35,11 +35,20 @@ from dfp_core.settings import LakeFSSettings, SparkSettings
 # Quiet: a JVM that cannot use the archive (another JDK build, a changed classpath) says so on
 # stderr at every start; it still starts, only without the archive.
 _QUIET = ("-Xshare:auto", "-Xlog:cds=off", "-Xlog:cds+dynamic=off")
+
+
+def _jvm_options(archive_flag: str) -> str:
+    return " ".join((archive_flag, *_QUIET))
+
+
+def map_options(path: Path) -> str:
+    """The JVM options that map the archive at ``path``."""
+    return _jvm_options(f"-XX:SharedArchiveFile={path}")
 _JVM_EXIT_S = 300  # the archive is written as the JVM exits: ~10 s here
 
 
-def _java_binary(settings: SparkSettings) -> Path | None:
-    # The JVM PySpark starts: $JAVA_HOME/bin/java, else java on the PATH.
+def java_binary(settings: SparkSettings) -> Path | None:
+    """The JVM PySpark starts: $JAVA_HOME/bin/java, else java on the PATH (None: neither)."""
     if settings.java_home and os.access(os.path.join(settings.java_home, "bin", "java"), os.X_OK):
         return Path(settings.java_home, "bin", "java").resolve()
     found = shutil.which("java")
@@ -57,7 +66,7 @@ def archive_path(settings: SparkSettings) -> Path | None:
     into an image's Spark."""
     if settings.class_archive_dir is None or not settings.master.startswith("local") or settings.jars_provided:
         return None
-    java = _java_binary(settings)
+    java = java_binary(settings)
     if java is None:
         return None
     # Deferred (pyspark's jars and our locked ones are only listed here, on a session start).
@@ -78,7 +87,7 @@ def driver_java_options(settings: SparkSettings) -> str | None:
     path = archive_path(settings)
     if path is None or not path.is_file():
         return None
-    return " ".join((f"-XX:SharedArchiveFile={path}", *_QUIET))
+    return map_options(path)
 
 
 def _warm_up(spark, workdir: Path) -> None:
@@ -142,10 +151,11 @@ _TRY = """
 import json, os, sys
 from dfp_core.settings import LakeFSSettings, SparkSettings
 from dfp_core.spark import spark_session
+from dfp_core.spark_class_archive import map_options
 archive = sys.argv[1]
 spark = spark_session("dfp-class-archive-check", LakeFSSettings(endpoint="http://127.0.0.1:9",
     access_key_id="check", secret_access_key="check"), SparkSettings.from_env(os.environ),
-    {"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={archive} -Xshare:auto -Xlog:cds=off -Xlog:cds+dynamic=off"})
+    {"spark.driver.extraJavaOptions": map_options(archive)})
 pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
 mapped = None  # unknown without /proc: the job ran, so the JVM took it or left it
 if os.path.exists(f"/proc/{pid}/maps"):
@@ -190,7 +200,7 @@ def build(settings: SparkSettings, log: Callable[[str], None] = print) -> Path |
         # A dummy endpoint: the warm-up builds an S3A client and never connects.
         lakefs = LakeFSSettings(endpoint="http://127.0.0.1:9", access_key_id="warm-up", secret_access_key="warm-up")
         spark = spark_session("dfp-class-archive", lakefs, settings, {
-            "spark.driver.extraJavaOptions": f"-XX:ArchiveClassesAtExit={partial} -Xlog:cds=off -Xlog:cds+dynamic=off",
+            "spark.driver.extraJavaOptions": _jvm_options(f"-XX:ArchiveClassesAtExit={partial}"),
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.sql.catalog.warm": "org.apache.iceberg.spark.SparkCatalog",
             "spark.sql.catalog.warm.type": "hadoop",

@@ -12,31 +12,27 @@ from dfp_core.settings import SparkSettings
 from dfp_core.spark_class_archive import _try_in_a_new_jvm, archive_path
 from dfp_spark.submit import JOB_FILE, spark_submit_command
 
-# A new process: this one may hold a Spark JVM already (the archive is mapped at a JVM's start).
-SESSION = """
-import json, sys
-from dfp_core.settings import LakeFSSettings, SparkSettings
-from dfp_core.spark import spark_session
-import os
-spark = spark_session("class-archive-test", LakeFSSettings(access_key_id="k", secret_access_key="s"),
-                      SparkSettings.from_env(os.environ))
+# What the driver JVM has mapped (its .jsa files), then a job: the tail of both scripts below.
+REPORT = """
 pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
 with open(f"/proc/{pid}/maps") as maps:
     mapped = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")})
 print(json.dumps({"mapped": mapped, "rows": spark.range(7).count()}))
 """
-
-
+# A new process: this one may hold a Spark JVM already (the archive is mapped at a JVM's start).
+SESSION = """
+import json, os
+from dfp_core.settings import LakeFSSettings, SparkSettings
+from dfp_core.spark import spark_session
+spark = spark_session("class-archive-test", LakeFSSettings(access_key_id="k", secret_access_key="s"),
+                      SparkSettings.from_env(os.environ))
+""" + REPORT
 # The transform's path: spark-submit starts the driver JVM, then runs the job file in it.
 SUBMITTED_JOB = """
 import json
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
-pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
-with open(f"/proc/{pid}/maps") as maps:
-    mapped = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")})
-print(json.dumps({"mapped": mapped, "rows": spark.range(7).count()}))
-"""
+""" + REPORT
 
 
 def _session(env: dict, command: list[str] | None = None) -> dict:
