@@ -38,3 +38,14 @@ def test_controller_and_webhook_watch_the_pipeline_namespace(k8s_node, operator)
     crds = {item["metadata"]["name"] for item in _get(k8s_node, "crd")["items"]}
     assert {"sparkapplications.sparkoperator.k8s.io", "scheduledsparkapplications.sparkoperator.k8s.io"} <= crds
     assert _get(k8s_node, "-n", "dfp-pipeline", "serviceaccount", operator["service_account"])
+
+
+def test_a_ready_operator_leaves_nothing_to_explain_and_the_node_takes_pods(k8s_node, operator):
+    from dfp_core.k8s import api
+
+    # What a timed-out install would add to its error, read from the real API: nothing waits.
+    assert api.why_not_ready(k8s_node.settings, operator["namespace"]) == "(every pod is Ready now)"
+    node = _get(k8s_node, "node", "dfp-node")
+    assert not node["spec"].get("taints"), node["spec"]["taints"]
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True" and conditions.get("DiskPressure") == "False", conditions

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from dfp_core.errors import StackError
-from dfp_core.k8s import host, images, layout, pki, render
+from dfp_core.k8s import api, host, images, layout, pki, render
 from dfp_core.k8s.layout import NodeSettings, Paths
 
 
@@ -43,7 +43,10 @@ def test_kubelet_config_matches_this_host_and_the_cluster_dns(settings):
     assert config["clusterDNS"] == [layout.host_address()]
     assert config["containerRuntimeEndpoint"] == f"unix://{settings.paths.containerd_socket}"
     assert config["authentication"]["anonymous"]["enabled"] is False
-    assert all(value.endswith("%") or value.endswith("Mi") for value in config["evictionHard"].values())
+    # disk signals off (a shared disk's dip would taint the node for 5 minutes); memory on
+    assert {signal: value for signal, value in config["evictionHard"].items() if value != "0%"} == \
+        {"memory.available": "100Mi"}
+    assert {"nodefs.available", "imagefs.available"} <= set(config["evictionHard"])
     assert Path(config["podLogsDir"]).is_relative_to(settings.home)
 
 
@@ -258,3 +261,31 @@ def test_settings_follow_dfp_home_and_the_cache(tmp_path):
     assert settings.bin_dir == tmp_path / "c" / "kubernetes" / layout.kubernetes_version()
     assert NodeSettings.from_env({"DFP_HOME": str(tmp_path), "DFP_K8S_BIN_DIR": "/opt/k8s"}).bin_dir == Path("/opt/k8s")
     assert isinstance(settings.paths, Paths)
+
+
+def test_why_pods_are_not_ready_is_said_in_the_apis_own_words():
+    node = {"metadata": {"name": "dfp-node"},
+            "spec": {"taints": [{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]},
+            "status": {"conditions": [{"type": "DiskPressure", "status": "True"},
+                                      {"type": "MemoryPressure", "status": "False"},
+                                      {"type": "Ready", "status": "True"}]}}
+    pending = {"metadata": {"name": "op-controller-1"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/disk-pressure}"}]}}
+    crashing = {"metadata": {"name": "op-webhook-1"}, "status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "webhook", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                               "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "no certs\n"}}}]}}
+    ready = {"metadata": {"name": "fine"}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    events = [{"type": "Warning", "reason": f"R{i}", "message": f"m{i}", "lastTimestamp": f"2026-12-07T00:0{i}:00Z",
+               "involvedObject": {"name": "op-webhook-1"}} for i in (3, 1, 2, 0)] + \
+        [{"type": "Normal", "reason": "Pulled", "message": "ok", "lastTimestamp": "2026-12-07T00:09:00Z"}]
+
+    lines = api.waiting_reasons([pending, crashing, ready], events, node)
+
+    assert lines[0] == "node dfp-node: DiskPressure, taint node.kubernetes.io/disk-pressure"
+    assert lines[1].startswith("pod op-controller-1: Pending; Unschedulable: 0/1 nodes are available")
+    assert lines[2] == ("pod op-webhook-1: Running; webhook CrashLoopBackOff; "
+                        "webhook last exited 1 (Error: no certs), 4 restarts")
+    assert [line.split(": ", 1)[1] for line in lines[3:]] == ["R1 m1", "R2 m2", "R3 m3"]  # the newest warnings
+    assert api.waiting_reasons([ready], events, {"metadata": {"name": "n"}, "status": {"conditions": []}}) == []

@@ -10,9 +10,11 @@ from dfp_core.k8s import layout
 from dfp_core.k8s.layout import NodeSettings, Paths
 from dfp_core.k8s.pki import FRONT_PROXY_CA
 
-# Seen by the kubelet as "enough": the defaults would evict pods on a busy development disk.
-EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "1%", "nodefs.inodesFree": "1%",
-                 "imagefs.available": "1%"}
+# No eviction for disk ("0%" turns a signal off): this node shares a development disk whose
+# free space others move, its images cannot be pulled again, and a disk-pressure taint only
+# leaves new pods Pending (a full disk shows itself as write errors instead). Memory stays.
+EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "0%", "nodefs.inodesFree": "0%",
+                 "imagefs.available": "0%"}
 
 
 def containerd_config(paths: Paths) -> str:

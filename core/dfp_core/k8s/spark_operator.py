@@ -85,11 +85,15 @@ def deploy(settings: NodeSettings, log: Log, job_namespace: str = JOB_NAMESPACE)
     api.apply(settings, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": job_namespace}}])
     log(f"spark-operator {VERSION}: CRDs applied; installing the chart (release {RELEASE} in {NAMESPACE}, "
         f"watching {job_namespace})")
-    helm(settings, cache, "upgrade", "--install", RELEASE, str(chart), "--namespace", NAMESPACE, "--create-namespace",
-         "--skip-crds", "--wait", "--timeout", "5m", *chart_values(job_namespace))
-    for deployment in (f"{RELEASE}-controller", f"{RELEASE}-webhook"):
-        api.kubectl(settings, "-n", NAMESPACE, "rollout", "status", f"deployment/{deployment}", "--timeout=180s",
-                    timeout=200)
+    try:
+        helm(settings, cache, "upgrade", "--install", RELEASE, str(chart), "--namespace", NAMESPACE,
+             "--create-namespace", "--skip-crds", "--wait", "--timeout", "5m", *chart_values(job_namespace))
+        for deployment in (f"{RELEASE}-controller", f"{RELEASE}-webhook"):
+            api.kubectl(settings, "-n", NAMESPACE, "rollout", "status", f"deployment/{deployment}", "--timeout=180s",
+                        timeout=200)
+    except (StackError, subprocess.TimeoutExpired) as exc:
+        # helm's own words are only "context deadline exceeded": say what the pods wait for.
+        raise StackError(f"{exc}; in namespace {NAMESPACE}: {api.why_not_ready(settings, NAMESPACE)}") from exc
     log(f"spark-operator {VERSION}: controller and webhook available")
     return {"version": VERSION, "namespace": NAMESPACE, "job_namespace": job_namespace, "image": IMAGE,
             "spark_image": SPARK_IMAGE, "service_account": SPARK_SERVICE_ACCOUNT,
