@@ -27,7 +27,9 @@ def quickstart(env: Mapping[str, str], input_dir: Path | None = None, rows: int 
         return quiet_stage(index, STEPS, title, log, verbose=verbose, retry_hint=hint)
 
     with quiet(1, "local stack (lakeFS + MLflow)"):
-        status = stack.up(settings.stack, repository=repo or settings.lakefs.repository)
+        # MLflow (two Python processes importing it, ~9 s) starts beside the sample and the
+        # transform, which need only lakeFS; the train step waits for it (Runtime.tracking).
+        status = stack.up(settings.stack, repository=repo or settings.lakefs.repository, ready_later=("mlflow",))
     # Read after `up`: the stack's endpoints and keys are in the stack.env it just wrote. The
     # pipeline's steps find them the same way, through DFP_HOME.
     with Runtime.from_env(env, app_name="kfp-local", lakefs={"repository": repo}) as rt:

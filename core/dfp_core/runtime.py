@@ -95,9 +95,12 @@ class Runtime:
         """MLflow's fluent API (``mlflow.start_run``, ``log_model``) pointed at this
         runtime's server for the block; the server is checked first."""
         # Deferred (requests): each client loads on first use; a command that needs none never imports it.
+        from dfp_core import stack
         from dfp_core.tracking.server import check_tracking_server, use_tracking_server
 
         client = self.mlflow  # before any MLflow request: see tracking_auth.load_request_header_plugins
+        # This home's MLflow may still be starting (`dfp quickstart` starts it beside the transform).
+        stack.await_service(self.settings.stack, "mlflow", self.settings.mlflow.tracking_uri)
         check_tracking_server(self.settings.mlflow.tracking_uri)
         with use_tracking_server(self.settings.mlflow.tracking_uri):
             yield client

@@ -123,3 +123,31 @@ def test_a_killed_leader_leaves_no_server_behind(tmp_path):
         stack_mod.down(settings, log=lambda m: None)
     _, alive = psutil.wait_procs(group, timeout=10)
     assert not alive and "orphaned_pids" not in stack_mod.status(settings)["services"]["mlflow"]
+
+
+def test_a_server_left_starting_is_awaited_by_the_first_command_that_tracks(tmp_path):
+    """`up(ready_later=("mlflow",))` returns once lakeFS is healthy, MLflow's process started
+    and recorded; a runtime of that home waits for it in `tracking()` before its check."""
+    from dfp_core.errors import StackError
+    from dfp_core.runtime import Runtime
+    from dfp_core.settings import StackSettings
+    from dfp_core.stack import free_port
+
+    settings = StackSettings(home=tmp_path / "home", lakefs_port=free_port(), mlflow_port=free_port())
+    with pytest.raises(StackError, match="only the last services in start order"):
+        stack_mod.up(settings, log=lambda m: None, ready_later=("lakefs",))
+    said: list[str] = []
+    try:
+        status = stack_mod.up(settings, log=said.append, ready_later=("mlflow",))
+        assert status["services"]["lakefs"]["healthy"]
+        assert status["services"]["mlflow"]["running"], status["services"]["mlflow"]
+        assert any(line.startswith("mlflow: starting at") for line in said), said
+        env = {"DFP_HOME": str(settings.home), "DFP_LAKEFS_PORT": str(settings.lakefs_port),
+               "DFP_MLFLOW_PORT": str(settings.mlflow_port)}
+        with Runtime.from_env(env) as rt, rt.tracking() as client:
+            assert client.search_experiments()  # answered: the server is up, with its login
+        assert stack_mod.status(settings)["services"]["mlflow"]["healthy"]
+    finally:
+        stack_mod.down(settings, log=lambda m: None)
+    # Nothing recorded as running: nothing to wait for (the command's own check then speaks).
+    stack_mod.await_service(settings, "mlflow", status["services"]["mlflow"]["endpoint"], log=said.append)

@@ -30,7 +30,7 @@ from dfp_core.stack.servers import (ALL_SERVICES, LAKEFS, LAKEFS_ACL, LOOPBACK, 
                                      lakefs_command, lakefs_version, mlflow_command, services)
 from dfp_core.stack.state import (ACL_MARKER, LAKEFS_CONFIG, PROFILE_FILE, STATE_FILE, ProcessRecord, StackState,
                                   lakefs_acl_of, private_home, profile_of, record_profile)
-from dfp_core.stack.supervision import (SUPERVISED_SETTINGS, SUPERVISION_REPORT, SUPERVISOR, Log, down,
+from dfp_core.stack.supervision import (SUPERVISED_SETTINGS, SUPERVISION_REPORT, SUPERVISOR, Log, await_service, down,
                                         last_error_line, load_supervised_settings, reset, running,
                                         save_supervised_settings, start, status, stop_service, supervision_report,
                                         terminate, up)
@@ -38,7 +38,7 @@ from dfp_core.stack.supervision import (SUPERVISED_SETTINGS, SUPERVISION_REPORT,
 __all__ = [
     "ACL_MARKER", "ADMIN_KEY_ENV", "ALL_SERVICES", "LAKEFS", "LAKEFS_ACL", "LAKEFS_CONFIG", "LOOPBACK", "MLFLOW",
     "MLFLOW_ADMIN", "POSTGRES", "PROFILE_FILE", "SEAWEEDFS", "SERVICES", "STATE_FILE", "SUPERVISED_SETTINGS",
-    "SUPERVISION_REPORT", "SUPERVISOR", "Log", "ProcessRecord", "Service", "StackState", "admin_keys", "down",
+    "SUPERVISION_REPORT", "SUPERVISOR", "Log", "ProcessRecord", "Service", "StackState", "admin_keys", "await_service", "down",
     "ensure_credentials", "free_port", "lakefs_acl_binary", "lakefs_acl_command", "lakefs_acl_of", "lakefs_binary",
     "lakefs_command", "lakefs_version", "last_error_line", "load_supervised_settings", "mlflow_command",
     "port_free", "port_holder", "private_home", "profile_of", "record_profile", "reset", "running",

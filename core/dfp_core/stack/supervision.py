@@ -49,6 +49,15 @@ def last_error_line(log: Path) -> str:
 
 
 def start(service: Service, settings: StackSettings, creds: dict[str, str], profile: str, log: Log) -> ProcessRecord:
+    """Start ``service`` and wait until it is healthy (and set up: ``after_start``)."""
+    record, proc = spawn(service, settings, creds, profile)
+    return _until_healthy(service, record, settings, creds, profile, log,
+                          lambda: None if proc.poll() is None else f"code {proc.returncode}")
+
+
+def spawn(service: Service, settings: StackSettings, creds: dict[str, str], profile: str
+          ) -> tuple[ProcessRecord, subprocess.Popen]:
+    """Start ``service``'s process (its own session, output to its log) without waiting."""
     host, port = service.host(settings), service.port(settings)
     if not port_free(host, port):
         raise StackError(
@@ -68,21 +77,30 @@ def start(service: Service, settings: StackSettings, creds: dict[str, str], prof
         name=service.name, pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
         endpoint=service.endpoint(settings), log=str(log_path),
     )
-    deadline = time.monotonic() + service.startup_timeout
-    started = time.monotonic()
-    next_note = started + 5
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+    return record, proc
+
+
+def _until_healthy(service: Service, record: ProcessRecord, settings: StackSettings, creds: dict[str, str],
+                   profile: str, log: Log, exited: Callable[[], str | None]) -> ProcessRecord:
+    """Poll until ``record``'s server answers (then ``after_start``); one line naming its log
+    when it exits first or its startup timeout, counted from its process's start, passes."""
+    log_path = Path(record.log)
+    deadline = record.create_time + service.startup_timeout
+    next_note = time.time() + 5
+    while time.time() < deadline:
+        how = exited()
+        if how is not None:
             raise StackError(
-                f"{service.name} exited during startup (code {proc.returncode}): "
+                f"{service.name} exited during startup ({how}): "
                 f"{last_error_line(log_path)} [log: {log_path}]"
             )
         if service_healthy(service, record.endpoint, settings, creds):
             after_start(service, settings, creds, profile)
-            log(f"{service.name}: healthy at {record.endpoint} after {time.monotonic() - started:.1f}s (pid {proc.pid})")
+            log(f"{service.name}: healthy at {record.endpoint} after {time.time() - record.create_time:.1f}s "
+                f"(pid {record.pid})")
             return record
-        if time.monotonic() >= next_note:
-            log(f"{service.name}: waiting for {record.endpoint} ({time.monotonic() - started:.0f}s)")
+        if time.time() >= next_note:
+            log(f"{service.name}: waiting for {record.endpoint} ({time.time() - record.create_time:.0f}s)")
             next_note += 5
         time.sleep(0.25)
     terminate(record)
@@ -90,6 +108,26 @@ def start(service: Service, settings: StackSettings, creds: dict[str, str], prof
         f"{service.name} did not become healthy within {service.startup_timeout:.0f}s: "
         f"{last_error_line(log_path)} [log: {log_path}]"
     )
+
+
+def await_service(settings: StackSettings, name: str, endpoint: str, log: Log = note) -> None:
+    """Wait for a server of this home's stack that ``up(..., ready_later=...)`` left starting:
+    nothing to do unless the recorded ``name`` serves ``endpoint`` and its process is alive
+    (a command then checks the endpoint itself, as for any server). Fails in one line, naming
+    its log, if it exits or its startup timeout passes."""
+    rec = StackState(settings.home).load().get(name)
+    if rec is None or rec.endpoint.rstrip("/") != endpoint.rstrip("/") or rec.process() is None:
+        return
+    service = next(s for s in services(profile_of(settings), True) if s.name == name)
+    creds = read_env_file(settings.env_file)
+    if service_healthy(service, rec.endpoint, settings, creds):
+        return
+    log(f"{name}: still starting at {rec.endpoint}; waiting for it")
+
+    def exited() -> str | None:  # not our child: its exit code is not ours to read
+        return None if rec.process() is not None else f"pid {rec.pid}"
+
+    _until_healthy(service, rec, settings, creds, profile_of(settings), log, exited)
 
 
 def terminate(record: ProcessRecord, timeout: float = 20) -> bool:
@@ -157,16 +195,28 @@ def stop_service(settings: StackSettings, name: str, log: Log = note) -> None:
         state.save(records)
 
 
-def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSettings.repository) -> dict:
+def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSettings.repository,
+       ready_later: tuple[str, ...] = ()) -> dict:
     """Start what is not running yet, in order; wait until each service is healthy. With the
-    ACL server, (re)write the pipeline's user and its policy over ``repository``."""
+    ACL server, (re)write the pipeline's user and its policy over ``repository``.
+
+    The services named in ``ready_later`` (the last ones in order: nothing after them may
+    need them) are started but not waited for; whoever uses one first waits with
+    ``await_service``. The quickstart's transform needs no MLflow, so MLflow's start (two
+    Python processes importing it) runs beside it."""
     state = StackState(settings.home)
     with state.locked():
         records = state.load()
         profile = profile_of(settings)
         acl = lakefs_acl_of(settings, profile)
         creds = ensure_credentials(settings, profile, acl)
-        for service in services(profile, acl):
+        ordered = services(profile, acl)
+        names = [service.name for service in ordered]
+        if any(name not in names for name in ready_later) or \
+                names[len(names) - len(ready_later):] != [n for n in names if n in ready_later]:
+            raise StackError(f"only the last services in start order ({', '.join(names)}) can be left starting; "
+                             f"asked: {', '.join(ready_later)}")
+        for service in ordered:
             rec = records.get(service.name)
             if rec and rec.process() is not None:
                 if rec.endpoint != service.endpoint(settings):
@@ -183,7 +233,12 @@ def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSetting
                 log(f"{service.name}: leader pid {rec.pid} is gone but {len(rec.group())} of its processes "
                     "still run; stopping them before starting again")
                 terminate(rec)
-            records[service.name] = start(service, settings, creds, profile, log)
+            if service.name in ready_later:
+                records[service.name], _ = spawn(service, settings, creds, profile)
+                log(f"{service.name}: starting at {records[service.name].endpoint} "
+                    f"(pid {records[service.name].pid}); not waited for")
+            else:
+                records[service.name] = start(service, settings, creds, profile, log)
             state.save(records)
             record_profile(settings, profile)  # from its first server on, the home is this profile's
         if acl:
