@@ -142,6 +142,8 @@ def test_a_server_left_starting_is_awaited_by_the_first_command_that_tracks(tmp_
         assert status["services"]["lakefs"]["healthy"]
         assert status["services"]["mlflow"]["running"], status["services"]["mlflow"]
         assert any(line.startswith("mlflow: starting at") for line in said), said
+        pid = status["services"]["mlflow"]["pid"]
+        assert stack_mod.up(settings, log=said.append, ready_later=("mlflow",))["services"]["mlflow"]["pid"] == pid
         env = {"DFP_HOME": str(settings.home), "DFP_LAKEFS_PORT": str(settings.lakefs_port),
                "DFP_MLFLOW_PORT": str(settings.mlflow_port)}
         with Runtime.from_env(env) as rt, rt.tracking() as client:
@@ -151,3 +153,19 @@ def test_a_server_left_starting_is_awaited_by_the_first_command_that_tracks(tmp_
         stack_mod.down(settings, log=lambda m: None)
     # Nothing recorded as running: nothing to wait for (the command's own check then speaks).
     stack_mod.await_service(settings, "mlflow", status["services"]["mlflow"]["endpoint"], log=said.append)
+
+
+def test_up_waits_for_a_server_an_earlier_up_left_starting_instead_of_restarting_it(tmp_path):
+    from dfp_core.settings import StackSettings
+    from dfp_core.stack import free_port
+
+    settings = StackSettings(home=tmp_path / "home", lakefs_port=free_port(), mlflow_port=free_port())
+    try:
+        first = stack_mod.up(settings, log=lambda m: None, ready_later=("mlflow",))
+        said: list[str] = []
+        again = stack_mod.up(settings, log=said.append)
+        assert again["services"]["mlflow"]["healthy"], again["services"]["mlflow"]
+        assert again["services"]["mlflow"]["pid"] == first["services"]["mlflow"]["pid"], said
+        assert not any("restarting" in line for line in said), said
+    finally:
+        stack_mod.down(settings, log=lambda m: None)

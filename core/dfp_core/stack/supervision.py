@@ -124,10 +124,13 @@ def await_service(settings: StackSettings, name: str, endpoint: str, log: Log = 
         return
     log(f"{name}: still starting at {rec.endpoint}; waiting for it")
 
-    def exited() -> str | None:  # not our child: its exit code is not ours to read
-        return None if rec.process() is not None else f"pid {rec.pid}"
+    _until_healthy(service, rec, settings, creds, profile_of(settings), log, _gone(rec))
 
-    _until_healthy(service, rec, settings, creds, profile_of(settings), log, exited)
+
+def _gone(record: ProcessRecord) -> Callable[[], str | None]:
+    """How ``_until_healthy`` sees a recorded server that is not our child (its exit code is
+    not ours to read): gone once its pid and start time no longer match."""
+    return lambda: None if record.process() is not None else f"pid {record.pid}"
 
 
 def terminate(record: ProcessRecord, timeout: float = 20) -> bool:
@@ -227,6 +230,15 @@ def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSetting
                 if service_healthy(service, rec.endpoint, settings, creds):
                     log(f"{service.name}: already running at {rec.endpoint} (pid {rec.pid})")
                     continue
+                if time.time() < rec.create_time + service.startup_timeout:
+                    # Still starting (an earlier `up` left it so): leave it be, or wait for it;
+                    # one that dies or hangs meanwhile is started again below.
+                    if service.name in ready_later:
+                        continue
+                    log(f"{service.name}: pid {rec.pid} is still starting; waiting for it")
+                    with contextlib.suppress(StackError):
+                        _until_healthy(service, rec, settings, creds, profile, log, _gone(rec))
+                        continue
                 log(f"{service.name}: pid {rec.pid} is not healthy; restarting it")
                 terminate(rec)
             elif rec and rec.group():
