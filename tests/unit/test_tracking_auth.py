@@ -76,3 +76,33 @@ def test_mlflow_requests_from_a_runtime_do_not_import_feast(tmp_path):
     basic = "Basic " + base64.b64encode(b"alice:s3cr3t").decode()
     assert done.stdout.split() == ["['BasicAuthHeaderProvider',", "'DatabricksRequestHeaderProvider',",
                                    "'DefaultRequestHeaderProvider']", "False", "False", *basic.split()]
+
+
+def test_tracking_from_an_image_without_the_stack_extra(tmp_path):
+    """The train image has no `stack` extra (boto3, psycopg2): `Runtime.tracking()`, which
+    first waits for a starting server of the home's stack, must import without it and leave
+    an absent server to its own one-line check."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    code = (
+        "import sys\n"
+        "for name in ('boto3', 'botocore', 'psycopg2'):\n"
+        "    sys.modules[name] = None  # as if not installed\n"
+        "from dfp_core.errors import TrackingError\n"
+        "from dfp_core.runtime import Runtime\n"
+        f"rt = Runtime.from_env({{'DFP_HOME': {str(tmp_path / 'home')!r}, "
+        f"'MLFLOW_TRACKING_URI': 'http://127.0.0.1:{port}'}})\n"
+        "try:\n"
+        "    with rt.tracking():\n"
+        "        pass\n"
+        "except TrackingError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"MLflow tracking server at http://127.0.0.1:{port} is unreachable"), done.stdout

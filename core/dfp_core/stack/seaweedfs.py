@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 
 import requests
-from botocore.exceptions import BotoCoreError, ClientError
 
 from dfp_core.errors import StackError
 
@@ -97,6 +96,9 @@ def client(endpoint: str, access_key: str, secret_key: str):
 
 
 def ensure_buckets(endpoint: str, access_key: str, secret_key: str) -> None:
+    # Deferred (botocore, the stack extra's): a step's image imports this package without it.
+    from botocore.exceptions import BotoCoreError, ClientError
+
     s3 = client(endpoint, access_key, secret_key)
     try:
         have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}

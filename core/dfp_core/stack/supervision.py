@@ -115,7 +115,10 @@ def await_service(settings: StackSettings, name: str, endpoint: str, log: Log = 
     nothing to do unless the recorded ``name`` serves ``endpoint`` and its process is alive
     (a command then checks the endpoint itself, as for any server). Fails in one line, naming
     its log, if it exits or its startup timeout passes."""
-    rec = StackState(settings.home).load().get(name)
+    try:
+        rec = StackState(settings.home).load().get(name)
+    except OSError:  # a home this user may not read (a container's step): not its stack
+        return
     if rec is None or rec.endpoint.rstrip("/") != endpoint.rstrip("/") or rec.process() is None:
         return
     service = next(s for s in services(profile_of(settings), True) if s.name == name)
