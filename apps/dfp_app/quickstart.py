@@ -26,7 +26,7 @@ def quickstart(env: Mapping[str, str], input_dir: Path | None = None, rows: int 
     def quiet(index: int, title: str):
         return quiet_stage(index, STEPS, title, log, verbose=verbose, retry_hint=hint)
 
-    with quiet(1, "local stack (lakeFS + MLflow)"):
+    with quiet(1, "local stack (lakeFS; MLflow starts beside the pipeline)"):
         # MLflow (two Python processes importing it, ~9 s) starts beside the sample and the
         # transform, which need only lakeFS; the train step waits for it (Runtime.tracking).
         status = stack.up(settings.stack, repository=repo or settings.lakefs.repository, ready_later=("mlflow",))
