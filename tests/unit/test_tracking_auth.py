@@ -56,8 +56,6 @@ def test_mlflow_requests_from_a_runtime_do_not_import_feast(tmp_path):
     it imports all of Feast (seconds of typeguard instrumentation) in `dfp score` and `dfp
     serve`. Our own plugin is still loaded, and still sends the credentials."""
     import importlib.metadata
-    import subprocess
-    import sys
 
     plugins = [e.value for e in importlib.metadata.entry_points(group="mlflow.request_header_provider")]
     assert any(v.startswith("feast.") for v in plugins), plugins  # else this test would prove nothing
@@ -71,10 +69,9 @@ def test_mlflow_requests_from_a_runtime_do_not_import_feast(tmp_path):
         "names = sorted(type(p).__name__ for p in _request_header_provider_registry)\n"
         "print(names, 'feast' in sys.modules, 'typeguard' in sys.modules, resolve_request_headers()['Authorization'])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    out = _python(code)
     basic = "Basic " + base64.b64encode(b"alice:s3cr3t").decode()
-    assert done.stdout.split() == ["['BasicAuthHeaderProvider',", "'DatabricksRequestHeaderProvider',",
+    assert out.split() == ["['BasicAuthHeaderProvider',", "'DatabricksRequestHeaderProvider',",
                                    "'DefaultRequestHeaderProvider']", "False", "False", *basic.split()]
 
 
@@ -83,26 +80,32 @@ def test_tracking_from_an_image_without_the_stack_extra(tmp_path):
     first waits for a starting server of the home's stack, must import without it and leave
     an absent server to its own one-line check."""
     import socket
-    import subprocess
-    import sys
+    import textwrap
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
-    code = (
-        "import sys\n"
-        "for name in ('boto3', 'botocore', 'psycopg2'):\n"
-        "    sys.modules[name] = None  # as if not installed\n"
-        "from dfp_core.errors import TrackingError\n"
-        "from dfp_core.runtime import Runtime\n"
-        f"rt = Runtime.from_env({{'DFP_HOME': {str(tmp_path / 'home')!r}, "
-        f"'MLFLOW_TRACKING_URI': 'http://127.0.0.1:{port}'}})\n"
-        "try:\n"
-        "    with rt.tracking():\n"
-        "        pass\n"
-        "except TrackingError as exc:\n"
-        "    print(exc)\n"
-    )
+        uri = "http://127.0.0.1:%d" % probe.getsockname()[1]  # closed again: nothing listens there
+    out = _python(textwrap.dedent(f"""
+        import sys
+        for name in ("boto3", "botocore", "psycopg2"):
+            sys.modules[name] = None  # as if not installed
+        from dfp_core.errors import TrackingError
+        from dfp_core.runtime import Runtime
+        rt = Runtime.from_env({{"DFP_HOME": {str(tmp_path / "home")!r}, "MLFLOW_TRACKING_URI": {uri!r}}})
+        try:
+            with rt.tracking():
+                pass
+        except TrackingError as exc:
+            print(exc)
+    """))
+    assert out.startswith(f"MLflow tracking server at {uri} is unreachable"), out
+
+
+def _python(code: str) -> str:
+    """What a fresh interpreter prints running ``code`` (it must exit 0)."""
+    import subprocess
+    import sys
+
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith(f"MLflow tracking server at http://127.0.0.1:{port} is unreachable"), done.stdout
+    return done.stdout
