@@ -94,7 +94,7 @@ class Runtime:
     def tracking(self) -> Iterator["MlflowClient"]:
         """MLflow's fluent API (``mlflow.start_run``, ``log_model``) pointed at this
         runtime's server for the block; the server is checked first."""
-        # Deferred (requests): each client loads on first use; a command that needs none never imports it.
+        # Deferred (requests, psutil): each client loads on first use; a command that needs none never imports it.
         from dfp_core import stack
         from dfp_core.tracking.server import check_tracking_server, use_tracking_server
 

@@ -288,4 +288,6 @@ def test_why_pods_are_not_ready_is_said_in_the_apis_own_words():
     assert lines[2] == ("pod op-webhook-1: Running; webhook CrashLoopBackOff; "
                         "webhook last exited 1 (Error: no certs), 4 restarts")
     assert [line.split(": ", 1)[1] for line in lines[3:]] == ["R1 m1", "R2 m2", "R3 m3"]  # the newest warnings
-    assert api.waiting_reasons([ready], events, {"metadata": {"name": "n"}, "status": {"conditions": []}}) == []
+    done = {"metadata": {"name": "hook-job-1"}, "status": {"phase": "Succeeded", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "PodCompleted"}]}}
+    assert api.waiting_reasons([ready, done], events, {"metadata": {"name": "n"}, "status": {"conditions": []}}) == []

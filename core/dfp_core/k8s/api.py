@@ -81,8 +81,9 @@ def waiting_reasons(pods: list[dict], events: list[dict], node: dict | None = No
                          + ", ".join([*pressure, *(f"taint {t}" for t in taints)]))
     for pod in pods:
         status = pod.get("status", {})
-        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])):
-            continue
+        if status.get("phase") == "Succeeded" or \
+                any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])):
+            continue  # ready, or a finished job's pod
         said = [status.get("phase", "?")]
         said += [f"{c['reason']}: {c.get('message', '')}".rstrip(": ") for c in status.get("conditions", [])
                  if c.get("status") == "False" and c.get("reason")]
