@@ -121,13 +121,13 @@ def await_service(settings: StackSettings, name: str, endpoint: str, log: Log = 
         return
     if rec is None or rec.endpoint.rstrip("/") != endpoint.rstrip("/") or rec.process() is None:
         return
-    service = next(s for s in services(profile_of(settings), True) if s.name == name)
+    profile = profile_of(settings)
+    service = next(s for s in services(profile, True) if s.name == name)
     creds = read_env_file(settings.env_file)
     if service_healthy(service, rec.endpoint, settings, creds):
         return
     log(f"{name}: still starting at {rec.endpoint}; waiting for it")
-
-    _until_healthy(service, rec, settings, creds, profile_of(settings), log, _gone(rec))
+    _until_healthy(service, rec, settings, creds, profile, log, _gone(rec))
 
 
 def _gone(record: ProcessRecord) -> Callable[[], str | None]:
@@ -249,11 +249,11 @@ def up(settings: StackSettings, log: Log = note, repository: str = LakeFSSetting
                     "still run; stopping them before starting again")
                 terminate(rec)
             if service.name in ready_later:
-                records[service.name], _ = spawn(service, settings, creds, profile)
-                log(f"{service.name}: starting at {records[service.name].endpoint} "
-                    f"(pid {records[service.name].pid}); not waited for")
+                started, _ = spawn(service, settings, creds, profile)
+                log(f"{service.name}: starting at {started.endpoint} (pid {started.pid}); not waited for")
             else:
-                records[service.name] = start(service, settings, creds, profile, log)
+                started = start(service, settings, creds, profile, log)
+            records[service.name] = started
             state.save(records)
             record_profile(settings, profile)  # from its first server on, the home is this profile's
         if acl:
