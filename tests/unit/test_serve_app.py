@@ -4,7 +4,6 @@ with a 4xx and one short line."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -150,3 +149,29 @@ def test_mlflow_params_ask_for_explanations():
     _refused(400, "explain must be a whole number of features, 0 or more, got -1",
              {"dataframe_split": rows, "params": {"explain": -1}})
     _refused(400, "got '3'", {"dataframe_split": rows, "params": {"explain": "3"}})
+
+
+_FREED = """
+import sys, psutil
+from dfp_core.ml.serve_app import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+rss = lambda: psutil.Process().memory_info().rss
+before = rss()
+for _ in range(3):  # a request's buffers, a few MB each: allocated, touched, freed
+    buffers = [bytearray(4 << 20) for _ in range(4)]
+    del buffers
+print(kept, (rss() - before) >> 20)
+"""
+
+
+@pytest.mark.parametrize("mode", ["keep", "default"])
+def test_the_server_keeps_a_requests_freed_buffers_for_the_next(mode):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FREED, mode], capture_output=True, text=True, check=True).stdout.split()
+    kept, grown_mb = out[0], int(out[1])
+    if mode == "keep":  # glibc: the 16 MB stay in the heap, ready for the next request
+        assert kept == "True" and grown_mb >= 15, out
+    else:  # glibc's default maps each such buffer afresh and gives it back
+        assert grown_mb <= 2, out
