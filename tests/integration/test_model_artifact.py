@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from dfp_core.kronodroid.generator import generate
+from dfp_core.ml.json_rows import read_plain_split
 from dfp_core.ml.serve import wait_until_ready
 from dfp_core.ml.train_kronodroid_autoencoder import train
 from dfp_core.params import TrainConfig
@@ -186,6 +187,13 @@ def test_dfp_serve_answers_ping_and_invocations(registered, dfp_served):
                                  timeout=60)
         assert columnar.status_code == 200, (content_type, columnar.text)
         assert columnar.json() == response.json(), content_type
+    # The usual dataframe_split, null for a missing value: read by simdjson straight into the matrix.
+    split = example["dataframe_split"]
+    rows = [[None if isinstance(v, float) and np.isnan(v) else v for v in row] for row in split["data"]]
+    usual = json.dumps({"dataframe_split": {"columns": split["columns"], "data": rows}})
+    assert "null" in usual and read_plain_split(usual.encode(), split["columns"][:-1], "sample_id") is not None
+    plain = _post(dfp_served["url"], usual)
+    assert plain.status_code == 200 and plain.json() == response.json(), plain.text
     # MLflow's params ask for each app's explanation: the same scores, the groups' shares add up to them.
     asked = {"dataframe_split": example["dataframe_split"], "params": {"explain": 3}}
     explained = _post(dfp_served["url"], asked)
