@@ -85,9 +85,9 @@ def test_the_bodies_clients_write_take_the_plain_reader():
         assert request.matrix.tobytes() == matrix.tobytes() and request.ids == ids and request.explain == 0
 
 
-def _split(data: str, columns=("a", "b", "c", ID), before: str = "", after: str = "") -> bytes:
+def _split(data: str, columns=("a", "b", "c", ID), before: str = "") -> bytes:
     return ('{' + before + '"dataframe_split": {"columns": ' + json.dumps(list(columns)) + ', "data": ' + data
-            + '}' + after + '}').encode()
+            + '}}').encode()
 
 
 FEW = ["a", "b", "c"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -166,9 +168,6 @@ print(kept, (rss() - before) >> 20)
 
 @pytest.mark.parametrize("mode", ["keep", "default"])
 def test_the_server_keeps_a_requests_freed_buffers_for_the_next(mode):
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", _FREED, mode], capture_output=True, text=True, check=True).stdout.split()
     kept, grown_mb = out[0], int(out[1])
     if mode == "keep":  # glibc: the 16 MB stay in the heap, ready for the next request

@@ -10,9 +10,9 @@ out of the bytes first, with checks that make the cut exact.
 orjson: ``{"dataframe_split": {"columns": [...], ["index": ...,] "data": [[...], ...]}}``,
 the columns the features in the model's order, with or without the id column last, every
 value a number or ``null`` (a missing value), ``data`` the last key, and no escaped
-character anywhere. Anything else
-returns None and goes through the general reader, which decides with its own messages:
-nothing this reader accepts is read differently there (a test compares them bit for bit).
+character anywhere. Anything else returns None and goes through the general reader, which
+decides with its own messages: nothing this reader accepts is read differently there (a test
+compares them bit for bit).
 """
 
 from __future__ import annotations
