@@ -253,3 +253,39 @@ def test_up_status_down_and_reset_of_an_s3_home(tmp_path):
     reset = dfp("stack", "reset", "--yes", env=env)
     assert reset.returncode == 0, reset.stderr[-2000:]
     assert not home.exists() and not pg_data.exists()
+
+
+def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_settings):
+    """SeaweedFS whose S3 gateway answers, and makes buckets, but has no volume server to write
+    to (as when one never joins its master, or its disk is under 1% free): the stack's set-up
+    refuses it in one line naming its log, within its wait, instead of lakeFS failing every
+    repository later with "failed to access storage"."""
+    import signal
+
+    from dfp_core.errors import StackError
+    from dfp_core.settings import REPO_ROOT
+    from dfp_core.stack import free_port
+
+    weed = seaweedfs_server.binary(REPO_ROOT, stack_settings.cache, stack_settings.seaweedfs_bin)
+    identities = seaweedfs_server.write_identities(tmp_path, "dfp-probe-key", "dfp-probe-secret")
+    s3_port, ports = free_port(), {name: free_port() for name in seaweedfs_server.INTERNAL_PORTS}
+    cmd = seaweedfs_server.server_command(weed, tmp_path, "127.0.0.1", s3_port, ports, identities) + ["-volume=false"]
+    log, endpoint = tmp_path / "seaweedfs.log", f"http://127.0.0.1:{s3_port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not seaweedfs_server.healthy(endpoint):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.25)
+        started = time.monotonic()
+        with pytest.raises(StackError) as refused:
+            seaweedfs_server.ensure_buckets(endpoint, "dfp-probe-key", "dfp-probe-secret", log, wait_s=4)
+        waited = time.monotonic() - started
+        assert "answers but cannot store an object after 4s" in str(refused.value) and f"[log: {log}]" in str(refused.value)
+        assert waited < 60, waited  # one bounded attempt past the wait, not SeaweedFS's own retries times boto's
+        s3 = seaweedfs_server.client(endpoint, "dfp-probe-key", "dfp-probe-secret")
+        assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == set(seaweedfs_server.BUCKETS)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

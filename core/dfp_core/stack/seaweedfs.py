@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import requests
@@ -22,6 +23,7 @@ from dfp_core.errors import StackError
 BUCKETS = ("dfp-lakefs", "dfp-mlflow")  # lakeFS's storage namespaces, MLflow's artifacts
 INTERNAL_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
 REGION = "us-east-1"
+PROBE_KEY = ".dfp-write-probe"  # written and deleted at start: proof that the store takes writes
 
 
 def version(repo_root: Path) -> str:
@@ -83,19 +85,23 @@ def healthy(endpoint: str) -> bool:
         return False
 
 
-def client(endpoint: str, access_key: str, secret_key: str):
+def client(endpoint: str, access_key: str, secret_key: str, attempts: int = 3, read_timeout: float = 30):
     # Deferred (boto3): only the s3 profile's bucket needs it.
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-        region_name=REGION, config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3},
-                                          connect_timeout=5, read_timeout=30),
+        region_name=REGION, config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": attempts},
+                                          connect_timeout=5, read_timeout=read_timeout),
     )
 
 
-def ensure_buckets(endpoint: str, access_key: str, secret_key: str) -> None:
+def ensure_buckets(endpoint: str, access_key: str, secret_key: str, log_path: Path, wait_s: float = 60.0) -> None:
+    """The stack's buckets, then proof that SeaweedFS stores objects: its S3 gateway answers
+    (and makes buckets, which live in the filer) before its volume server has joined the
+    master, and a volume server short of disk keeps its volumes read-only. Either would
+    only show later, as lakeFS's "failed to access storage" after its own retries."""
     # Deferred (botocore, the stack extra's): a step's image imports this package without it.
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -107,3 +113,21 @@ def ensure_buckets(endpoint: str, access_key: str, secret_key: str) -> None:
                 s3.create_bucket(Bucket=bucket)
     except (BotoCoreError, ClientError) as exc:
         raise StackError(f"cannot create the stack's buckets in SeaweedFS at {endpoint}: {exc}") from None
+    # One attempt a probe, each bounded: SeaweedFS with nowhere to write retries inside for
+    # about 30 s before it answers 500, and the deadline is what the caller waits.
+    probe = client(endpoint, access_key, secret_key, attempts=1, read_timeout=min(15.0, wait_s))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            for bucket in BUCKETS:
+                probe.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"dfp")
+                probe.delete_object(Bucket=bucket, Key=PROBE_KEY)
+            return
+        except (BotoCoreError, ClientError) as exc:
+            if time.monotonic() >= deadline:
+                raise StackError(
+                    f"SeaweedFS at {endpoint} answers but cannot store an object after {wait_s:.0f}s ({exc}); "
+                    f"a volume server that never joined its master or a disk under 1% free are the usual causes "
+                    f"[log: {log_path}]"
+                ) from None
+            time.sleep(0.5)
