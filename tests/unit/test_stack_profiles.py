@@ -111,6 +111,7 @@ def test_seaweedfs_opens_only_loopback_listeners_it_needs(tmp_path):
     flags = dict(arg.lstrip("-").split("=", 1) for arg in cmd[2:] if "=" in arg)
     assert flags["ip.bind"] == "127.0.0.1" and flags["s3.port"] == "18333"
     assert flags["s3.port.iceberg"] == "0" and flags["s3.port.lance"] == "0" and flags["master.telemetry"] == "false"
+    assert flags["volume.minFreeSpace"] == "256MiB"  # a fixed reserve, not 1% of whatever disk it is on
     assert {flags[k] for k in ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc")} == {
         str(ports[k]) for k in ("master_grpc", "volume_grpc", "filer_grpc", "s3_grpc")}
 

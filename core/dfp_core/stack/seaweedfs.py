@@ -23,6 +23,7 @@ from dfp_core.errors import StackError
 BUCKETS = ("dfp-lakefs", "dfp-mlflow")  # lakeFS's storage namespaces, MLflow's artifacts
 INTERNAL_PORTS = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
 REGION = "us-east-1"
+MIN_FREE_SPACE = "256MiB"
 PROBE_KEY = ".dfp-write-probe"  # written and deleted at start: proof that the store takes writes
 
 
@@ -70,6 +71,10 @@ def server_command(weed: Path, base: Path, host: str, s3_port: int, ports: dict[
         f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
         "-master.telemetry=false", "-master.volumeSizeLimitMB=512",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}", "-volume.max=100",
+        # A fixed reserve, not SeaweedFS's 1% of the disk (2.5 GB of a 250 GB one, where a
+        # build's images may leave less): below it every volume turns read-only and each
+        # write fails. A transform checks the free disk under DFP_HOME itself.
+        f"-volume.minFreeSpace={MIN_FREE_SPACE}",
         "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
         f"-filer.localSocket={base / 'filer.sock'}",
         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={ports['s3_grpc']}", f"-s3.config={identities}",
@@ -127,7 +132,7 @@ def ensure_buckets(endpoint: str, access_key: str, secret_key: str, log_path: Pa
             if time.monotonic() >= deadline:
                 raise StackError(
                     f"SeaweedFS at {endpoint} answers but cannot store an object after {wait_s:.0f}s ({exc}); "
-                    f"a volume server that never joined its master or a disk under 1% free are the usual causes "
+                    f"a volume server that never joined its master or a disk with under {MIN_FREE_SPACE} free are the usual causes "
                     f"[log: {log_path}]"
                 ) from None
             time.sleep(0.5)
