@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -255,21 +256,31 @@ def test_up_status_down_and_reset_of_an_s3_home(tmp_path):
     assert not home.exists() and not pg_data.exists()
 
 
-def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_settings):
-    """SeaweedFS whose S3 gateway answers, and makes buckets, but has no volume server to write
-    to (as when one never joins its master, or its disk is under 1% free): the stack's set-up
-    refuses it in one line naming its log, within its wait, instead of lakeFS failing every
-    repository later with "failed to access storage"."""
+def _weed_without_its_volume_server(tmp_path, stack_settings) -> Path:
+    """A ``SEAWEEDFS_BIN`` that starts the real weed as the stack asks, but with no volume
+    server: its S3 gateway answers and makes buckets, with nowhere to write (as when one never
+    joins its master, or its disk is under the reserve)."""
+    from dfp_core.settings import REPO_ROOT
+
+    weed = seaweedfs_server.binary(REPO_ROOT, stack_settings.cache, stack_settings.seaweedfs_bin)
+    wrapper = tmp_path / "weed-without-volume"
+    wrapper.write_text(f'#!/bin/sh\nexec {weed} "$@" -volume=false\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_an_object_store_that_cannot_store_is_refused_within_the_wait(tmp_path, stack_settings):
+    """Each write probe is one bounded attempt: the refusal comes soon after the wait, not after
+    SeaweedFS's own retries times boto's (121 s for one probe before)."""
     import signal
 
     from dfp_core.errors import StackError
-    from dfp_core.settings import REPO_ROOT
     from dfp_core.stack import free_port
 
-    weed = seaweedfs_server.binary(REPO_ROOT, stack_settings.cache, stack_settings.seaweedfs_bin)
     identities = seaweedfs_server.write_identities(tmp_path, "dfp-probe-key", "dfp-probe-secret")
     s3_port, ports = free_port(), {name: free_port() for name in seaweedfs_server.INTERNAL_PORTS}
-    cmd = seaweedfs_server.server_command(weed, tmp_path, "127.0.0.1", s3_port, ports, identities) + ["-volume=false"]
+    weed = _weed_without_its_volume_server(tmp_path, stack_settings)
+    cmd = seaweedfs_server.server_command(weed, tmp_path, "127.0.0.1", s3_port, ports, identities)
     log, endpoint = tmp_path / "seaweedfs.log", f"http://127.0.0.1:{s3_port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -280,12 +291,31 @@ def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_s
             time.sleep(0.25)
         started = time.monotonic()
         with pytest.raises(StackError) as refused:
-            seaweedfs_server.ensure_buckets(endpoint, "dfp-probe-key", "dfp-probe-secret", log, wait_s=4)
+            seaweedfs_server.ensure_buckets(endpoint, "dfp-probe-key", "dfp-probe-secret", wait_s=4)
         waited = time.monotonic() - started
-        assert "answers but cannot store an object after 4s" in str(refused.value) and f"[log: {log}]" in str(refused.value)
+        assert "answers but cannot store an object after 4s" in str(refused.value)
         assert waited < 60, waited  # one bounded attempt past the wait, not SeaweedFS's own retries times boto's
         s3 = seaweedfs_server.client(endpoint, "dfp-probe-key", "dfp-probe-secret")
         assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == set(seaweedfs_server.BUCKETS)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
+
+def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_settings):
+    """`dfp stack up` on such a SeaweedFS fails in one line naming the cause and its log,
+    instead of lakeFS failing every repository later with "failed to access storage"."""
+    from dfp_core.stack import free_port
+
+    home = tmp_path / "home"
+    env = {"DFP_HOME": str(home), "SEAWEEDFS_BIN": str(_weed_without_its_volume_server(tmp_path, stack_settings)),
+           **{key: str(free_port()) for key in ("DFP_LAKEFS_PORT", "DFP_MLFLOW_PORT", "DFP_POSTGRES_PORT",
+                                                 "DFP_S3_PORT", "DFP_LAKEFS_ACL_PORT")}}
+    try:
+        up = dfp("stack", "up", "--profile", "s3", env=env)
+    finally:
+        dfp("stack", "down", env=env)
+    last = up.stderr.strip().splitlines()[-1]
+    assert up.returncode != 0 and last.startswith("error: "), up.stderr[-3000:]
+    assert "answers but cannot store an object after 60s" in last, last
+    assert last.endswith(f"[log: {home / 'logs' / 'seaweedfs.log'}]"), last

@@ -102,7 +102,7 @@ def client(endpoint: str, access_key: str, secret_key: str, attempts: int = 3, r
     )
 
 
-def ensure_buckets(endpoint: str, access_key: str, secret_key: str, log_path: Path, wait_s: float = 60.0) -> None:
+def ensure_buckets(endpoint: str, access_key: str, secret_key: str, wait_s: float = 60.0) -> None:
     """The stack's buckets, then proof that SeaweedFS stores objects: its S3 gateway answers
     (and makes buckets, which live in the filer) before its volume server has joined the
     master, and a volume server short of disk keeps its volumes read-only. Either would
@@ -132,7 +132,6 @@ def ensure_buckets(endpoint: str, access_key: str, secret_key: str, log_path: Pa
             if time.monotonic() >= deadline:
                 raise StackError(
                     f"SeaweedFS at {endpoint} answers but cannot store an object after {wait_s:.0f}s ({exc}); "
-                    f"a volume server that never joined its master or a disk with under {MIN_FREE_SPACE} free are the usual causes "
-                    f"[log: {log_path}]"
+                    f"a volume server that never joined its master or a disk with under {MIN_FREE_SPACE} free are the usual causes"
                 ) from None
             time.sleep(0.5)

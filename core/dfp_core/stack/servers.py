@@ -316,7 +316,7 @@ def after_start(service: Service, settings: StackSettings, creds: dict[str, str]
                                          settings.postgres_port, creds["DFP_POSTGRES_PASSWORD"])
     elif service is SEAWEEDFS:
         seaweedfs.ensure_buckets(service.endpoint(settings), creds["DFP_S3_ACCESS_KEY_ID"],
-                                 creds["DFP_S3_SECRET_ACCESS_KEY"], settings.home / "logs" / f"{service.name}.log")
+                                 creds["DFP_S3_SECRET_ACCESS_KEY"])
 
 
 def command(service: Service, settings: StackSettings, creds: dict[str, str], profile: str) -> tuple[list[str], dict[str, str]]:

@@ -95,7 +95,10 @@ def _until_healthy(service: Service, record: ProcessRecord, settings: StackSetti
                 f"{last_error_line(log_path)} [log: {log_path}]"
             )
         if service_healthy(service, record.endpoint, settings, creds):
-            after_start(service, settings, creds, profile)
+            try:
+                after_start(service, settings, creds, profile)
+            except StackError as exc:  # a server that answers but cannot do its job: its log says why
+                raise StackError(f"{exc} [log: {log_path}]") from None
             log(f"{service.name}: healthy at {record.endpoint} after {time.time() - record.create_time:.1f}s "
                 f"(pid {record.pid})")
             return record
