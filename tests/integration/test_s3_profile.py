@@ -319,3 +319,7 @@ def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_s
     assert up.returncode != 0 and last.startswith("error: "), up.stderr[-3000:]
     assert "answers but cannot store an object after 60s" in last, last
     assert last.endswith(f"[log: {home / 'logs' / 'seaweedfs.log'}]"), last
+    import psutil
+
+    left = [proc.pid for proc in psutil.process_iter(["cmdline"]) if any(str(home) in arg for arg in proc.info["cmdline"] or ())]
+    assert not left, left  # the refused server was stopped, and `stack down` stopped the rest

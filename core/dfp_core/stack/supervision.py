@@ -98,6 +98,7 @@ def _until_healthy(service: Service, record: ProcessRecord, settings: StackSetti
             try:
                 after_start(service, settings, creds, profile)
             except StackError as exc:  # a server that answers but cannot do its job: its log says why
+                terminate(record)  # not in the stack's state yet, so no `stack down` would stop it
                 raise StackError(f"{exc} [log: {log_path}]") from None
             log(f"{service.name}: healthy at {record.endpoint} after {time.time() - record.create_time:.1f}s "
                 f"(pid {record.pid})")
