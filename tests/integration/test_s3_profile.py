@@ -305,7 +305,7 @@ def test_an_object_store_that_cannot_store_is_refused_within_the_wait(tmp_path, 
 def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_settings):
     """`dfp stack up` on such a SeaweedFS fails in one line naming the cause and its log,
     instead of lakeFS failing every repository later with "failed to access storage"."""
-    from dfp_core.stack import free_port
+    from dfp_core.stack import free_port, postgres as postgres_server
 
     home = tmp_path / "home"
     env = {"DFP_HOME": str(home), "SEAWEEDFS_BIN": str(_weed_without_its_volume_server(tmp_path, stack_settings)),
@@ -315,11 +315,60 @@ def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_s
         up = dfp("stack", "up", "--profile", "s3", env=env)
     finally:
         dfp("stack", "down", env=env)
-    last = up.stderr.strip().splitlines()[-1]
-    assert up.returncode != 0 and last.startswith("error: "), up.stderr[-3000:]
-    assert "answers but cannot store an object after 60s" in last, last
-    assert last.endswith(f"[log: {home / 'logs' / 'seaweedfs.log'}]"), last
-    import psutil
+    try:
+        last = up.stderr.strip().splitlines()[-1]
+        assert up.returncode != 0 and last.startswith("error: "), up.stderr[-3000:]
+        assert "answers but cannot store an object after 60s" in last, last
+        assert last.endswith(f"[log: {home / 'logs' / 'seaweedfs.log'}]"), last
+        import psutil
 
-    left = [proc.pid for proc in psutil.process_iter(["cmdline"]) if any(str(home) in arg for arg in proc.info["cmdline"] or ())]
-    assert not left, left  # the refused server was stopped, and `stack down` stopped the rest
+        left = [proc.pid for proc in psutil.process_iter(["cmdline"])
+                if any(str(home) in arg for arg in proc.info["cmdline"] or ())]
+        assert not left, left  # the refused server was stopped, and `stack down` stopped the rest
+    finally:
+        postgres_server.remove_data(home)  # as root the cluster lives outside tmp_path
+
+
+def test_a_cluster_left_by_a_home_deleted_by_hand_is_made_afresh(tmp_path):
+    """As root the cluster lives outside DFP_HOME, keyed by the home's path: a home deleted by
+    hand and made again there must not meet the old cluster, which its new password cannot
+    open (CI met exactly that). A home that still holds objects keeps its cluster: refused."""
+    from dfp_core.errors import StackError
+    from dfp_core.stack import postgres as pg
+    from dfp_core.stack.ports import free_port
+
+    try:
+        bindir = pg.bin_dir()
+    except StackError as exc:
+        pytest.skip(str(exc))
+    home = tmp_path / "home"
+    home.mkdir()
+    data = pg.init_cluster(home, bindir, "first-password")
+    verifier = pg.stored_verifier(bindir, data)
+    assert pg.scram_matches(verifier, "first-password") and not pg.scram_matches(verifier, "second-password")
+    kept = data / "dfp-test-marker"
+    kept.write_text("the first cluster")
+    assert pg.init_cluster(home, bindir, "first-password") == data and kept.exists()
+    (home / "seaweedfs").mkdir()  # the home holds objects: the cluster is its own
+    with pytest.raises(StackError, match=r"does not accept the password in .*stack\.env"):
+        pg.init_cluster(home, bindir, "second-password")
+    assert kept.exists()
+
+    import shutil
+
+    shutil.rmtree(home)
+    home.mkdir()
+    data = pg.init_cluster(home, bindir, "second-password")
+    assert not kept.exists()
+    port = free_port()
+    server = subprocess.Popen(pg.server_command(bindir, data, "127.0.0.1", port),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not pg.healthy(bindir, "127.0.0.1", port, "second-password") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert pg.healthy(bindir, "127.0.0.1", port, "second-password")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        pg.remove_data(home)

@@ -10,10 +10,14 @@ can reach it.
 
 from __future__ import annotations
 
+import base64
 import glob
 import hashlib
+import hmac
+import logging
 import os
 import pwd
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +29,10 @@ USER = "dfp"
 DATABASES = ("lakefs", "mlflow", "lakefs_acl")  # lakefs_acl: lakeFS's ACL server, where it runs
 SERVICE_USER = "postgres"  # who runs the server when we are root
 ROOT_DATA_BASE = Path("/var/lib/dfp/postgres")
+# What initdb stores for USER's password (RFC 5803): iterations, salt, StoredKey, ServerKey.
+_SCRAM = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
+
+log = logging.getLogger(__name__)
 
 
 def bin_dir(override: Path | None = None) -> Path:
@@ -75,10 +83,13 @@ def _as_service(cmd: list[str]) -> list[str]:
 
 
 def init_cluster(home: Path, bindir: Path, password: str) -> Path:
-    """``initdb`` once (idempotent): user ``dfp`` with ``password``, scram-sha-256 on TCP."""
+    """``initdb`` once (idempotent): user ``dfp`` with ``password``, scram-sha-256 on TCP.
+    A cluster already there is kept if ``password`` opens it (see ``_remove_orphan``)."""
     data = data_dir(home)
     if (data / "PG_VERSION").is_file():
-        return data
+        if _opens_with(bindir, data, password) is not False:
+            return data
+        _remove_orphan(home, data)
     account = _service_account()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     pwfile = data.parent / f".{data.name}.pw"
@@ -101,6 +112,50 @@ def init_cluster(home: Path, bindir: Path, password: str) -> Path:
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise StackError(f"initdb of the stack's PostgreSQL cluster failed: {last[0]}")
     return data
+
+
+def stored_verifier(bindir: Path, data: Path) -> str | None:
+    """The SCRAM verifier the stopped cluster holds for USER, read in single-user mode (no
+    login, some 40 ms); None where it cannot be read (the server running, say)."""
+    try:
+        result = subprocess.run(
+            _as_service([str(bindir / "postgres"), "--single", "-D", str(data), "-j", "postgres"]),
+            input=f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}';\n",
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = _SCRAM.search(result.stdout)
+    return found.group(0) if found else None
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """Whether ``password`` logs in against a SCRAM-SHA-256 verifier (RFC 5802's StoredKey)."""
+    iterations, salt, stored_key, _ = _SCRAM.fullmatch(verifier).groups()
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), base64.b64decode(stored_key))
+
+
+def _opens_with(bindir: Path, data: Path, password: str) -> bool | None:
+    verifier = stored_verifier(bindir, data)
+    return None if verifier is None else scram_matches(verifier, password)
+
+
+def _remove_orphan(home: Path, data: Path) -> None:
+    """A cluster that the home's password does not open. As root it lives outside DFP_HOME,
+    keyed by the home's path, so a home deleted by hand and made again at the same path
+    finds the old one: its password left with the old stack.env, and its rows name objects
+    that left with the old home. That one is removed. One beside a home that still holds
+    objects is that home's own, with stack.env lost or replaced: refused, nothing deleted."""
+    if (home / "seaweedfs").exists():
+        raise StackError(
+            f"the stack's PostgreSQL cluster ({data}) does not accept the password in {home / 'stack.env'}; "
+            "restore that file, or start afresh with `dfp stack reset`"
+        )
+    log.warning("removing the PostgreSQL cluster %s, left by an earlier DFP_HOME at %s (nothing can log in to it)",
+                data, home)
+    shutil.rmtree(data)
 
 
 def server_command(bindir: Path, data: Path, host: str, port: int) -> list[str]:
