@@ -332,7 +332,10 @@ def test_an_object_store_that_cannot_store_is_refused_at_start(tmp_path, stack_s
 def test_a_cluster_left_by_a_home_deleted_by_hand_is_made_afresh(tmp_path):
     """As root the cluster lives outside DFP_HOME, keyed by the home's path: a home deleted by
     hand and made again there must not meet the old cluster, which its new password cannot
-    open (CI met exactly that). A home that still holds objects keeps its cluster: refused."""
+    open (CI met exactly that). A home that still holds objects keeps its cluster: refused; and
+    one whose cluster is gone is refused too, rather than given an empty one."""
+    import shutil
+
     from dfp_core.errors import StackError
     from dfp_core.stack import postgres as pg
     from dfp_core.stack.ports import free_port
@@ -353,9 +356,11 @@ def test_a_cluster_left_by_a_home_deleted_by_hand_is_made_afresh(tmp_path):
     with pytest.raises(StackError, match=r"does not accept the password in .*stack\.env"):
         pg.init_cluster(home, bindir, "second-password")
     assert kept.exists()
-
-    import shutil
-
+    shutil.move(data, tmp_path / "cluster-elsewhere")  # the home moved, say: its cluster is not found
+    with pytest.raises(StackError, match=r"holds objects but its PostgreSQL cluster .* is missing"):
+        pg.init_cluster(home, bindir, "first-password")
+    assert not data.exists()
+    shutil.move(tmp_path / "cluster-elsewhere", data)
     shutil.rmtree(home)
     home.mkdir()
     data = pg.init_cluster(home, bindir, "second-password")

@@ -84,12 +84,19 @@ def _as_service(cmd: list[str]) -> list[str]:
 
 def init_cluster(home: Path, bindir: Path, password: str) -> Path:
     """``initdb`` once (idempotent): user ``dfp`` with ``password``, scram-sha-256 on TCP.
-    A cluster already there is kept if ``password`` opens it (see ``_remove_orphan``)."""
+    A cluster already there is kept if ``password`` opens it (see ``_remove_orphan``); a home
+    whose objects outlived its cluster is refused rather than given an empty one."""
     data = data_dir(home)
     if (data / "PG_VERSION").is_file():
         if _opens_with(bindir, data, password) is not False:
             return data
         _remove_orphan(home, data)
+    elif _holds_objects(home):
+        raise StackError(
+            f"DFP_HOME {home} holds objects but its PostgreSQL cluster ({data}) is missing; as root the cluster "
+            f"lives in {ROOT_DATA_BASE}/<id of the home's path>, so a moved home leaves it behind: move the home "
+            "back, or start afresh with `dfp stack reset`"
+        )
     account = _service_account()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     pwfile = data.parent / f".{data.name}.pw"
@@ -142,13 +149,18 @@ def _opens_with(bindir: Path, data: Path, password: str) -> bool | None:
     return None if verifier is None else scram_matches(verifier, password)
 
 
+def _holds_objects(home: Path) -> bool:
+    """Whether the home's object store has started: its cluster is then the home's own."""
+    return (home / "seaweedfs").exists()
+
+
 def _remove_orphan(home: Path, data: Path) -> None:
     """A cluster that the home's password does not open. As root it lives outside DFP_HOME,
     keyed by the home's path, so a home deleted by hand and made again at the same path
     finds the old one: its password left with the old stack.env, and its rows name objects
     that left with the old home. That one is removed. One beside a home that still holds
     objects is that home's own, with stack.env lost or replaced: refused, nothing deleted."""
-    if (home / "seaweedfs").exists():
+    if _holds_objects(home):
         raise StackError(
             f"the stack's PostgreSQL cluster ({data}) does not accept the password in {home / 'stack.env'}; "
             "restore that file, or start afresh with `dfp stack reset`"
