@@ -92,11 +92,11 @@ def init_cluster(home: Path, bindir: Path, password: str) -> Path:
             return data
         _remove_orphan(home, data)
     elif _holds_objects(home):
-        raise StackError(
-            f"DFP_HOME {home} holds objects but its PostgreSQL cluster ({data}) is missing; as root the cluster "
-            f"lives in {ROOT_DATA_BASE}/<id of the home's path>, so a moved home leaves it behind: move the home "
-            "back, or start afresh with `dfp stack reset`"
-        )
+        where = "restore it" if data.is_relative_to(home) else (
+            f"as root the cluster lives in {ROOT_DATA_BASE}/<id of the home's path>, so a moved home leaves it "
+            "behind: move the home back")
+        raise StackError(f"DFP_HOME {home} holds objects but its PostgreSQL cluster ({data}) is missing; {where}, "
+                         "or start afresh with `dfp stack reset`")
     account = _service_account()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     pwfile = data.parent / f".{data.name}.pw"
