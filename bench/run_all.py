@@ -4,6 +4,7 @@ writing its own results file, then `bench/results/SUMMARY.md` from all results.
   .venv/bin/python bench/run_all.py                 # full settings (long: full-size transform etc.)
   .venv/bin/python bench/run_all.py --quick         # small settings: checks that everything runs
   .venv/bin/python bench/run_all.py --only training,reproduce
+  .venv/bin/python bench/run_all.py --only scoring,serving   # issue 30's targets, measured in one run
   .venv/bin/python bench/run_all.py --summary-only  # just regenerate SUMMARY.md
 
 The heavy flags of bench/stack.py (--cold-lakefs-build, --setup-download-size)
@@ -35,20 +36,36 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "reproduce": ([], ["--rows", "2000", "--max-epochs", "1"]),
     "quickstart": ([], ["--rows", "400", "--max-epochs", "1"]),
     "scoring": ([], ["--rows", "4000", "--train-rows", "1000"]),
+    # dfp serve and KServe's MLServer runtime in one run, the stress loops included.
+    "serving": (["--mlserver"], ["--rows", "2000", "--requests", "50", "--batches", "3", "--stress-rounds", "3",
+                                 "--mlserver"]),
     "profiles": ([], ["--rows", "2000", "--repeats", "1"]),
     "detection": ([], ["--seeds", "0", "--variants", "default"]),
 }
 # Results files in the order the summary lists them (others follow, sorted).
 ORDER = ["transform", "stack", "training_lightning_vs_plain", "training_feast_vs_spark",
-         "training_quality_real_subset", "training_time_split_generated", "reproduce", "quickstart", "scoring", "profiles", "detection"]
-# (results file, figure, comparison, target, what)
+         "training_quality_real_subset", "training_time_split_generated", "reproduce", "quickstart", "scoring", "serving", "profiles",
+         "detection"]
+# (results file, figure, comparison, target, what); a figure inside a section is named with dots.
 TARGETS = [
     ("transform", "ratio_transform_to_baseline", "<=", 3.0, "transform vs pyarrow+fastavro baseline"),
     ("training_lightning_vs_plain", "ratio_lightning_to_plain", ">=", 0.9, "Lightning vs plain PyTorch throughput"),
     ("training_feast_vs_spark", "ratio_feast_to_direct", "<=", 1.5, "Feast retrieval vs direct Spark read"),
     ("training_quality_real_subset", "ae_best_roc_auc_mean", ">=", 0.92, "AE test ROC-AUC on the real subset (and above PCA, IsolationForest)"),
     ("quickstart", "quickstart_seconds", "<=", 300, "dfp quickstart after the first install"),
-    ("scoring", "peak_rss_mb", "<=", 1536, "dfp score peak RSS, 200k rows"),
+    # Issue 30: `dfp score` of 200k rows, each output format, and `dfp serve` (4 clients at once
+    # for the concurrent figures); measured together by `run_all.py --only scoring,serving`.
+    ("scoring", "parquet.rows_per_s", ">=", 15_000, "dfp score to parquet, 200k rows: rows/s"),
+    ("scoring", "parquet.peak_rss_mb", "<=", 1536, "dfp score to parquet, 200k rows: peak RSS (MB)"),
+    ("scoring", "csv.rows_per_s", ">=", 15_000, "dfp score to CSV, 200k rows: rows/s"),
+    ("scoring", "csv.peak_rss_mb", "<=", 1536, "dfp score to CSV, 200k rows: peak RSS (MB)"),
+    ("serving", "rest_one_row_p50_ms", "<=", 5, "dfp serve, one-row requests: p50 (ms)"),
+    ("serving", "rest_one_row_p99_ms", "<=", 20, "dfp serve, one-row requests: p99 (ms)"),
+    ("serving", "rest_batch_rows_per_s", ">=", 15_000, "dfp serve, 1,000-row JSON requests: rows/s"),
+    ("serving", "rest_over_in_process_batch_time", "<=", 2.0, "dfp serve, 1,000-row JSON requests: time over in-process"),
+    ("serving", "concurrent_one_row_p99_ms", "<=", 50, "dfp serve, 4 clients at once: one-row p99 (ms)"),
+    ("serving", "concurrent_failed", "<=", 0, "dfp serve, 4 clients at once: failed requests"),
+    ("serving", "stress.failures", "<=", 0, "dfp serve under bad requests: 5xx, dropped connections, not answering after"),
 ]
 
 
@@ -116,6 +133,33 @@ def _target_status(value, op: str, target: float) -> str:
     return "met" if met else "not met"
 
 
+def figure(figures: dict, key: str):
+    """``key`` in a results file's figures; ``a.b`` is ``b`` inside section ``a``. None if absent."""
+    value = figures
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def target_rows(results: dict[str, dict]) -> list[dict]:
+    """Each of ``TARGETS`` against ``results`` (results file name -> its figures): the measured
+    value, "met", "not met" or "-" (not measured), and where it was measured."""
+    rows = []
+    for file, key, op, target, what in TARGETS:
+        figures = results.get(file, {})
+        value = figure(figures, key)
+        status = _target_status(value, op, target)
+        if file == "training_quality_real_subset" and "ae_meets_target" in figures:
+            # The target is also "above PCA and IsolationForest": the benchmark's own verdict.
+            status = "met" if figures["ae_meets_target"] else "not met"
+        rows.append({"file": file, "key": key, "op": op, "target": target, "what": what, "value": value,
+                     "status": status, "measured_at": figures.get("measured_at"),
+                     "quick": bool(figures.get("quick_settings"))})
+    return rows
+
+
 def write_summary() -> Path:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
     names = [n for n in ORDER if n in results] + sorted(n for n in results if n not in ORDER)
@@ -130,16 +174,10 @@ def write_summary() -> Path:
         "| what | figure | measured | target | status | measured at |",
         "|---|---|---|---|---|---|",
     ]
-    for file, key, op, target, what in TARGETS:
-        figures = results.get(file, {})
-        value = figures.get(key)
-        status = _target_status(value, op, target)
-        if file == "training_quality_real_subset" and "ae_meets_target" in figures:
-            # The target is also "above PCA and IsolationForest": the benchmark's own verdict.
-            status = "met" if figures["ae_meets_target"] else "not met"
-        quick = " (quick settings)" if figures.get("quick_settings") else ""
-        lines.append(f"| {what} | `{file}.{key}` | {_cell(value)} | {op} {target:g} | {status} | "
-                     f"{_cell(figures.get('measured_at'))}{quick} |")
+    for row in target_rows(results):
+        quick = " (quick settings)" if row["quick"] else ""
+        lines.append(f"| {row['what']} | `{row['file']}.{row['key']}` | {_cell(row['value'])} | {row['op']} "
+                     f"{row['target']:g} | {row['status']} | {_cell(row['measured_at'])}{quick} |")
     lines.append("")
     if any(f.get("quick_settings") for f in results.values()):
         lines += ["Results marked *quick settings* come from `run_all.py --quick` (small data, few epochs): "
