@@ -101,6 +101,9 @@ class PinnedRows:
     rows: Any  # a pyspark.sql.DataFrame (this module imports no service)
     counts: dict[str, int]
     dataset_ids: dict[str, str]
+    # The feature columns ``rows`` holds: the pinned snapshot's own (a table written under other
+    # definitions may lack some of today's ``FEATURE_COLUMNS`` or hold others).
+    features: tuple[str, ...]
 
 
 def dataset_id(spec: DatasetSpec, split: str) -> str:

@@ -6,6 +6,7 @@ present): a random and a month split of the same apps differ only in where the a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,6 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from dfp_core import iceberg, lineage
+from dfp_core.errors import DatasetError, TrackingError
+from dfp_core.iceberg import TableRef
+from dfp_core.kronodroid import schema
 from dfp_core.kronodroid.generator import SUBSET_RELPATH, generate
 from dfp_core.kronodroid.schema import RAW_TO_CANONICAL, REAL_DEVICE
 from dfp_core.ml.diff import diff
@@ -133,6 +138,79 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "99"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "99" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_what_a_diff_cannot_compare_is_refused_in_one_line_and_other_definitions_are_compared_on_the_shared_features(
+        rt, spark, lakefs, transform, tmp_path):
+    repo = "diffbad" + uuid.uuid4().hex[:6]
+    commit = transform(input_dir=_write(_subset(tmp_path / "a", 300, seed=71), tmp_path / "in"), repo=repo,
+                       run_id="bad-a")["merge_commit"]
+    # A snapshot written without one feature, as a table of other feature definitions would be.
+    lakefs.create_branch(repo, "narrow", commit)
+    written = TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
+    dropped = RAW_TO_CANONICAL["read"]
+    iceberg.write_table(spark, lakefs, spark.table(iceberg.qualified(spark, written)).drop(dropped),
+                        TableRef(repo, "narrow", schema.MART_NAMESPACE, schema.FCT_TABLE),
+                        {k: v for k, v in iceberg.table_properties(spark, written).items() if k.startswith("dfp.")})
+    narrow = lakefs.commit(repo, "narrow", "the fct table without one feature")
+    summary = diff(rt, refs=(f"lakefs://{repo}/{commit}", f"lakefs://{repo}/{narrow}"))
+    shift = summary.train_shift
+    assert shift["only_in_older"] == [dropped] and shift["only_in_newer"] == []
+    assert shift["features"] == len(schema.FEATURE_COLUMNS) - 1 == summary.feature_definitions["shared_features"]
+    assert shift["features_shifted"] == 0 and summary.apps["added"]["total"] == 0 == summary.apps["removed"]["total"]
+    assert f"only in older: {dropped}; only in newer: none" in summary.verdict
+
+    # Versions: one trained, the others registered from its files with their tags changed.
+    name = f"kronodroid_autoencoder_{repo}"
+    v1 = train(rt, TrainConfig(repo=repo, ref=commit, max_epochs=1, batch_size=64, hidden_dims=(32, 16), latent_dim=4,
+                               seed=3, accelerator="cpu", devices="1", model_name=name,
+                               evaluate_baselines=False)).model_version
+    trained = rt.mlflow.get_model_version(name, str(v1))
+    tags = dict(trained.tags)
+
+    def registered(changed: dict[str, str], left_out: tuple[str, ...] = ()) -> str:
+        import mlflow
+
+        with rt.tracking():
+            version = mlflow.register_model(trained.source, name, tags={
+                k: v for k, v in {**tags, **changed}.items() if k not in left_out})
+        return str(version.version)
+
+    # Trained under other feature definitions: its dataset ids hash those definitions.
+    other = dataclasses.replace(rt.split_rows(repo, commit).spec, feast_defs_sha256="0" * 64)
+    other_defs = registered({lineage.TAG_DEFS_SHA: other.feast_defs_sha256,
+                             **{tag: lineage.dataset_id(other, s) for s, tag in lineage.SPLIT_ID_TAGS.items()}})
+    untagged = registered({}, left_out=(lineage.TAG_SNAPSHOT,))
+    other_rows = registered({lineage.TAG_TRAIN_ID: "ds-" + "0" * 24})
+    gone = registered({lineage.TAG_REF: "f" * 64})
+
+    compared = diff(rt, model=name, versions=(str(v1), other_defs))
+    assert compared.feature_definitions["differ"] and compared.apps["added"]["total"] == 0
+    assert "feature definitions differ (feast.defs_sha256): the shift is on the " \
+           f"{len(schema.FEATURE_COLUMNS)} shared features" in compared.verdict
+    assert compared.scores["older"]["p50"] == compared.scores["newer"]["p50"]  # the same model files
+
+    def refused(error, versions, match: str) -> None:
+        out = tmp_path / f"report-{versions[1]}"
+        with pytest.raises(error) as raised:
+            diff(rt, model=name, versions=versions, out=out)
+        assert "\n" not in str(raised.value) and not out.exists()
+        assert raised.match(match)
+
+    refused(TrackingError, (str(v1), untagged), f"version {untagged} lacks lineage tags: {lineage.TAG_SNAPSHOT}")
+    refused(DatasetError, (str(v1), other_rows), f"version {other_rows} of {name}: its data does not rebuild as its "
+            f"tags record it: {lineage.TAG_TRAIN_ID}: tagged ds-0+, rebuilt ds-")
+    refused(DatasetError, (gone, str(v1)), f"version {gone} of {name}: its data cannot be rebuilt: .*f{{12}}")
+    with pytest.raises(DatasetError, match=f"lakefs://{repo}/no-such-branch: its data cannot be read: .*no-such-branch"):
+        diff(rt, refs=(f"lakefs://{repo}/{commit}", f"lakefs://{repo}/no-such-branch"), out=tmp_path / "refs")
+    assert not (tmp_path / "refs").exists()
+    # The command line: one line, the JSON error last, no report; `dfp drift` refuses the same version.
+    for command in (["diff", "--model", name, "--versions", str(v1), untagged, "--out", str(tmp_path / "cli")],
+                    ["drift", "--model", name, "--version", untagged, "--input", f"lakefs://{repo}/{commit}"]):
+        done = subprocess.run([str(VENV_BIN / "dfp"), *command], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "lacks lineage tags" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
+    assert not (tmp_path / "cli").exists()
 
 
 def test_a_random_and_a_month_split_of_the_real_subset_differ_only_in_their_splits(rt, transform, spark, real_subset,

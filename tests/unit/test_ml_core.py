@@ -818,3 +818,29 @@ def test_a_run_from_before_the_score_choice_is_retrained_with_its_own_score():
     assert config_from_run(earlier).score == "error_mahalanobis"  # a version from before the grouped default
     assert config_from_run(before).score == "mse" and config_from_run(before).latent_dim == 8
     assert config_from_run(before).ref == "c0ffee" and config_from_run(before).register is False
+
+
+def test_compare_pinned_lets_other_definitions_through_only_when_asked_and_checks_the_ids_as_they_gave_them():
+    import dataclasses
+
+    from dfp_core import lineage
+    from dfp_core.ml.reproduce import ModelLineage, compare_pinned
+
+    spec = lineage.DatasetSpec("repo", "c" * 64, "kronodroid.fct_training_dataset", "7",
+                               "kronodroid_autoencoder_features", "a" * 64, {"seed": 42})
+    counts = {"train": 10, "val": 3, "test": 4}
+    pinned = lineage.PinnedRows(spec, None, counts, {s: lineage.dataset_id(spec, s) for s in counts}, ("f1",))
+    then = dataclasses.replace(spec, feast_defs_sha256="b" * 64)  # the definitions the version was trained under
+    tags = {lineage.TAG_REF: spec.lakefs_commit, lineage.TAG_SOURCE_TABLE: spec.source_table,
+            lineage.TAG_DEFS_SHA: then.feast_defs_sha256,
+            **{tag: lineage.dataset_id(then, s) for s, tag in lineage.SPLIT_ID_TAGS.items()}}
+    run_tags = {lineage.ROWS_TAGS[s]: str(n) for s, n in counts.items()}
+    model = ModelLineage("m", "1", "run", tags, run_tags, {}, {})
+    strict = compare_pinned(model, pinned)
+    assert strict[0].startswith("feature definitions changed") and len(strict) == 4  # and the three ids
+    assert compare_pinned(model, pinned, definitions=False) == []
+    # Anything else that differs is still a difference.
+    fewer = dataclasses.replace(pinned, counts={**counts, "val": 2})
+    assert compare_pinned(model, fewer, definitions=False) == ["val rows: recorded 3, rebuilt 2"]
+    wrong = ModelLineage("m", "1", "run", {**tags, lineage.TAG_TEST_ID: "ds-x"}, run_tags, {}, {})
+    assert [d.split(":")[0] for d in compare_pinned(wrong, pinned, definitions=False)] == [lineage.TAG_TEST_ID]

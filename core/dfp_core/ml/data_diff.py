@@ -186,7 +186,8 @@ def verdict(summary: Mapping[str, Any]) -> str:
     return (f"{m['added']['total']} apps added, {m['removed']['total']} removed, {m['kept']['total']} kept "
             f"({m['label_changed']['total']} changed label, {m['moved']['total']} moved split); "
             f"families +{len(summary['families']['appeared'])}/-{len(summary['families']['disappeared'])}; "
-            f"{shift['features_shifted']} of {shift['features']} training features shifted beyond PSI {shift['psi_bound']:g}")
+            f"{shift['features_shifted']} of {shift['features']} training features shifted beyond PSI {shift['psi_bound']:g}"
+            + (f"; {note}" if (note := (summary.get("feature_definitions") or {}).get("note")) else ""))
 
 
 def compare(older_rows: "DataFrame", newer_rows: "DataFrame", features: Sequence[str], psi_bound: float = PSI_BOUND,

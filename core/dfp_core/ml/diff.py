@@ -25,10 +25,9 @@ import numpy as np
 from dfp_core import lineage
 from dfp_core.errors import ConfigError, DatasetError, DfpError
 from dfp_core.kronodroid.raw_files import RAW_PREFIX
-from dfp_core.kronodroid.schema import FEATURE_COLUMNS
 from dfp_core.ml.data_diff import compare, differing, verdict
 from dfp_core.ml.diff_report import REPORT, write_report
-from dfp_core.ml.reproduce import model_lineage, pinned_rows
+from dfp_core.ml.reproduce import compare_pinned, model_lineage, pinned_rows
 from dfp_core.ml.scoring import frame_scorer, lakefs_ref, model_threshold, score_frame
 from dfp_core.params import PSI_BOUND, check_psi_bound, check_top
 from dfp_core.spark_blocks import local_blocks
@@ -67,6 +66,11 @@ def _version_side(rt: "Runtime", model) -> Side:
         data = pinned_rows(rt, model)
     except DfpError as exc:
         raise DatasetError(f"{label}: its data cannot be rebuilt: {exc}") from None
+    # Other feature definitions are compared on the shared features; other rows than the tags
+    # record would make the diff about data the version never saw.
+    differences = compare_pinned(model, data, definitions=False)
+    if differences:
+        raise DatasetError(f"{label}: its data does not rebuild as its tags record it: {'; '.join(differences)}")
     return Side(label, model.tags[lineage.TAG_REPOSITORY], data.spec.lakefs_commit, str(data.spec.iceberg_snapshot_id),
                 model.tags[lineage.TAG_DEFS_SHA], model.params, data, model.version, model.run_id)
 
@@ -108,9 +112,13 @@ def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side)
 
     sides = {"older": older, "newer": newer}
     models = {key: load_model(rt, f"models:/{name}/{side.version}") for key, side in sides.items()}
+    needed = {c for model in models.values() for c in model.metadata.get_input_schema().input_names()} - {"sample_id"}
+    lacking = sorted(needed - set(newer.data.features))
+    if lacking:  # a version of other feature definitions: its model takes columns these rows lack
+        return {"not_compared": f"the newer test apps lack features a version takes: {_listed(lacking)}"}, None, None
     scorers = {key: frame_scorer(model) for key, model in models.items()}
     parts: dict[str, list[np.ndarray]] = {key: [] for key in sides}
-    test = newer.data.rows.where(F.col("dataset_split") == "test").select("sample_id", *FEATURE_COLUMNS)
+    test = newer.data.rows.where(F.col("dataset_split") == "test").select("sample_id", *newer.data.features)
     for block in local_blocks(test):
         for key, scorer in scorers.items():
             parts[key].append(score_frame(scorer, block)["anomaly_score"].to_numpy(dtype=np.float64))
@@ -125,6 +133,24 @@ def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side)
                         "flagged_share": float(np.mean(values > threshold)) if len(values) and threshold is not None
                         else None, **quantiles}
     return figures, scores, thresholds
+
+
+def _listed(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def _definitions(older: Side, newer: Side, shift: dict[str, Any]) -> dict[str, Any]:
+    """Whether the two sides' feature definitions differ, and what the shift was computed on: the
+    features both sides' rows hold; those only one side has are listed, and a line says so."""
+    only_older, only_newer = shift["only_in_older"], shift["only_in_newer"]
+    differ = older.defs_sha256 != newer.defs_sha256
+    part: dict[str, Any] = {"older": older.defs_sha256, "newer": newer.defs_sha256, "differ": differ,
+                            "shared_features": shift["features"]}
+    if differ or only_older or only_newer:
+        why = "feature definitions differ (feast.defs_sha256)" if differ else "the feature columns differ"
+        part["note"] = (f"{why}: the shift is on the {shift['features']} shared features; "
+                        f"only in older: {_listed(only_older) or 'none'}; only in newer: {_listed(only_newer) or 'none'}")
+    return part
 
 
 def sides(rt: "Runtime", model: str | None, versions: tuple[str, str] | None, refs: tuple[str, str] | None
@@ -177,12 +203,12 @@ def diff(rt: "Runtime", model: str | None = None, versions: tuple[str, str] | No
     check_psi_bound(psi_bound)
     check_top(top)
     older, newer = sides(rt, model, versions, refs)
+    features = [*older.data.features, *(c for c in newer.data.features if c not in older.data.features)]
     summary: dict[str, Any] = {"older": older.info(), "newer": newer.info(),
-                               **compare(older.data.rows, newer.data.rows, FEATURE_COLUMNS, psi_bound, top)}
+                               **compare(older.data.rows, newer.data.rows, features, psi_bound, top)}
     summary["quarantine"] = {"older": _quarantine(rt, older), "newer": _quarantine(rt, newer)}
     summary["lakefs"] = _history(rt, older, newer)
-    summary["feature_definitions"] = {"older": older.defs_sha256, "newer": newer.defs_sha256,
-                                      "differ": older.defs_sha256 != newer.defs_sha256}
+    summary["feature_definitions"] = _definitions(older, newer, summary["train_shift"])
     summary["hyperparameters"] = (differing(older.params, newer.params, ignore=DATA_PARAMS)
                                   if older.params is not None and newer.params is not None else None)
     scores, thresholds = None, None

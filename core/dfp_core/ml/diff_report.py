@@ -110,6 +110,10 @@ def _rest(summary: Mapping[str, Any]) -> list[str]:
                   *_table(["object", "change"], [[c["path"], c["type"]] for c in changes[:COMMITS_SHOWN]])]
     definitions = summary["feature_definitions"]
     lines.append(f"- feature definitions (`feast.defs_sha256`): {'differ' if definitions['differ'] else 'the same'}")
+    if definitions.get("note"):
+        lines.append(f"- {definitions['note']}")
+    if (summary.get("scores") or {}).get("not_compared"):
+        lines.append(f"- scores on the same test apps: not compared, {summary['scores']['not_compared']}")
     if summary["hyperparameters"] is not None:
         changed = ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in summary["hyperparameters"].items()) or "none"
         lines.append(f"- hyperparameters that differ: {changed}")

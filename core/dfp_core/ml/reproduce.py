@@ -4,6 +4,7 @@ optionally train again with the run's hyperparameters and compare metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -102,12 +103,19 @@ def compare(model: ModelLineage, data) -> list[str]:
     return differences
 
 
-def compare_pinned(model: ModelLineage, pinned) -> list[str]:
+def compare_pinned(model: ModelLineage, pinned, definitions: bool = True) -> list[str]:
     """``compare`` for rows left in Spark (``pinned_rows``): the commit, table, definitions,
-    dataset ids and row counts; the content hashes need the rows in memory and are not checked."""
-    differences = _spec_differences(model, pinned.spec)
+    dataset ids and row counts; the content hashes need the rows in memory and are not checked.
+    ``definitions=False``: feature definitions changed since the version are not a difference
+    (`dfp diff` compares the features both sides have); the dataset ids are then checked as
+    the version's own definitions give them, since each id hashes the definitions too."""
+    spec, ids = pinned.spec, pinned.dataset_ids
+    if not definitions:
+        spec = dataclasses.replace(spec, feast_defs_sha256=model.tags[lineage.TAG_DEFS_SHA])
+        ids = {split: lineage.dataset_id(spec, split) for split in SPLITS}
+    differences = _spec_differences(model, spec)
     for split in SPLITS:
-        differences += _split_differences(model, split, pinned.dataset_ids[split], pinned.counts[split])
+        differences += _split_differences(model, split, ids[split], pinned.counts[split])
     return differences
 
 

@@ -55,14 +55,14 @@ def feature_store(registry_dir: Path, offline_store_type: str | None = None,
     return FeatureStore(config=config)
 
 
-def _check_table(spark: "SparkSession", table: TableRef) -> dict[str, str]:
+def _check_table(spark: "SparkSession", table: TableRef, all_features: bool = True) -> dict[str, str]:
     if not iceberg.table_exists(spark, table):
         raise DatasetError(
             f"table {schema.FCT_TABLE_FQN} does not exist at lakefs://{table.repo}/{table.ref}; "
             "run `dfp transform` to create it"
         )
     columns = set(spark.table(iceberg.qualified(spark, table)).columns)
-    needed = ("sample_id", "event_timestamp", *EVAL_FIELDS, *schema.FEATURE_COLUMNS)
+    needed = ("sample_id", "event_timestamp", *EVAL_FIELDS, *(schema.FEATURE_COLUMNS if all_features else ()))
     missing = [c for c in needed if c not in columns]
     if missing:
         shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
@@ -76,9 +76,11 @@ def _check_snapshot(spark: "SparkSession", table: TableRef, snapshot_id: str) ->
 
 
 def _pin(spark: "SparkSession", lakefs: LakeFS, repo: str, ref: str, snapshot_id: str | int | None,
-         max_rows_per_split: int, feature_view: str | None) -> tuple[TableRef, DatasetSpec, dict[str, str]]:
+         max_rows_per_split: int, feature_view: str | None, all_features: bool = True,
+         ) -> tuple[TableRef, DatasetSpec, dict[str, str]]:
     """The table at ``ref``'s commit and the spec of the splits pinned to ``snapshot_id`` (the
-    current one when None), each checked: the view, the table and its columns, the snapshot."""
+    current one when None), each checked: the view, the table and its columns (every feature of
+    these definitions unless ``all_features`` is False), the snapshot."""
     if feature_view not in (None, AUTOENCODER_VIEW):
         raise DatasetError(f"the data was served by feature view {feature_view!r}, which these definitions do not "
                            f"define (they have {AUTOENCODER_VIEW!r})")
@@ -86,7 +88,7 @@ def _pin(spark: "SparkSession", lakefs: LakeFS, repo: str, ref: str, snapshot_id
         raise DatasetError("max_rows_per_split must be >= 0 (0 = unlimited)")
     commit = lakefs.resolve_commit(repo, ref)  # unknown ref -> RefNotFoundError
     table = TableRef(repo, commit, schema.MART_NAMESPACE, schema.FCT_TABLE)
-    properties = _check_table(spark, table)
+    properties = _check_table(spark, table, all_features)
     if snapshot_id in (None, ""):
         snapshot_id = iceberg.current_snapshot_id(spark, table)
     else:
@@ -136,14 +138,20 @@ def split_rows(
     """The rows ``load_splits`` serves for the same arguments, as one lazy Spark frame read from
     the pinned snapshot (``dataset_split`` says each row's split), for work that must not hold
     the splits in memory (`dfp diff`, `dfp drift`); the spec, dataset ids and row counts as
-    ``load_splits`` gives them. The entry point ``dfp.split_rows``."""
+    ``load_splits`` gives them. The entry point ``dfp.split_rows``.
+
+    The features are those the pinned snapshot holds (``PinnedRows.features``): a table written
+    under other feature definitions is read as it is, so that `dfp diff` can compare the features
+    two sides share and list the others."""
     # Deferred (PySpark): only the subset's ranking needs its functions.
     from pyspark.sql import Window, functions as F
 
-    table, spec, _ = _pin(spark, lakefs, repo, ref, snapshot_id, max_rows_per_split, feature_view)
+    table, spec, _ = _pin(spark, lakefs, repo, ref, snapshot_id, max_rows_per_split, feature_view, all_features=False)
     defs = build_definitions(repo, spec.lakefs_commit, spec.iceberg_snapshot_id)
+    # Iceberg reads a snapshot with the schema it was written with: its own columns.
     wide = spark.read.format("iceberg").option("snapshot-id", spec.iceberg_snapshot_id).load(defs.table)
-    rows = wide.select("sample_id", *EVAL_FIELDS, *schema.FEATURE_COLUMNS)
+    features = tuple(c for c in wide.columns if c not in schema.FCT_KEY_COLUMNS)
+    rows = wide.select("sample_id", *EVAL_FIELDS, *features)
     if spec.max_rows_per_split:  # the subset _retrieve takes: the first rows of each split by subset order
         order = _subset_order(spec.split_spec.get("seed", 0))
         rank = F.row_number().over(Window.partitionBy("dataset_split").orderBy(order))
@@ -159,7 +167,7 @@ def split_rows(
                 f"the {split} split is empty in {schema.FCT_TABLE_FQN} at "
                 f"lakefs://{spec.lakefs_repository}/{spec.lakefs_commit[:12]} (snapshot {spec.iceberg_snapshot_id})")
     return PinnedRows(spec=spec, rows=rows, counts={s: counts[s] for s in SPLITS},
-                      dataset_ids={s: dataset_id(spec, s) for s in SPLITS})
+                      dataset_ids={s: dataset_id(spec, s) for s in SPLITS}, features=features)
 
 
 def _entity_index(spark: "SparkSession", table: TableRef, snapshot_id: str | int):
