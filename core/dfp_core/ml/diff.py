@@ -112,7 +112,8 @@ def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side)
 
     sides = {"older": older, "newer": newer}
     models = {key: load_model(rt, f"models:/{name}/{side.version}") for key, side in sides.items()}
-    needed = {c for model in models.values() for c in model.metadata.get_input_schema().input_names()} - {"sample_id"}
+    inputs = [model.metadata.get_input_schema() for model in models.values()]  # None: a model without a signature
+    needed = {c for schema in inputs if schema is not None for c in schema.input_names()} - {"sample_id"}
     lacking = sorted(needed - set(newer.data.features))
     if lacking:  # a version of other feature definitions: its model takes columns these rows lack
         return {"not_compared": f"the newer test apps lack features a version takes: {_listed(lacking)}"}, None, None
