@@ -284,7 +284,7 @@ def test_the_core_finds_the_splits_readers_through_their_entry_points(monkeypatc
     (or several) is installed."""
     from dfp_core import runtime
     from dfp_core.errors import ConfigError
-    from dfp_feast.retrieval import load_splits, split_rows
+    from dfp_feast.plugin import load_splits, split_rows
 
     runtime._plugin.cache_clear()
     try:
