@@ -9,12 +9,14 @@ MLflow client. Nothing here reads or writes ``os.environ``.
 from __future__ import annotations
 
 import contextlib
+import json
 from functools import cache, cached_property
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from dfp_core.settings import Settings
-from dfp_core.errors import ConfigError
+from dfp_core.errors import ConfigError, DfpError
+from dfp_core.kronodroid.schema import TRANSFORM_SUMMARY_PATH
 from dfp_core.spark import spark_session
 from dfp_core.tracking import auth as tracking_auth
 
@@ -74,10 +76,13 @@ class Runtime:
 
         return LakeFS(self.settings.lakefs)
 
-    def spark(self) -> "SparkSession":
-        """The Spark session (local mode unless SPARK_MASTER says otherwise), started on first use."""
+    def spark(self, input_rows: int | None = None) -> "SparkSession":
+        """The Spark session (local mode unless SPARK_MASTER says otherwise), started on first use.
+        ``input_rows``: the rows of the job the first use starts it for, where known; they settle
+        how a local driver JVM compiles (``SparkSettings.for_input_rows``)."""
         if self._spark is None:
-            self._spark = spark_session(self.app_name, self.settings.lakefs, self.settings.spark, ARROW_CONF)
+            settings = self.settings.spark.for_input_rows(input_rows)
+            self._spark = spark_session(self.app_name, self.settings.lakefs, settings, ARROW_CONF)
             self._own_spark = True
         return self._spark
 
@@ -109,15 +114,28 @@ class Runtime:
                         max_rows_per_split: int = 0, feature_view: str | None = None) -> "RetrievedDataset":
         """Train/val/test frames of the fct table at ``repo``@``ref`` (resolved to a
         commit), pinned to an Iceberg snapshot, served by Feast (``splits_reader``)."""
-        return splits_reader()(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split,
+        return splits_reader()(self._spark_for(repo, ref), self.lakefs, repo, ref, snapshot_id, max_rows_per_split,
                                feature_view=feature_view)
 
     def split_rows(self, repo: str, ref: str, snapshot_id: str | int | None = None,
                    max_rows_per_split: int = 0, feature_view: str | None = None) -> "PinnedRows":
         """The rows ``retrieve_splits`` serves for the same arguments, left in Spark
         (``SPLIT_ROWS_GROUP``)."""
-        return _plugin(SPLIT_ROWS_GROUP)(self.spark(), self.lakefs, repo, ref, snapshot_id, max_rows_per_split,
-                                         feature_view=feature_view)
+        return _plugin(SPLIT_ROWS_GROUP)(self._spark_for(repo, ref), self.lakefs, repo, ref, snapshot_id,
+                                         max_rows_per_split, feature_view=feature_view)
+
+    def _spark_for(self, repo: str, ref: str) -> "SparkSession":
+        """The session, started (where not yet) for the rows of the fct table at ``repo``@``ref``
+        as the transform that wrote it counted them (its summary beside the tables); where that
+        cannot be read, the rows are not known and the read that follows says what is wrong."""
+        if self._spark is not None:
+            return self._spark
+        try:
+            summary = json.loads(self.lakefs.read_bytes(repo, ref, TRANSFORM_SUMMARY_PATH))
+            rows = int(summary["fct_rows"])
+        except (DfpError, ValueError, KeyError, TypeError):
+            rows = None
+        return self.spark(input_rows=rows)
 
     def close(self) -> None:
         """Stop the Spark session if this runtime started it; stop sending its MLflow credentials."""

@@ -82,12 +82,21 @@ def archive_path(settings: SparkSettings) -> Path | None:
     return settings.class_archive_dir / f"spark-{key}.jsa"
 
 
+# C1 only: SparkSettings.driver_jit "quick".
+QUICK_JIT_OPTION = "-XX:TieredStopAtLevel=1"
+
+
 def driver_java_options(settings: SparkSettings) -> str | None:
-    """The driver JVM's options that map the archive, or None when there is none to map."""
+    """The local driver JVM's options: map the archive where there is one, compile with C1
+    only where ``settings.driver_jit`` is "quick" (settled by ``SparkSettings.for_input_rows``);
+    None when neither applies."""
+    options = []
     path = archive_path(settings)
-    if path is None or not path.is_file():
-        return None
-    return map_options(path)
+    if path is not None and path.is_file():
+        options.append(map_options(path))
+    if settings.driver_jit == "quick" and settings.master.startswith("local"):
+        options.append(QUICK_JIT_OPTION)
+    return " ".join(options) or None
 
 
 def _warm_up(spark, workdir: Path) -> None:

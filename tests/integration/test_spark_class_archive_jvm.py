@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from dfp_core.settings import SparkSettings
-from dfp_core.spark_class_archive import _try_in_a_new_jvm, archive_path
+from dfp_core.spark_class_archive import QUICK_JIT_OPTION, _try_in_a_new_jvm, archive_path
 from dfp_spark.submit import JOB_FILE, spark_submit_command
 
 # What the driver JVM has mapped (its .jsa files), then a job: the tail of both scripts below.
@@ -17,7 +17,8 @@ REPORT = """
 pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
 with open(f"/proc/{pid}/maps") as maps:
     mapped = sorted({line.split()[-1] for line in maps if line.rstrip().endswith(".jsa")})
-print(json.dumps({"mapped": mapped, "rows": spark.range(7).count()}))
+jvm_args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+print(json.dumps({"mapped": mapped, "rows": spark.range(7).count(), "jvm_args": jvm_args}))
 """
 # A new process: this one may hold a Spark JVM already (the archive is mapped at a JVM's start).
 SESSION = """
@@ -62,6 +63,27 @@ def test_a_local_session_maps_the_archive_and_runs(tmp_path):
     # Turned off, the same session maps no archive of ours and runs as before.
     seen = _session({**env, "DFP_SPARK_CLASS_ARCHIVE": "off"})
     assert seen["rows"] == 7 and not any(m.startswith(str(path.parent)) for m in seen["mapped"]), seen
+
+
+def test_a_driver_jvm_for_a_short_job_compiles_with_c1_only_and_still_maps_the_archive(tmp_path):
+    """DFP_SPARK_DRIVER_JIT=quick (what "auto" settles to for a job of few input rows) reaches
+    the JVM both ways a local driver starts: a session started from Python, and spark-submit."""
+    env = {**os.environ, "SPARK_MASTER": "local[2]"}
+    path = archive_path(SparkSettings.from_env(env))
+    seen = _session(env)  # "auto", no rows given: the JVM's own compilers
+    assert seen["rows"] == 7 and QUICK_JIT_OPTION not in seen["jvm_args"], seen
+    quick = {**env, "DFP_SPARK_DRIVER_JIT": "quick"}
+    seen = _session(quick)
+    assert seen["rows"] == 7 and QUICK_JIT_OPTION in seen["jvm_args"], seen
+    job = tmp_path / "job.py"
+    job.write_text(SUBMITTED_JOB)
+    settings = SparkSettings.from_env(env).for_input_rows(4000)
+    assert settings.driver_jit == "quick"
+    command = spark_submit_command(["--unused"], settings)
+    seen = _session(env, [*command[:-2], str(job)])
+    assert seen["rows"] == 7 and QUICK_JIT_OPTION in seen["jvm_args"], seen
+    if path is not None and path.is_file():  # built by the test above or `make setup`
+        assert str(path) in seen["mapped"], seen
 
 
 def test_a_truncated_archive_is_caught_before_it_is_put_in_place(tmp_path):

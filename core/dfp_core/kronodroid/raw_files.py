@@ -101,6 +101,13 @@ class RawManifest:
     def input_checksums(self) -> dict[str, str]:
         return {f.relative_path: f.sha256 for f in self.files}
 
+    @property
+    def data_rows(self) -> int | None:
+        """The data rows of all parts as measured at scan time; None where a part was not
+        measured (manifests of older versions)."""
+        rows = [p.data_rows for p in self.parts]
+        return None if any(r is None for r in rows) else sum(rows)
+
 
 def missing_required(columns: list[str]) -> list[str]:
     present = set(columns)

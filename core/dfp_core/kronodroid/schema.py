@@ -146,3 +146,5 @@ QUARANTINE_TABLE = "quarantine"
 FCT_TABLE = "fct_training_dataset"
 DIM_FAMILIES_TABLE = "dim_malware_families"
 FCT_TABLE_FQN = f"{MART_NAMESPACE}.{FCT_TABLE}"
+# Beside the tables on the ref, the transform's summary (counts, snapshot ids, inputs' hashes).
+TRANSFORM_SUMMARY_PATH = "_dfp/transform_summary.json"

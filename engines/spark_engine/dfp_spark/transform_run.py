@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
     from dfp_core.settings import Settings
 
-SUMMARY_PATH = "_dfp/transform_summary.json"
+SUMMARY_PATH = schema.TRANSFORM_SUMMARY_PATH
 RUN_PREFIX = "run-"
 
 
@@ -134,13 +134,16 @@ def _release(lakefs: LakeFS, ctx: RunContext) -> None:
 
 def transform_on_branch(
     spark: "SparkSession", lakefs: LakeFS, repo: str, run_branch: str, run_id: str, split: SplitSpec,
+    manifest: raw_files.RawManifest | None = None,
 ) -> dict:
-    """Run the Spark transform on ``run_branch`` and write all tables there."""
+    """Run the Spark transform on ``run_branch`` and write all tables there. ``manifest``: the
+    branch's raw manifest where the caller has read it already."""
     # Deferred (PySpark, pyarrow): it loads with the transform, not for publishing or gc.
     from dfp_spark import transform
 
     lakefs.require_branch(repo, run_branch)
-    manifest = raw_store.load_manifest(lakefs, repo, run_branch)
+    if manifest is None:
+        manifest = raw_store.load_manifest(lakefs, repo, run_branch)
     raw_store.verify_stored(lakefs, repo, run_branch, manifest)  # the bytes Spark reads are the bytes given
     parts = [(f"s3a://{repo}/{run_branch}/{p.lakefs_path}", p) for p in manifest.parts]
     frames = transform.build(spark, parts, run_id, split)
@@ -347,7 +350,10 @@ def run_transform(rt: "Runtime", config: TransformConfig) -> TransformSummary:
         with _heartbeat(ctx):
             with stage(2, total, f"Spark transform on {ctx.run_branch}"):
                 _lease_stage(ctx, "Spark transform")
-                summary = transform_on_branch(rt.spark(), lakefs, repo, ctx.run_branch, ctx.run_id, config.split())
+                manifest = raw_store.load_manifest(lakefs, repo, ctx.run_branch)
+                # The input rows settle how a local driver JVM compiles (SparkSettings.for_input_rows).
+                summary = transform_on_branch(rt.spark(input_rows=manifest.data_rows), lakefs, repo, ctx.run_branch,
+                                              ctx.run_id, config.split(), manifest)
                 note(
                     f"{summary['input_rows']} input rows -> {summary['fct_rows']} samples, "
                     f"{summary['quarantined_rows']} quarantined, {summary['duplicates_dropped']} exact duplicates dropped"

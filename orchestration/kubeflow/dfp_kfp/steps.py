@@ -21,6 +21,7 @@ from dfp_core.params import (SPARK_MODES, SparkJobConfig, TrainConfig, Transform
                              to_arguments)
 from dfp_core.progress import error, note
 from dfp_core.runtime import Runtime
+from dfp_spark import raw_store
 from dfp_spark.run_lease import RunLease
 from dfp_kfp.spark_application import run_spark_application
 from dfp_spark.submit import run_local
@@ -87,7 +88,9 @@ def spark_transform_step(run_transform: bool, lakefs_endpoint: str, spark_image:
         with ctx.lease.heartbeat():  # the job may run on other hosts (pods); this step holds the run
             ctx.lease.stage(f"Spark transform ({mode})")
             if mode == "local":
-                run_local(to_arguments(job), rt.settings.spark, rt.settings.lakefs, os.environ)
+                # The input rows settle how the driver JVM compiles (SparkSettings.for_input_rows).
+                rows = raw_store.load_manifest(rt.lakefs, config.repo, ctx.run_branch).data_rows
+                run_local(to_arguments(job), rt.settings.spark.for_input_rows(rows), rt.settings.lakefs, os.environ)
             else:
                 run_spark_application(ctx.run_id, to_arguments(job), rt.settings.lakefs, spark_image, spark)
     except BaseException:
