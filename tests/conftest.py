@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8s_node import k8s_node, spark_operator  # noqa: F401  (the k8s tests' one node per session)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_PROFILE = os.environ.get("DFP_TEST_STACK_PROFILE") or "local"

@@ -1,13 +1,16 @@
-"""The one-node Kubernetes cluster of the ``k8s`` tests: started ONCE per test session in a
-DFP_HOME of its own under the session's temp folder, reused by every test that asks for
-``k8s_node``, stopped at the end. Where the node cannot run here (not root, a tool the deps
-script could not install, no cgroups, binaries not built, a node already running), every
-such test skips with one line saying why."""
+"""The one-node Kubernetes cluster of the ``k8s`` tests: started once, in a DFP_HOME of its
+own under the session's temp folder, for the package tests/integration/k8s_cluster (whose
+conftest binds these fixtures to it), reused by every test there that asks for ``k8s_node``,
+and stopped after the package's last test, its imported images deleted. Where the node cannot
+run here (not root, a tool the deps script could not install, no cgroups, binaries not built,
+a node already running, too little disk for its images), every such test skips with one line
+saying why."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -21,6 +24,9 @@ DEPS_SCRIPT = REPO_ROOT / "tools" / "scripts" / "k8s_node_deps.sh"
 # nothing else, made with `docker import`, so the test exercises the Docker -> node path.
 PROBE_IMAGE = "dfp-test/busybox:1"
 BUSYBOX = Path("/bin/busybox")
+# The node's disk at its fullest in the suite (etcd and containerd with the Spark, train and
+# operator images imported): measured 3.4 GB, with a margin.
+NODE_DISK_MB = 4500
 
 
 @dataclass
@@ -78,25 +84,36 @@ def _build_binaries(settings) -> None:
     host.check_binaries(settings)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def k8s_node(tmp_path_factory):
     from dfp_core.k8s import node
     from dfp_core.k8s.layout import NodeSettings
+    from tests.images import skip_unless_free
 
     home = tmp_path_factory.mktemp("k8s-node")
     settings = NodeSettings.from_env({**os.environ, "DFP_HOME": str(home)})
     reason = _unusable_reason(settings)
     if reason:
         pytest.skip(f"no Kubernetes node here: {reason}")
+    skip_unless_free(home, NODE_DISK_MB, "the Kubernetes node and its images")
     try:
         status = node.up(settings)
     except BaseException:
-        node.down(settings, log=lambda m: None)
+        _down_and_drop_images(settings)
         raise
     try:
         yield Node(settings, status)
     finally:
-        node.down(settings, log=lambda m: None)
+        _down_and_drop_images(settings)
+
+
+def _down_and_drop_images(settings) -> None:
+    """`down` keeps the node's data for a user's next `up`; the suite's node is not started
+    again, so its containerd root (the imported images) goes too. Logs and etcd stay."""
+    from dfp_core.k8s import node
+
+    node.down(settings, log=lambda m: None)
+    shutil.rmtree(settings.paths.containerd_root, ignore_errors=True)
 
 
 def probe_image_archive() -> bytes:
@@ -124,15 +141,16 @@ def ensure_probe_image() -> str:
     return PROBE_IMAGE
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def spark_operator(k8s_node) -> dict:
     """The Spark Operator on the session's node (what ``spark_operator.deploy`` returns), with
     the pipeline images built from this checkout first (the operator's image is built on top
     of the Spark image)."""
     from dfp_core.k8s import spark_operator as operator
-    from tests.images import PIPELINE_IMAGES, build_images
+    from tests.images import PIPELINE_IMAGES, build_images, skip_unless_free
 
     if not operator.VENDORED.is_file():
         pytest.skip(f"no vendored Spark Operator release at {operator.VENDORED} (../shared/vendor)")
     build_images(*PIPELINE_IMAGES)
+    skip_unless_free(k8s_node.settings.home, NODE_DISK_MB, "importing the images into the node")
     return operator.deploy(k8s_node.settings, log=lambda m: None)

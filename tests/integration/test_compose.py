@@ -19,7 +19,7 @@ import pytest
 from dfp_core import lineage
 from dfp_core.kronodroid.generator import generate
 from dfp_core.stack import free_port
-from tests.images import skip_without_disk
+from tests.images import build_env, skip_without_disk
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def compose_stack(tmp_path_factory):
     compose = ["docker", "compose", "--env-file", str(env_path), "-p", project,
                "-f", "docker-compose.yml", "-f", "docker-compose.built-images.yml"]
     try:
-        done = subprocess.run(args, cwd=home, capture_output=True, text=True, timeout=3000)
+        done = subprocess.run(args, cwd=home, capture_output=True, text=True, timeout=3000, env=build_env())
         skip_without_disk(done)
         assert done.returncode == 0, done.stderr[-4000:]
         exports = dict(re.findall(r"^export ([A-Z_]+)=(.*)$", done.stdout, re.M))

@@ -6,7 +6,7 @@ them by KFP's DockerRunner against the local stack. The Spark step runs
 from __future__ import annotations
 
 import io
-import os
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -17,7 +17,7 @@ import pytest
 from dfp_core import __version__, lineage
 from dfp_core.errors import DfpError
 from dfp_core.kronodroid.generator import generate
-from tests.images import PIPELINE_IMAGES, build_images, skip_without_disk
+from tests.images import PIPELINE_IMAGES, build_env, build_images, skip_without_disk
 from tests.inputs import archive_rows, csv_text
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -112,7 +112,7 @@ def test_a_build_that_fails_is_one_line_and_keeps_the_built_images(images):
     try:
         done = subprocess.run([str(REPO_ROOT / "tools/scripts/build_images.sh"), "spark"], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "DFP_BASE_IMAGE": empty})
+                              env=build_env(DFP_BASE_IMAGE=empty))
         skip_without_disk(done)
         assert done.returncode != 0
         last = done.stderr.strip().splitlines()[-1]
@@ -121,3 +121,25 @@ def test_a_build_that_fails_is_one_line_and_keeps_the_built_images(images):
         assert images.images.get(SPARK_IMAGE).id == before
     finally:
         subprocess.run(["docker", "rmi", "-f", empty], capture_output=True)
+
+
+def test_a_disk_that_cannot_keep_its_reserve_refuses_the_build_before_it_starts(images):
+    """DFP_IMAGES_KEEP_FREE_MB (the suite keeps room for its later tests) is added to what the
+    builds need: past the free space, exit 75 with one line naming it, and nothing is built.
+    A value that is not a whole number of MB is refused by name."""
+    before = images.images.get(SPARK_IMAGE).id
+    free_mb = shutil.disk_usage(REPO_ROOT).free // 1_000_000
+    script = [str(REPO_ROOT / "tools/scripts/build_images.sh"), "spark"]
+    done = subprocess.run(script, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=build_env(DFP_IMAGES_KEEP_FREE_MB=str(free_mb + 100_000)))
+    assert done.returncode == 75, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    kept = (f"MB free needed under {images.info()['DockerRootDir']} ({free_mb + 100_000} MB of it to keep free, "
+            "DFP_IMAGES_KEEP_FREE_MB), ")
+    assert last.startswith("error: not enough disk to build spark: about ") and kept in last, last
+    assert images.images.get(SPARK_IMAGE).id == before
+    bad = subprocess.run(script, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         env=build_env(DFP_IMAGES_KEEP_FREE_MB="3GB"))
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == \
+        "error: DFP_IMAGES_KEEP_FREE_MB must be a whole number of MB, got '3GB'"

@@ -195,7 +195,7 @@ def _spec(**overrides) -> SparkAppSpec:
 
 def test_spark_application_runs_our_job_with_credentials_only_as_secret_references():
     """What the manifest says for us; the API server checks it against the operator's CRD for
-    real in tests/integration/test_k8s_pipeline.py."""
+    real in tests/integration/k8s_cluster/test_k8s_pipeline.py."""
     manifest = build_spark_application(_spec())
     assert manifest["metadata"]["name"] == "kronodroid-run-1" and manifest["metadata"]["namespace"] == "kubeflow-user"
     spec = manifest["spec"]

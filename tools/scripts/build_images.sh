@@ -14,6 +14,8 @@
 #                  secret, never stored in a layer (default: /etc/ssl/certs/ca-certificates.crt
 #                  when it exists).
 # DFP_MAVEN_REPO   Maven mirror for the Spark jars.
+# DFP_IMAGES_KEEP_FREE_MB  free disk (MB) the builds must leave for other work (default 0); the
+#                  test suite keeps room for the tests that run after the container tests.
 # The last stdout line is a JSON summary: per image its tag, build seconds and size.
 # Exit status 75: not enough free disk under Docker's data root for these builds (checked first).
 set -euo pipefail
@@ -65,10 +67,15 @@ for image in "${images[@]}"; do
     need_mb=$(( need_mb + $(first_build_mb "$image") ))
   fi
 done
+keep_mb=${DFP_IMAGES_KEEP_FREE_MB:-0}
+[[ "$keep_mb" =~ ^[0-9]+$ ]] || fail "DFP_IMAGES_KEEP_FREE_MB must be a whole number of MB, got '$keep_mb'"
+kept=""
+[ "$keep_mb" = 0 ] || kept=" (${keep_mb} MB of it to keep free, DFP_IMAGES_KEEP_FREE_MB)"
+need_mb=$(( need_mb + keep_mb ))
 free_mb=$(df -Pm "$docker_root" 2>/dev/null | awk 'NR == 2 {print $4}')
 if [ -n "$free_mb" ] && [ "$free_mb" -lt "$need_mb" ]; then
-  printf 'error: not enough disk to build %s: about %s MB free needed under %s, %s MB free; free some (docker image prune, docker builder prune) or move Docker'"'"'s data-root\n' \
-    "${images[*]}" "$need_mb" "$docker_root" "$free_mb" >&2
+  printf 'error: not enough disk to build %s: about %s MB free needed under %s%s, %s MB free; free some (docker image prune, docker builder prune) or move Docker'"'"'s data-root\n' \
+    "${images[*]}" "$need_mb" "$docker_root" "$kept" "$free_mb" >&2
   exit 75
 fi
 
