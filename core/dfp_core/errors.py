@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
+
+def listed(names: Sequence[str], shown: int = 10) -> str:
+    """Names for a one-line message: the first ``shown``, then how many there are in all."""
+    return ", ".join(names[:shown]) + (f" ... ({len(names)} in all)" if len(names) > shown else "")
+
 
 class DfpError(Exception):
     """A failure with a message meant for the user (what is wrong, what to do)."""

@@ -195,3 +195,13 @@ def test_a_target_fpr_outside_0_to_half_is_refused(target_fpr, words):
     with pytest.raises(ConfigError, match=f"--target-fpr must be {words}"):
         TrainConfig(target_fpr=target_fpr)
     assert TrainConfig(target_fpr=0.01).target_fpr == 0.01
+
+
+def test_a_message_lists_ten_names_then_how_many_in_all():
+    from dfp_core.errors import listed
+
+    assert listed([]) == ""
+    assert listed(["a", "b"]) == "a, b"
+    assert listed([f"f{i}" for i in range(10)]) == ", ".join(f"f{i}" for i in range(10))
+    assert listed([f"f{i}" for i in range(12)]) == ", ".join(f"f{i}" for i in range(10)) + " ... (12 in all)"
+    assert listed(["a", "b", "c"], shown=2) == "a, b ... (3 in all)"

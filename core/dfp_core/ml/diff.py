@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dfp_core import lineage
-from dfp_core.errors import ConfigError, DatasetError, DfpError
+from dfp_core.errors import ConfigError, DatasetError, DfpError, listed
 from dfp_core.kronodroid.raw_files import RAW_PREFIX
 from dfp_core.ml.data_diff import compare, differing, verdict
 from dfp_core.ml.diff_report import REPORT, write_report
@@ -116,7 +116,7 @@ def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side)
     needed = {c for schema in inputs if schema is not None for c in schema.input_names()} - {"sample_id"}
     lacking = sorted(needed - set(newer.data.features))
     if lacking:  # a version of other feature definitions: its model takes columns these rows lack
-        return {"not_compared": f"the newer test apps lack features a version takes: {_listed(lacking)}"}, None, None
+        return {"not_compared": f"the newer test apps lack features a version takes: {listed(lacking)}"}, None, None
     scorers = {key: frame_scorer(model) for key, model in models.items()}
     parts: dict[str, list[np.ndarray]] = {key: [] for key in sides}
     test = newer.data.rows.where(F.col("dataset_split") == "test").select("sample_id", *newer.data.features)
@@ -136,10 +136,6 @@ def _scores_on_the_same_apps(rt: "Runtime", name: str, older: Side, newer: Side)
     return figures, scores, thresholds
 
 
-def _listed(names: list[str], shown: int = 10) -> str:
-    return ", ".join(names[:shown]) + (f" ... ({len(names)} in all)" if len(names) > shown else "")
-
-
 def _definitions(older: Side, newer: Side, shift: dict[str, Any]) -> dict[str, Any]:
     """Whether the two sides' feature definitions differ, and what the shift was computed on: the
     features both sides' rows hold; those only one side has are listed, and a line says so."""
@@ -150,7 +146,7 @@ def _definitions(older: Side, newer: Side, shift: dict[str, Any]) -> dict[str, A
     if differ or only_older or only_newer:
         why = "feature definitions differ (feast.defs_sha256)" if differ else "the feature columns differ"
         part["note"] = (f"{why}: the shift is on the {shift['features']} shared features; "
-                        f"only in older: {_listed(only_older) or 'none'}; only in newer: {_listed(only_newer) or 'none'}")
+                        f"only in older: {listed(only_older) or 'none'}; only in newer: {listed(only_newer) or 'none'}")
     return part
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from dfp_core.errors import DatasetError
+from dfp_core.errors import DatasetError, listed
 
 STD_FLOOR = 1e-6
 FORMAT_VERSION = 1
@@ -31,8 +31,7 @@ def check_feature_columns(df: pd.DataFrame, features: Sequence[str]) -> None:
         raise DatasetError(f"expected a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in features if c not in df.columns]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise DatasetError(f"missing feature columns: {shown}")
+        raise DatasetError(f"missing feature columns: {listed(missing)}")
 
 
 def feature_matrix(df: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

@@ -17,7 +17,7 @@ from feast.repo_config import RegistryConfig, load_repo_config
 
 from dfp_core import iceberg
 from dfp_core.kronodroid import entity_index, schema
-from dfp_core.errors import DatasetError
+from dfp_core.errors import DatasetError, listed
 from dfp_core.iceberg import TableRef
 from dfp_core.lakefs_ops import LakeFS
 from dfp_core.lineage import DatasetSpec, PinnedRows, RetrievedDataset, content_sha256, dataset_id, defs_sha256
@@ -65,8 +65,8 @@ def _check_table(spark: "SparkSession", table: TableRef, all_features: bool = Tr
     needed = ("sample_id", "event_timestamp", *EVAL_FIELDS, *(schema.FEATURE_COLUMNS if all_features else ()))
     missing = [c for c in needed if c not in columns]
     if missing:
-        shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise DatasetError(f"{schema.FCT_TABLE_FQN} at {table.ref[:12]} lacks columns the feature views need: {shown}")
+        raise DatasetError(f"{schema.FCT_TABLE_FQN} at {table.ref[:12]} lacks columns the feature views need: "
+                           f"{listed(missing)}")
     return iceberg.table_properties(spark, table)
 
 
