@@ -102,14 +102,16 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
                  devices="1", model_name=name, evaluate_baselines=False)
     a = train(rt, TrainConfig(ref=first["merge_commit"], lr=1e-3, **small)).model_version
     b = train(rt, TrainConfig(ref=second["merge_commit"], lr=2e-3, **small)).model_version
-    done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), str(b), "--top", "3",
-                           "--out", str(tmp_path / "report")], capture_output=True, text=True)
+    # The newer one named by its alias: training set "candidate" on b.
+    done = subprocess.run([str(VENV_BIN / "dfp"), "diff", "--model", name, "--versions", str(a), "@candidate", "--top",
+                           "3", "--out", str(tmp_path / "report")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     versions = json.loads(done.stdout.strip().splitlines()[-1])
     assert versions["apps"] == apps and versions["families"] == summary.families
     assert len(versions["train_shift"]["top_features"]) == 3
     assert versions["hyperparameters"]["lr"] == ["0.001", "0.002"] and "ref" in versions["hyperparameters"]
     assert versions["older"]["data"] == f"version {a} of {name}" and versions["verdict"] in done.stderr
+    assert versions["newer"]["data"] == f"version {b} of {name}"
     # Both versions scored the newer one's test apps, each against its own threshold.
     scores = versions["scores"]
     assert scores["apps"] == versions["newer"]["rows"]["test"]
@@ -129,7 +131,8 @@ def test_dfp_diff_finds_exactly_the_changes_made(rt, transform, tmp_path):
     assert {f"diff/{a}-{b}/report.md", f"diff/{a}-{b}/scores.png"} <= logged
     # `dfp drift` reads a lakefs:// input as Feast serves it: the newer version's own data shows no
     # shift against its training, the older data (read counts 100 times lower) does.
-    own = drift(rt, name, str(b), None, refs[1])
+    own = drift(rt, name, None, "candidate", refs[1])
+    assert own.version == str(b)
     assert own.comparison["rows"] == sum(versions["newer"]["rows"].values()) and own.rejected == 0
     assert own.comparison["features_shifted"] == 0 and not own.drift
     before = drift(rt, name, str(b), None, refs[0])
