@@ -24,8 +24,8 @@ DEPS_SCRIPT = REPO_ROOT / "tools" / "scripts" / "k8s_node_deps.sh"
 # nothing else, made with `docker import`, so the test exercises the Docker -> node path.
 PROBE_IMAGE = "dfp-test/busybox:1"
 BUSYBOX = Path("/bin/busybox")
-# The node's disk at its fullest in the suite (etcd and containerd with the Spark, train and
-# operator images imported): measured 3.4 GB, with a margin.
+# The node's disk at its fullest in the suite (etcd, and containerd with the images the tests
+# import): measured 3.4 GB, with a margin.
 NODE_DISK_MB = 4500
 
 
@@ -143,7 +143,7 @@ def ensure_probe_image() -> str:
 
 @pytest.fixture(scope="package")
 def spark_operator(k8s_node) -> dict:
-    """The Spark Operator on the session's node (what ``spark_operator.deploy`` returns), with
+    """The Spark Operator on the package's node (what ``spark_operator.deploy`` returns), with
     the pipeline images built from this checkout first (the operator's image is built on top
     of the Spark image)."""
     from dfp_core.k8s import spark_operator as operator
