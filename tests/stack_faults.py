@@ -13,7 +13,6 @@ import time
 from dfp_core import iceberg
 from dfp_core.iceberg import TableRef
 from dfp_core.kronodroid import schema
-from dfp_spark import transform_run
 from dfp_spark.run_lease import LEASE_BRANCH, LEASES_PREFIX
 from dfp_spark.run_refs import list_runs
 
@@ -34,7 +33,7 @@ def check_after(lakefs, spark, repo: str, before: str, run_branch: str, older_th
     merged = head != before
     outcome = {"target": "merged completely" if merged else "unchanged", "partial_merge": False}
     if merged:  # the only other allowed state: the whole run, reconciled
-        summary = json.loads(lakefs.read_bytes(repo, "main", transform_run.SUMMARY_PATH))
+        summary = json.loads(lakefs.read_bytes(repo, "main", schema.TRANSFORM_SUMMARY_PATH))
         outcome["partial_merge"] = not (summary["reconciled"] and lakefs.tag_exists(repo, run_branch)
                                         and fct_rows(spark, repo, head) == summary["fct_rows"])
     gc = dfp("runs", "gc", "--repo", repo, "--older-than", older_than)

@@ -25,7 +25,6 @@ from dfp_core import faults
 from dfp_core.errors import DfpError
 from dfp_core.kronodroid import schema
 from dfp_core.kronodroid.generator import generate
-from dfp_spark import transform_run
 from dfp_spark.run_refs import list_runs
 from tests.inputs import archive_rows, csv_text
 from tests.stack_faults import check_after, dfp, fct_rows, restart
@@ -122,7 +121,7 @@ def test_two_transforms_on_one_target_at_once(lakefs, spark, repo, small_input, 
     codes = sorted(p.returncode for p, _, _ in results)
     assert codes[0] == 0, [err[-2000:] for _, _, err in results]
     head = lakefs.resolve_commit(repo, "main")
-    summary = json.loads(lakefs.read_bytes(repo, "main", transform_run.SUMMARY_PATH))
+    summary = json.loads(lakefs.read_bytes(repo, "main", schema.TRANSFORM_SUMMARY_PATH))
     assert fct_rows(spark, repo, head) == summary["fct_rows"] and summary["reconciled"]
     if codes == [0, 2]:  # the second merge conflicts: main holds the first run whole
         loser = next(err for p, _, err in results if p.returncode == 2)

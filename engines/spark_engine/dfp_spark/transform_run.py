@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from dfp_core.runtime import Runtime
     from dfp_core.settings import Settings
 
-SUMMARY_PATH = schema.TRANSFORM_SUMMARY_PATH
 RUN_PREFIX = "run-"
 
 
@@ -184,7 +183,8 @@ def transform_on_branch(
             f"no input row passed the checks ({summary['input_rows']} rows, quarantined by reason: "
             f"{summary['quarantine_by_reason']}); nothing is merged"
         )
-    lakefs.upload_bytes(repo, run_branch, SUMMARY_PATH, json.dumps(summary, indent=2, sort_keys=True).encode())
+    lakefs.upload_bytes(repo, run_branch, schema.TRANSFORM_SUMMARY_PATH,
+                        json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 
 
@@ -240,9 +240,10 @@ def reconcile(manifest: raw_files.RawManifest, accounting: dict) -> dict:
 def check_shrink(lakefs: LakeFS, repo: str, target_branch: str, fct_rows: int, max_shrink: float | None) -> None:
     """Refuse a run that would shrink the fct table on the target branch by more
     than ``max_shrink`` (a fraction; None allows any shrink)."""
-    if max_shrink is None or lakefs.stat(repo, target_branch, SUMMARY_PATH) is None:
+    if max_shrink is None or lakefs.stat(repo, target_branch, schema.TRANSFORM_SUMMARY_PATH) is None:
         return
-    previous = int(json.loads(lakefs.read_bytes(repo, target_branch, SUMMARY_PATH)).get("fct_rows", 0))
+    stored = json.loads(lakefs.read_bytes(repo, target_branch, schema.TRANSFORM_SUMMARY_PATH))
+    previous = int(stored.get("fct_rows", 0))
     if previous and fct_rows < previous * (1 - max_shrink):
         raise DatasetError(
             f"this run would shrink {schema.FCT_TABLE_FQN} on {target_branch!r} from {previous} to {fct_rows} rows "
@@ -258,7 +259,7 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
     Returns the merge commit id and the run commit. On failure the target
     branch is unchanged (the merge is the only step that touches it).
     """
-    summary = json.loads(lakefs.read_bytes(repo, run_branch, SUMMARY_PATH))
+    summary = json.loads(lakefs.read_bytes(repo, run_branch, schema.TRANSFORM_SUMMARY_PATH))
     run_id = summary["run_id"]
     check_shrink(lakefs, repo, target_branch, int(summary["fct_rows"]), max_fct_shrink)
     metadata = {
@@ -299,9 +300,9 @@ def publish_run(lakefs: LakeFS, repo: str, run_branch: str, target_branch: str,
 
 @dataclass(frozen=True)
 class TransformSummary(Summary):
-    """A transform run: the record it stored on its branch (``SUMMARY_PATH``: the counts, the
-    snapshot ids, the inputs' hashes, the split), the target it ran against and, once merged,
-    the merge (``publish_run``)."""
+    """A transform run: the record it stored on its branch (``schema.TRANSFORM_SUMMARY_PATH``:
+    the counts, the snapshot ids, the inputs' hashes, the split), the target it ran against and,
+    once merged, the merge (``publish_run``)."""
 
     record: dict[str, Any]
     target_branch: str
