@@ -4,6 +4,8 @@
   .venv/bin/python bench/detection.py --seeds 0 --variants default,std_error
   .venv/bin/python bench/detection.py --variants default,grouped --split-seeds 1,2,3   # other partitions too
   .venv/bin/python bench/detection.py --split-seeds 1,2,3 --jobs 4 --accelerator gpu   # splits in parallel
+  .venv/bin/python bench/detection.py --variants weakest --split-seeds 9,...,24 --skip-default-split \
+      --target-fpr 0.01 --jobs 2     # choose the cap and weakest-group weight on validation apps only
 
 Splits (the real 2019 subset, ``../shared/data/kronodroid/``):
 - ``random``: the project's own random split (``dfp_core.splits``, seed 42, 70/15/15);
@@ -44,10 +46,15 @@ from _common import log as _log  # noqa: E402
 
 TEST_MONTHS = (10, 11, 12)
 STRICT_FPR = 0.005  # reported beside metrics.REPORTED_FPRS
-# The "grouped" variant's caps on a group's standardised term beside the product's (fit.GROUP_CAP).
-CAPS = (None, 4.0, 6.0, 10.0, 12.0)
-VARIANTS = ("default", "grouped", "soft_cap", "std_error", "error_mahalanobis", "latent_mahalanobis", "denoise",
-            "flags_raw", "ensemble5", "semi_supervised", "capacity")
+# The "grouped" variant's caps on a group's standardised term (alone: no weakest-group weight).
+CAPS = (None, 4.0, 6.0, 8.0, 10.0, 12.0)
+# The "weakest" variant: the cap (None: none) and the weight of the weakest group's term
+# (fit.GROUP_CAP, fit.WEAKEST_GROUP_WEIGHT), every pair scored from the same fit; the output's
+# "chosen_on_validation" ranks them by validation TPR at 1% FPR, averaged over the runs of
+# each kind of split and then over the kinds.
+WEAKEST = tuple((cap, weight) for cap in (6.0, 8.0, 10.0, 12.0, None) for weight in (0.0, 0.5, 1.0, 2.0, 3.0, 5.0))
+VARIANTS = ("default", "grouped", "weakest", "soft_cap", "std_error", "error_mahalanobis", "latent_mahalanobis",
+            "denoise", "flags_raw", "ensemble5", "semi_supervised", "capacity")
 # The "soft_cap" variant: each group's standardised term z bent instead of cut at the cap c,
 # so an app far out in one group still ranks above one just at the cap (summed over groups).
 SOFT_CAPS = {
@@ -310,12 +317,20 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
             terms = {s: _grouped_terms(product, model, x[s]) for s in ("val", "test")}
             add("ae_grouped_max", terms["val"].max(axis=1), terms["test"].max(axis=1), fit_seconds)
             for cap in CAPS:
-                fitted = fit_error_score("grouped_error", model, benign_x, cap=cap)
+                fitted = fit_error_score("grouped_error", model, benign_x, cap=cap, weakest_weight=0.0)
                 label = "uncapped" if cap is None else f"cap{cap:g}"
                 add(f"ae_grouped_{label}", fitted.score_function(model)(x["val"]), fitted.score_function(model)(x["test"]),
                     fit_seconds)
             for index, group in enumerate(feature_groups(FEATURE_COLUMNS)[0]):
                 add(f"ae_grouped_{group}_alone", terms["val"][:, index], terms["test"][:, index], fit_seconds)
+        if "weakest" in variants:
+            from dfp_core.ml.fit import fit_error_score
+
+            for cap, weight in WEAKEST:
+                fitted = fit_error_score("grouped_error", model, x["train"][y["train"] == 0], cap=cap,
+                                         weakest_weight=weight)
+                score = fitted.score_function(model)
+                add(_weakest_label(cap, weight), score(x["val"]), score(x["test"]), fit_seconds)
         if "soft_cap" in variants:
             from dfp_core.ml.fit import fit_error_score
 
@@ -415,6 +430,25 @@ def run_split(name: str, frames: dict, seeds: list[int], variants: list[str], ta
             "malware": {s: int(y[s].sum()) for s in frames}, "runs": results}
 
 
+def _weakest_label(cap: float | None, weight: float) -> str:
+    return f"ae_weakest_cap{'none' if cap is None else f'{cap:g}'}_weight{weight:g}"
+
+
+def chosen_on_validation(out: dict, splits: list[str]) -> list[dict]:
+    """The "weakest" variant's pairs, best first by validation TPR at 1% FPR: each split
+    kind's mean over its partitions, then the mean over the kinds (test figures unused)."""
+    ranked = []
+    for cap, weight in WEAKEST:
+        label, per_kind = _weakest_label(cap, weight), {}
+        for split in splits:
+            runs = [v["methods"][label] for k, v in out.items()
+                    if k.split("@")[0] == split and isinstance(v, dict) and label in v.get("methods", {})]
+            per_kind[split] = round(statistics.mean(r["val_tpr_at_fpr_1pct"] for r in runs), 4)
+        ranked.append({"cap": cap, "weakest_weight": weight, "val_tpr_at_fpr_1pct": per_kind,
+                       "pooled": round(statistics.mean(per_kind.values()), 4)})
+    return sorted(ranked, key=lambda r: -r["pooled"])
+
+
 def summarise(parts: list[dict]) -> dict:
     """One split's summary from its runs (one part per seed, or one for all): each
     method's figures averaged over its runs."""
@@ -490,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seeds", default="",
                         help="comma-separated: also run each split again per seed (random: SplitSpec.seed; month: "
                              "the seed of the validation rows), reported as random@K / month@K")
+    parser.add_argument("--skip-default-split", action="store_true",
+                        help="run only the --split-seeds partitions (e.g. to choose on partitions never reported)")
     parser.add_argument("--jobs", type=int, default=1, help="splits run in this many processes at once")
     parser.add_argument("--accelerator", default="cpu", choices=("cpu", "gpu"), help="where the networks train")
     args = parser.parse_args(argv)
@@ -513,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown split(s): {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="dfp-bench-detection-") as tmp:
         frame = load_subset(args.input, Path(tmp))
-        split_seeds = [None, *(int(k) for k in args.split_seeds.split(",") if k)]
+        split_seeds = [*([] if args.skip_default_split else [None]), *(int(k) for k in args.split_seeds.split(",") if k)]
+        if not split_seeds:
+            parser.error("--skip-default-split needs --split-seeds")
         tasks = {}
         for split in splits:
             for split_seed in split_seeds:
@@ -534,6 +572,11 @@ def main(argv: list[str] | None = None) -> int:
                     method: {key: round(statistics.mean(r[method][key] for r in runs), 4)
                              for key in ("roc_auc", "tpr_at_fpr_5pct")}
                     for method in runs[0]}
+    if "weakest" in variants:
+        out["chosen_on_validation"] = chosen_on_validation(out, splits)
+        best = out["chosen_on_validation"][0]
+        log(f"chosen on validation: cap {best['cap']}, weakest weight {best['weakest_weight']} "
+            f"(validation TPR at 1% FPR {best['pooled']})")
     save("detection", out)
     print(json.dumps(out))
     return 0

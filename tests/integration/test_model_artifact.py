@@ -339,6 +339,9 @@ def test_dfp_retarget_sets_another_operating_point_as_a_new_version(registered, 
     assert new.tags["dfp.threshold_from"] == f"{name}/{version}" and new.tags[MODEL_DIGEST_TAG] != old.tags[MODEL_DIGEST_TAG]
     assert rt.mlflow.get_model_version_by_alias(name, "strict").version == new.version
     assert rt.mlflow.get_run(new.run_id).data.params["target_fpr"] == "0.01"
+    # its description names the score as the source version fitted it (cap, weakest group)
+    fitted = "Each group's standardised term is capped at 10. The smallest of them counts 4 times"
+    assert fitted in old.description and fitted in new.description
     # `dfp drift` on the new version measures against the same training profile.
     kept = []
     for v in (old, new):

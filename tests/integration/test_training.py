@@ -95,6 +95,7 @@ def test_train_registers_a_model_with_lineage_tags(rt, spark, lakefs, transforme
     version_description = client.get_model_version(result.model_name, result.model_version).description
     assert f"anomaly_score (grouped_error) > {result.test_metrics['threshold']:.6g}" in version_description
     assert "Score (grouped_error)" in version_description
+    assert "Each group's standardised term is capped at 10. The smallest of them counts 4 times" in version_description
     assert "at most 5% of its benign apps are flagged" in version_description
     assert f"benign FPR {logged['test_fpr']:.3f}" in version_description and "TPR) at a benign FPR of" in version_description
     assert "476 numeric columns" in version_description and "sc_execve" in version_description

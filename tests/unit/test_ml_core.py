@@ -616,9 +616,10 @@ def test_error_mahalanobis_is_fitted_on_a_seeded_sample_of_a_large_split(data, t
 def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained, tmp_path):
     """Per group (permissions, syscalls, metadata) the mean squared residual, shortfalls only
     (reconstruction above the input) for permissions and metadata, standardised by the benign
-    training rows' mean and std of that term and capped at GROUP_CAP; the score is their sum."""
+    training rows' mean and std of that term and capped at GROUP_CAP; the score is their sum
+    plus WEAKEST_GROUP_WEIGHT times the smallest of them where that is above 0."""
     from dfp_core.kronodroid.schema import FEATURE_GROUPS
-    from dfp_core.ml.fit import GROUP_CAP, fit_error_score
+    from dfp_core.ml.fit import GROUP_CAP, WEAKEST_GROUP_WEIGHT, fit_error_score
     from dfp_core.serving.score import ErrorScore
 
     model, x = trained["model"], data["x"]
@@ -640,12 +641,14 @@ def test_grouped_error_sums_each_feature_groups_standardised_error(data, trained
 
     reference = terms(benign)
     standardised = (terms(x["test"]) - reference.mean(axis=0)) / reference.std(axis=0)
-    expected = np.minimum(standardised, GROUP_CAP).sum(axis=1)
+    capped = np.minimum(standardised, GROUP_CAP)
+    expected = capped.sum(axis=1) + WEAKEST_GROUP_WEIGHT * np.maximum(capped.min(axis=1), 0.0)
     mse, score = fitted.scores(model, x["test"], batch_size=5)
     np.testing.assert_allclose(score, expected, rtol=1e-6, atol=1e-5)  # float32 batches of 5 vs 1
     np.testing.assert_allclose(mse, trained["errors"]["test"], rtol=1e-5)
-    # on the benign training rows each group's term is standardised: the score has mean 0
-    assert abs(fitted.scores(model, benign)[1].mean()) < 1e-6
+    # on the benign training rows each group's term is standardised: their sum has mean 0
+    plain = fit_error_score("grouped_error", model, benign, weakest_weight=0.0)
+    assert abs(plain.scores(model, benign)[1].mean()) < 1e-6
     # both ways for every group is another score (the ablation bench/detection.py measures)
     both_ways = fit_error_score("grouped_error", model, benign, shortfall_only={"permissions": False, "metadata": False})
     assert not np.allclose(both_ways.scores(model, x["test"])[1], score)
@@ -669,10 +672,10 @@ def test_the_cap_bounds_each_group_and_a_version_saved_without_it_scores_as_befo
 
     model, x = trained["model"], data["x"]
     benign = x["train"][data["y"]["train"] == 0]
-    uncapped = fit_error_score("grouped_error", model, benign, cap=None)
+    uncapped = fit_error_score("grouped_error", model, benign, cap=None, weakest_weight=0.0)
     explained = uncapped.explained(model, x["test"], top=3)
     cap = float(np.quantile(explained.group_contributions.max(axis=1), 0.5))  # half the apps reach it
-    capped = fit_error_score("grouped_error", model, benign, cap=cap)
+    capped = fit_error_score("grouped_error", model, benign, cap=cap, weakest_weight=0.0)
     done = capped.explained(model, x["test"], top=3)
     assert done.group_contributions.max() <= cap + 1e-9
     np.testing.assert_allclose(done.group_contributions, np.minimum(explained.group_contributions, cap), atol=1e-9)
@@ -692,6 +695,54 @@ def test_the_cap_bounds_each_group_and_a_version_saved_without_it_scores_as_befo
                                   capped.scores(model, x["test"])[1])
     with pytest.raises(ValueError, match="cap on a group's term must be positive, got 0.0"):
         fit_error_score("grouped_error", model, benign, cap=0.0)
+
+
+def test_the_weakest_group_counts_again_and_a_version_saved_without_it_scores_as_before(data, trained, tmp_path):
+    """The smallest capped group term is added ``weakest_weight`` times more where it is above
+    0: only an app that stands out in every group gains. Its features' shares count as often,
+    so the groups' contributions still add up to the score; a file saved before the weight
+    (cap only) scores as a score fitted with weight 0."""
+    import torch as t
+
+    from dfp_core.ml.fit import fit_error_score
+    from dfp_core.serving.score import ErrorScore
+
+    model, x = trained["model"], data["x"]
+    benign = x["train"][data["y"]["train"] == 0]
+    cap_only = fit_error_score("grouped_error", model, benign, cap=10.0, weakest_weight=0.0)
+    weighted = fit_error_score("grouped_error", model, benign, cap=10.0, weakest_weight=2.0)
+    before, after = cap_only.explained(model, x["test"], top=3), weighted.explained(model, x["test"], top=3)
+    groups = before.group_contributions  # each group's capped term
+    weakest, everywhere = groups.argmin(axis=1), groups.min(axis=1) > 0
+    assert everywhere.any() and (~everywhere).any()  # apps of both kinds in the test split
+    extra = 2.0 * np.maximum(groups.min(axis=1), 0.0)
+    np.testing.assert_allclose(after.scores, groups.sum(axis=1) + extra, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(after.scores[~everywhere], before.scores[~everywhere])  # no gain: the same bits
+    assert (after.scores[everywhere] > before.scores[everywhere]).all()
+    expected = groups.copy()
+    expected[np.arange(len(groups))[everywhere], weakest[everywhere]] *= 3.0
+    np.testing.assert_allclose(after.group_contributions, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(after.group_contributions.sum(axis=1), after.scores, rtol=1e-9, atol=1e-9)
+    assert len(set(weakest.tolist())) > 1  # the weakest group differs between apps
+    # a file saved before the weight: cap only, as fitted with weight 0
+    weighted.save(tmp_path / "new.pt")
+    saved = t.load(tmp_path / "new.pt", weights_only=True)
+    assert float(saved["weakest_weight"]) == 2.0
+    t.save({k: v for k, v in saved.items() if k != "weakest_weight"}, tmp_path / "old.pt")
+    old = ErrorScore.load("grouped_error", tmp_path / "old.pt")
+    assert old.weakest_weight is None
+    np.testing.assert_array_equal(old.scores(model, x["test"])[1], cap_only.scores(model, x["test"])[1])
+    np.testing.assert_array_equal(ErrorScore.load("grouped_error", tmp_path / "new.pt").scores(model, x["test"])[1],
+                                  weighted.scores(model, x["test"])[1])
+    # what the model's description says of each
+    assert weighted.described() == ("Each group's standardised term is capped at 10. The smallest of them counts 3 "
+                                    "times where it is above 0 (an app that stands out in every group).")
+    assert cap_only.described() == "Each group's standardised term is capped at 10."
+    assert fit_error_score("grouped_error", model, benign, cap=None, weakest_weight=0.0).described() == ""
+    cap_only.save(tmp_path / "zero.pt")  # weight 0 is saved as no weight
+    assert "weakest_weight" not in t.load(tmp_path / "zero.pt", weights_only=True)
+    with pytest.raises(ValueError, match="weakest group's weight must be 0 or more, got -1.0"):
+        fit_error_score("grouped_error", model, benign, weakest_weight=-1.0)
 
 
 def test_grouped_error_contributions_add_up_and_name_a_planted_syscall_first(data, trained):

@@ -327,7 +327,9 @@ def _plain_scores(trained, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]
         ((np.clip(residual[:, error_score.groups == g], 0.0, None) if shortfall
           else residual[:, error_score.groups == g]) ** 2).mean(axis=1)
         for g, shortfall in enumerate(error_score.shortfall_only)])
-    return (residual ** 2).mean(axis=1), ((terms - error_score.location) / error_score.scale).sum(axis=1)
+    standardised = np.minimum((terms - error_score.location) / error_score.scale, error_score.cap)
+    weakest = error_score.weakest_weight * np.maximum(standardised.min(axis=1), 0.0)
+    return (residual ** 2).mean(axis=1), standardised.sum(axis=1) + weakest
 
 
 def test_scores_are_bit_identical_to_the_plain_computation(logged, trained, archives, tmp_path):
@@ -458,6 +460,9 @@ def test_description_states_the_operating_point():
     assert "Score (mse): anomaly_score = reconstruction_error" in model_description("mse", 1.0, None, {})
     assert "Score (grouped_error): anomaly_score, the sum over three feature groups" in \
         model_description("grouped_error", 1.0, 0.05, figures)
+    # what a version's fitted score adds (ErrorScore.described) follows the general words
+    grouped = model_description("grouped_error", 1.0, 0.05, figures, score_detail="Each group's term is capped at 10.")
+    assert "is given beside it. Each group's term is capped at 10. Features are preprocessed" in grouped
 
 
 def test_compare_models(trained, tmp_path):

@@ -199,10 +199,11 @@ def operating_point_lines(threshold: float, target_fpr: float | None, metrics: d
 
 
 def model_description(score: str, threshold: float, target_fpr: float | None, metrics: dict[str, float],
-                      features: Sequence[str] | None = None) -> str:
-    """What a registered version says about itself: the score, its operating point (FPR
-    target, threshold, test figures there), the input (feature groups; the full list is the
-    model's signature), the output."""
+                      features: Sequence[str] | None = None, score_detail: str = "") -> str:
+    """What a registered version says about itself: the score (``score_detail``: what its
+    fitted state adds, ``ErrorScore.described``), its operating point (FPR target, threshold,
+    test figures there), the input (feature groups; the full list is the model's signature),
+    the output."""
     names = list(features or FEATURE_COLUMNS)
     # The groups grouped_error weighs apart (nr_syscalls, the total, counts as a syscall count).
     syscalls = [n for n in names if n in FEATURE_GROUPS["syscalls"]]
@@ -212,7 +213,8 @@ def model_description(score: str, threshold: float, target_fpr: float | None, me
         "KronoDroid Android malware detector: an autoencoder trained on benign apps; an app that it reconstructs "
         "badly is unlike the benign apps it learned.",
         "",
-        f"Score ({score}): {SCORE_WORDS[score]}. Features are preprocessed with median imputation, log1p, "
+        f"Score ({score}): {SCORE_WORDS[score]}.{' ' + score_detail if score_detail else ''} "
+        "Features are preprocessed with median imputation, log1p, "
         "standardisation with train statistics, clipped to +-5. Higher is more anomalous.",
         *operating_point_lines(threshold, target_fpr, metrics, score),
         "",

@@ -88,7 +88,8 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
                 mlflow.set_tag(MODEL_DIGEST_TAG, digest)
         tags = {**{k: v for k, v in source.tags.items() if k != MODEL_DIGEST_TAG},
                 TAG_THRESHOLD_FROM: f"{name}/{source.version}", MODEL_DIGEST_TAG: digest}
-        description = model_description(kept, point["threshold"], target_fpr, point) + \
+        description = model_description(kept, point["threshold"], target_fpr, point,
+                                        score_detail=_score_detail(local, kept)) + \
             f"\n\nThreshold re-set from {label} (its network and score unchanged) by `dfp retarget`."
         new_version = register_with_lineage(rt.mlflow, info.model_uri, name, tags, new_alias, description)
     return RetargetSummary(model=name, from_version=source.version, version=new_version, alias=new_alias,
@@ -105,6 +106,17 @@ def _rewrite_threshold(local: Path, point: dict[str, float], score: str, source:
     current.update(threshold=point["threshold"], target_fpr=point["target_fpr"], threshold_from=source)
     path.write_text(json.dumps(current) + "\n")
     return kept
+
+
+def _score_detail(local: Path, score: str) -> str:
+    """``ErrorScore.described`` of the model folder ``local``'s fitted score (its cap and
+    weakest-group weight, as that version was trained)."""
+    # Deferred (torch): when a retarget runs, not when its constants are imported.
+    from dfp_core.serving.score import ErrorScore
+    from dfp_core.serving.scorer import ARTIFACT_FILES
+
+    path = local / "artifacts" / ARTIFACT_FILES["error_score"]
+    return ErrorScore.load(score, path if path.is_file() else None).described()
 
 
 def _log_model_dir(local: Path):

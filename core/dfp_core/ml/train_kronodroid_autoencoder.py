@@ -238,7 +238,7 @@ def _train(rt: "Runtime", config: TrainConfig, mlflow, EpochMetricsLogger, track
         with stage(5, TRAIN_STAGES, f"Model Registry: {config.model_name}"):
             if config.register:
                 description = model_description(config.score, result.threshold, config.target_fpr,
-                                                result.metrics)
+                                                result.metrics, score_detail=result.error_score.described())
                 version = register_with_lineage(rt.mlflow, model_info.model_uri, config.model_name,
                                                 {**tags, MODEL_DIGEST_TAG: model_digest}, config.model_alias, description)
                 note(f"registered {config.model_name} version {version} (alias {config.model_alias})")
