@@ -74,6 +74,7 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
         mv = rt.mlflow.get_model_version(name, source.version)
         with verified_copy(rt, mv) as local:
             kept = _rewrite_threshold(local, point, record["score"], f"{name}/{source.version}")
+            score_detail = _score_detail(local, kept)
             experiment_id = rt.mlflow.get_run(source.run_id).info.experiment_id
             run_tags = {k: v for k, v in source.run_tags.items() if not k.startswith("mlflow.") and k != MODEL_DIGEST_TAG}
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-v{source.version}-fpr{target_fpr:g}",
@@ -89,7 +90,7 @@ def retarget(rt: "Runtime", name: str, version: str | None, alias: str | None, t
         tags = {**{k: v for k, v in source.tags.items() if k != MODEL_DIGEST_TAG},
                 TAG_THRESHOLD_FROM: f"{name}/{source.version}", MODEL_DIGEST_TAG: digest}
         description = model_description(kept, point["threshold"], target_fpr, point,
-                                        score_detail=_score_detail(local, kept)) + \
+                                        score_detail=score_detail) + \
             f"\n\nThreshold re-set from {label} (its network and score unchanged) by `dfp retarget`."
         new_version = register_with_lineage(rt.mlflow, info.model_uri, name, tags, new_alias, description)
     return RetargetSummary(model=name, from_version=source.version, version=new_version, alias=new_alias,
@@ -111,12 +112,14 @@ def _rewrite_threshold(local: Path, point: dict[str, float], score: str, source:
 def _score_detail(local: Path, score: str) -> str:
     """``ErrorScore.described`` of the model folder ``local``'s fitted score (its cap and
     weakest-group weight, as that version was trained)."""
-    # Deferred (torch): when a retarget runs, not when its constants are imported.
-    from dfp_core.serving.score import ErrorScore
-    from dfp_core.serving.scorer import ARTIFACT_FILES
+    # Deferred (MLflow, torch): when a retarget runs, not when its constants are imported.
+    from mlflow.models import Model
 
-    path = local / "artifacts" / ARTIFACT_FILES["error_score"]
-    return ErrorScore.load(score, path if path.is_file() else None).described()
+    from dfp_core.serving.score import ErrorScore
+
+    artifacts = Model.load(str(local)).flavors["python_function"]["artifacts"]
+    spec = artifacts.get("error_score")  # absent: a version scored by the MSE
+    return ErrorScore.load(score, None if spec is None else local / spec["path"]).described()
 
 
 def _log_model_dir(local: Path):
