@@ -101,3 +101,28 @@ def test_only_server_errors_dropped_connections_and_silence_afterwards_are_stres
     assert serving.tally([500, 400, "ConnectionError", 400]) == {"400": 2, "500": 1, "ConnectionError": 1}
     assert serving.stress_failures(cases, {"normal": 200, "health": 200}) == 2
     assert serving.stress_failures(cases, {"normal": 503, "health": "ReadTimeout"}) == 4
+
+
+def test_the_weakest_pair_is_chosen_on_validation_figures_alone():
+    """`bench/detection.py --variants weakest`: each (cap, weight) pair ranked by its validation
+    TPR at 1% FPR, averaged per kind of split over its partitions, then over the kinds; the test
+    figures play no part, and the default partition counts like any other."""
+    from bench import detection
+
+    def methods(val: dict, test: float) -> dict:
+        return {"methods": {detection._weakest_label(cap, weight): {"val_tpr_at_fpr_1pct": val.get((cap, weight), 0.1),
+                                                                   "tpr_at_fpr_1pct": test}
+                            for cap, weight in detection.WEAKEST}}
+
+    # month favours (10, 3); random, over its two partitions, (8, 2); pooled, (10, 3) wins
+    out = {"input": "subset.csv", "seeds": [0],
+           "month@9": methods({(10.0, 3.0): 0.8, (8.0, 2.0): 0.5}, test=0.0),
+           "month@10": methods({(10.0, 3.0): 0.6, (8.0, 2.0): 0.5}, test=0.0),
+           "random": methods({(10.0, 3.0): 0.4, (8.0, 2.0): 0.9}, test=1.0),
+           "random@9": methods({(10.0, 3.0): 0.6, (8.0, 2.0): 0.3}, test=1.0)}
+    ranked = detection.chosen_on_validation(out, ["month", "random"])
+    assert len(ranked) == len(detection.WEAKEST)
+    assert [(r["cap"], r["weakest_weight"]) for r in ranked[:2]] == [(10.0, 3.0), (8.0, 2.0)]
+    assert ranked[0]["val_tpr_at_fpr_1pct"] == {"month": 0.7, "random": 0.5} and ranked[0]["pooled"] == 0.6
+    assert ranked[1]["val_tpr_at_fpr_1pct"] == {"month": 0.5, "random": 0.6} and ranked[1]["pooled"] == 0.55
+    assert all(r["pooled"] == 0.1 for r in ranked[2:])
