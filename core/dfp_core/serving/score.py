@@ -162,9 +162,7 @@ class ErrorScore:
         if self.kind == "grouped_error":
             z = self._standardised(group_terms(residual, self.groups, self.shortfall_only))
             score = z.sum(axis=1)
-            if self.weakest_weight is not None:
-                score = score + self.weakest_weight * np.maximum(z.min(axis=1), 0.0)
-            return mse, score
+            return mse, score if self.weakest_weight is None else score + self._weakest_bonus(z)
         return mse, mse
 
     def _standardised(self, terms: np.ndarray) -> np.ndarray:
@@ -174,14 +172,20 @@ class ErrorScore:
     def _capped(self, z: np.ndarray) -> np.ndarray:
         return z if self.cap is None else np.minimum(z, self.cap)
 
+    def _weakest_bonus(self, z: np.ndarray) -> np.ndarray:
+        """(rows,): what the weakest group adds to the sum of the (capped) standardised terms:
+        ``weakest_weight`` times the smallest of them where it is above 0, i.e. where the app
+        stands out in every group; 0 elsewhere."""
+        return self.weakest_weight * np.maximum(z.min(axis=1), 0.0)
+
     def _weights(self, z: np.ndarray) -> np.ndarray:
         """(rows, groups): how many times each (capped) standardised term counts in the score:
-        once, and the smallest (the first of equals) ``weakest_weight`` times more where it is
-        above 0, i.e. where the app stands out in every group."""
+        once, and the smallest (the first of equals) ``weakest_weight`` times more where
+        ``_weakest_bonus`` adds it."""
         weights = np.ones_like(z)
         if self.weakest_weight is not None and z.size:
-            rows, weakest = np.arange(len(z)), np.argmin(z, axis=1)
-            weights[rows, weakest] += self.weakest_weight * (z[rows, weakest] > 0)
+            gains = self._weakest_bonus(z) > 0
+            weights[np.arange(len(z))[gains], np.argmin(z, axis=1)[gains]] += self.weakest_weight
         return weights
 
     def contributions(self, residual: np.ndarray) -> np.ndarray:
